@@ -1,0 +1,373 @@
+//! The jitter buffer for what the caller says: a bounded reordering buffer that turns
+//! RTP packets into a continuous PCM timeline.
+//!
+//! Positions are samples on the call's own timeline (sample 0 = session start), the
+//! same clock the outbound side uses, so the listener stream and the recording line
+//! both directions up. The first packet of a stream (and of every new SSRC or
+//! timestamp jump) is mapped to the current playout position; after that, RTP
+//! timestamps (extended across wrap) decide where audio lands. In-order audio leaves
+//! the moment it arrives (no added latency); a gap is held for at most `hold`, then
+//! filled with silence, and silence also fills the time the caller sends nothing, so
+//! the output never has holes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub const RATE: u32 = 8000;
+pub const FRAME_SAMPLES: usize = 160;
+
+#[derive(Debug, Clone, Copy)]
+pub struct JitterConfig {
+    /// How long a missing packet is waited for before it is declared lost.
+    pub hold: Duration,
+    /// Packets held at most; past that the oldest gap is given up.
+    pub capacity: usize,
+    /// A timestamp this far from the expected one is a new stream, not a late packet.
+    pub resync_after: Duration,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        JitterConfig { hold: Duration::from_millis(40), capacity: 32, resync_after: Duration::from_secs(2) }
+    }
+}
+
+/// A piece of the caller's audio at a timeline position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heard {
+    pub pos: u64,
+    pub pcm: Vec<i16>,
+    /// True when this is silence standing in for audio that never came.
+    pub concealed: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JitterStats {
+    pub late: u64,
+    pub duplicate: u64,
+    pub lost_samples: u64,
+    pub reordered: u64,
+    pub resyncs: u64,
+    pub overflow: u64,
+}
+
+struct StreamMap {
+    ssrc: u32,
+    last_ts: u32,
+    last_ext: i64,
+    /// timeline position = extended timestamp + offset
+    offset: i64,
+}
+
+pub struct JitterBuffer {
+    cfg: JitterConfig,
+    next_pos: u64,
+    /// The wall time at which timeline position `anchor.1` was due.
+    anchor: (Instant, u64),
+    stream: Option<StreamMap>,
+    buffer: BTreeMap<u64, Vec<i16>>,
+    pub stats: JitterStats,
+}
+
+fn samples(d: Duration) -> u64 {
+    (d.as_micros() as u64 * RATE as u64) / 1_000_000
+}
+
+impl JitterBuffer {
+    pub fn new(cfg: JitterConfig, start: Instant) -> JitterBuffer {
+        JitterBuffer { cfg, next_pos: 0, anchor: (start, 0), stream: None, buffer: BTreeMap::new(), stats: JitterStats::default() }
+    }
+
+    /// Timeline position of the next sample to be emitted.
+    pub fn position(&self) -> u64 {
+        self.next_pos
+    }
+
+    pub fn buffered_packets(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn due(&self, pos: u64) -> Instant {
+        let ahead = pos.saturating_sub(self.anchor.1);
+        self.anchor.0 + Duration::from_micros(ahead * 1_000_000 / RATE as u64)
+    }
+
+    fn map(&mut self, ssrc: u32, ts: u32) -> i64 {
+        match &mut self.stream {
+            Some(s) if s.ssrc == ssrc => {
+                let delta = ts.wrapping_sub(s.last_ts) as i32 as i64;
+                s.last_ts = ts;
+                s.last_ext += delta;
+                s.last_ext + s.offset
+            }
+            _ => {
+                if self.stream.is_some() {
+                    self.stats.resyncs += 1;
+                }
+                self.resync(ssrc, ts);
+                self.next_pos as i64
+            }
+        }
+    }
+
+    /// Starts mapping a (new) stream so that `ts` lands at the current playout position.
+    fn resync(&mut self, ssrc: u32, ts: u32) {
+        self.give_up_buffer();
+        self.stream = Some(StreamMap { ssrc, last_ts: ts, last_ext: ts as i64, offset: self.next_pos as i64 - ts as i64 });
+    }
+
+    fn give_up_buffer(&mut self) {
+        let dropped: u64 = self.buffer.values().map(|p| p.len() as u64).sum();
+        self.stats.lost_samples += dropped;
+        self.buffer.clear();
+    }
+
+    pub fn on_packet(&mut self, now: Instant, ssrc: u32, ts: u32, pcm: Vec<i16>, out: &mut Vec<Heard>) {
+        if pcm.is_empty() {
+            return;
+        }
+        let mut pos = self.map(ssrc, ts);
+        let window = samples(self.cfg.resync_after) as i64;
+        if (pos - self.next_pos as i64).abs() > window {
+            // A timestamp jump (sender restart, hold/resume): treat as a new stream.
+            self.stats.resyncs += 1;
+            self.resync(ssrc, ts);
+            pos = self.next_pos as i64;
+        }
+        let mut pcm = pcm;
+        if pos < self.next_pos as i64 {
+            let behind = (self.next_pos as i64 - pos) as usize;
+            if behind >= pcm.len() {
+                self.stats.late += 1;
+                return;
+            }
+            // Partly late: keep the part that is still in the future.
+            pcm.drain(..behind);
+            pos = self.next_pos as i64;
+        }
+        let pos = pos as u64;
+        if self.buffer.contains_key(&pos) {
+            self.stats.duplicate += 1;
+            return;
+        }
+        if pos > self.next_pos || !self.buffer.is_empty() {
+            self.stats.reordered += u64::from(self.buffer.range(pos..).next().is_some());
+        }
+        self.buffer.insert(pos, pcm);
+        if pos == self.next_pos {
+            // In order: it plays now, and the cadence is measured from its arrival.
+            self.anchor = (now, pos);
+        }
+        self.drain(out);
+        while self.buffer.len() > self.cfg.capacity {
+            self.stats.overflow += 1;
+            self.conceal_gap(out);
+            self.drain(out);
+        }
+    }
+
+    /// Emits everything contiguous from the playout position.
+    fn drain(&mut self, out: &mut Vec<Heard>) {
+        while let Some(entry) = self.buffer.first_entry() {
+            let pos = *entry.key();
+            if pos > self.next_pos {
+                break;
+            }
+            let mut pcm = entry.remove();
+            if pos < self.next_pos {
+                // Overlaps what was already emitted (odd packet sizes): keep the rest.
+                let skip = (self.next_pos - pos) as usize;
+                if skip >= pcm.len() {
+                    self.stats.late += 1;
+                    continue;
+                }
+                pcm.drain(..skip);
+            }
+            self.next_pos += pcm.len() as u64;
+            out.push(Heard { pos: self.next_pos - pcm.len() as u64, pcm, concealed: false });
+        }
+    }
+
+    /// Fills silence up to the next buffered packet (or one frame when none waits).
+    fn conceal_gap(&mut self, out: &mut Vec<Heard>) {
+        let waiting = self.buffer.keys().next().copied();
+        let n = match waiting {
+            Some(head) => (head - self.next_pos).min(FRAME_SAMPLES as u64),
+            None => FRAME_SAMPLES as u64,
+        };
+        if waiting.is_some() {
+            self.stats.lost_samples += n;
+        }
+        out.push(Heard { pos: self.next_pos, pcm: vec![0; n as usize], concealed: true });
+        self.next_pos += n;
+    }
+
+    /// Advances time: whatever is overdue by more than `hold` becomes silence.
+    pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Heard>) {
+        // Bounded catch-up: a stalled process resumes with at most 5 s of fill.
+        for _ in 0..250 {
+            if now < self.due(self.next_pos) + self.cfg.hold {
+                break;
+            }
+            self.conceal_gap(out);
+            self.drain(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS20: Duration = Duration::from_millis(20);
+
+    fn frame(tag: i16) -> Vec<i16> {
+        vec![tag; FRAME_SAMPLES]
+    }
+
+    fn flatten(out: &[Heard]) -> Vec<i16> {
+        out.iter().flat_map(|h| h.pcm.iter().copied()).collect()
+    }
+
+    /// Checks the output is one unbroken timeline from 0.
+    fn assert_continuous(out: &[Heard]) {
+        let mut pos = out.first().map_or(0, |h| h.pos);
+        for h in out {
+            assert_eq!(h.pos, pos, "hole or overlap at {pos}");
+            pos += h.pcm.len() as u64;
+        }
+    }
+
+    #[test]
+    fn in_order_audio_leaves_on_arrival() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 1, 1000, frame(1), &mut out);
+        assert_eq!(out.len(), 1, "no added latency for in-order audio");
+        jb.on_packet(t0 + MS20, 1, 1160, frame(2), &mut out);
+        assert_eq!(flatten(&out), [frame(1), frame(2)].concat());
+        assert_continuous(&out);
+    }
+
+    #[test]
+    fn reordered_packets_come_out_in_order() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        jb.on_packet(t0 + MS20, 7, 320, frame(3), &mut out);
+        jb.on_packet(t0 + MS20 * 2, 7, 480, frame(4), &mut out);
+        assert_eq!(out.len(), 1, "held while 160 is missing");
+        jb.on_packet(t0 + MS20 * 2, 7, 160, frame(2), &mut out);
+        assert_eq!(flatten(&out), [frame(1), frame(2), frame(3), frame(4)].concat());
+        assert_eq!(jb.stats.reordered, 1);
+        assert_eq!(jb.stats.lost_samples, 0);
+    }
+
+    #[test]
+    fn lost_packet_becomes_silence_after_hold() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        jb.on_packet(t0 + MS20 * 2, 7, 320, frame(3), &mut out);
+        jb.on_tick(t0 + MS20 + Duration::from_millis(39), &mut out);
+        assert_eq!(out.len(), 1, "still within hold");
+        jb.on_tick(t0 + MS20 + Duration::from_millis(40), &mut out);
+        assert_eq!(flatten(&out), [frame(1), frame(0), frame(3)].concat());
+        assert_eq!(jb.stats.lost_samples, 160);
+        assert_continuous(&out);
+        // The lost packet turning up afterwards is late, not played.
+        jb.on_packet(t0 + MS20 * 4, 7, 160, frame(2), &mut out);
+        assert_eq!(jb.stats.late, 1);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        jb.on_packet(t0, 7, 320, frame(3), &mut out);
+        jb.on_packet(t0, 7, 320, frame(3), &mut out);
+        assert_eq!(jb.stats.late + jb.stats.duplicate, 2);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn silence_fills_before_and_between_talk() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        for k in 1..=10 {
+            jb.on_tick(t0 + MS20 * k, &mut out);
+        }
+        // At 200 ms with a 40 ms hold, the frames due at 0..=160 ms are filled.
+        assert_eq!(flatten(&out).len(), 9 * FRAME_SAMPLES);
+        jb.on_packet(t0 + MS20 * 10, 99, 5000, frame(5), &mut out);
+        assert_eq!(out.last().unwrap().pcm, frame(5));
+        assert_continuous(&out);
+    }
+
+    #[test]
+    fn timestamp_wrap_is_seamless() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        let start = u32::MAX - 159;
+        for k in 0..4u32 {
+            jb.on_packet(t0 + MS20 * k, 3, start.wrapping_add(k * 160), frame(k as i16 + 1), &mut out);
+        }
+        assert_eq!(flatten(&out), [frame(1), frame(2), frame(3), frame(4)].concat());
+        assert_eq!(jb.stats.resyncs, 0);
+    }
+
+    #[test]
+    fn ssrc_change_and_timestamp_jump_resync_without_holes() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 1, 0, frame(1), &mut out);
+        jb.on_packet(t0 + MS20, 2, 777_777, frame(2), &mut out);
+        jb.on_packet(t0 + MS20 * 2, 2, 777_777 + 8000 * 60, frame(3), &mut out);
+        assert_eq!(flatten(&out), [frame(1), frame(2), frame(3)].concat());
+        assert_eq!(jb.stats.resyncs, 2);
+        assert_continuous(&out);
+    }
+
+    #[test]
+    fn overflow_gives_up_the_gap() {
+        let t0 = Instant::now();
+        let cfg = JitterConfig { capacity: 4, ..Default::default() };
+        let mut jb = JitterBuffer::new(cfg, t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 1, 0, frame(1), &mut out);
+        for k in 2..8u32 {
+            jb.on_packet(t0, 1, k * 160, frame(k as i16), &mut out);
+        }
+        assert!(jb.buffered_packets() <= 4);
+        assert!(jb.stats.overflow > 0);
+        assert_continuous(&out);
+    }
+
+    #[test]
+    fn sender_clock_drift_does_not_starve_or_flood() {
+        // The caller's clock runs 0.1 % slow for ten minutes: no audio may be dropped
+        // as late and the buffer must stay small.
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        for k in 0..30_000u64 {
+            let at = t0 + Duration::from_micros(k * 20_020);
+            jb.on_tick(at, &mut out);
+            jb.on_packet(at, 5, (k * 160) as u32, frame(1), &mut out);
+        }
+        assert_eq!(jb.stats.late, 0);
+        assert_eq!(jb.stats.lost_samples, 0);
+        assert_eq!(jb.buffered_packets(), 0);
+        assert_continuous(&out);
+    }
+}

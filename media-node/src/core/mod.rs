@@ -1,0 +1,9 @@
+//! The sans-IO core: every audio rule of a call, with time passed in.
+pub mod g711;
+pub mod jitter;
+pub mod latch;
+pub mod pacer;
+pub mod playback;
+pub mod resample;
+pub mod rtp;
+pub mod session;

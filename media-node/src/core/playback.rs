@@ -1,0 +1,165 @@
+//! What the bot says: the prompt playing now, the streamed TTS queue behind it, and
+//! the echo queue used for loop tests. All 8 kHz PCM; the pacer pulls one 20 ms frame
+//! at a time. Barge-in is a method here: it drops everything queued at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::jitter::FRAME_SAMPLES;
+
+pub type PlaybackId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaybackOutcome {
+    /// Played to the last sample.
+    Finished,
+    /// Cut by a newer prompt (barge-in by replacement).
+    Interrupted,
+    /// Cut by a stop (control://stop_audio).
+    Stopped,
+    /// The call ended while it played.
+    CallEnded,
+}
+
+impl PlaybackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlaybackOutcome::Finished => "finished",
+            PlaybackOutcome::Interrupted => "interrupted by a new prompt",
+            PlaybackOutcome::Stopped => "stopped",
+            PlaybackOutcome::CallEnded => "call ended",
+        }
+    }
+}
+
+struct Prompt {
+    id: PlaybackId,
+    pcm: Arc<[i16]>,
+    pos: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameSource {
+    Prompt,
+    Stream,
+    Echo,
+}
+
+pub struct Playback {
+    prompt: Option<Prompt>,
+    stream: VecDeque<i16>,
+    echo: VecDeque<i16>,
+    echo_cap: usize,
+}
+
+impl Default for Playback {
+    fn default() -> Self {
+        Playback { prompt: None, stream: VecDeque::new(), echo: VecDeque::new(), echo_cap: 8000 }
+    }
+}
+
+impl Playback {
+    /// Starts a prompt, cutting whatever plays; returns the one cut, if any.
+    pub fn play(&mut self, id: PlaybackId, pcm: Arc<[i16]>) -> Option<PlaybackId> {
+        let cut = self.barge_in();
+        self.prompt = Some(Prompt { id, pcm, pos: 0 });
+        cut
+    }
+
+    /// Drops the prompt and every queued sample; returns the prompt cut, if any.
+    pub fn barge_in(&mut self) -> Option<PlaybackId> {
+        self.stream.clear();
+        self.echo.clear();
+        self.prompt.take().map(|p| p.id)
+    }
+
+    pub fn current(&self) -> Option<PlaybackId> {
+        self.prompt.as_ref().map(|p| p.id)
+    }
+
+    pub fn push_stream(&mut self, pcm: &[i16]) {
+        self.stream.extend(pcm);
+    }
+
+    pub fn stream_queued(&self) -> usize {
+        self.stream.len()
+    }
+
+    pub fn push_echo(&mut self, pcm: &[i16]) {
+        self.echo.extend(pcm);
+        let excess = self.echo.len().saturating_sub(self.echo_cap);
+        self.echo.drain(..excess);
+    }
+
+    pub fn clear_echo(&mut self) {
+        self.echo.clear();
+    }
+
+    /// Fills one frame. Returns where it came from (None = nothing to send) and the
+    /// prompt that finished in this frame, if one did.
+    pub fn next_frame(&mut self, frame: &mut [i16; FRAME_SAMPLES]) -> (Option<FrameSource>, Option<PlaybackId>) {
+        if let Some(p) = &mut self.prompt {
+            let n = (p.pcm.len() - p.pos).min(FRAME_SAMPLES);
+            frame[..n].copy_from_slice(&p.pcm[p.pos..p.pos + n]);
+            frame[n..].fill(0);
+            p.pos += n;
+            let finished = (p.pos >= p.pcm.len()).then_some(p.id);
+            if finished.is_some() {
+                self.prompt = None;
+            }
+            return (Some(FrameSource::Prompt), finished);
+        }
+        for (queue, source) in [(&mut self.stream, FrameSource::Stream), (&mut self.echo, FrameSource::Echo)] {
+            if !queue.is_empty() {
+                let n = queue.len().min(FRAME_SAMPLES);
+                for (slot, s) in frame.iter_mut().zip(queue.drain(..n)) {
+                    *slot = s;
+                }
+                frame[n..].fill(0);
+                return (Some(source), None);
+            }
+        }
+        (None, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_plays_in_frames_then_finishes() {
+        let mut pb = Playback::default();
+        pb.play(1, vec![5i16; 400].into());
+        let mut f = [0i16; FRAME_SAMPLES];
+        assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), None));
+        assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), None));
+        assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), Some(1)));
+        assert_eq!(&f[..80], &[5; 80]);
+        assert_eq!(&f[80..], &[0; 80], "the last partial frame is padded with silence");
+        assert_eq!(pb.next_frame(&mut f), (None, None));
+    }
+
+    #[test]
+    fn new_prompt_cuts_current_and_flushes_queues() {
+        let mut pb = Playback::default();
+        pb.play(1, vec![1i16; 8000].into());
+        pb.push_stream(&[2; 1600]);
+        assert_eq!(pb.play(2, vec![3i16; 160].into()), Some(1));
+        assert_eq!(pb.stream_queued(), 0);
+        let mut f = [0i16; FRAME_SAMPLES];
+        pb.next_frame(&mut f);
+        assert_eq!(f, [3; FRAME_SAMPLES], "the very next frame is the new prompt");
+    }
+
+    #[test]
+    fn stream_plays_after_prompt() {
+        let mut pb = Playback::default();
+        pb.push_stream(&[9; 200]);
+        let mut f = [0i16; FRAME_SAMPLES];
+        assert_eq!(pb.next_frame(&mut f).0, Some(FrameSource::Stream));
+        assert_eq!(pb.next_frame(&mut f).0, Some(FrameSource::Stream));
+        assert_eq!(&f[..40], &[9; 40]);
+        assert_eq!(pb.next_frame(&mut f).0, None);
+    }
+}

@@ -1,0 +1,9 @@
+//! media-node: the per-call RTP engine and the gRPC service around it.
+//!
+//! - `core`: pure rules of one call (RTP, G.711, jitter, pacing, playback, latching).
+//! - `ports`: the UDP port pool with quarantine.
+//! - `audio`: prompts (URIs, WAV decoding, the bounded cache) and listener formatting.
+//! - `call`: the tokio task that runs one call's session over real sockets.
+//! - `grpc`: the `sentiric.media.v1.MediaService` server.
+//! - `http`: Prometheus metrics and health endpoints.
+pub mod core;

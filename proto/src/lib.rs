@@ -1,0 +1,10 @@
+//! The `sentiric.media.v1` contract that the platform's callers speak.
+//! Generated once here and imported everywhere else; nothing redefines it.
+
+pub mod media {
+    pub mod v1 {
+        tonic::include_proto!("sentiric.media.v1");
+    }
+}
+
+pub use media::v1 as pb;
