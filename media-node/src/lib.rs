@@ -7,3 +7,5 @@
 //! - `grpc`: the `sentiric.media.v1.MediaService` server.
 //! - `http`: Prometheus metrics and health endpoints.
 pub mod core;
+pub mod audio;
+pub mod ports;

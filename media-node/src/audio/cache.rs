@@ -1,0 +1,98 @@
+//! Decoded prompts kept in memory, bounded in bytes, least recently used out first.
+//! An entry is keyed by path and the file's modification time and size, so an edited
+//! prompt is picked up without a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PromptKey {
+    pub path: PathBuf,
+    pub modified: Option<SystemTime>,
+    pub len: u64,
+}
+
+struct Entry {
+    pcm: Arc<[i16]>,
+    last_used: u64,
+}
+
+pub struct PromptCache {
+    max_bytes: usize,
+    bytes: usize,
+    clock: u64,
+    entries: HashMap<PromptKey, Entry>,
+}
+
+impl PromptCache {
+    pub fn new(max_bytes: usize) -> PromptCache {
+        PromptCache { max_bytes, bytes: 0, clock: 0, entries: HashMap::new() }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&mut self, key: &PromptKey) -> Option<Arc<[i16]>> {
+        self.clock += 1;
+        let e = self.entries.get_mut(key)?;
+        e.last_used = self.clock;
+        Some(e.pcm.clone())
+    }
+
+    /// Stores a prompt unless it alone is larger than the whole cache.
+    pub fn insert(&mut self, key: PromptKey, pcm: Arc<[i16]>) {
+        let size = pcm.len() * 2;
+        if size > self.max_bytes {
+            return;
+        }
+        self.clock += 1;
+        if let Some(old) = self.entries.insert(key, Entry { pcm, last_used: self.clock }) {
+            self.bytes -= old.pcm.len() * 2;
+        }
+        self.bytes += size;
+        while self.bytes > self.max_bytes {
+            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            if let Some(e) = self.entries.remove(&oldest) {
+                self.bytes -= e.pcm.len() * 2;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> PromptKey {
+        PromptKey { path: name.into(), modified: None, len: 0 }
+    }
+
+    #[test]
+    fn stays_within_its_byte_bound_evicting_least_recent() {
+        let mut c = PromptCache::new(1000);
+        c.insert(key("a"), vec![0i16; 200].into());
+        c.insert(key("b"), vec![0i16; 200].into());
+        assert!(c.get(&key("a")).is_some());
+        c.insert(key("c"), vec![0i16; 200].into());
+        assert!(c.bytes() <= 1000);
+        assert!(c.get(&key("b")).is_none(), "b was least recently used");
+        assert!(c.get(&key("a")).is_some());
+        assert!(c.get(&key("c")).is_some());
+        c.insert(key("huge"), vec![0i16; 600].into());
+        assert!(c.get(&key("huge")).is_none(), "larger than the cache: not kept");
+        assert_eq!(c.len(), 2);
+    }
+}
