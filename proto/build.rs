@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Listener frames are handed over without a copy.
+        .bytes(".sentiric.media.v1.RecordAudioResponse.audio_data")
         .compile_fds(fds)?;
     Ok(())
 }

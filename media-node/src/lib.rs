@@ -9,3 +9,11 @@
 pub mod core;
 pub mod audio;
 pub mod ports;
+pub mod call;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod tools;

@@ -1,1 +1,126 @@
-fn main(){}
+//! mediactl: a small CLI for people operating media nodes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use media_node::tools::demo::{self, DemoOptions};
+use media_proto::pb::media_service_client::MediaServiceClient;
+use media_proto::pb::*;
+
+#[derive(Parser)]
+#[command(name = "mediactl", about = "Operate media nodes: allocate, release, play, listen, stats, demo")]
+struct Cli {
+    /// gRPC address of a node (or of the pool's Service).
+    #[arg(long, global = true, env = "MEDIA_SERVICE_TARGET_GRPC_URL", default_value = "http://127.0.0.1:13031")]
+    grpc: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Reserve an RTP port for a call.
+    Allocate {
+        #[arg(long, default_value = "")]
+        call_id: String,
+    },
+    /// End the call on a port.
+    Release { port: u32 },
+    /// Play a URI (file://, data:, control://) on a call; waits for the end of playback.
+    Play {
+        port: u32,
+        uri: String,
+        #[arg(long, default_value = "")]
+        target: String,
+    },
+    /// Listen to the caller and write what was heard to a WAV file.
+    Listen {
+        port: u32,
+        #[arg(long, default_value_t = 16000)]
+        rate: u32,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value = "listen.wav")]
+        out: PathBuf,
+    },
+    /// Print the node's key figures from its metrics endpoint.
+    Stats {
+        #[arg(long, env = "MEDIA_SERVICE_METRICS_URL", default_value = "http://127.0.0.1:13032/metrics")]
+        metrics_url: String,
+    },
+    /// Play a whole demo call. Without --target, starts a standalone node on loopback.
+    Demo {
+        /// gRPC URL of a running node to call instead of an embedded one.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value = "demo-output")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Demo { target, out, seconds } => {
+            let report = demo::run(DemoOptions { target, out_dir: out, speech_seconds: seconds }).await?;
+            print!("{report}");
+            Ok(())
+        }
+        Cmd::Stats { metrics_url } => stats(&metrics_url).await,
+        cmd => {
+            let mut c = MediaServiceClient::connect(cli.grpc.clone()).await.with_context(|| format!("connecting to {}", cli.grpc))?;
+            match cmd {
+                Cmd::Allocate { call_id } => {
+                    let r = c.allocate_port(AllocatePortRequest { call_id }).await?.into_inner();
+                    println!("{}:{}", r.advertised_ip, r.rtp_port);
+                }
+                Cmd::Release { port } => {
+                    c.release_port(ReleasePortRequest { rtp_port: port }).await?;
+                    println!("released {port}");
+                }
+                Cmd::Play { port, uri, target } => {
+                    let r = c.play_audio(PlayAudioRequest { audio_uri: uri, server_rtp_port: port, rtp_target_addr: target }).await?.into_inner();
+                    println!("{}", r.message);
+                }
+                Cmd::Listen { port, rate, seconds, out } => {
+                    let mut s = c.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(rate) }).await?.into_inner();
+                    let mut pcm: Vec<i16> = Vec::new();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+                    while let Ok(Ok(Some(f))) = tokio::time::timeout_at(deadline, s.message()).await {
+                        pcm.extend(f.audio_data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+                    }
+                    demo::write_wav(&out, &pcm, rate)?;
+                    println!("wrote {} ({:.1} s)", out.display(), pcm.len() as f64 / rate as f64);
+                }
+                Cmd::Demo { .. } | Cmd::Stats { .. } => unreachable!("handled above"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Fetches /metrics over plain HTTP/1.1 (no client library needed for one GET).
+async fn stats(url: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("metrics URL must start with http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/metrics".into()));
+    let mut s = tokio::net::TcpStream::connect(host).await.with_context(|| format!("connecting to {host}"))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let wanted = ["media_sessions_active", "media_ports", "media_rtp_packets_total", "media_rtp_malformed_total", "media_rtp_lost_samples_total", "media_rtp_late_packets_total", "media_listeners_active"];
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if wanted.iter().any(|w| line.starts_with(w)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}

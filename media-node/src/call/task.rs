@@ -1,0 +1,256 @@
+//! The per-call task: owns the RTP/RTCP sockets, feeds the session real time, fans the
+//! caller's audio out to listeners, and answers PlayAudio when the prompt ends.
+//! Everything audio-related is decided in the sans-IO session; this file only moves
+//! bytes and time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
+use tracing::{debug, info};
+
+use crate::audio::listener::ListenerFormat;
+use crate::core::jitter::JitterConfig;
+use crate::core::playback::{PlaybackId, PlaybackOutcome};
+use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
+use crate::metrics::Metrics;
+
+/// Streamed audio is taken from the sender only while less than this is queued
+/// (8 kHz samples): the rest waits in the sender, which is the back-pressure.
+const STREAM_HIGH_WATER: usize = 8000 / 2;
+/// Frames a listener may fall behind before its frames are dropped (and counted).
+pub const LISTENER_QUEUE: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Everything sent was played.
+    Played,
+    /// Another StreamAudioToCall took over the call.
+    Replaced,
+    CallEnded,
+}
+
+pub enum CallCommand {
+    Play { id: PlaybackId, pcm: Arc<[i16]>, target: Option<SocketAddr>, done: oneshot::Sender<PlaybackOutcome> },
+    Session(Command),
+    Listen { rate: u32, frames: mpsc::Sender<Bytes> },
+    /// Attach a TTS stream (8 kHz chunks); `done` fires when it has played out.
+    Stream { chunks: mpsc::Receiver<Vec<i16>>, done: oneshot::Sender<StreamEnd> },
+    Shutdown,
+}
+
+pub struct CallSockets {
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+}
+
+/// The registry's view of a live call.
+pub struct CallHandle {
+    pub port: u16,
+    pub call_id: String,
+    pub started: Instant,
+    pub commands: mpsc::Sender<CallCommand>,
+    pub task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Listener {
+    format: ListenerFormat,
+    frames: mpsc::Sender<Bytes>,
+}
+
+struct AttachedStream {
+    chunks: Option<mpsc::Receiver<Vec<i16>>>,
+    done: oneshot::Sender<StreamEnd>,
+}
+
+pub fn spawn_call(
+    port: u16,
+    call_id: String,
+    sockets: CallSockets,
+    symmetric_rtp: bool,
+    jitter: JitterConfig,
+    metrics: Arc<Metrics>,
+) -> Arc<CallHandle> {
+    let (tx, rx) = mpsc::channel(64);
+    let started = Instant::now();
+    let session = Session::new(SessionConfig::random(symmetric_rtp, jitter), started);
+    let span = tracing::info_span!("call", port, call_id = %call_id);
+    let task = CallTask {
+        session,
+        sockets,
+        commands: rx,
+        metrics,
+        listeners: Vec::new(),
+        waiters: HashMap::new(),
+        stream: None,
+        out: Outputs::default(),
+        frames: Vec::new(),
+    };
+    let join = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
+    Arc::new(CallHandle { port, call_id, started, commands: tx, task: tokio::sync::Mutex::new(Some(join)) })
+}
+
+struct CallTask {
+    session: Session,
+    sockets: CallSockets,
+    commands: mpsc::Receiver<CallCommand>,
+    metrics: Arc<Metrics>,
+    listeners: Vec<Listener>,
+    waiters: HashMap<PlaybackId, oneshot::Sender<PlaybackOutcome>>,
+    stream: Option<AttachedStream>,
+    out: Outputs,
+    frames: Vec<Bytes>,
+}
+
+impl CallTask {
+    async fn run(mut self) {
+        info!("call started");
+        let mut rtp_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 2048];
+        loop {
+            let wants_stream = self.session.stream_queued() < STREAM_HIGH_WATER;
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv() => match cmd {
+                    Some(CallCommand::Shutdown) | None => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                r = self.sockets.rtp.recv_from(&mut rtp_buf) => match r {
+                    Ok((n, from)) => self.session.handle_datagram(Instant::now(), from, &rtp_buf[..n], &mut self.out),
+                    Err(e) => debug!(error = %e, "rtp receive error"),
+                },
+                r = self.sockets.rtcp.recv_from(&mut rtcp_buf) => {
+                    if r.is_ok() {
+                        self.metrics.rtcp.inc();
+                    }
+                },
+                chunk = recv_stream(&mut self.stream), if wants_stream => match chunk {
+                    Some(pcm) => self.session.handle_command(Command::Stream(pcm), &mut self.out),
+                    None => if let Some(s) = &mut self.stream { s.chunks = None },
+                },
+                _ = sleep_until(self.session.poll_timeout().into()) => {
+                    self.session.handle_tick(Instant::now(), &mut self.out);
+                    self.metrics.add_session_counters(&self.session.take_counters());
+                },
+            }
+            self.flush().await;
+        }
+        self.session.close(&mut self.out);
+        self.flush().await;
+        if let Some(s) = self.stream.take() {
+            let _ = s.done.send(StreamEnd::CallEnded);
+        }
+        self.metrics.add_session_counters(&self.session.take_counters());
+        self.metrics.listeners.sub(self.listeners.len() as i64);
+        info!("call ended");
+        // Sockets close here, when the task returns: only then may the port be released.
+    }
+
+    fn on_command(&mut self, cmd: CallCommand) {
+        match cmd {
+            CallCommand::Play { id, pcm, target, done } => {
+                self.flush_stream_channel();
+                if let Some(t) = target {
+                    self.session.handle_command(Command::SuggestTarget(t), &mut self.out);
+                }
+                self.waiters.insert(id, done);
+                self.session.handle_command(Command::Play { id, pcm }, &mut self.out);
+            }
+            CallCommand::Session(c) => {
+                if matches!(c, Command::Stop) {
+                    self.flush_stream_channel();
+                }
+                self.session.handle_command(c, &mut self.out)
+            }
+            CallCommand::Listen { rate, frames } => {
+                self.metrics.listeners.inc();
+                self.listeners.push(Listener { format: ListenerFormat::new(rate), frames });
+            }
+            CallCommand::Stream { chunks, done } => {
+                if let Some(old) = self.stream.replace(AttachedStream { chunks: Some(chunks), done }) {
+                    let _ = old.done.send(StreamEnd::Replaced);
+                }
+            }
+            CallCommand::Shutdown => {}
+        }
+    }
+
+    /// Barge-in also drops TTS already handed to us but not yet queued in the session.
+    fn flush_stream_channel(&mut self) {
+        if let Some(rx) = self.stream.as_mut().and_then(|s| s.chunks.as_mut()) {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+
+    async fn flush(&mut self) {
+        for t in self.out.transmit.drain(..) {
+            if let Err(e) = self.sockets.rtp.send_to(&t.data, t.to).await {
+                debug!(to = %t.to, error = %e, "rtp send failed");
+            }
+        }
+        if !self.out.heard.is_empty() {
+            let mut closed = 0;
+            for l in &mut self.listeners {
+                self.frames.clear();
+                for h in &self.out.heard {
+                    l.format.push(&h.pcm, &mut self.frames);
+                }
+                for f in self.frames.drain(..) {
+                    match l.frames.try_send(f) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => self.metrics.listener_frames_dropped.inc(),
+                        Err(mpsc::error::TrySendError::Closed(_)) => closed += 1,
+                    }
+                }
+            }
+            if closed > 0 {
+                let before = self.listeners.len();
+                self.listeners.retain(|l| !l.frames.is_closed());
+                self.metrics.listeners.sub((before - self.listeners.len()) as i64);
+            }
+            self.out.heard.clear();
+        }
+        for e in self.out.events.drain(..) {
+            match e {
+                Event::PlaybackEnded { id, outcome } => {
+                    self.metrics.playbacks.with_label_values(&[outcome_label(outcome)]).inc();
+                    if let Some(w) = self.waiters.remove(&id) {
+                        let _ = w.send(outcome);
+                    }
+                }
+                Event::Latched(addr) => info!(%addr, "media latched to caller's source"),
+                Event::CodecChanged(c) => info!(codec = c.name(), "caller switched codec"),
+            }
+        }
+        self.out.played.clear();
+        // A finished stream is done once its queued audio has gone out.
+        if let Some(s) = &self.stream {
+            if s.chunks.is_none() && self.session.stream_queued() == 0 {
+                if let Some(s) = self.stream.take() {
+                    let _ = s.done.send(StreamEnd::Played);
+                }
+            }
+        }
+    }
+}
+
+async fn recv_stream(stream: &mut Option<AttachedStream>) -> Option<Vec<i16>> {
+    match stream.as_mut().and_then(|s| s.chunks.as_mut()) {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn outcome_label(o: PlaybackOutcome) -> &'static str {
+    match o {
+        PlaybackOutcome::Finished => "finished",
+        PlaybackOutcome::Interrupted => "interrupted",
+        PlaybackOutcome::Stopped => "stopped",
+        PlaybackOutcome::CallEnded => "call_ended",
+    }
+}

@@ -1,0 +1,231 @@
+//! The node's one configuration: flags and environment (the names the platform's
+//! deployments already set), validated at start with errors that say what to fix.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "media-node", about = "Real-time media node: RTP sessions, prompts, live listen, gRPC MediaService")]
+pub struct NodeArgs {
+    /// gRPC port of the MediaService.
+    #[arg(long, env = "MEDIA_SERVICE_GRPC_PORT", default_value_t = 13031)]
+    pub grpc_port: u16,
+    /// HTTP port for /metrics, /healthz and /readyz.
+    #[arg(long, env = "MEDIA_SERVICE_METRICS_PORT", default_value_t = 13032)]
+    pub metrics_port: u16,
+    /// Address the gRPC and HTTP servers bind.
+    #[arg(long, env = "MEDIA_SERVICE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub service_listen_address: IpAddr,
+    /// First UDP port of the RTP range.
+    #[arg(long, env = "RTP_SERVICE_PORT_MIN", default_value_t = 10000)]
+    pub rtp_port_min: u16,
+    /// Last UDP port of the RTP range (RTCP of the last even port must fit).
+    #[arg(long, env = "RTP_SERVICE_PORT_MAX", default_value_t = 20000)]
+    pub rtp_port_max: u16,
+    /// Seconds a released port waits before reuse.
+    #[arg(long, env = "RTP_SERVICE_PORT_QUARANTINE_SECONDS", default_value_t = 5.0)]
+    pub quarantine_seconds: f64,
+    /// Address RTP sockets bind.
+    #[arg(long, env = "RTP_SERVICE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub rtp_listen_address: IpAddr,
+    /// IP callers must put in their SDP; defaults to the RTP listen address when that
+    /// is specific, else to loopback.
+    #[arg(long, env = "RTP_SERVICE_ADVERTISED_IP")]
+    pub advertised_ip: Option<IpAddr>,
+    /// Root directory for file:// prompts.
+    #[arg(long, env = "ASSETS_BASE_PATH", default_value = "assets")]
+    pub assets_base_path: PathBuf,
+    /// Bytes of decoded prompts kept in memory.
+    #[arg(long, env = "MEDIA_PROMPT_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub prompt_cache_bytes: usize,
+    /// Adopt the source address of the caller's first RTP packet (symmetric RTP).
+    #[arg(long, env = "RTP_SERVICE_SYMMETRIC_RTP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub symmetric_rtp: bool,
+    /// How long a missing RTP packet is waited for, in milliseconds.
+    #[arg(long, env = "RTP_SERVICE_JITTER_MS", default_value_t = 40)]
+    pub jitter_ms: u64,
+    /// On SIGTERM, how long calls in flight may go on before the node closes.
+    #[arg(long, env = "MEDIA_SERVICE_DRAIN_SECONDS", default_value_t = 300)]
+    pub drain_seconds: u64,
+    /// Server certificate (PEM) for gRPC TLS.
+    #[arg(long, env = "MEDIA_SERVICE_CERT_PATH")]
+    pub cert_path: Option<PathBuf>,
+    /// Server private key (PEM) for gRPC TLS.
+    #[arg(long, env = "MEDIA_SERVICE_KEY_PATH")]
+    pub key_path: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: turns TLS into mTLS.
+    #[arg(long, env = "GRPC_TLS_CA_PATH")]
+    pub tls_ca_path: Option<PathBuf>,
+    /// Accepted for recordings (S3 endpoint, region, credentials, bucket).
+    #[arg(long, env = "BUCKET_ENDPOINT_URL")]
+    pub bucket_endpoint_url: Option<String>,
+    #[arg(long, env = "BUCKET_REGION")]
+    pub bucket_region: Option<String>,
+    #[arg(long, env = "BUCKET_ACCESS_KEY_ID", hide_env_values = true)]
+    pub bucket_access_key_id: Option<String>,
+    #[arg(long, env = "BUCKET_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub bucket_secret_access_key: Option<String>,
+    #[arg(long, env = "BUCKET_NAME")]
+    pub bucket_name: Option<String>,
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
+    pub rabbitmq_url: Option<String>,
+    #[arg(long, env = "TENANT_ID")]
+    pub tenant_id: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "MEDIA_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Validated settings the node runs with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub rtp_listen: IpAddr,
+    pub advertised_ip: IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub quarantine: Duration,
+    pub assets_root: PathBuf,
+    pub prompt_cache_bytes: usize,
+    pub symmetric_rtp: bool,
+    pub jitter_hold: Duration,
+    pub drain_timeout: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl NodeConfig {
+    pub fn from_args(a: &NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if a.rtp_port_min >= a.rtp_port_max {
+            return bad(format!(
+                "RTP_SERVICE_PORT_MIN ({}) must be below RTP_SERVICE_PORT_MAX ({})",
+                a.rtp_port_min, a.rtp_port_max
+            ));
+        }
+        if a.rtp_port_min < 1024 {
+            return bad(format!("RTP_SERVICE_PORT_MIN ({}) must be 1024 or above", a.rtp_port_min));
+        }
+        if !(0.0..=3600.0).contains(&a.quarantine_seconds) || a.quarantine_seconds.is_nan() {
+            return bad(format!("RTP_SERVICE_PORT_QUARANTINE_SECONDS ({}) must be between 0 and 3600", a.quarantine_seconds));
+        }
+        if !(10..=1000).contains(&a.jitter_ms) {
+            return bad(format!("RTP_SERVICE_JITTER_MS ({}) must be between 10 and 1000", a.jitter_ms));
+        }
+        if !a.assets_base_path.is_dir() {
+            return bad(format!(
+                "ASSETS_BASE_PATH {:?} is not a directory: point it at the folder that holds the prompts",
+                a.assets_base_path
+            ));
+        }
+        let tls = match (&a.cert_path, &a.key_path) {
+            (None, None) => {
+                if a.tls_ca_path.is_some() {
+                    return bad("GRPC_TLS_CA_PATH is set but MEDIA_SERVICE_CERT_PATH and MEDIA_SERVICE_KEY_PATH are not".into());
+                }
+                None
+            }
+            (Some(cert), Some(key)) => {
+                for (name, p) in [("MEDIA_SERVICE_CERT_PATH", Some(cert)), ("MEDIA_SERVICE_KEY_PATH", Some(key)), ("GRPC_TLS_CA_PATH", a.tls_ca_path.as_ref())] {
+                    if let Some(p) = p {
+                        if !p.is_file() {
+                            return bad(format!("{name} {p:?} is not a readable file"));
+                        }
+                    }
+                }
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: a.tls_ca_path.clone() })
+            }
+            _ => return bad("set both MEDIA_SERVICE_CERT_PATH and MEDIA_SERVICE_KEY_PATH for TLS, or neither".into()),
+        };
+        let advertised_ip = a.advertised_ip.unwrap_or(if a.rtp_listen_address.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            a.rtp_listen_address
+        });
+        if advertised_ip.is_unspecified() {
+            return bad("RTP_SERVICE_ADVERTISED_IP cannot be 0.0.0.0: callers must be able to send to it".into());
+        }
+        Ok(NodeConfig {
+            grpc_addr: SocketAddr::new(a.service_listen_address, a.grpc_port),
+            http_addr: SocketAddr::new(a.service_listen_address, a.metrics_port),
+            rtp_listen: a.rtp_listen_address,
+            advertised_ip,
+            port_min: a.rtp_port_min,
+            port_max: a.rtp_port_max,
+            quarantine: Duration::from_secs_f64(a.quarantine_seconds),
+            assets_root: a.assets_base_path.clone(),
+            prompt_cache_bytes: a.prompt_cache_bytes,
+            symmetric_rtp: a.symmetric_rtp,
+            jitter_hold: Duration::from_millis(a.jitter_ms),
+            drain_timeout: Duration::from_secs(a.drain_seconds),
+            tls,
+        })
+    }
+
+    /// A standalone node on loopback with OS-chosen gRPC/HTTP ports: for the demo and tests.
+    pub fn loopback(assets_root: PathBuf, port_min: u16, port_max: u16) -> NodeConfig {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        NodeConfig {
+            grpc_addr: SocketAddr::new(lo, 0),
+            http_addr: SocketAddr::new(lo, 0),
+            rtp_listen: lo,
+            advertised_ip: lo,
+            port_min,
+            port_max,
+            quarantine: Duration::from_secs(5),
+            assets_root,
+            prompt_cache_bytes: 16 * 1024 * 1024,
+            symmetric_rtp: true,
+            jitter_hold: Duration::from_millis(40),
+            drain_timeout: Duration::from_secs(30),
+            tls: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> NodeArgs {
+        let mut v = vec!["media-node", "--assets-base-path", "."];
+        v.extend_from_slice(extra);
+        NodeArgs::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = NodeConfig::from_args(&args(&[])).unwrap();
+        assert_eq!(c.grpc_addr.port(), 13031);
+        assert_eq!(c.http_addr.port(), 13032);
+        assert_eq!(c.quarantine, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_setting_to_fix() {
+        let e = NodeConfig::from_args(&args(&["--rtp-port-min", "20000", "--rtp-port-max", "10000"])).unwrap_err();
+        assert!(e.to_string().contains("RTP_SERVICE_PORT_MIN"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--cert-path", "/nonexistent"])).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_SERVICE_KEY_PATH"), "{e}");
+        let mut a = args(&[]);
+        a.assets_base_path = "/definitely/not/here".into();
+        let e = NodeConfig::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("ASSETS_BASE_PATH"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--advertised-ip", "0.0.0.0"])).unwrap_err();
+        assert!(e.to_string().contains("RTP_SERVICE_ADVERTISED_IP"), "{e}");
+    }
+}

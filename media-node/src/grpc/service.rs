@@ -1,0 +1,301 @@
+//! MediaService handlers. Each one validates its input, asks the node or the call,
+//! and maps failures to the status a caller can act on (INVALID_ARGUMENT, NOT_FOUND,
+//! RESOURCE_EXHAUSTED, UNAVAILABLE). Trace ids from `x-trace-id` go into the logs.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use media_proto::pb::media_service_server::MediaService;
+use media_proto::pb::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::audio::decode;
+use crate::audio::listener::{media_type, LISTEN_RATES};
+use crate::audio::uri::{self, AudioUri, Control, UriError};
+use crate::call::{CallCommand, StreamEnd};
+use crate::core::resample::Resampler;
+use crate::core::session::Command;
+use crate::node::{Node, NodeError};
+use crate::ports::PoolError;
+
+pub struct MediaSvc {
+    node: Arc<Node>,
+}
+
+impl MediaSvc {
+    pub fn new(node: Arc<Node>) -> MediaSvc {
+        MediaSvc { node }
+    }
+
+    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => "OK".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        let m = &self.node.metrics;
+        m.rpc_requests.with_label_values(&[method, &code]).inc();
+        m.rpc_seconds.with_label_values(&[method]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+pub fn status(e: NodeError) -> Status {
+    match &e {
+        NodeError::Draining => Status::unavailable(e.to_string()),
+        NodeError::Pool(PoolError::Exhausted { .. }) => Status::resource_exhausted(e.to_string()),
+        NodeError::Pool(PoolError::EmptyRange { .. }) => Status::failed_precondition(e.to_string()),
+        NodeError::Pool(PoolError::NotAllocated(_)) | NodeError::UnknownPort(_) | NodeError::UnknownCall(_) | NodeError::CallGone => {
+            Status::not_found(e.to_string())
+        }
+        NodeError::Bind(_) => Status::unavailable(e.to_string()),
+        NodeError::Uri(UriError::NotFound(_)) => Status::not_found(e.to_string()),
+        NodeError::Uri(_) | NodeError::Decode(_) => Status::invalid_argument(e.to_string()),
+        NodeError::Read(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn trace_id<T>(req: &Request<T>) -> String {
+    req.metadata().get("x-trace-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+fn parse_target(raw: &str) -> Result<Option<SocketAddr>, Status> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    raw.trim()
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| Status::invalid_argument(format!("rtp_target_addr {raw:?} is not ip:port")))
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl MediaService for MediaSvc {
+    async fn allocate_port(&self, req: Request<AllocatePortRequest>) -> Result<Response<AllocatePortResponse>, Status> {
+        let started = Instant::now();
+        let trace = trace_id(&req);
+        let call_id = req.into_inner().call_id;
+        let result = self.node.allocate(&call_id).await.map_err(status).map(|a| {
+            info!(trace_id = %trace, call_id = %call_id, port = a.port, "port allocated");
+            Response::new(AllocatePortResponse { rtp_port: a.port as u32, advertised_ip: a.advertised_ip.to_string() })
+        });
+        self.node.metrics.allocate_seconds.observe(started.elapsed().as_secs_f64());
+        self.observe("AllocatePort", started, &result);
+        result
+    }
+
+    async fn release_port(&self, req: Request<ReleasePortRequest>) -> Result<Response<ReleasePortResponse>, Status> {
+        let started = Instant::now();
+        let trace = trace_id(&req);
+        let port = req.into_inner().rtp_port;
+        let result = self.node.release(port).await.map_err(status).map(|()| {
+            info!(trace_id = %trace, port, "port released");
+            Response::new(ReleasePortResponse { success: true })
+        });
+        self.observe("ReleasePort", started, &result);
+        result
+    }
+
+    async fn play_audio(&self, req: Request<PlayAudioRequest>) -> Result<Response<PlayAudioResponse>, Status> {
+        let started = Instant::now();
+        let trace = trace_id(&req);
+        let r = req.into_inner();
+        let result = self.play(&trace, r).await;
+        self.observe("PlayAudio", started, &result);
+        result
+    }
+
+    type RecordAudioStream = BoxStream<RecordAudioResponse>;
+
+    async fn record_audio(&self, req: Request<RecordAudioRequest>) -> Result<Response<Self::RecordAudioStream>, Status> {
+        let started = Instant::now();
+        let trace = trace_id(&req);
+        let r = req.into_inner();
+        let result = async {
+            let rate = r.target_sample_rate.unwrap_or(16000);
+            if !LISTEN_RATES.contains(&rate) {
+                return Err(Status::invalid_argument(format!("target_sample_rate {rate} is not one of {LISTEN_RATES:?}")));
+            }
+            let call = self.node.call(r.server_rtp_port).map_err(status)?;
+            let (tx, rx) = mpsc::channel(crate::call::task::LISTENER_QUEUE);
+            call.commands.send(CallCommand::Listen { rate, frames: tx }).await.map_err(|_| status(NodeError::CallGone))?;
+            info!(trace_id = %trace, port = r.server_rtp_port, rate, "listener attached");
+            let mt = media_type(rate);
+            let stream = ReceiverStream::new(rx).map(move |audio_data| Ok(RecordAudioResponse { audio_data, media_type: mt.clone() }));
+            Ok(Response::new(Box::pin(stream) as Self::RecordAudioStream))
+        }
+        .await;
+        self.observe("RecordAudio", started, &result);
+        result
+    }
+
+    async fn start_recording(&self, req: Request<StartRecordingRequest>) -> Result<Response<StartRecordingResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = self
+            .node
+            .call(r.server_rtp_port)
+            .map_err(status)
+            .and_then(|_| Err(Status::unimplemented("recording is not available on this node version yet")));
+        self.observe("StartRecording", started, &result);
+        result
+    }
+
+    async fn stop_recording(&self, req: Request<StopRecordingRequest>) -> Result<Response<StopRecordingResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let result = self
+            .node
+            .call(r.server_rtp_port)
+            .map_err(status)
+            .and_then(|_| Err(Status::unimplemented("recording is not available on this node version yet")));
+        self.observe("StopRecording", started, &result);
+        result
+    }
+
+    type StreamAudioToCallStream = BoxStream<StreamAudioToCallResponse>;
+
+    async fn stream_audio_to_call(
+        &self,
+        req: Request<Streaming<StreamAudioToCallRequest>>,
+    ) -> Result<Response<Self::StreamAudioToCallStream>, Status> {
+        let started = Instant::now();
+        let trace = trace_id(&req);
+        let mut inbound = req.into_inner();
+        let result = async {
+            let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("stream ended before its first message"))?;
+            if first.call_id.is_empty() {
+                return Err(Status::invalid_argument("the first message must carry call_id"));
+            }
+            let call = self.node.call_by_id(&first.call_id).map_err(status)?;
+            let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<i16>>(4);
+            let (done_tx, done_rx) = oneshot::channel();
+            call.commands
+                .send(CallCommand::Stream { chunks: chunk_rx, done: done_tx })
+                .await
+                .map_err(|_| status(NodeError::CallGone))?;
+            let (resp_tx, resp_rx) = mpsc::channel(2);
+            info!(trace_id = %trace, call_id = %first.call_id, "TTS stream attached");
+            tokio::spawn(pump_tts(first, inbound, chunk_tx, done_rx, resp_tx));
+            Ok(Response::new(Box::pin(ReceiverStream::new(resp_rx)) as Self::StreamAudioToCallStream))
+        }
+        .await;
+        self.observe("StreamAudioToCall", started, &result);
+        result
+    }
+}
+
+impl MediaSvc {
+    async fn play(&self, trace: &str, r: PlayAudioRequest) -> Result<Response<PlayAudioResponse>, Status> {
+        let call = self.node.call(r.server_rtp_port).map_err(status)?;
+        let target = parse_target(&r.rtp_target_addr)?;
+        let reply = |message: &str| Ok(Response::new(PlayAudioResponse { success: true, message: message.to_string() }));
+        let send = |cmd: Command| {
+            let call = call.clone();
+            async move { call.commands.send(CallCommand::Session(cmd)).await.map_err(|_| status(NodeError::CallGone)) }
+        };
+        let pcm: Arc<[i16]> = match uri::parse(&r.audio_uri).map_err(|e| status(e.into()))? {
+            AudioUri::Control(Control::SetTarget) => {
+                let t = target.ok_or_else(|| Status::invalid_argument("control://set_target needs rtp_target_addr"))?;
+                send(Command::SetTarget(t)).await?;
+                info!(trace_id = %trace, port = r.server_rtp_port, target = %t, "media target set");
+                return reply("target set");
+            }
+            AudioUri::Control(Control::EnableEcho) => {
+                send(Command::SetEcho(true)).await?;
+                return reply("echo enabled");
+            }
+            AudioUri::Control(Control::DisableEcho) => {
+                send(Command::SetEcho(false)).await?;
+                return reply("echo disabled");
+            }
+            AudioUri::Control(Control::StopAudio) => {
+                send(Command::Stop).await?;
+                return reply("stopped");
+            }
+            AudioUri::File(rel) => self.node.load_prompt(&rel).await.map_err(status)?,
+            AudioUri::Pcm { rate, bytes } => decode::pcm_bytes_to_call_pcm(&bytes, rate).into(),
+            AudioUri::Wav(bytes) => decode::wav_to_call_pcm(&bytes).map_err(|e| status(e.into()))?.into(),
+        };
+        let id = self.node.next_playback_id();
+        let (done_tx, done_rx) = oneshot::channel();
+        call.commands
+            .send(CallCommand::Play { id, pcm, target, done: done_tx })
+            .await
+            .map_err(|_| status(NodeError::CallGone))?;
+        // The reply waits for the end of playback. If the client goes away meanwhile,
+        // this future is dropped but the call task keeps playing.
+        match done_rx.await {
+            Ok(outcome) => {
+                info!(trace_id = %trace, port = r.server_rtp_port, uri = %short(&r.audio_uri), outcome = outcome.as_str(), "playback ended");
+                reply(outcome.as_str())
+            }
+            Err(_) => Ok(Response::new(PlayAudioResponse { success: false, message: "call ended".into() })),
+        }
+    }
+}
+
+fn short(uri: &str) -> String {
+    if uri.starts_with("data:") {
+        format!("data:({} bytes)", uri.len())
+    } else {
+        uri.to_string()
+    }
+}
+
+/// Moves TTS chunks from the client to the call, resampling 16 kHz to 8 kHz. The
+/// call's channel is tiny, so a full call queue stops this loop from reading the
+/// client: HTTP/2 flow control then pushes back on the sender, and nothing is dropped.
+async fn pump_tts(
+    first: StreamAudioToCallRequest,
+    mut inbound: Streaming<StreamAudioToCallRequest>,
+    chunks: mpsc::Sender<Vec<i16>>,
+    done: oneshot::Receiver<StreamEnd>,
+    responses: mpsc::Sender<Result<StreamAudioToCallResponse, Status>>,
+) {
+    let mut resampler = Resampler::new(16000, crate::audio::CALL_RATE);
+    let mut carry: Option<u8> = None;
+    let mut msg = Some(first);
+    let mut failure: Option<Status> = None;
+    while let Some(m) = msg.take() {
+        if !m.audio_chunk.is_empty() {
+            let mut bytes = m.audio_chunk;
+            if let Some(b) = carry.take() {
+                bytes.insert(0, b);
+            }
+            if bytes.len() % 2 == 1 {
+                // A chunk may split a sample; keep the odd byte for the next one.
+                carry = bytes.pop();
+            }
+            let samples: Vec<i16> = bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+            let pcm = resampler.process(&samples);
+            if chunks.send(pcm).await.is_err() {
+                break; // the call ended
+            }
+        }
+        match inbound.message().await {
+            Ok(next) => msg = next,
+            Err(e) => {
+                warn!(error = %e, "TTS stream broke off");
+                failure = Some(e);
+            }
+        }
+    }
+    drop(chunks);
+    let outcome = done.await.unwrap_or(StreamEnd::CallEnded);
+    let resp = match (failure, outcome) {
+        (Some(e), _) => StreamAudioToCallResponse { success: false, error_message: format!("client stream failed: {}", e.message()) },
+        (None, StreamEnd::Played) => StreamAudioToCallResponse { success: true, error_message: String::new() },
+        (None, StreamEnd::Replaced) => {
+            StreamAudioToCallResponse { success: false, error_message: "another StreamAudioToCall took over this call".into() }
+        }
+        (None, StreamEnd::CallEnded) => StreamAudioToCallResponse { success: false, error_message: "the call ended".into() },
+    };
+    let _ = responses.send(Ok(resp)).await;
+}

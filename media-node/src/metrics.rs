@@ -1,0 +1,106 @@
+//! The node's one Prometheus registry and every metric it exports.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::core::session::Counters;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub sessions: IntGauge,
+    pub ports: IntGaugeVec,
+    pub packets: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub malformed: IntCounter,
+    pub rtcp: IntCounter,
+    pub foreign: IntCounter,
+    pub unsupported_payload: IntCounter,
+    pub late: IntCounter,
+    pub lost_samples: IntCounter,
+    pub frames_skipped: IntCounter,
+    pub cache_lookups: IntCounterVec,
+    pub cache_bytes: IntGauge,
+    pub playbacks: IntCounterVec,
+    pub listener_frames_dropped: IntCounter,
+    pub listeners: IntGauge,
+    pub rpc_requests: IntCounterVec,
+    pub rpc_seconds: HistogramVec,
+    pub allocate_seconds: Histogram,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
+        Metrics {
+            sessions: reg(&r, IntGauge::new("media_sessions_active", "Calls with an RTP session on this node").unwrap()),
+            ports: reg(&r, IntGaugeVec::new(Opts::new("media_ports", "RTP ports by state"), &["state"]).unwrap()),
+            packets: reg(&r, IntCounterVec::new(Opts::new("media_rtp_packets_total", "RTP packets by direction"), &["direction"]).unwrap()),
+            bytes: reg(&r, IntCounterVec::new(Opts::new("media_rtp_bytes_total", "RTP bytes by direction"), &["direction"]).unwrap()),
+            malformed: counter("media_rtp_malformed_total", "Datagrams dropped because they were not valid RTP"),
+            rtcp: counter("media_rtcp_packets_total", "RTCP packets received (counted, not played)"),
+            foreign: counter("media_rtp_foreign_total", "RTP from an address other than the call's latched peer, dropped"),
+            unsupported_payload: counter("media_rtp_unsupported_payload_total", "RTP with a payload type we do not decode, dropped"),
+            late: counter("media_rtp_late_packets_total", "RTP packets that arrived after their audio was due, or twice"),
+            lost_samples: counter("media_rtp_lost_samples_total", "8 kHz samples concealed with silence because their packet never came"),
+            frames_skipped: counter("media_pacer_frames_skipped_total", "Outbound frames skipped after a scheduling stall"),
+            cache_lookups: reg(&r, IntCounterVec::new(Opts::new("media_prompt_cache_lookups_total", "Prompt cache lookups"), &["result"]).unwrap()),
+            cache_bytes: reg(&r, IntGauge::new("media_prompt_cache_bytes", "Bytes of decoded prompts in the cache").unwrap()),
+            playbacks: reg(&r, IntCounterVec::new(Opts::new("media_playbacks_total", "Prompts ended, by outcome"), &["outcome"]).unwrap()),
+            listener_frames_dropped: counter("media_listener_frames_dropped_total", "Frames a slow RecordAudio listener did not take in time"),
+            listeners: reg(&r, IntGauge::new("media_listeners_active", "Open RecordAudio streams").unwrap()),
+            rpc_requests: reg(&r, IntCounterVec::new(Opts::new("media_grpc_requests_total", "gRPC requests by method and status code"), &["method", "code"]).unwrap()),
+            rpc_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("media_grpc_request_duration_seconds", "gRPC handling time (PlayAudio includes playback)")
+                        .buckets(exponential_buckets(0.0001, 4.0, 12).unwrap()),
+                    &["method"],
+                )
+                .unwrap(),
+            ),
+            allocate_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("media_allocate_port_duration_seconds", "AllocatePort handling time")
+                        .buckets(exponential_buckets(0.00005, 2.0, 16).unwrap()),
+                )
+                .unwrap(),
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn add_session_counters(&self, c: &Counters) {
+        self.packets.with_label_values(&["in"]).inc_by(c.packets_in);
+        self.packets.with_label_values(&["out"]).inc_by(c.packets_out);
+        self.bytes.with_label_values(&["in"]).inc_by(c.bytes_in);
+        self.bytes.with_label_values(&["out"]).inc_by(c.bytes_out);
+        self.malformed.inc_by(c.malformed);
+        self.rtcp.inc_by(c.rtcp);
+        self.foreign.inc_by(c.foreign);
+        self.unsupported_payload.inc_by(c.unsupported_payload);
+        self.late.inc_by(c.late);
+        self.lost_samples.inc_by(c.lost_samples);
+        self.frames_skipped.inc_by(c.frames_skipped);
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

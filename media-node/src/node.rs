@@ -1,0 +1,248 @@
+//! The node: its calls by port and by call_id, the port pool, the prompt cache, and
+//! the drain switch. The gRPC layer translates requests into these operations.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tracing::warn;
+
+use crate::audio::cache::{PromptCache, PromptKey};
+use crate::audio::decode::{self, DecodeError};
+use crate::audio::uri::{self, UriError};
+use crate::call::{spawn_call, CallCommand, CallHandle, CallSockets};
+use crate::config::NodeConfig;
+use crate::core::jitter::JitterConfig;
+use crate::metrics::Metrics;
+use crate::ports::{PoolCounts, PoolError, PortPool};
+
+/// How many ports an allocation tries when binds fail (another process holds them).
+const BIND_ATTEMPTS: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("node is draining and takes no new calls")]
+    Draining,
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("no call on port {0}")]
+    UnknownPort(u32),
+    #[error("no call with call_id {0:?}")]
+    UnknownCall(String),
+    #[error("could not bind RTP sockets: {0}")]
+    Bind(String),
+    #[error(transparent)]
+    Uri(#[from] UriError),
+    #[error("prompt could not be decoded: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("prompt could not be read: {0}")]
+    Read(String),
+    #[error("the call ended")]
+    CallGone,
+}
+
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub port: u16,
+    pub advertised_ip: IpAddr,
+}
+
+#[derive(Default)]
+struct Calls {
+    by_port: HashMap<u16, Arc<CallHandle>>,
+    by_call_id: HashMap<String, u16>,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub metrics: Arc<Metrics>,
+    pool: Mutex<PortPool>,
+    calls: Mutex<Calls>,
+    prompts: Mutex<PromptCache>,
+    draining: AtomicBool,
+    next_playback: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Node {
+    pub fn new(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node, PoolError> {
+        let pool = PortPool::new(config.port_min, config.port_max, config.quarantine)?;
+        let node = Node {
+            prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
+            config,
+            metrics,
+            pool: Mutex::new(pool),
+            calls: Mutex::new(Calls::default()),
+            draining: AtomicBool::new(false),
+            next_playback: AtomicU64::new(1),
+        };
+        node.refresh_port_gauges();
+        Ok(node)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn active_calls(&self) -> usize {
+        lock(&self.calls).by_port.len()
+    }
+
+    pub fn port_counts(&self) -> PoolCounts {
+        lock(&self.pool).counts(Instant::now())
+    }
+
+    pub fn refresh_port_gauges(&self) {
+        let c = self.port_counts();
+        self.metrics.ports.with_label_values(&["free"]).set(c.free as i64);
+        self.metrics.ports.with_label_values(&["allocated"]).set(c.allocated as i64);
+        self.metrics.ports.with_label_values(&["quarantined"]).set(c.quarantined as i64);
+        self.metrics.sessions.set(self.active_calls() as i64);
+    }
+
+    /// Reserves a port pair and starts the call's task. Idempotent per call_id, so a
+    /// caller retrying after a deadline gets the same port, not a leaked second one.
+    pub async fn allocate(&self, call_id: &str) -> Result<Allocation, NodeError> {
+        if self.is_draining() {
+            return Err(NodeError::Draining);
+        }
+        if !call_id.is_empty() {
+            if let Some(&port) = lock(&self.calls).by_call_id.get(call_id) {
+                return Ok(Allocation { port, advertised_ip: self.config.advertised_ip });
+            }
+        }
+        let mut last_err = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let port = lock(&self.pool).allocate(Instant::now())?;
+            match bind_pair(self.config.rtp_listen, port) {
+                Ok(sockets) => {
+                    let jitter = JitterConfig { hold: self.config.jitter_hold, ..JitterConfig::default() };
+                    let handle = spawn_call(port, call_id.to_string(), sockets, self.config.symmetric_rtp, jitter, self.metrics.clone());
+                    {
+                        let mut calls = lock(&self.calls);
+                        calls.by_port.insert(port, handle);
+                        if !call_id.is_empty() {
+                            calls.by_call_id.insert(call_id.to_string(), port);
+                        }
+                    }
+                    self.refresh_port_gauges();
+                    return Ok(Allocation { port, advertised_ip: self.config.advertised_ip });
+                }
+                Err(e) => {
+                    // Someone else holds it: set it aside through the quarantine and try another.
+                    warn!(port, error = %e, "RTP port busy, trying another");
+                    let _ = lock(&self.pool).release(port, Instant::now());
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(NodeError::Bind(last_err.map(|e| e.to_string()).unwrap_or_default()))
+    }
+
+    pub fn call(&self, port: u32) -> Result<Arc<CallHandle>, NodeError> {
+        u16::try_from(port)
+            .ok()
+            .and_then(|p| lock(&self.calls).by_port.get(&p).cloned())
+            .ok_or(NodeError::UnknownPort(port))
+    }
+
+    pub fn call_by_id(&self, call_id: &str) -> Result<Arc<CallHandle>, NodeError> {
+        let calls = lock(&self.calls);
+        calls
+            .by_call_id
+            .get(call_id)
+            .and_then(|p| calls.by_port.get(p).cloned())
+            .ok_or_else(|| NodeError::UnknownCall(call_id.to_string()))
+    }
+
+    /// Ends the call: its task stops, its sockets close, and only then does the port
+    /// enter quarantine.
+    pub async fn release(&self, port: u32) -> Result<(), NodeError> {
+        let handle = {
+            let mut calls = lock(&self.calls);
+            let p = u16::try_from(port).map_err(|_| NodeError::UnknownPort(port))?;
+            let h = calls.by_port.remove(&p).ok_or(NodeError::UnknownPort(port))?;
+            if calls.by_call_id.get(&h.call_id) == Some(&p) {
+                calls.by_call_id.remove(&h.call_id);
+            }
+            h
+        };
+        let _ = handle.commands.send(CallCommand::Shutdown).await;
+        if let Some(join) = handle.task.lock().await.take() {
+            let _ = join.await;
+        }
+        lock(&self.pool).release(handle.port, Instant::now())?;
+        self.refresh_port_gauges();
+        Ok(())
+    }
+
+    /// Ends every call (used when the drain deadline passes or the node stops).
+    pub async fn release_all(&self) {
+        let ports: Vec<u16> = lock(&self.calls).by_port.keys().copied().collect();
+        for p in ports {
+            let _ = self.release(p as u32).await;
+        }
+    }
+
+    /// Waits until no call is left or the timeout passes; true when empty.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.active_calls() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn next_playback_id(&self) -> u64 {
+        self.next_playback.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Loads a file:// prompt as call PCM through the cache.
+    pub async fn load_prompt(&self, relative: &Path) -> Result<Arc<[i16]>, NodeError> {
+        let full = uri::resolve_under(&self.config.assets_root, relative)?;
+        let meta = tokio::fs::metadata(&full).await.map_err(|e| NodeError::Read(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(NodeError::Uri(UriError::NotFound(relative.display().to_string())));
+        }
+        let key = PromptKey { path: full.clone(), modified: meta.modified().ok(), len: meta.len() };
+        if let Some(pcm) = lock(&self.prompts).get(&key) {
+            self.metrics.cache_lookups.with_label_values(&["hit"]).inc();
+            return Ok(pcm);
+        }
+        self.metrics.cache_lookups.with_label_values(&["miss"]).inc();
+        let bytes = tokio::fs::read(&full).await.map_err(|e| NodeError::Read(e.to_string()))?;
+        let pcm: Arc<[i16]> = tokio::task::spawn_blocking(move || decode::wav_to_call_pcm(&bytes))
+            .await
+            .map_err(|e| NodeError::Read(e.to_string()))??
+            .into();
+        let mut cache = lock(&self.prompts);
+        cache.insert(key, pcm.clone());
+        self.metrics.cache_bytes.set(cache.bytes() as i64);
+        Ok(pcm)
+    }
+}
+
+fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<CallSockets> {
+    let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+    let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
+    rtp.set_nonblocking(true)?;
+    rtcp.set_nonblocking(true)?;
+    Ok(CallSockets { rtp: UdpSocket::from_std(rtp)?, rtcp: UdpSocket::from_std(rtcp)? })
+}

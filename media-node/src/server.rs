@@ -1,0 +1,103 @@
+//! Starting and stopping a node: gRPC (plaintext, TLS or mTLS) with the standard
+//! health service, the HTTP side, and the drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use media_proto::pb::media_service_server::MediaServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+use crate::config::NodeConfig;
+use crate::grpc::MediaSvc;
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+pub struct RunningNode {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub node: Arc<Node>,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningNode {
+    /// Begins the drain: no new calls, not ready, calls in flight go on until they end
+    /// or the drain timeout passes; then the servers close.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("node task panicked")?
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
+    let metrics = Arc::new(Metrics::new());
+    let node = Arc::new(Node::new(cfg.clone(), metrics).context("port range")?);
+
+    let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding gRPC on {}", cfg.grpc_addr))?;
+    let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding HTTP on {}", cfg.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &cfg.tls {
+        let cert = std::fs::read(&tls.cert).with_context(|| format!("reading {:?}", tls.cert))?;
+        let key = std::fs::read(&tls.key).with_context(|| format!("reading {:?}", tls.key))?;
+        let mut t = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &tls.client_ca {
+            let ca = std::fs::read(ca).with_context(|| format!("reading {ca:?}"))?;
+            t = t.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(t).context("TLS configuration")?;
+    }
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<MediaServiceServer<MediaSvc>>().await;
+
+    let shutdown = CancellationToken::new();
+    let servers_stop = CancellationToken::new();
+    let grpc = builder
+        .add_service(health_svc)
+        .add_service(MediaServiceServer::new(MediaSvc::new(node.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), servers_stop.clone().cancelled_owned());
+    let http = axum::serve(http_listener, crate::http::router(node.clone())).with_graceful_shutdown(servers_stop.clone().cancelled_owned());
+
+    info!(%grpc_addr, %http_addr, ports = %format!("{}-{}", cfg.port_min, cfg.port_max), advertised_ip = %cfg.advertised_ip, "media node serving");
+
+    let drain_node = node.clone();
+    let drain_token = shutdown.clone();
+    let drain_timeout = cfg.drain_timeout;
+    let done = tokio::spawn(async move {
+        let grpc = tokio::spawn(grpc);
+        let http = tokio::spawn(async move { http.await });
+        drain_token.cancelled().await;
+        drain_node.start_draining();
+        health.set_not_serving::<MediaServiceServer<MediaSvc>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        let calls = drain_node.active_calls();
+        info!(calls, timeout_s = drain_timeout.as_secs(), "draining");
+        if !drain_node.wait_idle(drain_timeout).await {
+            warn!(calls = drain_node.active_calls(), "drain deadline passed; ending remaining calls");
+        }
+        drain_node.release_all().await;
+        servers_stop.cancel();
+        grpc.await.context("gRPC task")?.context("gRPC server")?;
+        http.await.context("HTTP task")?.context("HTTP server")?;
+        info!("media node stopped");
+        Ok(())
+    });
+    Ok(RunningNode { grpc_addr, http_addr, node, shutdown, done })
+}

@@ -1,0 +1,118 @@
+//! A scripted far end: sends PCM as paced G.711 RTP from a real UDP socket and
+//! collects the RTP that comes back. Used by `mediactl demo`, the tests and load runs.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::core::g711::Codec;
+use crate::core::rtp::{self, RtpHeader};
+
+#[derive(Debug, Clone)]
+pub struct ReceivedPacket {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub marker: bool,
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub pcm: Vec<i16>,
+}
+
+pub struct RtpCaller {
+    pub socket: Arc<UdpSocket>,
+    pub received: Arc<Mutex<Vec<ReceivedPacket>>>,
+    receiver: JoinHandle<()>,
+}
+
+impl RtpCaller {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<RtpCaller> {
+        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (socket.clone(), received.clone());
+        let receiver = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let at = Instant::now();
+                if let Ok(p) = rtp::parse(&buf[..n]) {
+                    let mut pcm = Vec::new();
+                    if let Some(c) = Codec::from_payload_type(p.payload_type) {
+                        c.decode_into(p.payload, &mut pcm);
+                    }
+                    r.lock().unwrap_or_else(|e| e.into_inner()).push(ReceivedPacket {
+                        at,
+                        from,
+                        marker: p.marker,
+                        payload_type: p.payload_type,
+                        sequence: p.sequence,
+                        timestamp: p.timestamp,
+                        ssrc: p.ssrc,
+                        pcm,
+                    });
+                }
+            }
+        });
+        Ok(RtpCaller { socket, received, receiver })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("bound socket has an address")
+    }
+
+    pub fn take_received(&self) -> Vec<ReceivedPacket> {
+        std::mem::take(&mut *self.received.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn received_count(&self) -> usize {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Sends 8 kHz PCM as 20 ms packets paced on an absolute schedule. Returns packets sent.
+    pub async fn send_speech(&self, to: SocketAddr, pcm: &[i16], codec: Codec, ssrc: u32) -> std::io::Result<usize> {
+        let start = tokio::time::Instant::now();
+        let mut payload = Vec::new();
+        let mut sent = 0;
+        for (k, frame) in pcm.chunks(160).enumerate() {
+            tokio::time::sleep_until(start + Duration::from_millis(20 * k as u64)).await;
+            codec.encode_into(frame, &mut payload);
+            let header = RtpHeader {
+                marker: k == 0,
+                payload_type: codec.payload_type(),
+                sequence: 1000u16.wrapping_add(k as u16),
+                timestamp: 5000u32.wrapping_add(k as u32 * 160),
+                ssrc,
+            };
+            self.socket.send_to(&rtp::build(header, &payload), to).await?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+impl Drop for RtpCaller {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+/// Lays received packets on one 8 kHz timeline by RTP timestamp (relative to the
+/// first packet), so silence between talkspurts stays silence.
+pub fn timeline(packets: &[ReceivedPacket]) -> Vec<i16> {
+    let Some(first) = packets.first() else { return Vec::new() };
+    let mut out: Vec<i16> = Vec::new();
+    for p in packets {
+        let off = p.timestamp.wrapping_sub(first.timestamp) as usize;
+        if off > 8000 * 3600 {
+            continue;
+        }
+        if out.len() < off + p.pcm.len() {
+            out.resize(off + p.pcm.len(), 0);
+        }
+        out[off..off + p.pcm.len()].copy_from_slice(&p.pcm);
+    }
+    out
+}

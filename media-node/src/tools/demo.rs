@@ -1,0 +1,178 @@
+//! The demo call: a caller speaks (speech-like audio as PCMU RTP over real UDP), an
+//! agent listens live over RecordAudio, the bot plays a prompt back, and what each
+//! side heard is written as WAV files. With no target, a standalone node is started
+//! in-process on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use media_proto::pb::media_service_client::MediaServiceClient;
+use media_proto::pb::*;
+use tonic::transport::Channel;
+
+use crate::audio::analysis::{best_correlation, rms, synth_prompt, synth_speech};
+use crate::audio::decode::{wav_bytes, wav_to_call_pcm};
+use crate::config::NodeConfig;
+use crate::core::g711::Codec;
+use crate::core::resample;
+use crate::tools::caller::{timeline, RtpCaller};
+
+pub struct DemoOptions {
+    /// gRPC URL of a running node; None starts one on loopback.
+    pub target: Option<String>,
+    pub out_dir: PathBuf,
+    pub speech_seconds: f64,
+}
+
+#[derive(Debug)]
+pub struct DemoReport {
+    pub port: u32,
+    pub advertised_ip: String,
+    pub packets_sent: usize,
+    pub packets_received: usize,
+    /// How closely the agent's live audio matches what the caller said (0..1).
+    pub agent_correlation: f64,
+    /// How closely what the caller heard matches the prompt (0..1).
+    pub caller_correlation: f64,
+    pub prompt_outcome: String,
+    pub files: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "call on {}:{}", self.advertised_ip, self.port)?;
+        writeln!(f, "  caller sent {} RTP packets, received {} back", self.packets_sent, self.packets_received)?;
+        writeln!(f, "  prompt: {}", self.prompt_outcome)?;
+        writeln!(f, "  agent heard the caller with correlation {:.3}", self.agent_correlation)?;
+        writeln!(f, "  caller heard the prompt with correlation {:.3}", self.caller_correlation)?;
+        for p in &self.files {
+            writeln!(f, "  wrote {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+const PROMPT_RATE: u32 = 22050;
+
+fn write_prompt(assets: &Path) -> anyhow::Result<Vec<u8>> {
+    let dir = assets.join("prompts");
+    std::fs::create_dir_all(&dir)?;
+    let wav = wav_bytes(&synth_prompt(PROMPT_RATE, 2.0), PROMPT_RATE);
+    std::fs::write(dir.join("welcome.wav"), &wav)?;
+    Ok(wav)
+}
+
+pub fn write_wav(path: &Path, pcm: &[i16], rate: u32) -> anyhow::Result<()> {
+    std::fs::write(path, wav_bytes(pcm, rate)).with_context(|| format!("writing {}", path.display()))
+}
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let assets = opts.out_dir.join("assets");
+    let prompt_wav = write_prompt(&assets)?;
+    let (endpoint, embedded) = match &opts.target {
+        Some(t) => (t.clone(), None),
+        None => {
+            let cfg = NodeConfig::loopback(assets.clone(), 31000, 31999);
+            let node = crate::server::start(cfg).await?;
+            (format!("http://{}", node.grpc_addr), Some(node))
+        }
+    };
+    let result = call(&endpoint, &opts, embedded.is_some(), &prompt_wav).await;
+    if let Some(node) = embedded {
+        node.stop().await?;
+    }
+    result
+}
+
+async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav: &[u8]) -> anyhow::Result<DemoReport> {
+    let channel = Channel::from_shared(endpoint.to_string())?.connect().await.with_context(|| format!("connecting to {endpoint}"))?;
+    let mut client = MediaServiceClient::new(channel);
+    let call_id = format!("demo-{}", std::process::id());
+    let alloc = client.allocate_port(AllocatePortRequest { call_id: call_id.clone() }).await?.into_inner();
+    let node_ip: IpAddr = alloc.advertised_ip.parse().context("advertised_ip from AllocatePort")?;
+    let node_rtp = SocketAddr::new(node_ip, alloc.rtp_port as u16);
+    let bind_ip: IpAddr = if node_ip.is_loopback() { node_ip } else { "0.0.0.0".parse()? };
+    let caller = RtpCaller::bind(SocketAddr::new(bind_ip, 0)).await?;
+    let caller_addr = SocketAddr::new(if node_ip.is_loopback() { node_ip } else { local_ip_towards(node_rtp)? }, caller.local_addr().port());
+
+    client
+        .play_audio(PlayAudioRequest {
+            audio_uri: "control://set_target".into(),
+            server_rtp_port: alloc.rtp_port,
+            rtp_target_addr: caller_addr.to_string(),
+        })
+        .await?;
+
+    // The agent's live listener.
+    let mut listen = client.record_audio(RecordAudioRequest { server_rtp_port: alloc.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner();
+    let agent = tokio::spawn(async move {
+        let mut pcm: Vec<i16> = Vec::new();
+        while let Ok(Some(frame)) = listen.message().await {
+            pcm.extend(frame.audio_data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+        }
+        pcm
+    });
+
+    let speech = synth_speech(8000, opts.speech_seconds, 7);
+    let sender = {
+        let socket_caller = &caller;
+        let speech = speech.clone();
+        async move { socket_caller.send_speech(node_rtp, &speech, Codec::Pcmu, 0x5eed).await }
+    };
+    let prompt_uri = if local_assets {
+        "file://prompts/welcome.wav".to_string()
+    } else {
+        format!("data:audio/wav;base64,{}", base64::engine::general_purpose::STANDARD.encode(prompt_wav))
+    };
+    let mut play_client = client.clone();
+    let port = alloc.rtp_port;
+    let player = async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        play_client.play_audio(PlayAudioRequest { audio_uri: prompt_uri, server_rtp_port: port, rtp_target_addr: String::new() }).await
+    };
+    let (sent, played) = tokio::join!(sender, player);
+    let packets_sent = sent?;
+    let played = played?.into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.release_port(ReleasePortRequest { rtp_port: alloc.rtp_port }).await?;
+    let agent_pcm = agent.await?;
+    let received = caller.take_received();
+    if received.is_empty() {
+        bail!("the caller received no RTP from the node at {node_rtp}");
+    }
+    let caller_heard = timeline(&received);
+
+    let speech16 = resample::convert(&speech, 8000, 16000);
+    let (agent_correlation, _) = best_correlation(&speech16, &agent_pcm, 16000);
+    let prompt8 = wav_to_call_pcm(prompt_wav)?;
+    let (caller_correlation, _) = best_correlation(&prompt8, &caller_heard, 800);
+
+    let files = vec![opts.out_dir.join("agent-heard-16k.wav"), opts.out_dir.join("caller-heard-8k.wav"), opts.out_dir.join("caller-said-8k.wav")];
+    write_wav(&files[0], &agent_pcm, 16000)?;
+    write_wav(&files[1], &caller_heard, 8000)?;
+    write_wav(&files[2], &speech, 8000)?;
+    if rms(&agent_pcm) < 1.0 {
+        bail!("the agent's stream carried only silence");
+    }
+    Ok(DemoReport {
+        port: alloc.rtp_port,
+        advertised_ip: alloc.advertised_ip,
+        packets_sent,
+        packets_received: received.len(),
+        agent_correlation,
+        caller_correlation,
+        prompt_outcome: played.message,
+        files,
+    })
+}
+
+/// The local address the OS would use to reach `peer` (no packet is sent).
+fn local_ip_towards(peer: SocketAddr) -> anyhow::Result<IpAddr> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(if peer.is_ipv4() { "0.0.0.0".parse()? } else { "::".parse()? }, 0))?;
+    s.connect(peer)?;
+    Ok(s.local_addr()?.ip())
+}

@@ -1,0 +1,3 @@
+//! Client-side tools for operators and tests: an RTP caller and the demo call.
+pub mod caller;
+pub mod demo;
