@@ -1,1 +1,123 @@
+//! Harness for tests that cross process boundaries: a media node on loopback with its
+//! own assets folder and port range, a gRPC client to it, and plain HTTP reads.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use media_node::config::NodeConfig;
+use media_node::server::{self, RunningNode};
+use media_proto::pb::media_service_client::MediaServiceClient;
+use media_proto::pb::*;
+use tonic::transport::Channel;
+
+pub use media_node::audio::analysis::{best_correlation, rms, synth_prompt, synth_speech};
+pub use media_node::audio::decode::wav_bytes;
+pub use media_node::tools::caller::{timeline, RtpCaller};
+
+pub struct TestNode {
+    pub running: RunningNode,
+    pub client: MediaServiceClient<Channel>,
+    pub assets: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// A node on loopback owning ports [port_min, port_min + span).
+    pub async fn start(port_min: u16, span: u16) -> TestNode {
+        Self::start_with(port_min, span, |_| {}).await
+    }
+
+    pub async fn start_with(port_min: u16, span: u16, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let assets = tempfile::tempdir().expect("temp assets dir");
+        let mut cfg = NodeConfig::loopback(assets.path().to_path_buf(), port_min, port_min + span - 1);
+        tweak(&mut cfg);
+        let running = server::start(cfg).await.expect("node starts");
+        let client = MediaServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("gRPC connects");
+        TestNode { running, client, assets }
+    }
+
+    pub fn write_prompt(&self, relative: &str, pcm: &[i16], rate: u32) {
+        let path = self.assets.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, wav_bytes(pcm, rate)).unwrap();
+    }
+
+    pub fn assets_path(&self) -> &Path {
+        self.assets.path()
+    }
+
+    /// Allocates a port and points its media at a fresh caller socket.
+    pub async fn call(&mut self, call_id: &str) -> (u32, SocketAddr, RtpCaller) {
+        let alloc = self.client.allocate_port(AllocatePortRequest { call_id: call_id.into() }).await.expect("allocate").into_inner();
+        let caller = RtpCaller::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        self.client
+            .play_audio(PlayAudioRequest {
+                audio_uri: "control://set_target".into(),
+                server_rtp_port: alloc.rtp_port,
+                rtp_target_addr: caller.local_addr().to_string(),
+            })
+            .await
+            .expect("set_target");
+        let node_rtp: SocketAddr = format!("{}:{}", alloc.advertised_ip, alloc.rtp_port).parse().unwrap();
+        (alloc.rtp_port, node_rtp, caller)
+    }
+
+    pub async fn play(&mut self, port: u32, uri: &str) -> Result<PlayAudioResponse, tonic::Status> {
+        self.client
+            .play_audio(PlayAudioRequest { audio_uri: uri.into(), server_rtp_port: port, rtp_target_addr: String::new() })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.running.http_addr, "/metrics").await.1
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.metrics().await, name)
+    }
+}
+
+/// Sum of every sample of a metric whose line starts with `name` (labels included).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("HTTP connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Collects a RecordAudio stream in the background: (frames, media types seen).
+pub fn collect_listen(
+    mut stream: tonic::Streaming<RecordAudioResponse>,
+) -> tokio::task::JoinHandle<(Vec<Vec<u8>>, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut frames = Vec::new();
+        let mut types = Vec::new();
+        while let Ok(Some(f)) = stream.message().await {
+            if !types.contains(&f.media_type) {
+                types.push(f.media_type.clone());
+            }
+            frames.push(f.audio_data.to_vec());
+        }
+        (frames, types)
+    })
+}
+
+pub fn pcm_of(frames: &[Vec<u8>]) -> Vec<i16> {
+    frames.iter().flat_map(|f| f.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]))).collect()
+}
+
+pub async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}

@@ -32,6 +32,8 @@ pub enum StreamEnd {
     Played,
     /// Another StreamAudioToCall took over the call.
     Replaced,
+    /// Barge-in (a new prompt or a stop) cut it; the rest of that stream is discarded.
+    Interrupted,
     CallEnded,
 }
 
@@ -154,7 +156,7 @@ impl CallTask {
     fn on_command(&mut self, cmd: CallCommand) {
         match cmd {
             CallCommand::Play { id, pcm, target, done } => {
-                self.flush_stream_channel();
+                self.interrupt_stream();
                 if let Some(t) = target {
                     self.session.handle_command(Command::SuggestTarget(t), &mut self.out);
                 }
@@ -163,7 +165,7 @@ impl CallTask {
             }
             CallCommand::Session(c) => {
                 if matches!(c, Command::Stop) {
-                    self.flush_stream_channel();
+                    self.interrupt_stream();
                 }
                 self.session.handle_command(c, &mut self.out)
             }
@@ -180,10 +182,12 @@ impl CallTask {
         }
     }
 
-    /// Barge-in also drops TTS already handed to us but not yet queued in the session.
-    fn flush_stream_channel(&mut self) {
-        if let Some(rx) = self.stream.as_mut().and_then(|s| s.chunks.as_mut()) {
-            while rx.try_recv().is_ok() {}
+    /// Barge-in ends the attached TTS stream: what it queued is dropped with the
+    /// session's queue, and dropping its channel stops the sender's pump, so nothing
+    /// more of that utterance plays. A new StreamAudioToCall starts the next one.
+    fn interrupt_stream(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _ = s.done.send(StreamEnd::Interrupted);
         }
     }
 

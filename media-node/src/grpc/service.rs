@@ -295,6 +295,9 @@ async fn pump_tts(
         (None, StreamEnd::Replaced) => {
             StreamAudioToCallResponse { success: false, error_message: "another StreamAudioToCall took over this call".into() }
         }
+        (None, StreamEnd::Interrupted) => {
+            StreamAudioToCallResponse { success: false, error_message: "interrupted by barge-in (stop or new prompt)".into() }
+        }
         (None, StreamEnd::CallEnded) => StreamAudioToCallResponse { success: false, error_message: "the call ended".into() },
     };
     let _ = responses.send(Ok(resp)).await;
