@@ -1,0 +1,111 @@
+//! Interop with a far end nobody here wrote: ffmpeg (Debian's package, installed by
+//! the test script) sends PCMU RTP to the node and records what the node plays.
+//! ffmpeg sends and receives on different ports, so the node runs with symmetric RTP
+//! off, as it would for any asymmetric peer.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fleet_tests::*;
+use media_proto::pb::*;
+
+fn tone(freq: f64, rate: u32, n: usize) -> Vec<i16> {
+    (0..n).map(|i| (10000.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as i16).collect()
+}
+
+#[tokio::test]
+async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
+    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
+    let mut node = TestNode::start_with(32300, 10, |c| c.symmetric_rtp = false).await;
+    let prompt = synth_prompt(8000, 3.0);
+    node.write_prompt("prompt.wav", &prompt, 8000);
+    let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-1".into() }).await.unwrap().into_inner();
+    let port = alloc.rtp_port;
+    let recv_port = 32340u16;
+    node.client
+        .play_audio(PlayAudioRequest {
+            audio_uri: "control://set_target".into(),
+            server_rtp_port: port,
+            rtp_target_addr: format!("127.0.0.1:{recv_port}"),
+        })
+        .await
+        .unwrap();
+
+    // ffmpeg as the receiving far end, described by SDP as a SIP phone would.
+    let dir = tempfile::tempdir().unwrap();
+    let sdp = dir.path().join("call.sdp");
+    std::fs::write(
+        &sdp,
+        format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=call\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {recv_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"),
+    )
+    .unwrap();
+    let heard_wav = dir.path().join("heard.wav");
+    let mut receiver = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
+        .arg(&sdp)
+        .args(["-t", "2", "-ar", "8000", "-ac", "1", "-y"])
+        .arg(&heard_wav)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg receiver starts");
+
+    let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await.unwrap().into_inner());
+    // ffmpeg as the sending far end: a 440 Hz tone as PCMU RTP, paced in real time.
+    let sender = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "sine=frequency=440:duration=2:sample_rate=8000"])
+        .args(["-ac", "1", "-ar", "8000", "-acodec", "pcm_mulaw", "-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ffmpeg sender starts");
+    sleep_ms(500).await;
+    let played = node.client.play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() }).await.unwrap().into_inner();
+    assert_eq!(played.message, "finished");
+
+    let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(20))).await.unwrap();
+    let receiver_ok = tokio::task::spawn_blocking(move || wait_with_timeout_ref(&mut receiver, Duration::from_secs(20))).await.unwrap();
+    assert!(sender_ok, "ffmpeg sender exited cleanly");
+    assert!(receiver_ok, "ffmpeg receiver exited cleanly");
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+
+    // What the node heard from ffmpeg: the 440 Hz tone.
+    let (frames, _) = listen.await.unwrap();
+    let heard = pcm_of(&frames);
+    let voiced: Vec<i16> = heard.iter().copied().skip_while(|&s| s.abs() < 500).take(16000).collect();
+    assert!(voiced.len() >= 16000, "the node heard ffmpeg's tone for at least a second");
+    let (c, _) = best_correlation(&tone(440.0, 16000, 8000), &voiced, 40);
+    assert!(c > 0.95, "the node decoded ffmpeg's PCMU as a 440 Hz tone: {c}");
+
+    // What ffmpeg heard from the node: the prompt.
+    let bytes = std::fs::read(&heard_wav).expect("ffmpeg wrote what it heard");
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+    assert_eq!(reader.spec().sample_rate, 8000);
+    let got: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+    assert!(got.len() >= 8000, "ffmpeg recorded {} samples", got.len());
+    let (c, _) = best_correlation(&got[..8000], &prompt, 16000);
+    assert!(c > 0.9, "ffmpeg heard the prompt: {c}");
+}
+
+fn which_ffmpeg() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join("ffmpeg")).find(|p| p.is_file())
+}
+
+fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> bool {
+    wait_with_timeout_ref(&mut child, limit)
+}
+
+fn wait_with_timeout_ref(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
