@@ -39,7 +39,9 @@ pub enum StreamEnd {
 
 pub enum CallCommand {
     Play { id: PlaybackId, pcm: Arc<[i16]>, target: Option<SocketAddr>, done: oneshot::Sender<PlaybackOutcome> },
-    Session(Command),
+    /// A control command; `applied` fires once the session has applied it, so a
+    /// caller told "stopped" knows no further frame of the old audio will be sent.
+    Session { cmd: Command, applied: oneshot::Sender<()> },
     Listen { rate: u32, frames: mpsc::Sender<Bytes> },
     /// Attach a TTS stream (8 kHz chunks); `done` fires when it has played out.
     Stream { chunks: mpsc::Receiver<Vec<i16>>, done: oneshot::Sender<StreamEnd> },
@@ -163,11 +165,12 @@ impl CallTask {
                 self.waiters.insert(id, done);
                 self.session.handle_command(Command::Play { id, pcm }, &mut self.out);
             }
-            CallCommand::Session(c) => {
-                if matches!(c, Command::Stop) {
+            CallCommand::Session { cmd, applied } => {
+                if matches!(cmd, Command::Stop) {
                     self.interrupt_stream();
                 }
-                self.session.handle_command(c, &mut self.out)
+                self.session.handle_command(cmd, &mut self.out);
+                let _ = applied.send(());
             }
             CallCommand::Listen { rate, frames } => {
                 self.metrics.listeners.inc();

@@ -198,7 +198,11 @@ impl MediaSvc {
         let reply = |message: &str| Ok(Response::new(PlayAudioResponse { success: true, message: message.to_string() }));
         let send = |cmd: Command| {
             let call = call.clone();
-            async move { call.commands.send(CallCommand::Session(cmd)).await.map_err(|_| status(NodeError::CallGone)) }
+            async move {
+                let (applied, done) = oneshot::channel();
+                call.commands.send(CallCommand::Session { cmd, applied }).await.map_err(|_| status(NodeError::CallGone))?;
+                done.await.map_err(|_| status(NodeError::CallGone))
+            }
         };
         let pcm: Arc<[i16]> = match uri::parse(&r.audio_uri).map_err(|e| status(e.into()))? {
             AudioUri::Control(Control::SetTarget) => {

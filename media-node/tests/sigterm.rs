@@ -1,0 +1,73 @@
+//! The real `media-node` binary, configured through the environment names the platform
+//! uses, drains on SIGTERM: it turns unready and refuses new calls, keeps the call in
+//! flight, and exits cleanly once that call is released.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use media_proto::pb::media_service_client::MediaServiceClient;
+use media_proto::pb::*;
+
+async fn http_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.ok()?;
+    raw.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_exits() {
+    let assets = std::env::temp_dir().join(format!("sigterm-assets-{}", std::process::id()));
+    std::fs::create_dir_all(&assets).unwrap();
+    let (grpc, http) = (32531u16, 32532u16);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_media-node"))
+        .env("MEDIA_SERVICE_GRPC_PORT", grpc.to_string())
+        .env("MEDIA_SERVICE_METRICS_PORT", http.to_string())
+        .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+        .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+        .env("RTP_SERVICE_PORT_MIN", "32500")
+        .env("RTP_SERVICE_PORT_MAX", "32510")
+        .env("ASSETS_BASE_PATH", &assets)
+        .env("MEDIA_SERVICE_DRAIN_SECONDS", "60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("media-node starts");
+    let mut ready = false;
+    for _ in 0..100 {
+        if http_status(http, "/readyz").await == Some(200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "node became ready");
+    let mut client = MediaServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+    let port = client.allocate_port(AllocatePortRequest { call_id: "in-flight".into() }).await.unwrap().into_inner().rtp_port;
+    assert!((32500..=32510).contains(&port), "port from RTP_SERVICE_PORT_MIN/MAX");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(http_status(http, "/readyz").await, Some(503), "draining node is not ready");
+    assert!(child.try_wait().unwrap().is_none(), "the node waits for the call in flight");
+    let err = client.allocate_port(AllocatePortRequest { call_id: "late".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let silence = "data:audio/pcm;base64,".to_string() + &"AAAA".repeat(400);
+    let r = client.play_audio(PlayAudioRequest { audio_uri: silence, server_rtp_port: port, rtp_target_addr: "127.0.0.1:9".into() }).await.unwrap();
+    assert_eq!(r.into_inner().message, "finished", "the call in flight still works");
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(st) = child.try_wait().unwrap() {
+            exited = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    std::fs::remove_dir_all(&assets).ok();
+    assert!(exited.expect("node exits after its last call").success(), "clean exit");
+}
