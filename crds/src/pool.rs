@@ -1,0 +1,200 @@
+//! `MediaPool`: a fleet of media nodes on the host network, each owning a disjoint
+//! slice ("slot") of one UDP port range.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A pool of media nodes. The operator runs `replicas` node pods with hostNetwork, gives
+/// each a disjoint slot of the port range, and reports the pool's state in `status`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "media.sentiric.cloud",
+    version = "v1alpha1",
+    kind = "MediaPool",
+    namespaced,
+    shortname = "mp",
+    status = "MediaPoolStatus",
+    derive = "PartialEq",
+    doc = "A pool of media nodes serving the platform's MediaService through one Service.",
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas", label_selector_path = ".status.selector"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Draining", type_ = "integer", json_path = ".status.drainingReplicas"),
+    printcolumn(name = "Calls", type_ = "integer", json_path = ".status.activeSessions"),
+    printcolumn(name = "Free ports", type_ = "integer", json_path = ".status.ports.free"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.spec.replicas <= (self.spec.ports.max - self.spec.ports.min + 1) / self.spec.ports.slotSize")
+        .message("spec.replicas is larger than the number of slots: (ports.max - ports.min + 1) / ports.slotSize")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaPoolSpec {
+    /// How many media nodes to run. Each takes one slot of the port range.
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// The UDP port range the pool's nodes share, and the size of one node's slice.
+    pub ports: PortRange,
+    /// Seconds a released RTP port waits before reuse (late packets of the old call
+    /// never reach a new one). Also how long a freed slot waits before another node gets it.
+    #[serde(default = "default_quarantine")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub quarantine_seconds: i32,
+    /// How each node pod is built.
+    pub template: NodeTemplate,
+    /// Which address a node advertises to callers (what they put in SDP).
+    #[serde(default)]
+    pub advertise: AdvertiseAddress,
+    /// How long a draining node may keep its calls before it is removed anyway.
+    #[serde(default = "default_drain")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub drain_timeout_seconds: i32,
+    /// Where recordings go when a StartRecording request names no output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingDefaults>,
+}
+
+fn default_quarantine() -> i32 {
+    5
+}
+
+fn default_drain() -> i32 {
+    300
+}
+
+/// The pool's UDP ports. Slot k of a pool covers [min + k*slotSize, min + (k+1)*slotSize).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.min < self.max").message("ports.min must be below ports.max"))]
+#[x_kube(validation = Rule::new("self.slotSize <= self.max - self.min + 1").message("ports.slotSize is larger than the whole range"))]
+pub struct PortRange {
+    /// First UDP port of the pool's range.
+    #[schemars(range(min = 1024, max = 65535))]
+    pub min: i32,
+    /// Last UDP port of the pool's range.
+    #[schemars(range(min = 1024, max = 65535))]
+    pub max: i32,
+    /// Ports in one node's slot: an even number, at least 4 (two calls of RTP+RTCP).
+    /// The slot's first two ports double as the node's gRPC and metrics TCP ports.
+    #[schemars(range(min = 4, max = 32768))]
+    #[x_kube(validation = Rule::new("self % 2 == 0").message("ports.slotSize must be even: RTP takes the even port, RTCP the odd one"))]
+    pub slot_size: i32,
+}
+
+/// The node pod template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTemplate {
+    /// The media-node container image.
+    #[x_kube(validation = Rule::new("self != ''").message("template.image must name an image"))]
+    pub image: String,
+    /// Image pull policy (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// CPU and memory for the media-node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Nodes the pods may run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Scheduling affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment for the media-node container (e.g. RABBITMQ_URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+}
+
+/// Where a node's advertised address comes from.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AddressSource {
+    /// The Kubernetes Node's ExternalIP (falls back to InternalIP when it has none).
+    #[default]
+    ExternalIP,
+    /// The Kubernetes Node's InternalIP.
+    InternalIP,
+    /// The fixed `address` below (e.g. a NAT's public IP).
+    Explicit,
+}
+
+/// How a node chooses the IP callers put in SDP.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.source != 'Explicit' || (has(self.address) && self.address != '')").message("advertise.address is required when advertise.source is Explicit"))]
+pub struct AdvertiseAddress {
+    /// ExternalIP, InternalIP or Explicit.
+    #[serde(default)]
+    pub source: AddressSource,
+    /// The address when source is Explicit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Default recording destination for the pool's nodes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingDefaults {
+    /// S3 bucket for recordings.
+    pub bucket: String,
+    /// S3 endpoint URL (for S3-compatible stores); empty for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Name of a Secret in the pool's namespace with keys accessKeyId and secretAccessKey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// Port occupancy, summed over nodes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PortCounts {
+    /// RTP ports the nodes manage.
+    pub total: i64,
+    /// RTP ports held by calls.
+    pub allocated: i64,
+    /// RTP ports waiting out their quarantine.
+    pub quarantined: i64,
+    /// RTP ports ready for new calls.
+    pub free: i64,
+}
+
+/// What the pool is, as observed by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaPoolStatus {
+    /// Node pods that exist (not yet terminating).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Nodes that report ready and are not draining.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Nodes that take no new calls and will go when their calls end.
+    #[serde(default)]
+    pub draining_replicas: i32,
+    /// Port occupancy over all reporting nodes.
+    #[serde(default)]
+    pub ports: PortCounts,
+    /// Calls in progress over the pool.
+    #[serde(default)]
+    pub active_sessions: i64,
+    /// Recordings being written or uploaded.
+    #[serde(default)]
+    pub recordings_in_flight: i64,
+    /// Label selector of the pool's node pods (for the scale subresource and HPA).
+    #[serde(default)]
+    pub selector: String,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded, with reasons.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
