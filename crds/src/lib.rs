@@ -16,6 +16,9 @@ pub const VERSION: &str = "v1alpha1";
 pub const POOL_LABEL: &str = "media.sentiric.cloud/pool";
 /// Label/annotation naming a node pod's slot.
 pub const SLOT_LABEL: &str = "media.sentiric.cloud/slot";
+/// Annotation on a MediaNode whose pod is gone: when its slot was released (RFC 3339).
+/// The slot stays quarantined until this plus the pool's quarantine.
+pub const RELEASED_AT_ANNOTATION: &str = "media.sentiric.cloud/released-at";
 /// Label naming the hash of the node template a pod was made from.
 pub const TEMPLATE_HASH_LABEL: &str = "media.sentiric.cloud/template-hash";
 

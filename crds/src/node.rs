@@ -75,6 +75,10 @@ pub struct MediaNodeStatus {
     /// True when the node serves and is not draining.
     #[serde(default)]
     pub ready: bool,
+    /// True once the node has seen `spec.draining` and stopped taking calls; the
+    /// operator removes a drained node only after this acknowledgement.
+    #[serde(default)]
+    pub draining: bool,
     /// Ready, with reasons.
     #[serde(default)]
     pub conditions: Vec<Condition>,
