@@ -1,0 +1,250 @@
+//! The reconcile loop: observe a pool's Pods and MediaNodes, ask `decide` what to do,
+//! do it, and write the pool's status (server-side apply, only when it changed).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use media_crds::{MediaNode, MediaPool, POOL_LABEL, RELEASED_AT_ANNOTATION};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::resources;
+use crate::decide::plan::{plan, Action, NodeObs, NodeReport, PodObs, PoolObs};
+use crate::decide::slots::Layout;
+use crate::decide::status::{heartbeat_fresh, pool_status, StatusInput};
+use crate::metrics::OperatorMetrics;
+
+pub const MANAGER: &str = "media-operator";
+/// Reconcile at least this often: heartbeats age and deadlines pass without events.
+const RESYNC: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("MediaPool has no namespace")]
+    NoNamespace,
+}
+
+pub struct Ctx {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<OperatorMetrics>,
+    /// Namespaces whose node ServiceAccount and bindings are in place.
+    ensured: Mutex<HashSet<String>>,
+}
+
+impl Ctx {
+    pub fn new(client: Client, identity: &str, metrics: Arc<OperatorMetrics>) -> Ctx {
+        let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.into()) };
+        Ctx { recorder: Recorder::new(client.clone(), reporter), client, metrics, ensured: Mutex::new(HashSet::new()) }
+    }
+}
+
+fn apply() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+fn parse_time(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+fn observe_node(n: &MediaNode) -> NodeObs {
+    let report = n.status.as_ref().map(|s| NodeReport {
+        sessions: s.sessions,
+        recordings: s.recordings,
+        ready: s.ready,
+        draining: s.draining,
+        heartbeat: s.heartbeat_time.as_deref().and_then(parse_time),
+        ports_total: s.ports.total,
+        ports_allocated: s.ports.allocated,
+        ports_quarantined: s.ports.quarantined,
+        ports_free: s.ports.free,
+    });
+    NodeObs {
+        name: n.name_any(),
+        slot: n.spec.slot,
+        udp_min: n.spec.udp_min,
+        udp_max: n.spec.udp_max,
+        draining: n.spec.draining,
+        drain_deadline: n.spec.drain_deadline.as_deref().and_then(parse_time),
+        released_at: n.annotations().get(RELEASED_AT_ANNOTATION).and_then(|s| parse_time(s)),
+        report,
+    }
+}
+
+async fn publish(ctx: &Ctx, pool: &MediaPool, type_: EventType, reason: &str, note: String) {
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
+
+async fn ensure_node_access(ctx: &Ctx, ns: &str) -> Result<(), Error> {
+    if ctx.ensured.lock().unwrap_or_else(|e| e.into_inner()).contains(ns) {
+        return Ok(());
+    }
+    let c = ctx.client.clone();
+    Api::<ServiceAccount>::namespaced(c.clone(), ns)
+        .patch(resources::NODE_SERVICE_ACCOUNT, &apply(), &Patch::Apply(resources::node_service_account(ns)))
+        .await?;
+    Api::<Role>::namespaced(c.clone(), ns).patch(resources::NODE_SERVICE_ACCOUNT, &apply(), &Patch::Apply(resources::node_role(ns))).await?;
+    Api::<RoleBinding>::namespaced(c.clone(), ns)
+        .patch(resources::NODE_SERVICE_ACCOUNT, &apply(), &Patch::Apply(resources::node_role_binding(ns)))
+        .await?;
+    let crb = resources::node_reader_binding(ns);
+    Api::<ClusterRoleBinding>::all(c).patch(&crb.name_any(), &apply(), &Patch::Apply(&crb)).await?;
+    ctx.ensured.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string());
+    Ok(())
+}
+
+pub async fn reconcile(pool: Arc<MediaPool>, ctx: Arc<Ctx>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let ns = pool.namespace().ok_or(Error::NoNamespace)?;
+    let name = pool.name_any();
+    let result = reconcile_inner(&pool, &ctx, &ns, &name).await;
+    ctx.metrics.reconcile_seconds.with_label_values(&[&name]).observe(started.elapsed().as_secs_f64());
+    ctx.metrics.reconciles.with_label_values(&[if result.is_ok() { "ok" } else { "error" }]).inc();
+    result
+}
+
+async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> Result<Requeue, Error> {
+    if pool.meta().deletion_timestamp.is_some() {
+        return Ok(Requeue::await_change());
+    }
+    let client = ctx.client.clone();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let nodes_api: Api<MediaNode> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let pools: Api<MediaPool> = Api::namespaced(client.clone(), ns);
+
+    ensure_node_access(ctx, ns).await?;
+    for svc in [resources::caller_service(pool), resources::headless_service(pool)] {
+        services.patch(&svc.name_any(), &apply(), &Patch::Apply(&svc)).await?;
+    }
+
+    let selector = ListParams::default().labels(&format!("{POOL_LABEL}={name}"));
+    let pods = pods_api.list(&selector).await?.items;
+    let nodes = nodes_api.list(&selector).await?.items;
+    let pod_obs: Vec<PodObs> = pods.iter().map(|p| PodObs { name: p.name_any(), terminating: p.metadata.deletion_timestamp.is_some() }).collect();
+    let node_obs: Vec<NodeObs> = nodes.iter().map(observe_node).collect();
+    let spec = &pool.spec;
+    let obs = PoolObs {
+        name: name.to_string(),
+        replicas: spec.replicas,
+        layout: Layout { min: spec.ports.min, max: spec.ports.max, size: spec.ports.slot_size },
+        quarantine: SignedDuration::from_secs(spec.quarantine_seconds as i64),
+        drain_timeout: SignedDuration::from_secs(spec.drain_timeout_seconds as i64),
+    };
+    let now = Timestamp::now();
+    let decided = plan(&obs, &pod_obs, &node_obs, now);
+
+    for action in &decided.actions {
+        match action {
+            Action::Create { name: node, ports } => {
+                let mn = resources::media_node(pool, node, *ports);
+                nodes_api.patch(node, &apply(), &Patch::Apply(&mn)).await?;
+                match pods_api.create(&PostParams::default(), &resources::node_pod(pool, node, *ports)).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                info!(pool = name, node, slot = ports.slot, "node created");
+                publish(ctx, pool, EventType::Normal, "NodeCreated", format!("node {node} on slot {} (UDP {}-{})", ports.slot, ports.udp_min, ports.udp_max)).await;
+            }
+            Action::Tombstone { name: node } => {
+                let patch = json!({"metadata": {"annotations": {RELEASED_AT_ANNOTATION: now.to_string()}}});
+                nodes_api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                publish(ctx, pool, EventType::Normal, "SlotReleased", format!("node {node} is gone; its slot is quarantined for {}s", spec.quarantine_seconds)).await;
+            }
+            Action::Forget { name: node } => match nodes_api.delete(node, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            },
+            Action::Drain { name: node, deadline } => {
+                let patch = json!({"spec": {"draining": true, "drainDeadline": deadline.to_string()}});
+                nodes_api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                publish(ctx, pool, EventType::Normal, "NodeDraining", format!("node {node} takes no new calls; removed when its calls end or at {deadline}")).await;
+            }
+            Action::Undrain { name: node } => {
+                let patch = json!({"spec": {"draining": false, "drainDeadline": null}});
+                nodes_api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                publish(ctx, pool, EventType::Normal, "NodeUndrained", format!("node {node} serves again")).await;
+            }
+            Action::DeletePod { name: pod } => match pods_api.delete(pod, &DeleteParams::default()).await {
+                Ok(_) => publish(ctx, pool, EventType::Normal, "NodeRemoved", format!("pod {pod} deleted")).await,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    if decided.slots_exhausted {
+        publish(ctx, pool, EventType::Warning, "SlotsExhausted", "no free slot for another node".into()).await;
+    }
+
+    let status = pool_status(StatusInput {
+        pool_name: name,
+        desired: spec.replicas,
+        generation: pool.metadata.generation,
+        pods: &pod_obs,
+        nodes: &node_obs,
+        plan: &decided,
+        previous: pool.status.as_ref(),
+        now,
+    });
+    let m = &ctx.metrics;
+    m.pool_nodes.with_label_values(&[ns, name, "ready"]).set(status.ready_replicas as i64);
+    m.pool_nodes.with_label_values(&[ns, name, "draining"]).set(status.draining_replicas as i64);
+    m.pool_nodes.with_label_values(&[ns, name, "total"]).set(status.replicas as i64);
+    m.pool_sessions.with_label_values(&[ns, name]).set(status.active_sessions);
+    m.pool_free_ports.with_label_values(&[ns, name]).set(status.ports.free);
+    if pool.status.as_ref() != Some(&status) {
+        let body = json!({"apiVersion": "media.sentiric.cloud/v1alpha1", "kind": "MediaPool", "status": status});
+        pools.patch_status(name, &apply(), &Patch::Apply(&body)).await?;
+    }
+
+    // Come back when something scheduled falls due, and at least every RESYNC.
+    let mut after = RESYNC;
+    if let Some(w) = decided.wake_at {
+        let until = w.duration_since(now).as_millis().max(100) as u64;
+        after = after.min(Duration::from_millis(until));
+    }
+    if node_obs.iter().any(|n| n.report.is_some() && !heartbeat_fresh(n, now)) {
+        after = after.min(Duration::from_secs(2));
+    }
+    Ok(Requeue::requeue(after))
+}
+
+fn error_policy(_pool: Arc<MediaPool>, err: &Error, _ctx: Arc<Ctx>) -> Requeue {
+    warn!(error = %err, "reconcile failed");
+    Requeue::requeue(Duration::from_secs(2))
+}
+
+/// Runs the controller over all namespaces (or one) until `stop`.
+pub async fn run(ctx: Arc<Ctx>, namespace: Option<String>, stop: CancellationToken) {
+    let client = ctx.client.clone();
+    let (pools, pods, nodes): (Api<MediaPool>, Api<Pod>, Api<MediaNode>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let labelled = watcher::Config::default().labels(POOL_LABEL);
+    Controller::new(pools, watcher::Config::default())
+        .owns(pods, labelled.clone())
+        .owns(nodes, labelled)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}

@@ -1,0 +1,259 @@
+//! The objects the operator makes for a pool, built as plain values (no client):
+//! node Pods, MediaNodes, the callers' Service, the per-node headless Service, and the
+//! node ServiceAccount with its role bindings.
+
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use media_crds::{AddressSource, MediaNode, MediaPool, POOL_LABEL, SLOT_LABEL};
+use serde_json::{json, Value};
+
+use crate::decide::slots::SlotPorts;
+
+/// The gRPC port callers use on the pool's Service (the platform's default).
+pub const SERVICE_GRPC_PORT: i32 = 13031;
+pub const SERVICE_METRICS_PORT: i32 = 13032;
+/// Name of the node pods' ServiceAccount in each pool namespace.
+pub const NODE_SERVICE_ACCOUNT: &str = "media-node";
+/// ClusterRole (installed with the operator) that lets a node read Kubernetes Nodes.
+pub const NODE_READER_CLUSTER_ROLE: &str = "media-node-reader";
+
+fn owner(pool: &MediaPool) -> OwnerReference {
+    pool.controller_owner_ref(&()).expect("a stored MediaPool has a name and uid")
+}
+
+pub fn pool_labels(pool: &MediaPool) -> Value {
+    json!({ POOL_LABEL: pool.name_any(), "app.kubernetes.io/name": "media-node", "app.kubernetes.io/managed-by": "media-operator" })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("built objects match their Kubernetes types")
+}
+
+pub fn media_node(pool: &MediaPool, name: &str, ports: SlotPorts) -> MediaNode {
+    let mut labels = pool_labels(pool);
+    labels[SLOT_LABEL] = json!(ports.slot.to_string());
+    from_json(json!({
+        "apiVersion": "media.sentiric.cloud/v1alpha1",
+        "kind": "MediaNode",
+        "metadata": { "name": name, "namespace": pool.namespace(), "labels": labels, "ownerReferences": [owner(pool)] },
+        "spec": {
+            "pool": pool.name_any(),
+            "slot": ports.slot,
+            "udpMin": ports.udp_min,
+            "udpMax": ports.udp_max,
+            "grpcPort": ports.grpc_port(),
+            "metricsPort": ports.metrics_port(),
+            "podName": name,
+            "draining": false,
+        }
+    }))
+}
+
+pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts) -> Pod {
+    let spec = &pool.spec;
+    let t = &spec.template;
+    let mut labels = pool_labels(pool);
+    labels[SLOT_LABEL] = json!(ports.slot.to_string());
+    let field = |path: &str| json!({ "valueFrom": { "fieldRef": { "fieldPath": path } } });
+    let mut env = vec![
+        json!({"name": "MEDIA_SERVICE_GRPC_PORT", "value": ports.grpc_port().to_string()}),
+        json!({"name": "MEDIA_SERVICE_METRICS_PORT", "value": ports.metrics_port().to_string()}),
+        json!({"name": "RTP_SERVICE_PORT_MIN", "value": ports.udp_min.to_string()}),
+        json!({"name": "RTP_SERVICE_PORT_MAX", "value": ports.udp_max.to_string()}),
+        json!({"name": "RTP_SERVICE_PORT_QUARANTINE_SECONDS", "value": spec.quarantine_seconds.to_string()}),
+        json!({"name": "MEDIA_SERVICE_DRAIN_SECONDS", "value": spec.drain_timeout_seconds.to_string()}),
+        json!({"name": "MEDIA_NODE_NAME", "value": name}),
+        json!({"name": "MEDIA_ADVERTISE_SOURCE", "value": match spec.advertise.source {
+            AddressSource::ExternalIP => "ExternalIP", AddressSource::InternalIP => "InternalIP", AddressSource::Explicit => "Explicit" }}),
+    ];
+    for (k, path) in [("MEDIA_NODE_NAMESPACE", "metadata.namespace"), ("NODE_NAME", "spec.nodeName"), ("POD_IP", "status.podIP")] {
+        let mut e = field(path);
+        e["name"] = json!(k);
+        env.push(e);
+    }
+    if let Some(a) = &spec.advertise.address {
+        env.push(json!({"name": "MEDIA_ADVERTISE_ADDRESS", "value": a}));
+    }
+    if let Some(r) = &spec.recording {
+        env.push(json!({"name": "BUCKET_NAME", "value": r.bucket}));
+        if let Some(e) = &r.endpoint {
+            env.push(json!({"name": "BUCKET_ENDPOINT_URL", "value": e}));
+        }
+        if let Some(reg) = &r.region {
+            env.push(json!({"name": "BUCKET_REGION", "value": reg}));
+        }
+        if let Some(secret) = &r.credentials_secret {
+            for (var, key) in [("BUCKET_ACCESS_KEY_ID", "accessKeyId"), ("BUCKET_SECRET_ACCESS_KEY", "secretAccessKey")] {
+                env.push(json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
+            }
+        }
+    }
+    for e in t.env.iter().flatten() {
+        env.push(serde_json::to_value(e).expect("EnvVar serialises"));
+    }
+    // hostNetwork turns containerPorts into host ports: declaring the slot's TCP ports
+    // and the first and last UDP ports lets the scheduler keep nodes whose slots
+    // clash off the same host (slots of a pool are aligned, so any clash shares them).
+    let ports_json = json!([
+        {"name": "grpc", "containerPort": ports.grpc_port(), "hostPort": ports.grpc_port(), "protocol": "TCP"},
+        {"name": "metrics", "containerPort": ports.metrics_port(), "hostPort": ports.metrics_port(), "protocol": "TCP"},
+        {"name": "rtp-first", "containerPort": ports.udp_min, "hostPort": ports.udp_min, "protocol": "UDP"},
+        {"name": "rtp-last", "containerPort": ports.udp_max, "hostPort": ports.udp_max, "protocol": "UDP"},
+    ]);
+    let mut container = json!({
+        "name": "media-node",
+        "image": t.image,
+        "env": env,
+        "ports": ports_json,
+        "readinessProbe": { "grpc": { "port": ports.grpc_port() }, "periodSeconds": 2, "failureThreshold": 1 },
+        "livenessProbe": { "httpGet": { "path": "/healthz", "port": ports.metrics_port() }, "periodSeconds": 10, "failureThreshold": 3 },
+        "securityContext": { "allowPrivilegeEscalation": false, "runAsNonRoot": true, "capabilities": { "drop": ["ALL"] } },
+    });
+    if let Some(p) = &t.image_pull_policy {
+        container["imagePullPolicy"] = json!(p);
+    }
+    if let Some(r) = &t.resources {
+        container["resources"] = serde_json::to_value(r).expect("resources serialise");
+    }
+    let mut pod_spec = json!({
+        "hostNetwork": true,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "serviceAccountName": NODE_SERVICE_ACCOUNT,
+        "terminationGracePeriodSeconds": spec.drain_timeout_seconds as i64 + 30,
+        "containers": [container],
+    });
+    if let Some(ns) = &t.node_selector {
+        pod_spec["nodeSelector"] = json!(ns);
+    }
+    if let Some(tol) = &t.tolerations {
+        pod_spec["tolerations"] = serde_json::to_value(tol).expect("tolerations serialise");
+    }
+    if let Some(a) = &t.affinity {
+        pod_spec["affinity"] = serde_json::to_value(a).expect("affinity serialises");
+    }
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": pool.namespace(), "labels": labels, "ownerReferences": [owner(pool)] },
+        "spec": pod_spec,
+    }))
+}
+
+/// The address callers use: gRPC reaches a node through the named `grpc` port, which
+/// resolves to each pod's own slot port.
+pub fn caller_service(pool: &MediaPool) -> Service {
+    service(pool, &pool.name_any(), false)
+}
+
+/// One DNS record per node, for per-node discovery and forwarding.
+pub fn headless_service(pool: &MediaPool) -> Service {
+    service(pool, &format!("{}-nodes", pool.name_any()), true)
+}
+
+fn service(pool: &MediaPool, name: &str, headless: bool) -> Service {
+    let mut spec = json!({
+        "selector": { POOL_LABEL: pool.name_any() },
+        "ports": [
+            {"name": "grpc", "port": SERVICE_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+            {"name": "metrics", "port": SERVICE_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+        ],
+    });
+    if headless {
+        spec["clusterIP"] = json!("None");
+    } else {
+        spec["type"] = json!("ClusterIP");
+    }
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": pool.namespace(), "labels": pool_labels(pool), "ownerReferences": [owner(pool)] },
+        "spec": spec,
+    }))
+}
+
+pub fn node_service_account(ns: &str) -> ServiceAccount {
+    from_json(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": NODE_SERVICE_ACCOUNT, "namespace": ns}}))
+}
+
+/// What a node may do in its namespace: read MediaNodes, write their status.
+pub fn node_role(ns: &str) -> Role {
+    from_json(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": NODE_SERVICE_ACCOUNT, "namespace": ns},
+        "rules": [
+            {"apiGroups": [media_crds::GROUP], "resources": ["medianodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [media_crds::GROUP], "resources": ["medianodes/status"], "verbs": ["get", "patch", "update"]},
+        ]
+    }))
+}
+
+pub fn node_role_binding(ns: &str) -> RoleBinding {
+    from_json(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": NODE_SERVICE_ACCOUNT, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NODE_SERVICE_ACCOUNT},
+        "subjects": [{"kind": "ServiceAccount", "name": NODE_SERVICE_ACCOUNT, "namespace": ns}],
+    }))
+}
+
+/// Lets the namespace's nodes read Kubernetes Nodes (to find their advertised IP).
+pub fn node_reader_binding(ns: &str) -> ClusterRoleBinding {
+    from_json(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": format!("{NODE_READER_CLUSTER_ROLE}-{ns}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_READER_CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": NODE_SERVICE_ACCOUNT, "namespace": ns}],
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use media_crds::MediaPoolSpec;
+
+    pub fn pool() -> MediaPool {
+        let spec: MediaPoolSpec = serde_json::from_value(json!({
+            "replicas": 2,
+            "ports": {"min": 30000, "max": 30999, "slotSize": 100},
+            "template": {"image": "media-node:test"},
+            "recording": {"bucket": "calls", "credentialsSecret": "s3"},
+        }))
+        .unwrap();
+        let mut p = MediaPool::new("voice", spec);
+        p.metadata.namespace = Some("telephony".into());
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    #[test]
+    fn node_pod_runs_on_the_host_network_with_its_slot() {
+        let ports = SlotPorts { slot: 2, udp_min: 30200, udp_max: 30299 };
+        let pod = node_pod(&pool(), "voice-2-abcde", ports);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.host_network, Some(true));
+        assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(330));
+        let c = &spec.containers[0];
+        let env = |k: &str| c.env.as_ref().unwrap().iter().find(|e| e.name == k).and_then(|e| e.value.clone());
+        assert_eq!(env("RTP_SERVICE_PORT_MIN").as_deref(), Some("30200"));
+        assert_eq!(env("MEDIA_SERVICE_GRPC_PORT").as_deref(), Some("30200"));
+        assert_eq!(env("MEDIA_SERVICE_METRICS_PORT").as_deref(), Some("30201"));
+        let host_ports: Vec<(i32, String)> = c.ports.as_ref().unwrap().iter().map(|p| (p.host_port.unwrap(), p.protocol.clone().unwrap())).collect();
+        assert!(host_ports.contains(&(30200, "TCP".into())) && host_ports.contains(&(30299, "UDP".into())));
+        assert!(c.readiness_probe.as_ref().unwrap().grpc.is_some());
+        let secret = c.env.as_ref().unwrap().iter().find(|e| e.name == "BUCKET_SECRET_ACCESS_KEY").unwrap();
+        assert_eq!(secret.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "s3");
+        assert_eq!(pod.metadata.owner_references.unwrap()[0].controller, Some(true));
+    }
+
+    #[test]
+    fn caller_service_targets_the_named_grpc_port() {
+        let s = caller_service(&pool());
+        let port = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 13031);
+        assert_eq!(port.target_port, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("grpc".into())));
+        assert_eq!(headless_service(&pool()).spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    }
+}
