@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod tools;
+pub mod cluster;

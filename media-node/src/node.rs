@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +66,10 @@ pub struct Node {
     calls: Mutex<Calls>,
     prompts: Mutex<PromptCache>,
     draining: AtomicBool,
+    /// Flips to true once when the node starts draining (SIGTERM or the operator).
+    drain_signal: tokio::sync::watch::Sender<bool>,
+    /// The IP callers put in SDP; the cluster reporter may resolve it after start.
+    advertised_ip: RwLock<IpAddr>,
     next_playback: AtomicU64,
 }
 
@@ -77,11 +82,13 @@ impl Node {
         let pool = PortPool::new(config.port_min, config.port_max, config.quarantine)?;
         let node = Node {
             prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
+            advertised_ip: RwLock::new(config.advertised_ip),
             config,
             metrics,
             pool: Mutex::new(pool),
             calls: Mutex::new(Calls::default()),
             draining: AtomicBool::new(false),
+            drain_signal: tokio::sync::watch::channel(false).0,
             next_playback: AtomicU64::new(1),
         };
         node.refresh_port_gauges();
@@ -93,7 +100,22 @@ impl Node {
     }
 
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            self.drain_signal.send_replace(true);
+        }
+    }
+
+    /// Resolves when the node starts draining, whoever asked for it.
+    pub fn drain_requested(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.drain_signal.subscribe()
+    }
+
+    pub fn advertised_ip(&self) -> IpAddr {
+        *self.advertised_ip.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_advertised_ip(&self, ip: IpAddr) {
+        *self.advertised_ip.write().unwrap_or_else(|e| e.into_inner()) = ip;
     }
 
     pub fn active_calls(&self) -> usize {
@@ -120,7 +142,7 @@ impl Node {
         }
         if !call_id.is_empty() {
             if let Some(&port) = lock(&self.calls).by_call_id.get(call_id) {
-                return Ok(Allocation { port, advertised_ip: self.config.advertised_ip });
+                return Ok(Allocation { port, advertised_ip: self.advertised_ip() });
             }
         }
         let mut last_err = None;
@@ -138,7 +160,7 @@ impl Node {
                         }
                     }
                     self.refresh_port_gauges();
-                    return Ok(Allocation { port, advertised_ip: self.config.advertised_ip });
+                    return Ok(Allocation { port, advertised_ip: self.advertised_ip() });
                 }
                 Err(e) => {
                     // Someone else holds it: set it aside through the quarantine and try another.

@@ -77,6 +77,17 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
 
     info!(%grpc_addr, %http_addr, ports = %format!("{}-{}", cfg.port_min, cfg.port_max), advertised_ip = %cfg.advertised_ip, "media node serving");
 
+    // Whoever starts the drain (SIGTERM, or the operator through the MediaNode), the
+    // node turns NOT_SERVING so probes and Services stop sending new calls.
+    let mut drain_rx = node.drain_requested();
+    let drain_health = health.clone();
+    tokio::spawn(async move {
+        if drain_rx.wait_for(|d| *d).await.is_ok() {
+            drain_health.set_not_serving::<MediaServiceServer<MediaSvc>>().await;
+            drain_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        }
+    });
+
     let drain_node = node.clone();
     let drain_token = shutdown.clone();
     let drain_timeout = cfg.drain_timeout;
@@ -86,7 +97,6 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         drain_token.cancelled().await;
         drain_node.start_draining();
         health.set_not_serving::<MediaServiceServer<MediaSvc>>().await;
-        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let calls = drain_node.active_calls();
         info!(calls, timeout_s = drain_timeout.as_secs(), "draining");
         if !drain_node.wait_idle(drain_timeout).await {

@@ -21,10 +21,18 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let running = media_node::server::start(cfg).await?;
+    let reporter_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(rc) = media_node::cluster::ReporterConfig::from_env() {
+        tracing::info!(media_node = %rc.name, namespace = %rc.namespace, "reporting to the cluster");
+        tokio::spawn(media_node::cluster::run(running.node.clone(), rc, reporter_stop.clone()));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
     }
-    running.stop().await
+    // The reporter keeps running through the drain so the cluster sees it.
+    let result = running.stop().await;
+    reporter_stop.cancel();
+    result
 }

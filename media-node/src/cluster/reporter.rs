@@ -1,0 +1,169 @@
+//! Reports the node's state into its MediaNode status (server-side apply under its own
+//! field manager), at most about once a second, at once on a meaningful change, and
+//! with a heartbeat. It also follows `spec.draining` and resolves the advertised
+//! address per the pool's rule. The API server being away never affects calls: the
+//! reporter logs, keeps trying, and catches up when the server is back.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node as KubeNode;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use media_crds::{MediaNode, PortCounts};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::node::Node;
+
+pub const FIELD_MANAGER: &str = "media-node";
+const TICK: Duration = Duration::from_millis(250);
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ReporterConfig {
+    pub name: String,
+    pub namespace: String,
+    /// The Kubernetes Node the pod runs on (downward API spec.nodeName).
+    pub kube_node: Option<String>,
+    /// ExternalIP, InternalIP or Explicit.
+    pub advertise_source: String,
+    pub advertise_address: Option<String>,
+    /// The pod IP (with hostNetwork, the host's), used when the Node cannot be read.
+    pub pod_ip: Option<IpAddr>,
+}
+
+impl ReporterConfig {
+    /// From the environment the operator gives node pods; None outside a pool.
+    pub fn from_env() -> Option<ReporterConfig> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Some(ReporterConfig {
+            name: var("MEDIA_NODE_NAME")?,
+            namespace: var("MEDIA_NODE_NAMESPACE").or_else(|| var("POD_NAMESPACE")).unwrap_or_else(|| "default".into()),
+            kube_node: var("NODE_NAME"),
+            advertise_source: var("MEDIA_ADVERTISE_SOURCE").unwrap_or_else(|| "ExternalIP".into()),
+            advertise_address: var("MEDIA_ADVERTISE_ADDRESS"),
+            pod_ip: var("POD_IP").and_then(|s| s.parse().ok()),
+        })
+    }
+}
+
+/// What the node reports, without the heartbeat (so changes can be detected).
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    ports: PortCounts,
+    sessions: i64,
+    ready: bool,
+    draining: bool,
+    address: String,
+}
+
+fn snapshot(node: &Node) -> Snapshot {
+    let c = node.port_counts();
+    Snapshot {
+        ports: PortCounts { total: c.total as i64, allocated: c.allocated as i64, quarantined: c.quarantined as i64, free: c.free as i64 },
+        sessions: node.active_calls() as i64,
+        ready: !node.is_draining(),
+        draining: node.is_draining(),
+        address: node.advertised_ip().to_string(),
+    }
+}
+
+async fn resolve_address(client: &Client, cfg: &ReporterConfig) -> Option<IpAddr> {
+    if cfg.advertise_source == "Explicit" {
+        return cfg.advertise_address.as_deref().and_then(|a| a.parse().ok());
+    }
+    let from_node = async {
+        let name = cfg.kube_node.as_ref()?;
+        let n = Api::<KubeNode>::all(client.clone()).get(name).await.map_err(|e| warn!(error = %e, node = %name, "cannot read my Node")).ok()?;
+        let addrs = n.status?.addresses.unwrap_or_default();
+        let pick = |t: &str| addrs.iter().find(|a| a.type_ == t).and_then(|a| a.address.parse::<IpAddr>().ok());
+        match cfg.advertise_source.as_str() {
+            "InternalIP" => pick("InternalIP"),
+            _ => pick("ExternalIP").or_else(|| pick("InternalIP")),
+        }
+    };
+    from_node.await.or(cfg.pod_ip)
+}
+
+pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationToken) {
+    let client = loop {
+        match Client::try_default().await {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(error = %e, "no Kubernetes client yet; calls are unaffected");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
+            }
+        }
+    };
+    let api: Api<MediaNode> = Api::namespaced(client.clone(), &cfg.namespace);
+    let mut resolved = false;
+    let mut last: Option<(Snapshot, Instant)> = None;
+    let mut last_spec_read = Instant::now() - MIN_INTERVAL;
+    let mut failing = false;
+    let grpc = format!(":{}", node.config.grpc_addr.port());
+    loop {
+        if !resolved {
+            if let Some(ip) = resolve_address(&client, &cfg).await {
+                if ip != node.advertised_ip() {
+                    info!(%ip, source = %cfg.advertise_source, "advertised address resolved");
+                }
+                node.set_advertised_ip(ip);
+                resolved = true;
+            }
+        }
+        if last_spec_read.elapsed() >= MIN_INTERVAL {
+            last_spec_read = Instant::now();
+            if let Ok(mn) = api.get(&cfg.name).await {
+                if mn.spec.draining && !node.is_draining() {
+                    info!("operator marked this node draining: taking no new calls");
+                    node.start_draining();
+                }
+            }
+        }
+        let snap = snapshot(&node);
+        let due = match &last {
+            None => true,
+            Some((prev, at)) => {
+                let meaningful = prev.draining != snap.draining || prev.ready != snap.ready || prev.address != snap.address;
+                meaningful || (prev != &snap && at.elapsed() >= MIN_INTERVAL) || at.elapsed() >= HEARTBEAT
+            }
+        };
+        if due {
+            let body = json!({
+                "apiVersion": "media.sentiric.cloud/v1alpha1",
+                "kind": "MediaNode",
+                "status": {
+                    "ports": snap.ports,
+                    "sessions": snap.sessions,
+                    "recordings": 0,
+                    "advertisedAddress": snap.address,
+                    "grpcEndpoint": format!("{}{}", snap.address, grpc),
+                    "heartbeatTime": Timestamp::now().to_string(),
+                    "ready": snap.ready,
+                    "draining": snap.draining,
+                }
+            });
+            match api.patch_status(&cfg.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+                Ok(_) => {
+                    if failing {
+                        info!("reporting to the API server again");
+                    }
+                    failing = false;
+                    last = Some((snap, Instant::now()));
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %e, "cannot report to the API server; calls are unaffected, retrying");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(TICK) => {} }
+    }
+}
