@@ -1,6 +1,8 @@
 //! Harness for tests that cross process boundaries: a media node on loopback with its
 //! own assets folder and port range, a gRPC client to it, and plain HTTP reads.
 
+pub mod envtest;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,225 @@
+//! An envtest-style control plane for tests: etcd and a real kube-apiserver (built
+//! once by `tests/envtest/build.sh` and cached under ~/.cache/media-fleet/envtest),
+//! started on free loopback ports with a static admin token, and killed on drop.
+//! No kubelet runs: tests play the pods' part (see `FakeKubelet`).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+
+pub struct ControlPlane {
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+    etcd: Child,
+    apiserver: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn binaries() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envtest/build.sh");
+    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("envtest/build.sh runs");
+    assert!(out.status.success(), "envtest/build.sh failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim().lines().last().unwrap())
+}
+
+fn run_ok(cmd: &mut Command) {
+    let st = cmd.output().expect("command runs");
+    assert!(st.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&st.stderr));
+}
+
+impl ControlPlane {
+    pub async fn start() -> ControlPlane {
+        let bin = binaries();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        run_ok(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(d.join("sa.key")));
+        run_ok(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(d.join("sa.key")).arg("-out").arg(d.join("sa.pub")));
+        std::fs::write(d.join("tokens.csv"), "envtest-admin-token,admin,admin-uid,\"system:masters\"\n").unwrap();
+
+        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Command::new(bin.join("etcd"))
+            .arg("--data-dir").arg(d.join("etcd"))
+            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .arg("--initial-cluster").arg(format!("default={peer_url}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd starts");
+        let apiserver = Command::new(bin.join("kube-apiserver"))
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg("--cert-dir").arg(d.join("certs"))
+            .arg(format!("--secure-port={api_port}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg("--token-auth-file").arg(d.join("tokens.csv"))
+            .args(["--service-account-issuer=https://kubernetes.default.svc"])
+            .arg("--service-account-key-file").arg(d.join("sa.pub"))
+            .arg("--service-account-signing-key-file").arg(d.join("sa.key"))
+            .args(["--authorization-mode=RBAC", "--service-cluster-ip-range=10.0.0.0/24"])
+            // No controller-manager mints ServiceAccount tokens here.
+            .args(["--disable-admission-plugins=ServiceAccount"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("apiserver.log")).unwrap())
+            .spawn()
+            .expect("kube-apiserver starts");
+        let url = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = d.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: envtest-admin-token\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\n    namespace: default\ncurrent-context: envtest\n"
+            ),
+        )
+        .unwrap();
+        let cp = ControlPlane { url, kubeconfig, dir, etcd, apiserver };
+        for _ in 0..120 {
+            if let Ok(c) = cp.client().await {
+                if c.apiserver_version().await.is_ok() && Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone()).get("default").await.is_ok() {
+                    return cp;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("kube-apiserver did not become ready; see {}", cp.dir.path().join("apiserver.log").display());
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(cfg)?)
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Plays the kubelet for a pool's pods: runs the real `media-node` binary for each pod
+/// with the pod's own environment (downward API fields filled in as a kubelet would),
+/// and stops it with SIGTERM when the pod is deleted.
+pub struct FakeKubelet {
+    pub processes: Arc<Mutex<HashMap<String, Child>>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn media_node_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("media-node");
+    assert!(bin.is_file(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+impl FakeKubelet {
+    pub fn start(client: Client, namespace: &str, kubeconfig: PathBuf, node_name: &str, assets: PathBuf) -> FakeKubelet {
+        let processes: Arc<Mutex<HashMap<String, Child>>> = Default::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (procs, token, ns, node) = (processes.clone(), stop.clone(), namespace.to_string(), node_name.to_string());
+        let bin = media_node_binary();
+        let task = tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, &ns);
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default().labels(media_crds::POOL_LABEL)).await {
+                    let live: Vec<&Pod> = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+                    let mut running = procs.lock().unwrap();
+                    for pod in &live {
+                        let name = pod.name_any();
+                        if running.contains_key(&name) {
+                            continue;
+                        }
+                        let mut cmd = Command::new(&bin);
+                        let c = &pod.spec.as_ref().unwrap().containers[0];
+                        for e in c.env.iter().flatten() {
+                            let value = match (&e.value, &e.value_from) {
+                                (Some(v), _) => Some(v.clone()),
+                                (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                                    Some("metadata.namespace") => Some(ns.clone()),
+                                    Some("spec.nodeName") => Some(node.clone()),
+                                    Some("status.podIP") => Some("127.0.0.1".into()),
+                                    _ => None,
+                                },
+                                _ => None,
+                            };
+                            if let Some(v) = value {
+                                cmd.env(&e.name, v);
+                            }
+                        }
+                        // Loopback stands in for the host network.
+                        cmd.env("KUBECONFIG", &kubeconfig)
+                            .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+                            .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+                            .env("ASSETS_BASE_PATH", &assets)
+                            .env("RUST_LOG", "info")
+                            .stdout(Stdio::null());
+                        if let Ok(f) = std::fs::File::create(assets.join(format!("{name}.log"))) {
+                            cmd.stderr(f);
+                        }
+                        if let Ok(child) = cmd.spawn() {
+                            running.insert(name, child);
+                        }
+                    }
+                    let gone: Vec<String> = running.keys().filter(|k| !live.iter().any(|p| &p.name_any() == *k)).cloned().collect();
+                    for name in gone {
+                        if let Some(mut child) = running.remove(&name) {
+                            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                            std::thread::spawn(move || {
+                                let _ = child.wait();
+                            });
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+        });
+        FakeKubelet { processes, stop, task }
+    }
+
+    pub fn running(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.processes.lock().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.abort();
+    }
+}
+
+impl Drop for FakeKubelet {
+    /// Also on a failed test: no media-node process outlives it.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.task.abort();
+        for (_, mut c) in self.processes.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

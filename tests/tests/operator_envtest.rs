@@ -1,0 +1,317 @@
+//! The CRDs and the MediaPool operator against a real kube-apiserver with etcd
+//! (envtest style, see tests/envtest/build.sh). Media nodes run as real processes
+//! standing in for the pods, reporting into the same API server.
+//!
+//! One test walks the whole life of a pool in order, each step in its own function, so
+//! the control plane starts once and every process is stopped at the end.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fleet_tests::envtest::{ControlPlane, FakeKubelet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use media_crds::{MediaNode, MediaPool, POOL_LABEL};
+use media_operator::{run as run_operator, OperatorOptions};
+use media_proto::pb::media_service_client::MediaServiceClient;
+use media_proto::pb::AllocatePortRequest;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "fleet";
+
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..secs * 4 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+struct Operator {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    http: u16,
+}
+
+fn start_operator(client: Client, identity: &str, http: u16) -> Operator {
+    let opts = OperatorOptions {
+        namespace: None,
+        lease_namespace: "default".into(),
+        lease_name: "media-operator-leader".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(4),
+        http_addr: format!("127.0.0.1:{http}").parse().unwrap(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_operator(client, opts, stop.clone()));
+    Operator { stop, task, http }
+}
+
+impl Operator {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// "leader", "standby", or "" while its HTTP side is not up yet.
+    async fn role(&self) -> String {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.http).parse().unwrap();
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return String::new();
+        }
+        fleet_tests::http_get(addr, "/leader").await.1.trim().to_string()
+    }
+}
+
+async fn pods(client: &Client) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    api.list(&ListParams::default().labels(POOL_LABEL)).await.unwrap().items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect()
+}
+
+async fn nodes(client: &Client) -> Vec<MediaNode> {
+    Api::<MediaNode>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap().items
+}
+
+fn slot_of(p: &Pod) -> i32 {
+    p.labels().get(media_crds::SLOT_LABEL).unwrap().parse().unwrap()
+}
+
+async fn pool(client: &Client) -> MediaPool {
+    Api::<MediaPool>::namespaced(client.clone(), NS).get("voice").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_against_a_real_apiserver() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client().await.unwrap();
+    install_crds(&client).await;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap())
+        .await
+        .unwrap();
+    invalid_pools_are_rejected(&client).await;
+
+    // The Kubernetes Node the fake pods run on: ExternalIP is what nodes advertise.
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "envtest-node"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "ExternalIP", "address": "127.0.0.2"}]}
+    }))
+    .unwrap();
+    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.unwrap();
+
+    let assets = tempfile::tempdir().unwrap();
+    let kubelet = FakeKubelet::start(client.clone(), NS, cp.kubeconfig.clone(), "envtest-node", assets.path().to_path_buf());
+    let op_a = start_operator(cp.client().await.unwrap(), "op-a", 38181);
+
+    pool_comes_up_with_disjoint_slots(&client).await;
+    let call_port = node_reports_are_aggregated(&client).await;
+    scale_subresource_drains_the_emptiest(&client, call_port).await;
+    deleted_pod_is_replaced_without_clash(&client).await;
+
+    // Operator restart: a new instance keeps every slot and pod.
+    let before: BTreeSet<(String, i32)> = pods(&client).await.iter().map(|p| (p.name_any(), slot_of(p))).collect();
+    op_a.stop().await;
+    let op_b = start_operator(cp.client().await.unwrap(), "op-b", 38182);
+    eventually("op-b leads", 20, || async { (op_b.role().await == "leader").then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after: BTreeSet<(String, i32)> = pods(&client).await.iter().map(|p| (p.name_any(), slot_of(p))).collect();
+    assert_eq!(before, after, "an operator restart changes no pod and no slot");
+
+    only_the_lease_holder_writes(&client, &cp, op_b).await;
+
+    kubelet.stop().await;
+    drop(cp);
+}
+
+async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (file, yaml) in media_crds::crds_yaml() {
+        let committed = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml").join(&file)).unwrap();
+        assert_eq!(committed, yaml);
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&committed).unwrap();
+        api.patch(&crd.name_any(), &PatchParams::apply("envtest").force(), &Patch::Apply(&crd)).await.expect("the API server accepts the CRD");
+        let name = crd.name_any();
+        eventually("CRD established", 20, || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let c = api.get(&name).await.ok()?;
+                c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+fn pool_json(replicas: i32, min: i32, max: i32, slot: i32, image: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "media.sentiric.cloud/v1alpha1",
+        "kind": "MediaPool",
+        "metadata": {"name": "voice", "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "ports": {"min": min, "max": max, "slotSize": slot},
+            "quarantineSeconds": 3,
+            "drainTimeoutSeconds": 60,
+            "template": {"image": image},
+        }
+    })
+}
+
+async fn invalid_pools_are_rejected(client: &Client) {
+    let api: Api<MediaPool> = Api::namespaced(client.clone(), NS);
+    let cases = [
+        (pool_json(1, 34000, 33000, 100, "img"), "ports.min must be below ports.max"),
+        (pool_json(1, 33000, 33999, 101, "img"), "ports.slotSize must be even"),
+        (pool_json(11, 33000, 33999, 100, "img"), "spec.replicas is larger than the number of slots"),
+        (pool_json(1, 33000, 33999, 2, "img"), "should be greater than or equal to 4"),
+        (pool_json(1, 33000, 33999, 100, ""), "template.image must name an image"),
+        (pool_json(-1, 33000, 33999, 100, "img"), "should be greater than or equal to 0"),
+    ];
+    for (body, message) in cases {
+        let pool: MediaPool = serde_json::from_value(body).unwrap();
+        match api.create(&PostParams::default(), &pool).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{}", e.message);
+                assert!(e.message.contains(message), "expected {message:?} in {:?}", e.message);
+            }
+            other => panic!("invalid pool accepted ({message}): {other:?}"),
+        }
+    }
+}
+
+async fn pool_comes_up_with_disjoint_slots(client: &Client) {
+    let api: Api<MediaPool> = Api::namespaced(client.clone(), NS);
+    let pool: MediaPool = serde_json::from_value(pool_json(3, 33000, 33599, 100, "media-node:test")).unwrap();
+    api.create(&PostParams::default(), &pool).await.unwrap();
+    let ps = eventually("3 node pods", 30, || async { let p = pods(client).await; (p.len() == 3).then_some(p) }).await;
+    let slots: BTreeSet<i32> = ps.iter().map(slot_of).collect();
+    assert_eq!(slots, BTreeSet::from([0, 1, 2]), "disjoint slots");
+    for p in &ps {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.host_network, Some(true));
+        let host_ports: Vec<i32> = spec.containers[0].ports.iter().flatten().filter_map(|c| c.host_port).collect();
+        let base = 33000 + slot_of(p) * 100;
+        assert!(host_ports.contains(&base) && host_ports.contains(&(base + 99)), "{host_ports:?}");
+    }
+    let mns = nodes(client).await;
+    assert_eq!(mns.len(), 3);
+    let mut ranges: Vec<(i32, i32)> = mns.iter().map(|n| (n.spec.udp_min, n.spec.udp_max)).collect();
+    ranges.sort();
+    assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "MediaNode ranges are disjoint: {ranges:?}");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+    let caller = svcs.get("voice").await.expect("caller Service");
+    assert_eq!(caller.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 13031);
+    let headless = svcs.get("voice-nodes").await.expect("headless Service");
+    assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+}
+
+/// Returns the gRPC port of the node that holds a call.
+async fn node_reports_are_aggregated(client: &Client) -> u16 {
+    let st = eventually("pool ready with 3 reporting nodes", 40, || async {
+        let s = pool(client).await.status?;
+        (s.ready_replicas == 3 && s.ports.total == 150).then_some(s)
+    })
+    .await;
+    assert_eq!(st.ports.free, 150);
+    assert_eq!(st.selector, format!("{POOL_LABEL}=voice"));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "True");
+    // A call on the slot-0 node shows up in the pool's status.
+    let mut grpc = eventually("slot-0 node serving gRPC", 20, || async {
+        MediaServiceClient::connect("http://127.0.0.1:33000").await.ok()
+    })
+    .await;
+    let alloc = grpc.allocate_port(AllocatePortRequest { call_id: "envtest-call".into() }).await.unwrap().into_inner();
+    assert!((33000..33100).contains(&alloc.rtp_port));
+    assert_eq!(alloc.advertised_ip, "127.0.0.2", "advertised address is the Node's ExternalIP");
+    eventually("the call in the pool status", 20, || async {
+        let s = pool(client).await.status?;
+        (s.active_sessions == 1 && s.ports.allocated == 1 && s.ports.free == 149).then_some(())
+    })
+    .await;
+    let mn = nodes(client).await.into_iter().find(|n| n.spec.slot == 0).unwrap();
+    assert_eq!(mn.status.unwrap().advertised_address.as_deref(), Some("127.0.0.2"));
+    33000
+}
+
+async fn scale_subresource_drains_the_emptiest(client: &Client, call_grpc_port: u16) {
+    let api: Api<MediaPool> = Api::namespaced(client.clone(), NS);
+    let scale = api.get_scale("voice").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(3));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("media.sentiric.cloud/pool=voice"));
+    api.patch_scale("voice", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+    let ps = eventually("scaled to 2 pods", 40, || async { let p = pods(client).await; (p.len() == 2).then_some(p) }).await;
+    let slots: BTreeSet<i32> = ps.iter().map(slot_of).collect();
+    assert!(slots.contains(&0), "the node with a call (slot 0, gRPC {call_grpc_port}) was kept: {slots:?}");
+    assert!(!slots.contains(&1) || !slots.contains(&2));
+    let st = eventually("status shows 2 replicas", 20, || async {
+        let s = pool(client).await.status?;
+        (s.replicas == 2 && s.draining_replicas == 0 && s.active_sessions == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(st.observed_generation, pool(client).await.metadata.generation);
+}
+
+async fn deleted_pod_is_replaced_without_clash(client: &Client) {
+    let ps = pods(client).await;
+    let victim = ps.iter().find(|p| slot_of(p) != 0).unwrap();
+    let (victim_name, victim_slot) = (victim.name_any(), slot_of(victim));
+    Api::<Pod>::namespaced(client.clone(), NS).delete(&victim_name, &DeleteParams::default()).await.unwrap();
+    let ps = eventually("a replacement pod", 30, || async {
+        let p = pods(client).await;
+        (p.len() == 2 && !p.iter().any(|x| x.name_any() == victim_name)).then_some(p)
+    })
+    .await;
+    let slots: Vec<i32> = ps.iter().map(slot_of).collect();
+    assert_ne!(slots[0], slots[1], "no two live nodes share a slot");
+    let replacement = ps.iter().find(|p| slot_of(p) != 0).unwrap();
+    assert_ne!(slot_of(replacement), victim_slot, "the released slot is quarantined, not reused at once");
+    // After the 3 s quarantine the released slot's MediaNode is forgotten.
+    eventually("released MediaNode forgotten after quarantine", 20, || async { (nodes(client).await.len() == 2).then_some(()) }).await;
+}
+
+async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: Operator) {
+    let op_c = start_operator(cp.client().await.unwrap(), "op-c", 38183);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(op_b.role().await, "leader");
+    assert_eq!(op_c.role().await, "standby");
+    let lease = Api::<Lease>::namespaced(client.clone(), "default").get("media-operator-leader").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("op-b"));
+
+    // Scale up while both run: exactly one node is added, by the leader.
+    let since = k8s_openapi::jiff::Timestamp::now();
+    Api::<MediaPool>::namespaced(client.clone(), NS)
+        .patch_scale("voice", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .await
+        .unwrap();
+    let ps = eventually("3 pods again", 30, || async { let p = pods(client).await; (p.len() == 3).then_some(p) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pods(client).await.len(), 3, "no double creation");
+    let slots: BTreeSet<i32> = ps.iter().map(slot_of).collect();
+    assert_eq!(slots.len(), 3);
+    let events = Api::<Event>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap().items;
+    let recent: Vec<&Event> = events.iter().filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 >= since)).collect();
+    assert!(!recent.is_empty(), "the leader recorded what it did");
+    assert!(recent.iter().all(|e| e.reporting_instance.as_deref() == Some("op-b")), "only op-b wrote");
+
+    // The leader leaves: the standby takes over and carries on.
+    op_b.stop().await;
+    eventually("op-c takes over", 20, || async { (op_c.role().await == "leader").then_some(()) }).await;
+    Api::<MediaPool>::namespaced(client.clone(), NS)
+        .patch_scale("voice", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
+        .await
+        .unwrap();
+    eventually("op-c scales down to 1", 40, || async { (pods(client).await.len() == 1).then_some(()) }).await;
+    op_c.stop().await;
+}
