@@ -21,6 +21,7 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     etcd: Child,
     apiserver: Child,
+    apiserver_cmd: Vec<std::ffi::OsString>,
 }
 
 fn free_port() -> u16 {
@@ -32,6 +33,15 @@ fn binaries() -> PathBuf {
     let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("envtest/build.sh runs");
     assert!(out.status.success(), "envtest/build.sh failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim().lines().last().unwrap())
+}
+
+fn spawn_logged(cmd: &[std::ffi::OsString], log: &Path) -> Child {
+    Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("kube-apiserver starts")
 }
 
 fn run_ok(cmd: &mut Command) {
@@ -60,8 +70,8 @@ impl ControlPlane {
             .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
             .spawn()
             .expect("etcd starts");
-        let apiserver = Command::new(bin.join("kube-apiserver"))
-            .arg(format!("--etcd-servers={etcd_url}"))
+        let mut api = Command::new(bin.join("kube-apiserver"));
+        api.arg(format!("--etcd-servers={etcd_url}"))
             .arg("--cert-dir").arg(d.join("certs"))
             .arg(format!("--secure-port={api_port}"))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
@@ -71,11 +81,9 @@ impl ControlPlane {
             .arg("--service-account-signing-key-file").arg(d.join("sa.key"))
             .args(["--authorization-mode=RBAC", "--service-cluster-ip-range=10.0.0.0/24"])
             // No controller-manager mints ServiceAccount tokens here.
-            .args(["--disable-admission-plugins=ServiceAccount"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("apiserver.log")).unwrap())
-            .spawn()
-            .expect("kube-apiserver starts");
+            .args(["--disable-admission-plugins=ServiceAccount"]);
+        let apiserver_cmd: Vec<std::ffi::OsString> = std::iter::once(api.get_program().to_os_string()).chain(api.get_args().map(|a| a.to_os_string())).collect();
+        let apiserver = spawn_logged(&apiserver_cmd, &d.join("apiserver.log"));
         let url = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = d.join("kubeconfig");
         std::fs::write(
@@ -85,7 +93,7 @@ impl ControlPlane {
             ),
         )
         .unwrap();
-        let cp = ControlPlane { url, kubeconfig, dir, etcd, apiserver };
+        let cp = ControlPlane { url, kubeconfig, dir, etcd, apiserver, apiserver_cmd };
         for _ in 0..120 {
             if let Ok(c) = cp.client().await {
                 if c.apiserver_version().await.is_ok() && Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone()).get("default").await.is_ok() {
@@ -95,6 +103,26 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         panic!("kube-apiserver did not become ready; see {}", cp.dir.path().join("apiserver.log").display());
+    }
+
+    /// Takes the API server away (etcd keeps the data), as an outage would.
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+    }
+
+    /// Brings the API server back on the same address and waits until it serves.
+    pub async fn start_apiserver(&mut self) {
+        self.apiserver = spawn_logged(&self.apiserver_cmd, &self.dir.path().join("apiserver-restart.log"));
+        for _ in 0..120 {
+            if let Ok(c) = self.client().await {
+                if c.apiserver_version().await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("kube-apiserver did not come back");
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {

@@ -92,7 +92,7 @@ async fn pool(client: &Client) -> MediaPool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_against_a_real_apiserver() {
-    let cp = ControlPlane::start().await;
+    let mut cp = ControlPlane::start().await;
     let client = cp.client().await.unwrap();
     install_crds(&client).await;
     Api::<Namespace>::all(client.clone())
@@ -117,6 +117,7 @@ async fn operator_against_a_real_apiserver() {
     let call_port = node_reports_are_aggregated(&client).await;
     scale_subresource_drains_the_emptiest(&client, call_port).await;
     deleted_pod_is_replaced_without_clash(&client).await;
+    reporter_rides_out_an_api_outage(&client, &mut cp).await;
 
     // Operator restart: a new instance keeps every slot and pod.
     let before: BTreeSet<(String, i32)> = pods(&client).await.iter().map(|p| (p.name_any(), slot_of(p))).collect();
@@ -279,6 +280,22 @@ async fn deleted_pod_is_replaced_without_clash(client: &Client) {
     assert_ne!(slot_of(replacement), victim_slot, "the released slot is quarantined, not reused at once");
     // After the 3 s quarantine the released slot's MediaNode is forgotten.
     eventually("released MediaNode forgotten after quarantine", 20, || async { (nodes(client).await.len() == 2).then_some(()) }).await;
+}
+
+/// With the API server away, calls go on; when it is back, the node catches up.
+async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane) {
+    cp.stop_apiserver();
+    let mut grpc = MediaServiceClient::connect("http://127.0.0.1:33000").await.unwrap();
+    let alloc = grpc.allocate_port(AllocatePortRequest { call_id: "during-outage".into() }).await.expect("calls work without the API server");
+    assert!((33000..33100).contains(&alloc.into_inner().rtp_port));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cp.start_apiserver().await;
+    eventually("the node reports the call made during the outage", 30, || async {
+        let mn = nodes(client).await.into_iter().find(|n| n.spec.slot == 0)?;
+        (mn.status?.sessions == 2).then_some(())
+    })
+    .await;
+    eventually("the pool status catches up", 30, || async { (pool(client).await.status?.active_sessions == 2).then_some(()) }).await;
 }
 
 async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: Operator) {
