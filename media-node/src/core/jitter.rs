@@ -35,7 +35,12 @@ impl Default for JitterConfig {
 /// A piece of the caller's audio at a timeline position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heard {
+    /// Position in the continuous listener stream.
     pub pos: u64,
+    /// Position on the call's wall clock (sample 0 = session start): when this audio
+    /// was really spoken, for the recording. Differs from `pos` by the playout delay
+    /// and follows the caller's clock drift.
+    pub wall_pos: u64,
     pub pcm: Vec<i16>,
     /// True when this is silence standing in for audio that never came.
     pub concealed: bool,
@@ -49,7 +54,14 @@ pub struct JitterStats {
     pub reordered: u64,
     pub resyncs: u64,
     pub overflow: u64,
+    /// Times the wall-clock placement was corrected for the caller's clock drift.
+    pub realigned: u64,
 }
+
+/// Drift is measured over this many in-order packets (about two seconds).
+const DRIFT_WINDOW: u32 = 100;
+/// A placement error larger than this (8 kHz samples, 5 ms) is corrected.
+const DRIFT_TOLERANCE: i64 = 40;
 
 struct StreamMap {
     ssrc: u32,
@@ -61,6 +73,13 @@ struct StreamMap {
 
 pub struct JitterBuffer {
     cfg: JitterConfig,
+    start: Instant,
+    /// wall position = stream position + wall_delta.
+    wall_delta: i64,
+    /// Smallest (arrival - expected) over the current drift window: network delay only
+    /// ever adds, so the minimum tracks the sender's clock against ours.
+    window_min: i64,
+    window_count: u32,
     next_pos: u64,
     /// The wall time at which timeline position `anchor.1` was due.
     anchor: (Instant, u64),
@@ -75,7 +94,18 @@ fn samples(d: Duration) -> u64 {
 
 impl JitterBuffer {
     pub fn new(cfg: JitterConfig, start: Instant) -> JitterBuffer {
-        JitterBuffer { cfg, next_pos: 0, anchor: (start, 0), stream: None, buffer: BTreeMap::new(), stats: JitterStats::default() }
+        JitterBuffer {
+            cfg,
+            start,
+            wall_delta: 0,
+            window_min: i64::MAX,
+            window_count: 0,
+            next_pos: 0,
+            anchor: (start, 0),
+            stream: None,
+            buffer: BTreeMap::new(),
+            stats: JitterStats::default(),
+        }
     }
 
     /// Timeline position of the next sample to be emitted.
@@ -92,7 +122,28 @@ impl JitterBuffer {
         self.anchor.0 + Duration::from_micros(ahead * 1_000_000 / RATE as u64)
     }
 
-    fn map(&mut self, ssrc: u32, ts: u32) -> i64 {
+    fn arrival_pos(&self, now: Instant) -> i64 {
+        samples(now.saturating_duration_since(self.start)) as i64
+    }
+
+    /// Follows the caller's clock: compares when in-order audio arrives with where
+    /// the RTP timestamps place it, and corrects the wall placement when the smallest
+    /// difference over a window drifts past the tolerance.
+    fn track_drift(&mut self, now: Instant, pos: u64) {
+        let late = self.arrival_pos(now) - (pos as i64 + self.wall_delta);
+        self.window_min = self.window_min.min(late);
+        self.window_count += 1;
+        if self.window_count >= DRIFT_WINDOW {
+            if self.window_min.abs() > DRIFT_TOLERANCE {
+                self.wall_delta += self.window_min;
+                self.stats.realigned += 1;
+            }
+            self.window_min = i64::MAX;
+            self.window_count = 0;
+        }
+    }
+
+    fn map(&mut self, now: Instant, ssrc: u32, ts: u32) -> i64 {
         match &mut self.stream {
             Some(s) if s.ssrc == ssrc => {
                 let delta = ts.wrapping_sub(s.last_ts) as i32 as i64;
@@ -104,15 +155,19 @@ impl JitterBuffer {
                 if self.stream.is_some() {
                     self.stats.resyncs += 1;
                 }
-                self.resync(ssrc, ts);
+                self.resync(now, ssrc, ts);
                 self.next_pos as i64
             }
         }
     }
 
-    /// Starts mapping a (new) stream so that `ts` lands at the current playout position.
-    fn resync(&mut self, ssrc: u32, ts: u32) {
+    /// Starts mapping a (new) stream so that `ts` lands at the current playout position,
+    /// and on the wall clock at its arrival.
+    fn resync(&mut self, now: Instant, ssrc: u32, ts: u32) {
         self.give_up_buffer();
+        self.wall_delta = self.arrival_pos(now) - self.next_pos as i64;
+        self.window_min = i64::MAX;
+        self.window_count = 0;
         self.stream = Some(StreamMap { ssrc, last_ts: ts, last_ext: ts as i64, offset: self.next_pos as i64 - ts as i64 });
     }
 
@@ -126,12 +181,12 @@ impl JitterBuffer {
         if pcm.is_empty() {
             return;
         }
-        let mut pos = self.map(ssrc, ts);
+        let mut pos = self.map(now, ssrc, ts);
         let window = samples(self.cfg.resync_after) as i64;
         if (pos - self.next_pos as i64).abs() > window {
             // A timestamp jump (sender restart, hold/resume): treat as a new stream.
             self.stats.resyncs += 1;
-            self.resync(ssrc, ts);
+            self.resync(now, ssrc, ts);
             pos = self.next_pos as i64;
         }
         let mut pcm = pcm;
@@ -157,6 +212,7 @@ impl JitterBuffer {
         if pos == self.next_pos {
             // In order: it plays now, and the cadence is measured from its arrival.
             self.anchor = (now, pos);
+            self.track_drift(now, pos);
         }
         self.drain(out);
         while self.buffer.len() > self.cfg.capacity {
@@ -164,6 +220,10 @@ impl JitterBuffer {
             self.conceal_gap(out);
             self.drain(out);
         }
+    }
+
+    fn wall(&self, pos: u64) -> u64 {
+        (pos as i64 + self.wall_delta).max(0) as u64
     }
 
     /// Emits everything contiguous from the playout position.
@@ -183,8 +243,9 @@ impl JitterBuffer {
                 }
                 pcm.drain(..skip);
             }
+            let at = self.next_pos;
             self.next_pos += pcm.len() as u64;
-            out.push(Heard { pos: self.next_pos - pcm.len() as u64, pcm, concealed: false });
+            out.push(Heard { pos: at, wall_pos: self.wall(at), pcm, concealed: false });
         }
     }
 
@@ -198,7 +259,7 @@ impl JitterBuffer {
         if waiting.is_some() {
             self.stats.lost_samples += n;
         }
-        out.push(Heard { pos: self.next_pos, pcm: vec![0; n as usize], concealed: true });
+        out.push(Heard { pos: self.next_pos, wall_pos: self.wall(self.next_pos), pcm: vec![0; n as usize], concealed: true });
         self.next_pos += n;
     }
 
@@ -351,6 +412,32 @@ mod tests {
         assert!(jb.buffered_packets() <= 4);
         assert!(jb.stats.overflow > 0);
         assert_continuous(&out);
+    }
+
+    #[test]
+    fn wall_placement_follows_a_drifting_caller_for_an_hour() {
+        // The caller's clock runs 80 ppm fast, packets meet 0..30 ms of network jitter.
+        // Every packet's wall position must stay within one 20 ms frame of when it was
+        // really sent.
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig { hold: Duration::from_millis(60), ..Default::default() }, t0);
+        let mut out = Vec::new();
+        let mut worst = 0i64;
+        let first_send_us = 1_000_000u64; // the caller starts talking at 1 s
+        for k in 0..180_000u64 {
+            let sent_us = first_send_us + k * 20_000 * 999_920 / 1_000_000;
+            let jitter_us = (k * 7919 % 30) * 1000;
+            let at = t0 + Duration::from_micros(sent_us + 5_000 + jitter_us);
+            jb.on_tick(at, &mut out);
+            out.clear();
+            jb.on_packet(at, 42, (k * 160) as u32, frame(1), &mut out);
+            for h in out.iter().filter(|h| !h.concealed) {
+                let true_pos = (sent_us * 8 / 1000) as i64;
+                worst = worst.max((h.wall_pos as i64 - true_pos).abs());
+            }
+        }
+        assert!(worst <= 160, "placement error reached {worst} samples");
+        assert!(jb.stats.realigned > 0, "drift was corrected");
     }
 
     #[test]

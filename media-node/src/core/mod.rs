@@ -4,6 +4,7 @@ pub mod jitter;
 pub mod latch;
 pub mod pacer;
 pub mod playback;
+pub mod recording;
 pub mod resample;
 pub mod rtp;
 pub mod session;

@@ -1,0 +1,259 @@
+//! The call recording as ONE timeline: the caller's audio placed where it was really
+//! spoken (wall positions from the jitter buffer), the bot's placed where it was sent,
+//! both on the call's 8 kHz sample clock, mixed with saturation (mono) or kept apart
+//! (stereo: caller left, bot right). Gaps are silence. Only a short window is held in
+//! memory: everything older than the flush point is handed out to be written, so an
+//! hour costs what a minute does.
+
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channels {
+    /// Caller and bot mixed into one channel.
+    Mono,
+    /// Caller on the left, bot on the right.
+    Stereo,
+}
+
+impl Channels {
+    pub fn count(self) -> u16 {
+        match self {
+            Channels::Mono => 1,
+            Channels::Stereo => 2,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RecordingTimeline {
+    channels: Channels,
+    /// Timeline position of the first sample not yet handed out.
+    flushed: u64,
+    caller: VecDeque<i16>,
+    bot: VecDeque<i16>,
+    /// Samples that arrived after their place had already been written out.
+    pub late_samples: u64,
+}
+
+impl RecordingTimeline {
+    /// A recording whose first sample is at timeline position `start`.
+    pub fn new(channels: Channels, start: u64) -> RecordingTimeline {
+        RecordingTimeline { channels, flushed: start, caller: VecDeque::new(), bot: VecDeque::new(), late_samples: 0 }
+    }
+
+    pub fn channels(&self) -> Channels {
+        self.channels
+    }
+
+    /// Position up to which audio has been handed out.
+    pub fn flushed(&self) -> u64 {
+        self.flushed
+    }
+
+    pub fn add_caller(&mut self, pos: u64, pcm: &[i16]) {
+        Self::place(&mut self.caller, self.flushed, &mut self.late_samples, pos, pcm);
+    }
+
+    pub fn add_bot(&mut self, pos: u64, pcm: &[i16]) {
+        Self::place(&mut self.bot, self.flushed, &mut self.late_samples, pos, pcm);
+    }
+
+    fn place(track: &mut VecDeque<i16>, flushed: u64, late: &mut u64, pos: u64, pcm: &[i16]) {
+        let (skip, offset) = if pos < flushed { ((flushed - pos) as usize, 0) } else { (0, (pos - flushed) as usize) };
+        if skip >= pcm.len() {
+            *late += pcm.len() as u64;
+            return;
+        }
+        *late += skip as u64;
+        let pcm = &pcm[skip..];
+        if track.len() < offset + pcm.len() {
+            track.resize(offset + pcm.len(), 0);
+        }
+        for (i, &s) in pcm.iter().enumerate() {
+            let slot = &mut track[offset + i];
+            *slot = slot.saturating_add(s);
+        }
+    }
+
+    /// Hands out everything before `pos` (interleaved when stereo).
+    pub fn flush_until(&mut self, pos: u64, out: &mut Vec<i16>) {
+        if pos <= self.flushed {
+            return;
+        }
+        let n = (pos - self.flushed) as usize;
+        let take = |q: &mut VecDeque<i16>| -> Vec<i16> {
+            let k = n.min(q.len());
+            let mut v: Vec<i16> = q.drain(..k).collect();
+            v.resize(n, 0);
+            v
+        };
+        let caller = take(&mut self.caller);
+        let bot = take(&mut self.bot);
+        match self.channels {
+            Channels::Mono => out.extend(caller.iter().zip(&bot).map(|(a, b)| a.saturating_add(*b))),
+            Channels::Stereo => {
+                out.reserve(2 * n);
+                for (a, b) in caller.iter().zip(&bot) {
+                    out.push(*a);
+                    out.push(*b);
+                }
+            }
+        }
+        self.flushed = pos;
+    }
+
+    /// Ends the recording at `end` (or at the last buffered sample, if later).
+    pub fn finish(&mut self, end: u64, out: &mut Vec<i16>) {
+        let buffered = self.flushed + self.caller.len().max(self.bot.len()) as u64;
+        self.flush_until(end.max(buffered), out);
+    }
+
+    /// Samples held in memory (bounded by how far ahead of the flush point audio lands).
+    pub fn held(&self) -> usize {
+        self.caller.len() + self.bot.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::jitter::{Heard, JitterBuffer, JitterConfig};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn caller_and_bot_interleave_as_they_spoke() {
+        let mut t = RecordingTimeline::new(Channels::Mono, 0);
+        t.add_bot(0, &[100; 800]); // bot 0..100 ms
+        t.add_caller(1600, &[10; 800]); // caller 200..300 ms
+        t.add_caller(400, &[1; 160]); // caller talks over the bot at 50 ms
+        let mut out = Vec::new();
+        t.finish(3200, &mut out);
+        assert_eq!(out.len(), 3200);
+        assert_eq!(out[0], 100);
+        assert_eq!(out[450], 101, "overlapping speech is mixed");
+        assert_eq!(out[1000], 0, "the gap is silence");
+        assert_eq!(out[1700], 10);
+        assert_eq!(out[2500], 0);
+    }
+
+    #[test]
+    fn stereo_keeps_caller_left_and_bot_right() {
+        let mut t = RecordingTimeline::new(Channels::Stereo, 80);
+        t.add_caller(80, &[7; 10]);
+        t.add_bot(85, &[-9; 10]);
+        let mut out = Vec::new();
+        t.finish(100, &mut out);
+        assert_eq!(out.len(), 40);
+        assert_eq!(&out[..4], &[7, 0, 7, 0]);
+        assert_eq!(&out[10..12], &[7, -9]);
+    }
+
+    #[test]
+    fn mixing_saturates() {
+        let mut t = RecordingTimeline::new(Channels::Mono, 0);
+        t.add_caller(0, &[30000]);
+        t.add_bot(0, &[30000]);
+        let mut out = Vec::new();
+        t.finish(1, &mut out);
+        assert_eq!(out, vec![i16::MAX]);
+    }
+
+    #[test]
+    fn late_audio_is_counted_and_dropped() {
+        let mut t = RecordingTimeline::new(Channels::Mono, 0);
+        let mut out = Vec::new();
+        t.flush_until(1000, &mut out);
+        t.add_caller(900, &[5; 200]);
+        assert_eq!(t.late_samples, 100);
+        t.finish(1200, &mut out);
+        assert_eq!(out.len(), 1200);
+        assert_eq!(out[1000], 5);
+    }
+
+    /// An hour of a call through the real jitter buffer: the caller (clock 50 ppm slow,
+    /// packets reordered, lost, duplicated and late) speaks a marker burst every 10 s,
+    /// the bot answers 1 s later. In the mixed recording each burst is where it was
+    /// sent, within one 20 ms frame, and memory stays bounded.
+    #[test]
+    fn an_hour_on_one_timeline_stays_aligned() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut rec = RecordingTimeline::new(Channels::Stereo, 0);
+        let mut heard: Vec<Heard> = Vec::new();
+        let mut out = Vec::new();
+        let mut left_onsets = Vec::new();
+        let mut right_onsets = Vec::new();
+        let mut written = 0u64;
+        let mut max_held = 0;
+        let frames = 180_000u64; // one hour of 20 ms frames
+        let mut pending: Vec<(u64, u64)> = Vec::new(); // (arrival us, frame k)
+        for k in 0..frames {
+            let sent_us = 500_000 + k * 20_000 * 1_000_050 / 1_000_000;
+            let mut arrive = sent_us + 3_000 + (k * 37 % 25) * 1000;
+            if k % 97 == 3 {
+                arrive += 30_000; // overtaken by the next packets: reordered
+            }
+            if k % 1013 == 507 {
+                continue; // lost
+            }
+            pending.push((arrive, k));
+            if k % 499 == 0 {
+                pending.push((arrive + 1000, k)); // duplicated
+            }
+        }
+        pending.sort();
+        let speaking = |k: u64| k % 500 < 10; // 200 ms burst every 10 s
+        let mut next_tick = 0u64;
+        for (arrive_us, k) in pending {
+            while next_tick * 20_000 <= arrive_us {
+                let now = t0 + Duration::from_micros(next_tick * 20_000);
+                jb.on_tick(now, &mut heard);
+                // The bot answers each burst 1 s after the caller started it.
+                if next_tick >= 75 && (next_tick - 75) % 500 < 10 {
+                    rec.add_bot(next_tick * 160, &[-20000; 160]);
+                }
+                for h in heard.drain(..) {
+                    rec.add_caller(h.wall_pos, &h.pcm);
+                }
+                let flush_to = (next_tick * 160).saturating_sub(4000);
+                rec.flush_until(flush_to, &mut out);
+                max_held = max_held.max(rec.held());
+                // Onset detection on the stream as it is written.
+                onsets(&out, written, &mut left_onsets, &mut right_onsets);
+                written += out.len() as u64 / 2;
+                out.clear();
+                next_tick += 1;
+            }
+            let pcm = if speaking(k) { vec![20000; 160] } else { vec![0; 160] };
+            jb.on_packet(t0 + Duration::from_micros(arrive_us), 9, (k * 160) as u32, pcm, &mut heard);
+        }
+        assert!(max_held < 8000 * 2, "memory held stays bounded: {max_held} samples");
+        assert!(left_onsets.len() >= 350, "found {} caller bursts", left_onsets.len());
+        for (i, &onset) in left_onsets.iter().enumerate() {
+            let k = (i as u64) * 500;
+            let sent = (500_000 + k * 20_000 * 1_000_050 / 1_000_000) * 8 / 1000;
+            let err = onset as i64 - sent as i64;
+            assert!(err.abs() <= 160, "caller burst {i} placed {err} samples off");
+        }
+        for (i, &onset) in right_onsets.iter().enumerate() {
+            let expected = (75 + i as u64 * 500) * 160;
+            assert_eq!(onset, expected, "bot burst {i} is where it was sent");
+        }
+        assert!(jb.stats.late + jb.stats.duplicate > 0);
+    }
+
+    /// Records the sample index where each channel rises above half scale.
+    fn onsets(stereo: &[i16], first: u64, left: &mut Vec<u64>, right: &mut Vec<u64>) {
+        for (i, pair) in stereo.chunks(2).enumerate() {
+            let at = first + i as u64;
+            let l_on = pair[0] > 10000;
+            let r_on = pair[1] < -10000;
+            if l_on && left.last().is_none_or(|&p| at - p > 8000) {
+                left.push(at);
+            }
+            if r_on && right.last().is_none_or(|&p| at - p > 8000) {
+                right.push(at);
+            }
+        }
+    }
+}
