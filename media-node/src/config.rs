@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::recording::destination::Destination;
+use crate::recording::store::{S3Settings, StoreConfig};
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "media-node", about = "Real-time media node: RTP sessions, prompts, live listen, gRPC MediaService")]
 pub struct NodeArgs {
@@ -74,6 +77,15 @@ pub struct NodeArgs {
     pub rabbitmq_url: Option<String>,
     #[arg(long, env = "TENANT_ID")]
     pub tenant_id: Option<String>,
+    /// Local spool for recordings being written and those waiting for storage.
+    #[arg(long, env = "RECORDINGS_SPOOL_DIR", default_value = "spool")]
+    pub recordings_spool_dir: PathBuf,
+    /// Root for file:// recording destinations.
+    #[arg(long, env = "RECORDINGS_ROOT", default_value = "recordings")]
+    pub recordings_root: PathBuf,
+    /// Destination when StartRecording names none (default: s3://$BUCKET_NAME/recordings).
+    #[arg(long, env = "RECORDINGS_DEFAULT_URI")]
+    pub recordings_default_uri: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "MEDIA_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -102,6 +114,7 @@ pub struct NodeConfig {
     pub jitter_hold: Duration,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
+    pub recording: StoreConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +169,27 @@ impl NodeConfig {
         } else {
             a.rtp_listen_address
         });
+        let default_uri = a.recordings_default_uri.clone().or_else(|| a.bucket_name.as_ref().map(|b| format!("s3://{b}/recordings")));
+        let default_destination = match default_uri {
+            Some(u) => Some(Destination::parse(&u, None).map_err(|e| ConfigError(format!("RECORDINGS_DEFAULT_URI / BUCKET_NAME: {e}")))?),
+            None => None,
+        };
+        for (name, dir) in [("RECORDINGS_SPOOL_DIR", &a.recordings_spool_dir), ("RECORDINGS_ROOT", &a.recordings_root)] {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                return bad(format!("{name} {dir:?} cannot be created: {e}"));
+            }
+        }
+        let recording = StoreConfig {
+            spool_dir: a.recordings_spool_dir.clone(),
+            recordings_root: a.recordings_root.clone(),
+            s3: S3Settings {
+                endpoint: a.bucket_endpoint_url.clone(),
+                region: a.bucket_region.clone(),
+                access_key_id: a.bucket_access_key_id.clone(),
+                secret_access_key: a.bucket_secret_access_key.clone(),
+            },
+            default_destination,
+        };
         if advertised_ip.is_unspecified() {
             return bad("RTP_SERVICE_ADVERTISED_IP cannot be 0.0.0.0: callers must be able to send to it".into());
         }
@@ -173,6 +207,7 @@ impl NodeConfig {
             jitter_hold: Duration::from_millis(a.jitter_ms),
             drain_timeout: Duration::from_secs(a.drain_seconds),
             tls,
+            recording,
         })
     }
 
@@ -187,12 +222,18 @@ impl NodeConfig {
             port_min,
             port_max,
             quarantine: Duration::from_secs(5),
-            assets_root,
             prompt_cache_bytes: 16 * 1024 * 1024,
             symmetric_rtp: true,
             jitter_hold: Duration::from_millis(40),
             drain_timeout: Duration::from_secs(30),
             tls: None,
+            recording: StoreConfig {
+                spool_dir: assets_root.join("spool"),
+                recordings_root: assets_root.join("recordings"),
+                s3: S3Settings::default(),
+                default_destination: Some(Destination::File { dir: PathBuf::new() }),
+            },
+            assets_root,
         }
     }
 }
@@ -202,7 +243,7 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> NodeArgs {
-        let mut v = vec!["media-node", "--assets-base-path", "."];
+        let mut v = vec!["media-node", "--assets-base-path", ".", "--recordings-spool-dir", "/tmp/media-node-test-spool", "--recordings-root", "/tmp/media-node-test-rec"];
         v.extend_from_slice(extra);
         NodeArgs::try_parse_from(v).unwrap()
     }

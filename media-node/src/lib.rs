@@ -18,3 +18,4 @@ pub mod node;
 pub mod server;
 pub mod tools;
 pub mod cluster;
+pub mod recording;

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub rpc_requests: IntCounterVec,
     pub rpc_seconds: HistogramVec,
     pub allocate_seconds: Histogram,
+    pub recordings_in_flight: IntGauge,
+    pub uploads_pending: IntGauge,
+    pub upload_failures: IntCounter,
+    pub recording_bytes: IntCounter,
+    pub recording_errors: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -74,6 +79,11 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            recordings_in_flight: reg(&r, IntGauge::new("media_recordings_in_flight", "Recordings being written").unwrap()),
+            uploads_pending: reg(&r, IntGauge::new("media_recording_uploads_pending", "Finished recordings in the spool waiting for storage").unwrap()),
+            upload_failures: counter("media_recording_upload_failures_total", "Failed attempts to store a recording (it stays spooled and is retried)"),
+            recording_bytes: counter("media_recording_bytes_total", "Bytes of recordings stored"),
+            recording_errors: counter("media_recording_write_errors_total", "Errors writing a recording to the spool"),
             registry: r,
         }
     }

@@ -21,6 +21,7 @@ use crate::config::NodeConfig;
 use crate::core::jitter::JitterConfig;
 use crate::metrics::Metrics;
 use crate::ports::{PoolCounts, PoolError, PortPool};
+use crate::recording::RecordingStore;
 
 /// How many ports an allocation tries when binds fail (another process holds them).
 const BIND_ATTEMPTS: usize = 8;
@@ -62,6 +63,7 @@ struct Calls {
 pub struct Node {
     pub config: NodeConfig,
     pub metrics: Arc<Metrics>,
+    pub recordings: Arc<RecordingStore>,
     pool: Mutex<PortPool>,
     calls: Mutex<Calls>,
     prompts: Mutex<PromptCache>,
@@ -81,6 +83,7 @@ impl Node {
     pub fn new(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node, PoolError> {
         let pool = PortPool::new(config.port_min, config.port_max, config.quarantine)?;
         let node = Node {
+            recordings: RecordingStore::new(config.recording.clone(), metrics.clone()),
             prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
             advertised_ip: RwLock::new(config.advertised_ip),
             config,
@@ -151,7 +154,15 @@ impl Node {
             match bind_pair(self.config.rtp_listen, port) {
                 Ok(sockets) => {
                     let jitter = JitterConfig { hold: self.config.jitter_hold, ..JitterConfig::default() };
-                    let handle = spawn_call(port, call_id.to_string(), sockets, self.config.symmetric_rtp, jitter, self.metrics.clone());
+                    let handle = spawn_call(
+                        port,
+                        call_id.to_string(),
+                        sockets,
+                        self.config.symmetric_rtp,
+                        jitter,
+                        self.metrics.clone(),
+                        self.recordings.clone(),
+                    );
                     {
                         let mut calls = lock(&self.calls);
                         calls.by_port.insert(port, handle);

@@ -69,6 +69,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let shutdown = CancellationToken::new();
     let servers_stop = CancellationToken::new();
+    // Spooled recordings (also from before a restart) are stored in the background
+    // until the node stops.
+    tokio::spawn(node.recordings.clone().run_retries(servers_stop.clone()));
     let grpc = builder
         .add_service(health_svc)
         .add_service(MediaServiceServer::new(MediaSvc::new(node.clone())))

@@ -19,6 +19,11 @@ use crate::core::jitter::JitterConfig;
 use crate::core::playback::{PlaybackId, PlaybackOutcome};
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
 use crate::metrics::Metrics;
+use crate::recording::{RecordingJob, RecordingSpec, RecordingStore, RecordingWriter};
+
+/// The recording is written this far (8 kHz samples, 500 ms) behind the present, so
+/// late caller audio still lands in its place.
+const RECORDING_LAG: u64 = 4000;
 
 /// Streamed audio is taken from the sender only while less than this is queued
 /// (8 kHz samples): the rest waits in the sender, which is the back-pressure.
@@ -45,6 +50,10 @@ pub enum CallCommand {
     Listen { rate: u32, frames: mpsc::Sender<Bytes> },
     /// Attach a TTS stream (8 kHz chunks); `done` fires when it has played out.
     Stream { chunks: mpsc::Receiver<Vec<i16>>, done: oneshot::Sender<StreamEnd> },
+    /// Start recording (the segment number is filled in by the call).
+    StartRecording { spec: RecordingSpec, reply: oneshot::Sender<Result<(), String>> },
+    /// Finish the active recording; the reply carries the spooled job.
+    StopRecording { reply: oneshot::Sender<Result<RecordingJob, String>> },
     Shutdown,
 }
 
@@ -79,6 +88,7 @@ pub fn spawn_call(
     symmetric_rtp: bool,
     jitter: JitterConfig,
     metrics: Arc<Metrics>,
+    store: Arc<RecordingStore>,
 ) -> Arc<CallHandle> {
     let (tx, rx) = mpsc::channel(64);
     let started = Instant::now();
@@ -94,6 +104,9 @@ pub fn spawn_call(
         stream: None,
         out: Outputs::default(),
         frames: Vec::new(),
+        store,
+        recording: None,
+        segments: 0,
     };
     let join = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
     Arc::new(CallHandle { port, call_id, started, commands: tx, task: tokio::sync::Mutex::new(Some(join)) })
@@ -109,6 +122,9 @@ struct CallTask {
     stream: Option<AttachedStream>,
     out: Outputs,
     frames: Vec<Bytes>,
+    store: Arc<RecordingStore>,
+    recording: Option<RecordingWriter>,
+    segments: u32,
 }
 
 impl CallTask {
@@ -146,6 +162,13 @@ impl CallTask {
         }
         self.session.close(&mut self.out);
         self.flush().await;
+        // The end of the call finalises an active recording by itself.
+        if let Some(job) = self.finish_recording() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                store.deliver(job).await;
+            });
+        }
         if let Some(s) = self.stream.take() {
             let _ = s.done.send(StreamEnd::CallEnded);
         }
@@ -181,7 +204,71 @@ impl CallTask {
                     let _ = old.done.send(StreamEnd::Replaced);
                 }
             }
+            CallCommand::StartRecording { mut spec, reply } => {
+                let result = if self.recording.is_some() {
+                    Err("a recording is already running on this call".to_string())
+                } else {
+                    self.segments += 1;
+                    spec.segment = self.segments;
+                    let start = self.now_pos();
+                    match RecordingWriter::create(spec, &self.store.config.spool_dir, start) {
+                        Ok(w) => {
+                            info!(format = ?w.spec().channels, rate = w.spec().rate, "recording started");
+                            self.metrics.recordings_in_flight.inc();
+                            self.recording = Some(w);
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("cannot open the recording spool: {e}")),
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            CallCommand::StopRecording { reply } => {
+                let result = if self.recording.is_none() {
+                    Err("no recording is running on this call".to_string())
+                } else {
+                    self.finish_recording().ok_or_else(|| "the recording could not be finalised".to_string())
+                };
+                let _ = reply.send(result);
+            }
             CallCommand::Shutdown => {}
+        }
+    }
+
+    /// Samples of the call's clock elapsed now.
+    fn now_pos(&self) -> u64 {
+        (Instant::now().saturating_duration_since(self.session.started()).as_micros() as u64) * 8 / 1000
+    }
+
+    fn finish_recording(&mut self) -> Option<RecordingJob> {
+        let w = self.recording.take()?;
+        self.metrics.recordings_in_flight.dec();
+        let end = self.now_pos();
+        match w.finish(end) {
+            Ok(job) => {
+                info!(uri = %job.uri(), seconds = job.seconds, "recording finished");
+                Some(job)
+            }
+            Err(e) => {
+                self.metrics.recording_errors.inc();
+                tracing::error!(error = %e, "recording could not be finalised");
+                None
+            }
+        }
+    }
+
+    fn record(&mut self) {
+        let upto = self.now_pos().saturating_sub(RECORDING_LAG);
+        let Some(w) = self.recording.as_mut() else { return };
+        for h in &self.out.heard {
+            w.add_caller(h.wall_pos, &h.pcm);
+        }
+        for p in &self.out.played {
+            w.add_bot(p.pos, &p.pcm);
+        }
+        if let Err(e) = w.flush_until(upto) {
+            self.metrics.recording_errors.inc();
+            tracing::error!(error = %e, "writing the recording to the spool failed");
         }
     }
 
@@ -195,6 +282,7 @@ impl CallTask {
     }
 
     async fn flush(&mut self) {
+        self.record();
         for t in self.out.transmit.drain(..) {
             if let Err(e) = self.sockets.rtp.send_to(&t.data, t.to).await {
                 debug!(to = %t.to, error = %e, "rtp send failed");

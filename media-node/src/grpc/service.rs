@@ -20,7 +20,10 @@ use crate::audio::listener::{media_type, LISTEN_RATES};
 use crate::audio::uri::{self, AudioUri, Control, UriError};
 use crate::call::{CallCommand, StreamEnd};
 use crate::core::resample::Resampler;
+use crate::core::recording::Channels;
 use crate::core::session::Command;
+use crate::recording::store::Delivered;
+use crate::recording::{Destination, RecordingSpec};
 use crate::node::{Node, NodeError};
 use crate::ports::PoolError;
 
@@ -137,24 +140,52 @@ impl MediaService for MediaSvc {
 
     async fn start_recording(&self, req: Request<StartRecordingRequest>) -> Result<Response<StartRecordingResponse>, Status> {
         let started = Instant::now();
+        let trace = trace_id(&req);
         let r = req.into_inner();
-        let result = self
-            .node
-            .call(r.server_rtp_port)
-            .map_err(status)
-            .and_then(|_| Err(Status::unimplemented("recording is not available on this node version yet")));
+        let result = async {
+            let call = self.node.call(r.server_rtp_port).map_err(status)?;
+            let destination = Destination::parse(&r.output_uri, self.node.config.recording.default_destination.as_ref())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let rate = r.sample_rate.unwrap_or(8000);
+            if rate != 8000 && rate != 16000 {
+                return Err(Status::invalid_argument(format!("sample_rate {rate} is not 8000 or 16000")));
+            }
+            let channels = match r.format.as_deref().map(|f| f.trim().to_ascii_lowercase()).as_deref() {
+                None | Some("") | Some("wav") | Some("mono") | Some("mixed") => Channels::Mono,
+                Some("stereo") => Channels::Stereo,
+                Some(other) => return Err(Status::invalid_argument(format!("format {other:?} is not mono or stereo"))),
+            };
+            let call_id = if r.call_id.is_empty() { call.call_id.clone() } else { r.call_id.clone() };
+            let spec = RecordingSpec { call_id, trace_id: if r.trace_id.is_empty() { trace.clone() } else { r.trace_id.clone() }, destination, rate, channels, segment: 0 };
+            let (reply, answer) = oneshot::channel();
+            call.commands.send(CallCommand::StartRecording { spec, reply }).await.map_err(|_| status(NodeError::CallGone))?;
+            answer.await.map_err(|_| status(NodeError::CallGone))?.map_err(Status::failed_precondition)?;
+            info!(trace_id = %trace, port = r.server_rtp_port, "recording started");
+            Ok(Response::new(StartRecordingResponse { success: true }))
+        }
+        .await;
         self.observe("StartRecording", started, &result);
         result
     }
 
     async fn stop_recording(&self, req: Request<StopRecordingRequest>) -> Result<Response<StopRecordingResponse>, Status> {
         let started = Instant::now();
+        let trace = trace_id(&req);
         let r = req.into_inner();
-        let result = self
-            .node
-            .call(r.server_rtp_port)
-            .map_err(status)
-            .and_then(|_| Err(Status::unimplemented("recording is not available on this node version yet")));
+        let result = async {
+            let call = self.node.call(r.server_rtp_port).map_err(status)?;
+            let (reply, answer) = oneshot::channel();
+            call.commands.send(CallCommand::StopRecording { reply }).await.map_err(|_| status(NodeError::CallGone))?;
+            let job = answer.await.map_err(|_| status(NodeError::CallGone))?.map_err(Status::failed_precondition)?;
+            // The answer waits until the recording is durable: stored, or safe in the spool.
+            let (recording_uri, spooled) = match self.node.recordings.deliver(job).await {
+                Delivered::Stored(uri) => (uri, false),
+                Delivered::Spooled(uri) => (uri, true),
+            };
+            info!(trace_id = %trace, port = r.server_rtp_port, uri = %recording_uri, spooled, "recording stopped");
+            Ok(Response::new(StopRecordingResponse { success: true, recording_uri, spooled }))
+        }
+        .await;
         self.observe("StopRecording", started, &result);
         result
     }

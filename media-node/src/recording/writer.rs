@@ -1,0 +1,220 @@
+//! One active recording of a call: the timeline, and a WAV file in the spool written
+//! as the call goes (so memory stays bounded whatever the length). Finishing it
+//! finalises the WAV and leaves a manifest beside it: from then on the recording is
+//! durable on local disk, whatever happens to storage or to this process.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::destination::{object_key, safe_name, Destination};
+use crate::core::recording::{Channels, RecordingTimeline};
+use crate::core::resample::Resampler;
+
+#[derive(Debug, Clone)]
+pub struct RecordingSpec {
+    pub call_id: String,
+    pub trace_id: String,
+    pub destination: Destination,
+    /// 8000 or 16000.
+    pub rate: u32,
+    pub channels: Channels,
+    /// 1 for the first start/stop segment of a call, then 2, 3, ...
+    pub segment: u32,
+}
+
+/// A finished recording waiting to be stored: the manifest written beside the WAV.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordingJob {
+    pub wav: PathBuf,
+    /// "s3" or "file".
+    pub kind: String,
+    /// Bucket for S3, folder under the recordings root for files.
+    pub target: String,
+    pub key: String,
+    pub call_id: String,
+    pub trace_id: String,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl RecordingJob {
+    pub fn uri(&self) -> String {
+        match self.kind.as_str() {
+            "s3" => format!("s3://{}/{}", self.target, self.key),
+            _ => {
+                let dir = self.target.trim_matches('/');
+                if dir.is_empty() {
+                    format!("file://{}", self.key)
+                } else {
+                    format!("file://{dir}/{}", self.key)
+                }
+            }
+        }
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.wav.with_extension("json")
+    }
+
+    pub fn write_manifest(&self) -> std::io::Result<()> {
+        let tmp = self.wav.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("manifest serialises"))?;
+        std::fs::rename(tmp, self.manifest_path())
+    }
+}
+
+pub struct RecordingWriter {
+    spec: RecordingSpec,
+    timeline: RecordingTimeline,
+    resamplers: Vec<Resampler>,
+    wav: hound::WavWriter<BufWriter<File>>,
+    part: PathBuf,
+    started: Timestamp,
+    frames_written: u64,
+    mixed: Vec<i16>,
+    channel_buf: Vec<Vec<i16>>,
+    out_buf: Vec<Vec<i16>>,
+}
+
+impl RecordingWriter {
+    /// Opens the spool file; the recording's first sample is at timeline `start_pos`.
+    pub fn create(spec: RecordingSpec, spool: &Path, start_pos: u64) -> std::io::Result<RecordingWriter> {
+        std::fs::create_dir_all(spool)?;
+        let started = Timestamp::now();
+        let part = spool.join(format!("{}-{}-{:08x}.wav.part", safe_name(&spec.call_id), started.as_millisecond(), rand::random::<u32>()));
+        let wav_spec = hound::WavSpec { channels: spec.channels.count(), sample_rate: spec.rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let wav = hound::WavWriter::new(BufWriter::new(File::create(&part)?), wav_spec).map_err(std::io::Error::other)?;
+        let n = spec.channels.count() as usize;
+        Ok(RecordingWriter {
+            timeline: RecordingTimeline::new(spec.channels, start_pos),
+            resamplers: (0..n).map(|_| Resampler::new(crate::audio::CALL_RATE, spec.rate)).collect(),
+            spec,
+            wav,
+            part,
+            started,
+            frames_written: 0,
+            mixed: Vec::new(),
+            channel_buf: vec![Vec::new(); n],
+            out_buf: vec![Vec::new(); n],
+        })
+    }
+
+    pub fn spec(&self) -> &RecordingSpec {
+        &self.spec
+    }
+
+    pub fn add_caller(&mut self, wall_pos: u64, pcm: &[i16]) {
+        self.timeline.add_caller(wall_pos, pcm);
+    }
+
+    pub fn add_bot(&mut self, pos: u64, pcm: &[i16]) {
+        self.timeline.add_bot(pos, pcm);
+    }
+
+    pub fn late_samples(&self) -> u64 {
+        self.timeline.late_samples
+    }
+
+    /// Writes out everything before timeline position `pos`.
+    pub fn flush_until(&mut self, pos: u64) -> std::io::Result<()> {
+        self.mixed.clear();
+        self.timeline.flush_until(pos, &mut self.mixed);
+        self.write_mixed()
+    }
+
+    fn write_mixed(&mut self) -> std::io::Result<()> {
+        if self.mixed.is_empty() {
+            return Ok(());
+        }
+        let n = self.channel_buf.len();
+        for c in &mut self.channel_buf {
+            c.clear();
+        }
+        for frame in self.mixed.chunks(n) {
+            for (c, s) in frame.iter().enumerate() {
+                self.channel_buf[c].push(*s);
+            }
+        }
+        for c in 0..n {
+            self.out_buf[c].clear();
+            self.resamplers[c].process_into(&self.channel_buf[c], &mut self.out_buf[c]);
+        }
+        let frames = self.out_buf[0].len();
+        for i in 0..frames {
+            for c in 0..n {
+                self.wav.write_sample(self.out_buf[c][i]).map_err(std::io::Error::other)?;
+            }
+        }
+        self.frames_written += frames as u64;
+        Ok(())
+    }
+
+    /// Ends the recording at `end_pos`, finalises the WAV and writes its manifest.
+    pub fn finish(mut self, end_pos: u64) -> std::io::Result<RecordingJob> {
+        self.mixed.clear();
+        self.timeline.finish(end_pos, &mut self.mixed);
+        self.write_mixed()?;
+        self.wav.finalize().map_err(std::io::Error::other)?;
+        let wav = self.part.with_extension("");
+        std::fs::rename(&self.part, &wav)?;
+        let date = self.started.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
+        let (kind, target, prefix) = match &self.spec.destination {
+            Destination::S3 { bucket, prefix } => ("s3", bucket.clone(), prefix.clone()),
+            Destination::File { dir } => ("file", dir.display().to_string(), String::new()),
+        };
+        let job = RecordingJob {
+            bytes: std::fs::metadata(&wav)?.len(),
+            seconds: self.frames_written as f64 / self.spec.rate as f64,
+            wav,
+            kind: kind.into(),
+            target,
+            key: object_key(&prefix, (date.year(), date.month(), date.day()), &self.spec.call_id, self.spec.segment),
+            call_id: self.spec.call_id.clone(),
+            trace_id: self.spec.trace_id.clone(),
+        };
+        job.write_manifest()?;
+        Ok(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_playable_stereo_wav_with_a_manifest() {
+        let spool = tempdir();
+        let spec = RecordingSpec {
+            call_id: "c-1".into(),
+            trace_id: "t".into(),
+            destination: Destination::S3 { bucket: "calls".into(), prefix: "rec".into() },
+            rate: 16000,
+            channels: Channels::Stereo,
+            segment: 1,
+        };
+        let mut w = RecordingWriter::create(spec, &spool, 800).unwrap();
+        w.add_caller(800, &[1000; 800]);
+        w.add_bot(1600, &[-1000; 800]);
+        w.flush_until(1200).unwrap();
+        let job = w.finish(2400).unwrap();
+        let r = hound::WavReader::open(&job.wav).unwrap();
+        assert_eq!(r.spec().channels, 2);
+        assert_eq!(r.spec().sample_rate, 16000);
+        assert_eq!(r.duration(), 3200, "1600 samples at 8 kHz become 3200 at 16 kHz");
+        assert!(job.key.starts_with("rec/") && job.key.ends_with("/c-1.wav"));
+        assert_eq!(job.uri(), format!("s3://calls/{}", job.key));
+        let back: RecordingJob = serde_json::from_slice(&std::fs::read(job.manifest_path()).unwrap()).unwrap();
+        assert_eq!(back, job);
+        std::fs::remove_dir_all(spool).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("writer-test-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
