@@ -1,9 +1,11 @@
 // Compiles the contract with protox (pure Rust), so a fresh machine needs no
 // system protoc.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/sentiric/media/v1/media.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["proto"])?;
+    let protos = ["proto/sentiric/media/v1/media.proto", "proto/sentiric/event/v1/events.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -115,6 +115,9 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
     pub recording: StoreConfig,
+    /// Where platform events go; None publishes nothing.
+    pub rabbitmq_url: Option<String>,
+    pub tenant_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +211,8 @@ impl NodeConfig {
             drain_timeout: Duration::from_secs(a.drain_seconds),
             tls,
             recording,
+            rabbitmq_url: a.rabbitmq_url.clone().filter(|u| !u.is_empty()),
+            tenant_id: a.tenant_id.clone().unwrap_or_default(),
         })
     }
 
@@ -233,6 +238,8 @@ impl NodeConfig {
                 s3: S3Settings::default(),
                 default_destination: Some(Destination::File { dir: PathBuf::new() }),
             },
+            rabbitmq_url: None,
+            tenant_id: String::new(),
             assets_root,
         }
     }

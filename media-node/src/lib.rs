@@ -19,3 +19,4 @@ pub mod server;
 pub mod tools;
 pub mod cluster;
 pub mod recording;
+pub mod events;

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub upload_failures: IntCounter,
     pub recording_bytes: IntCounter,
     pub recording_errors: IntCounter,
+    pub events_published: IntCounter,
+    pub events_dropped: IntCounter,
+    pub events_outbox: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -84,6 +87,9 @@ impl Metrics {
             upload_failures: counter("media_recording_upload_failures_total", "Failed attempts to store a recording (it stays spooled and is retried)"),
             recording_bytes: counter("media_recording_bytes_total", "Bytes of recordings stored"),
             recording_errors: counter("media_recording_write_errors_total", "Errors writing a recording to the spool"),
+            events_published: counter("media_events_published_total", "Events confirmed by RabbitMQ"),
+            events_dropped: counter("media_events_dropped_total", "Events dropped because the outbox was full while the broker was away"),
+            events_outbox: reg(&r, IntGauge::new("media_events_outbox", "Events waiting for the broker").unwrap()),
             registry: r,
         }
     }

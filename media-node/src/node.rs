@@ -21,6 +21,7 @@ use crate::config::NodeConfig;
 use crate::core::jitter::JitterConfig;
 use crate::metrics::Metrics;
 use crate::ports::{PoolCounts, PoolError, PortPool};
+use crate::events::EventPublisher;
 use crate::recording::RecordingStore;
 
 /// How many ports an allocation tries when binds fail (another process holds them).
@@ -64,6 +65,7 @@ pub struct Node {
     pub config: NodeConfig,
     pub metrics: Arc<Metrics>,
     pub recordings: Arc<RecordingStore>,
+    pub events: Arc<EventPublisher>,
     pool: Mutex<PortPool>,
     calls: Mutex<Calls>,
     prompts: Mutex<PromptCache>,
@@ -82,8 +84,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Node {
     pub fn new(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node, PoolError> {
         let pool = PortPool::new(config.port_min, config.port_max, config.quarantine)?;
+        let events = EventPublisher::new(config.rabbitmq_url.is_some(), config.tenant_id.clone(), crate::events::OUTBOX_CAPACITY, metrics.clone());
         let node = Node {
-            recordings: RecordingStore::new(config.recording.clone(), metrics.clone()),
+            recordings: RecordingStore::new(config.recording.clone(), metrics.clone(), events.clone()),
+            events,
             prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
             advertised_ip: RwLock::new(config.advertised_ip),
             config,
@@ -162,6 +166,7 @@ impl Node {
                         jitter,
                         self.metrics.clone(),
                         self.recordings.clone(),
+                        self.events.clone(),
                     );
                     {
                         let mut calls = lock(&self.calls);

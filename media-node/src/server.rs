@@ -72,6 +72,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     // Spooled recordings (also from before a restart) are stored in the background
     // until the node stops.
     tokio::spawn(node.recordings.clone().run_retries(servers_stop.clone()));
+    if let Some(url) = cfg.rabbitmq_url.clone() {
+        tokio::spawn(node.events.clone().run(url, servers_stop.clone()));
+    }
     let grpc = builder
         .add_service(health_svc)
         .add_service(MediaServiceServer::new(MediaSvc::new(node.clone())))
@@ -106,9 +109,21 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             warn!(calls = drain_node.active_calls(), "drain deadline passed; ending remaining calls");
         }
         drain_node.release_all().await;
+        // Give the last events (recordings stored as calls ended) a moment to go out.
+        for _ in 0..30 {
+            if drain_node.events.queued() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         servers_stop.cancel();
         grpc.await.context("gRPC task")?.context("gRPC server")?;
         http.await.context("HTTP task")?.context("HTTP server")?;
+        let unsent = drain_node.events.queued();
+        if unsent > 0 {
+            drain_node.metrics.events_dropped.inc_by(unsent as u64);
+            warn!(unsent, "events not confirmed by RabbitMQ before stop were lost");
+        }
         info!("media node stopped");
         Ok(())
     });

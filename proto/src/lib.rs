@@ -7,4 +7,11 @@ pub mod media {
     }
 }
 
+pub mod event {
+    pub mod v1 {
+        tonic::include_proto!("sentiric.event.v1");
+    }
+}
+
+pub use event::v1 as events;
 pub use media::v1 as pb;

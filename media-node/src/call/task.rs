@@ -18,6 +18,7 @@ use crate::audio::listener::ListenerFormat;
 use crate::core::jitter::JitterConfig;
 use crate::core::playback::{PlaybackId, PlaybackOutcome};
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::recording::{RecordingJob, RecordingSpec, RecordingStore, RecordingWriter};
 
@@ -43,7 +44,7 @@ pub enum StreamEnd {
 }
 
 pub enum CallCommand {
-    Play { id: PlaybackId, pcm: Arc<[i16]>, target: Option<SocketAddr>, done: oneshot::Sender<PlaybackOutcome> },
+    Play { id: PlaybackId, uri: String, pcm: Arc<[i16]>, target: Option<SocketAddr>, done: oneshot::Sender<PlaybackOutcome> },
     /// A control command; `applied` fires once the session has applied it, so a
     /// caller told "stopped" knows no further frame of the old audio will be sent.
     Session { cmd: Command, applied: oneshot::Sender<()> },
@@ -89,6 +90,7 @@ pub fn spawn_call(
     jitter: JitterConfig,
     metrics: Arc<Metrics>,
     store: Arc<RecordingStore>,
+    events: Arc<EventPublisher>,
 ) -> Arc<CallHandle> {
     let (tx, rx) = mpsc::channel(64);
     let started = Instant::now();
@@ -105,6 +107,8 @@ pub fn spawn_call(
         out: Outputs::default(),
         frames: Vec::new(),
         store,
+        events,
+        call_id: call_id.clone(),
         recording: None,
         segments: 0,
     };
@@ -118,11 +122,14 @@ struct CallTask {
     commands: mpsc::Receiver<CallCommand>,
     metrics: Arc<Metrics>,
     listeners: Vec<Listener>,
-    waiters: HashMap<PlaybackId, oneshot::Sender<PlaybackOutcome>>,
+    /// Prompts playing or queued: their URI (for the event) and who waits for the end.
+    waiters: HashMap<PlaybackId, (String, oneshot::Sender<PlaybackOutcome>)>,
     stream: Option<AttachedStream>,
     out: Outputs,
     frames: Vec<Bytes>,
     store: Arc<RecordingStore>,
+    events: Arc<EventPublisher>,
+    call_id: String,
     recording: Option<RecordingWriter>,
     segments: u32,
 }
@@ -180,12 +187,12 @@ impl CallTask {
 
     fn on_command(&mut self, cmd: CallCommand) {
         match cmd {
-            CallCommand::Play { id, pcm, target, done } => {
+            CallCommand::Play { id, uri, pcm, target, done } => {
                 self.interrupt_stream();
                 if let Some(t) = target {
                     self.session.handle_command(Command::SuggestTarget(t), &mut self.out);
                 }
-                self.waiters.insert(id, done);
+                self.waiters.insert(id, (uri, done));
                 self.session.handle_command(Command::Play { id, pcm }, &mut self.out);
             }
             CallCommand::Session { cmd, applied } => {
@@ -314,7 +321,8 @@ impl CallTask {
             match e {
                 Event::PlaybackEnded { id, outcome } => {
                     self.metrics.playbacks.with_label_values(&[outcome_label(outcome)]).inc();
-                    if let Some(w) = self.waiters.remove(&id) {
+                    if let Some((uri, w)) = self.waiters.remove(&id) {
+                        self.events.playback_finished(&self.call_id, &uri, outcome_label(outcome));
                         let _ = w.send(outcome);
                     }
                 }

@@ -261,7 +261,7 @@ impl MediaSvc {
         let id = self.node.next_playback_id();
         let (done_tx, done_rx) = oneshot::channel();
         call.commands
-            .send(CallCommand::Play { id, pcm, target, done: done_tx })
+            .send(CallCommand::Play { id, uri: short(&r.audio_uri), pcm, target, done: done_tx })
             .await
             .map_err(|_| status(NodeError::CallGone))?;
         // The reply waits for the end of playback. If the client goes away meanwhile,

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::destination::Destination;
 use super::writer::RecordingJob;
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 
 /// Files larger than this go up as multipart uploads, in parts of this size.
@@ -60,6 +61,7 @@ pub struct RecordingStore {
     pub config: StoreConfig,
     s3: aws_sdk_s3::Client,
     metrics: Arc<Metrics>,
+    events: Arc<EventPublisher>,
     /// Spooled manifests being retried, by manifest path.
     retries: Mutex<HashMap<PathBuf, Retry>>,
     /// Manifests an attempt is working on right now (never two at once).
@@ -85,8 +87,9 @@ fn s3_client(s: &S3Settings) -> aws_sdk_s3::Client {
 }
 
 impl RecordingStore {
-    pub fn new(config: StoreConfig, metrics: Arc<Metrics>) -> Arc<RecordingStore> {
+    pub fn new(config: StoreConfig, metrics: Arc<Metrics>, events: Arc<EventPublisher>) -> Arc<RecordingStore> {
         Arc::new(RecordingStore {
+            events,
             s3: s3_client(&config.s3),
             config,
             metrics,
@@ -144,10 +147,22 @@ impl RecordingStore {
                 self.metrics.uploads_pending.set(r.len() as i64);
                 self.metrics.recording_bytes.inc_by(job.bytes);
                 info!(call_id = %job.call_id, uri = %job.uri(), bytes = job.bytes, "recording stored");
+                self.events.recording_available(&job.call_id, &job.trace_id, &job.uri(), &self.public_url(job));
             }
             Err(_) => self.metrics.upload_failures.inc(),
         }
         result
+    }
+
+    /// An HTTP address of a stored S3 recording (for consumers that fetch it directly).
+    fn public_url(&self, job: &RecordingJob) -> String {
+        if job.kind != "s3" {
+            return String::new();
+        }
+        match &self.config.s3.endpoint {
+            Some(e) => format!("{}/{}/{}", e.trim_end_matches('/'), job.target, job.key),
+            None => format!("https://{}.s3.{}.amazonaws.com/{}", job.target, self.config.s3.region.as_deref().unwrap_or("us-east-1"), job.key),
+        }
     }
 
     async fn store(&self, job: &RecordingJob) -> anyhow::Result<()> {
