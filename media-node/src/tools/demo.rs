@@ -38,6 +38,7 @@ pub struct DemoReport {
     /// How closely what the caller heard matches the prompt (0..1).
     pub caller_correlation: f64,
     pub prompt_outcome: String,
+    /// The call recording (a path on the embedded node, else its URI), then the side files.
     pub files: Vec<PathBuf>,
 }
 
@@ -76,7 +77,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     let (endpoint, embedded) = match &opts.target {
         Some(t) => (t.clone(), None),
         None => {
-            let cfg = NodeConfig::loopback(assets.clone(), 31000, 31999);
+            let mut cfg = NodeConfig::loopback(assets.clone(), 31000, 31999);
+            cfg.recording.recordings_root = opts.out_dir.join("recordings");
+            cfg.recording.spool_dir = opts.out_dir.join("spool");
             let node = crate::server::start(cfg).await?;
             (format!("http://{}", node.grpc_addr), Some(node))
         }
@@ -104,6 +107,16 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
             audio_uri: "control://set_target".into(),
             server_rtp_port: alloc.rtp_port,
             rtp_target_addr: caller_addr.to_string(),
+        })
+        .await?;
+
+    // Record the call: file:// on the embedded node, the node's default elsewhere.
+    client
+        .start_recording(StartRecordingRequest {
+            server_rtp_port: alloc.rtp_port,
+            output_uri: if local_assets { "file://demo".into() } else { String::new() },
+            call_id: call_id.clone(),
+            ..Default::default()
         })
         .await?;
 
@@ -138,6 +151,7 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
     let packets_sent = sent?;
     let played = played?.into_inner();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let recording = client.stop_recording(StopRecordingRequest { server_rtp_port: alloc.rtp_port }).await?.into_inner();
     client.release_port(ReleasePortRequest { rtp_port: alloc.rtp_port }).await?;
     let agent_pcm = agent.await?;
     let received = caller.take_received();
@@ -151,10 +165,15 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
     let prompt8 = wav_to_call_pcm(prompt_wav)?;
     let (caller_correlation, _) = best_correlation(&prompt8, &caller_heard, 800);
 
-    let files = vec![opts.out_dir.join("agent-heard-16k.wav"), opts.out_dir.join("caller-heard-8k.wav"), opts.out_dir.join("caller-said-8k.wav")];
+    let mut files = vec![opts.out_dir.join("agent-heard-16k.wav"), opts.out_dir.join("caller-heard-8k.wav"), opts.out_dir.join("caller-said-8k.wav")];
     write_wav(&files[0], &agent_pcm, 16000)?;
     write_wav(&files[1], &caller_heard, 8000)?;
     write_wav(&files[2], &speech, 8000)?;
+    let recording_path = match recording.recording_uri.strip_prefix("file://") {
+        Some(rel) if local_assets => opts.out_dir.join("recordings").join(rel),
+        _ => PathBuf::from(&recording.recording_uri),
+    };
+    files.insert(0, recording_path);
     if rms(&agent_pcm) < 1.0 {
         bail!("the agent's stream carried only silence");
     }
