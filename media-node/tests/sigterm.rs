@@ -21,14 +21,14 @@ async fn http_status(port: u16, path: &str) -> Option<u16> {
 async fn sigterm_drains_then_exits() {
     let assets = std::env::temp_dir().join(format!("sigterm-assets-{}", std::process::id()));
     std::fs::create_dir_all(&assets).unwrap();
-    let (grpc, http) = (32531u16, 32532u16);
+    let (grpc, http) = (22531u16, 22532u16);
     let mut child = Command::new(env!("CARGO_BIN_EXE_media-node"))
         .env("MEDIA_SERVICE_GRPC_PORT", grpc.to_string())
         .env("MEDIA_SERVICE_METRICS_PORT", http.to_string())
         .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
         .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-        .env("RTP_SERVICE_PORT_MIN", "32500")
-        .env("RTP_SERVICE_PORT_MAX", "32510")
+        .env("RTP_SERVICE_PORT_MIN", "22500")
+        .env("RTP_SERVICE_PORT_MAX", "22510")
         .env("ASSETS_BASE_PATH", &assets)
         .env("MEDIA_SERVICE_DRAIN_SECONDS", "60")
         .stdout(Stdio::null())
@@ -46,7 +46,7 @@ async fn sigterm_drains_then_exits() {
     assert!(ready, "node became ready");
     let mut client = MediaServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
     let port = client.allocate_port(AllocatePortRequest { call_id: "in-flight".into() }).await.unwrap().into_inner().rtp_port;
-    assert!((32500..=32510).contains(&port), "port from RTP_SERVICE_PORT_MIN/MAX");
+    assert!((22500..=22510).contains(&port), "port from RTP_SERVICE_PORT_MIN/MAX");
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

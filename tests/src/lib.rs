@@ -125,3 +125,6 @@ pub fn pcm_of(frames: &[Vec<u8>]) -> Vec<i16> {
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
+
+// Fixed ports in tests sit in 20000-29999, below the kernel's ephemeral range
+// (32768-60999 here), so an outgoing connection or an OS-chosen port never takes them.

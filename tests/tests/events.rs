@@ -24,7 +24,7 @@ async fn playback_and_recording_events_reach_the_platform() {
     let received: Received = Default::default();
     let consumer = consume(&broker.url(), "media-events-test", received.clone()).await.unwrap();
     let url = broker.url();
-    let mut node = TestNode::start_with(32800, 10, move |c| {
+    let mut node = TestNode::start_with(22800, 10, move |c| {
         c.rabbitmq_url = Some(url.clone());
         c.tenant_id = "tenant-7".into();
     })

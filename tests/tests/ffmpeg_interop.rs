@@ -16,12 +16,12 @@ fn tone(freq: f64, rate: u32, n: usize) -> Vec<i16> {
 #[tokio::test]
 async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
     let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
-    let mut node = TestNode::start_with(32300, 10, |c| c.symmetric_rtp = false).await;
+    let mut node = TestNode::start_with(22300, 10, |c| c.symmetric_rtp = false).await;
     let prompt = synth_prompt(8000, 3.0);
     node.write_prompt("prompt.wav", &prompt, 8000);
     let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-1".into() }).await.unwrap().into_inner();
     let port = alloc.rtp_port;
-    let recv_port = 32340u16;
+    let recv_port = 22340u16;
     node.client
         .play_audio(PlayAudioRequest {
             audio_uri: "control://set_target".into(),

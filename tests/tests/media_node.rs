@@ -11,7 +11,7 @@ use tonic::Code;
 
 #[tokio::test]
 async fn listeners_hear_what_the_caller_said() {
-    let mut node = TestNode::start(32000, 20).await;
+    let mut node = TestNode::start(22000, 20).await;
     let (port, node_rtp, caller) = node.call("listen-1").await;
     let l16 = node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: None }).await.unwrap().into_inner();
     let l8 = node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner();
@@ -36,7 +36,7 @@ async fn listeners_hear_what_the_caller_said() {
 
 #[tokio::test]
 async fn prompt_plays_as_paced_continuous_rtp() {
-    let mut node = TestNode::start(32020, 20).await;
+    let mut node = TestNode::start(22020, 20).await;
     // A 44.1 kHz prompt: the node must resample it properly to 8 kHz.
     let prompt = synth_prompt(44100, 1.0);
     node.write_prompt("prompts/hello.wav", &prompt, 44100);
@@ -80,7 +80,7 @@ fn sign(p: &media_node::tools::caller::ReceivedPacket) -> i32 {
 
 #[tokio::test]
 async fn barge_in_cuts_the_prompt_at_once() {
-    let mut node = TestNode::start(32040, 20).await;
+    let mut node = TestNode::start(22040, 20).await;
     node.write_prompt("a.wav", &vec![8000i16; 8000 * 5], 8000);
     node.write_prompt("b.wav", &vec![-8000i16; 8000 * 5], 8000);
     let (port, _, caller) = node.call("barge-1").await;
@@ -118,7 +118,7 @@ async fn barge_in_cuts_the_prompt_at_once() {
 
 #[tokio::test]
 async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
-    let mut node = TestNode::start(32060, 20).await;
+    let mut node = TestNode::start(22060, 20).await;
     let (port, _, caller) = node.call("tts-1").await;
     let tts16 = synth_speech(16000, 2.0, 11);
     let mut msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new().into() }];
@@ -167,7 +167,7 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
 
 #[tokio::test]
 async fn unknown_call_id_for_tts_is_not_found() {
-    let mut node = TestNode::start(32080, 10).await;
+    let mut node = TestNode::start(22080, 10).await;
     let msgs = vec![StreamAudioToCallRequest { call_id: "nobody".into(), audio_chunk: vec![0u8; 640].into() }];
     let err = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -176,7 +176,7 @@ async fn unknown_call_id_for_tts_is_not_found() {
 #[tokio::test]
 async fn quarantine_exhaustion_and_release_rules() {
     // Two RTP ports, one second of quarantine.
-    let mut node = TestNode::start_with(32100, 4, |c| c.quarantine = Duration::from_secs(1)).await;
+    let mut node = TestNode::start_with(22100, 4, |c| c.quarantine = Duration::from_secs(1)).await;
     let a = node.client.allocate_port(AllocatePortRequest { call_id: "q-a".into() }).await.unwrap().into_inner().rtp_port;
     let b = node.client.allocate_port(AllocatePortRequest { call_id: "q-b".into() }).await.unwrap().into_inner().rtp_port;
     assert_ne!(a, b);
@@ -208,15 +208,15 @@ async fn quarantine_exhaustion_and_release_rules() {
 
 #[tokio::test]
 async fn a_port_held_by_another_process_is_skipped() {
-    let _squatter = std::net::UdpSocket::bind("127.0.0.1:32120").unwrap();
-    let mut node = TestNode::start(32120, 6).await;
+    let _squatter = std::net::UdpSocket::bind("127.0.0.1:22120").unwrap();
+    let mut node = TestNode::start(22120, 6).await;
     let p = node.client.allocate_port(AllocatePortRequest { call_id: "busy".into() }).await.unwrap().into_inner().rtp_port;
-    assert_eq!(p, 32122, "bind failure on 32120 moves on to the next port");
+    assert_eq!(p, 22122, "bind failure on 22120 moves on to the next port");
 }
 
 #[tokio::test]
 async fn bad_requests_get_clear_statuses() {
-    let mut node = TestNode::start(32140, 10).await;
+    let mut node = TestNode::start(22140, 10).await;
     node.write_prompt("ok.wav", &[0; 800], 8000);
     let outside = node.assets_path().parent().unwrap().join(format!("secret-{}.wav", std::process::id()));
     std::fs::write(&outside, wav_bytes(&[1; 800], 8000)).unwrap();
@@ -261,7 +261,7 @@ fn base64_encode(b: &[u8]) -> String {
 
 #[tokio::test]
 async fn malformed_datagrams_are_counted_and_the_call_survives() {
-    let mut node = TestNode::start(32160, 10).await;
+    let mut node = TestNode::start(22160, 10).await;
     let (port, node_rtp, caller) = node.call("junk-1").await;
     let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
     let junk: Vec<Vec<u8>> = vec![vec![], vec![0xff], vec![0x80; 5], vec![0x40; 200], vec![0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], vec![0xa0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 250]];
@@ -288,7 +288,7 @@ async fn malformed_datagrams_are_counted_and_the_call_survives() {
 
 #[tokio::test]
 async fn foreign_rtp_is_not_adopted_mid_call() {
-    let mut node = TestNode::start(32180, 10).await;
+    let mut node = TestNode::start(22180, 10).await;
     let (port, node_rtp, caller) = node.call("bleed-1").await;
     let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
     let speech = synth_speech(8000, 0.5, 1);
@@ -311,7 +311,7 @@ async fn foreign_rtp_is_not_adopted_mid_call() {
 
 #[tokio::test]
 async fn health_and_graceful_drain() {
-    let mut node = TestNode::start(32200, 10).await;
+    let mut node = TestNode::start(22200, 10).await;
     let http = node.running.http_addr;
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     assert_eq!(http_get(http, "/readyz").await.0, 200);
@@ -340,7 +340,7 @@ async fn health_and_graceful_drain() {
 
 #[tokio::test]
 async fn echo_returns_the_callers_audio() {
-    let mut node = TestNode::start(32220, 10).await;
+    let mut node = TestNode::start(22220, 10).await;
     let (port, node_rtp, caller) = node.call("echo-1").await;
     node.play(port, "control://enable_echo").await.unwrap();
     let speech = synth_speech(8000, 1.0, 2);
@@ -353,7 +353,7 @@ async fn echo_returns_the_callers_audio() {
 
 #[tokio::test]
 async fn a_client_deadline_does_not_stop_the_prompt() {
-    let mut node = TestNode::start(32240, 10).await;
+    let mut node = TestNode::start(22240, 10).await;
     node.write_prompt("one-second.wav", &synth_prompt(8000, 1.0), 8000);
     let (port, _, caller) = node.call("deadline-1").await;
     let mut req = tonic::Request::new(PlayAudioRequest { audio_uri: "file://one-second.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() });

@@ -111,7 +111,7 @@ async fn operator_against_a_real_apiserver() {
 
     let assets = tempfile::tempdir().unwrap();
     let kubelet = FakeKubelet::start(client.clone(), NS, cp.kubeconfig.clone(), "envtest-node", assets.path().to_path_buf());
-    let op_a = start_operator(cp.client().await.unwrap(), "op-a", 38181);
+    let op_a = start_operator(cp.client().await.unwrap(), "op-a", 28181);
 
     pool_comes_up_with_disjoint_slots(&client).await;
     let call_port = node_reports_are_aggregated(&client).await;
@@ -122,7 +122,7 @@ async fn operator_against_a_real_apiserver() {
     // Operator restart: a new instance keeps every slot and pod.
     let before: BTreeSet<(String, i32)> = pods(&client).await.iter().map(|p| (p.name_any(), slot_of(p))).collect();
     op_a.stop().await;
-    let op_b = start_operator(cp.client().await.unwrap(), "op-b", 38182);
+    let op_b = start_operator(cp.client().await.unwrap(), "op-b", 28182);
     eventually("op-b leads", 20, || async { (op_b.role().await == "leader").then_some(()) }).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let after: BTreeSet<(String, i32)> = pods(&client).await.iter().map(|p| (p.name_any(), slot_of(p))).collect();
@@ -172,12 +172,12 @@ fn pool_json(replicas: i32, min: i32, max: i32, slot: i32, image: &str) -> serde
 async fn invalid_pools_are_rejected(client: &Client) {
     let api: Api<MediaPool> = Api::namespaced(client.clone(), NS);
     let cases = [
-        (pool_json(1, 34000, 33000, 100, "img"), "ports.min must be below ports.max"),
-        (pool_json(1, 33000, 33999, 101, "img"), "ports.slotSize must be even"),
-        (pool_json(11, 33000, 33999, 100, "img"), "spec.replicas is larger than the number of slots"),
-        (pool_json(1, 33000, 33999, 2, "img"), "should be greater than or equal to 4"),
-        (pool_json(1, 33000, 33999, 100, ""), "template.image must name an image"),
-        (pool_json(-1, 33000, 33999, 100, "img"), "should be greater than or equal to 0"),
+        (pool_json(1, 24000, 23000, 100, "img"), "ports.min must be below ports.max"),
+        (pool_json(1, 23000, 23999, 101, "img"), "ports.slotSize must be even"),
+        (pool_json(11, 23000, 23999, 100, "img"), "spec.replicas is larger than the number of slots"),
+        (pool_json(1, 23000, 23999, 2, "img"), "should be greater than or equal to 4"),
+        (pool_json(1, 23000, 23999, 100, ""), "template.image must name an image"),
+        (pool_json(-1, 23000, 23999, 100, "img"), "should be greater than or equal to 0"),
     ];
     for (body, message) in cases {
         let pool: MediaPool = serde_json::from_value(body).unwrap();
@@ -193,7 +193,7 @@ async fn invalid_pools_are_rejected(client: &Client) {
 
 async fn pool_comes_up_with_disjoint_slots(client: &Client) {
     let api: Api<MediaPool> = Api::namespaced(client.clone(), NS);
-    let pool: MediaPool = serde_json::from_value(pool_json(3, 33000, 33599, 100, "media-node:test")).unwrap();
+    let pool: MediaPool = serde_json::from_value(pool_json(3, 23000, 23599, 100, "media-node:test")).unwrap();
     api.create(&PostParams::default(), &pool).await.unwrap();
     let ps = eventually("3 node pods", 30, || async { let p = pods(client).await; (p.len() == 3).then_some(p) }).await;
     let slots: BTreeSet<i32> = ps.iter().map(slot_of).collect();
@@ -202,7 +202,7 @@ async fn pool_comes_up_with_disjoint_slots(client: &Client) {
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.host_network, Some(true));
         let host_ports: Vec<i32> = spec.containers[0].ports.iter().flatten().filter_map(|c| c.host_port).collect();
-        let base = 33000 + slot_of(p) * 100;
+        let base = 23000 + slot_of(p) * 100;
         assert!(host_ports.contains(&base) && host_ports.contains(&(base + 99)), "{host_ports:?}");
     }
     let mns = nodes(client).await;
@@ -230,11 +230,11 @@ async fn node_reports_are_aggregated(client: &Client) -> u16 {
     assert_eq!(ready.status, "True");
     // A call on the slot-0 node shows up in the pool's status.
     let mut grpc = eventually("slot-0 node serving gRPC", 20, || async {
-        MediaServiceClient::connect("http://127.0.0.1:33000").await.ok()
+        MediaServiceClient::connect("http://127.0.0.1:23000").await.ok()
     })
     .await;
     let alloc = grpc.allocate_port(AllocatePortRequest { call_id: "envtest-call".into() }).await.unwrap().into_inner();
-    assert!((33000..33100).contains(&alloc.rtp_port));
+    assert!((23000..23100).contains(&alloc.rtp_port));
     assert_eq!(alloc.advertised_ip, "127.0.0.2", "advertised address is the Node's ExternalIP");
     eventually("the call in the pool status", 20, || async {
         let s = pool(client).await.status?;
@@ -243,7 +243,7 @@ async fn node_reports_are_aggregated(client: &Client) -> u16 {
     .await;
     let mn = nodes(client).await.into_iter().find(|n| n.spec.slot == 0).unwrap();
     assert_eq!(mn.status.unwrap().advertised_address.as_deref(), Some("127.0.0.2"));
-    33000
+    23000
 }
 
 async fn scale_subresource_drains_the_emptiest(client: &Client, call_grpc_port: u16) {
@@ -285,9 +285,9 @@ async fn deleted_pod_is_replaced_without_clash(client: &Client) {
 /// With the API server away, calls go on; when it is back, the node catches up.
 async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane) {
     cp.stop_apiserver();
-    let mut grpc = MediaServiceClient::connect("http://127.0.0.1:33000").await.unwrap();
+    let mut grpc = MediaServiceClient::connect("http://127.0.0.1:23000").await.unwrap();
     let alloc = grpc.allocate_port(AllocatePortRequest { call_id: "during-outage".into() }).await.expect("calls work without the API server");
-    assert!((33000..33100).contains(&alloc.into_inner().rtp_port));
+    assert!((23000..23100).contains(&alloc.into_inner().rtp_port));
     tokio::time::sleep(Duration::from_secs(2)).await;
     cp.start_apiserver().await;
     eventually("the node reports the call made during the outage", 30, || async {
@@ -299,7 +299,7 @@ async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane
 }
 
 async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: Operator) {
-    let op_c = start_operator(cp.client().await.unwrap(), "op-c", 38183);
+    let op_c = start_operator(cp.client().await.unwrap(), "op-c", 28183);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(op_b.role().await, "leader");
     assert_eq!(op_c.role().await, "standby");

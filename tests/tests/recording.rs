@@ -76,7 +76,7 @@ async fn record(node: &mut TestNode, port: u32, uri: &str, rate: u32, format: &s
 #[tokio::test]
 async fn mono_and_stereo_recordings_keep_everyone_in_place() {
     for (i, (format, rate)) in [("mono", 8000u32), ("stereo", 16000u32)].into_iter().enumerate() {
-        let mut node = TestNode::start(32600 + i as u16 * 20, 20).await;
+        let mut node = TestNode::start(22600 + i as u16 * 20, 20).await;
         let (port, node_rtp, caller) = node.call(&format!("rec-{format}")).await;
         node.client
             .start_recording(StartRecordingRequest {
@@ -124,7 +124,7 @@ async fn mono_and_stereo_recordings_keep_everyone_in_place() {
 
 #[tokio::test]
 async fn recording_requests_are_validated() {
-    let mut node = TestNode::start(32660, 10).await;
+    let mut node = TestNode::start(22660, 10).await;
     let (port, _, _caller) = node.call("rec-bad").await;
     let bad = [
         ("s3://calls/../x", None, None),
@@ -185,7 +185,7 @@ fn s3_settings(s3: &S3Server) -> S3Settings {
 async fn s3_recordings_survive_storage_outage_and_node_restart() {
     let store_root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(store_root.path().join("calls")).unwrap();
-    let s3_addr: SocketAddr = "127.0.0.1:32690".parse().unwrap();
+    let s3_addr: SocketAddr = "127.0.0.1:22690".parse().unwrap();
     let s3 = S3Server::start(store_root.path(), s3_addr).await;
     let spool = tempfile::tempdir().unwrap();
     let settings = s3_settings(&s3);
@@ -196,7 +196,7 @@ async fn s3_recordings_survive_storage_outage_and_node_restart() {
     };
 
     // Storage up: StopRecording answers once the object is in S3.
-    let mut node = TestNode::start_with(32700, 10, configure.clone()).await;
+    let mut node = TestNode::start_with(22700, 10, configure.clone()).await;
     let (port, node_rtp, caller) = node.call("s3-call-1").await;
     node.client
         .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "s3://calls/recordings".into(), call_id: "s3-call-1".into(), ..Default::default() })
@@ -228,7 +228,7 @@ async fn s3_recordings_survive_storage_outage_and_node_restart() {
     // The node restarts before storage is back.
     node.running.stop().await.unwrap();
     assert!(walk(spool.path()).len() == 1, "the finished recording waits in the spool");
-    let node = TestNode::start_with(32700, 10, configure).await;
+    let node = TestNode::start_with(22700, 10, configure).await;
     let s3 = S3Server::start(store_root.path(), s3_addr).await;
     let object = store_root.path().join("calls").join(&key);
     for _ in 0..100 {

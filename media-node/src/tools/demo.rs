@@ -77,7 +77,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     let (endpoint, embedded) = match &opts.target {
         Some(t) => (t.clone(), None),
         None => {
-            let mut cfg = NodeConfig::loopback(assets.clone(), 31000, 31999);
+            let mut cfg = NodeConfig::loopback(assets.clone(), 21000, 21999);
             cfg.recording.recordings_root = opts.out_dir.join("recordings");
             cfg.recording.spool_dir = opts.out_dir.join("spool");
             let node = crate::server::start(cfg).await?;
