@@ -68,9 +68,8 @@ fn check_timeline(caller: &[i16], bot: &[i16], rate: u32, script: &Script) {
     assert!(b1 > c1 && b1 < c2, "caller, bot, caller: interleaved as they spoke, not one side after the other");
 }
 
-async fn record(node: &mut TestNode, port: u32, uri: &str, rate: u32, format: &str) -> StopRecordingResponse {
-    let _ = (rate, format);
-    node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.map(|r| r.into_inner()).unwrap_or_else(|e| panic!("{uri}: {e}"))
+async fn stop_recording(node: &mut TestNode, port: u32) -> StopRecordingResponse {
+    node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.map(|r| r.into_inner()).unwrap_or_else(|e| panic!("StopRecording: {e}"))
 }
 
 #[tokio::test]
@@ -90,7 +89,7 @@ async fn mono_and_stereo_recordings_keep_everyone_in_place() {
             .await
             .unwrap();
         let script = scripted_call(&mut node, port, node_rtp, &caller).await;
-        let stop = record(&mut node, port, "file://calls", rate, format).await;
+        let stop = stop_recording(&mut node, port).await;
         assert!(stop.success && !stop.spooled);
         assert!(stop.recording_uri.starts_with("file://calls/") && stop.recording_uri.ends_with(&format!("/rec-{format}.wav")), "{}", stop.recording_uri);
         let path = node.assets_path().join("recordings").join(stop.recording_uri.trim_start_matches("file://"));
@@ -117,7 +116,7 @@ async fn mono_and_stereo_recordings_keep_everyone_in_place() {
             .await
             .unwrap();
         sleep_ms(300).await;
-        let second = record(&mut node, port, "file://calls", 8000, "mono").await;
+        let second = stop_recording(&mut node, port).await;
         assert!(second.recording_uri.ends_with(&format!("/rec-{format}-2.wav")), "{}", second.recording_uri);
     }
 }

@@ -7,7 +7,7 @@
 //! deleted from the spool before the store has confirmed the object.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -279,9 +279,4 @@ impl RecordingStore {
             }
         }
     }
-}
-
-/// The spool directory to use for a path the operator configured (created if missing).
-pub fn ensure_dir(p: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(p)
 }
