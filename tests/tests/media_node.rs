@@ -371,3 +371,31 @@ async fn a_client_deadline_does_not_stop_the_prompt() {
     assert_eq!(caller.received_count(), 50, "the whole prompt played after the client gave up");
     assert_eq!(node.metric("media_playbacks_total{outcome=\"finished\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_stalled_listener_never_stalls_the_call() {
+    let mut node = TestNode::start(22260, 10).await;
+    let (port, node_rtp, caller) = node.call("slow-1").await;
+    // This listener, on its own connection with small HTTP/2 windows, never reads: its
+    // frames back up through flow control, then are dropped for it alone.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.running.grpc_addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .http2_adaptive_window(false)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow_client = media_proto::pb::media_service_client::MediaServiceClient::new(channel);
+    let _stalled = slow_client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(48000) }).await.unwrap().into_inner();
+    let healthy = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
+    let speech = synth_speech(8000, 10.0, 8);
+    caller.send_speech(node_rtp, &speech, Codec::Pcmu, 3).await.unwrap();
+    sleep_ms(200).await;
+    assert!(node.metric("media_listener_frames_dropped_total").await > 0.0, "the stalled listener lost frames");
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let (frames, _) = healthy.await.unwrap();
+    let (c, _) = best_correlation(&speech, &pcm_of(&frames), 8000);
+    assert!(c > 0.95, "the other listener heard everything: {c}");
+    assert!(pcm_of(&frames).len() >= speech.len(), "continuous");
+}

@@ -321,6 +321,14 @@ async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: 
     let recent: Vec<&Event> = events.iter().filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 >= since)).collect();
     assert!(!recent.is_empty(), "the leader recorded what it did");
     assert!(recent.iter().all(|e| e.reporting_instance.as_deref() == Some("op-b")), "only op-b wrote");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", op_b.http).parse().unwrap();
+    let metrics = eventually("operator metrics show the pool", 20, || async {
+        let m = fleet_tests::http_get(addr, "/metrics").await.1;
+        (fleet_tests::metric_value(&m, "media_operator_pool_nodes{namespace=\"fleet\",pool=\"voice\",state=\"total\"}") == 3.0).then_some(m)
+    })
+    .await;
+    assert!(fleet_tests::metric_value(&metrics, "media_operator_reconciles_total{result=\"ok\"}") > 0.0, "{metrics}");
+    assert_eq!(fleet_tests::metric_value(&metrics, "media_operator_leader"), 1.0);
 
     // The leader leaves: the standby takes over and carries on.
     op_b.stop().await;
