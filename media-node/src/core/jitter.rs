@@ -58,8 +58,11 @@ pub struct JitterStats {
     pub realigned: u64,
 }
 
-/// Drift is measured over this many in-order packets (about two seconds).
+/// Drift is measured over this many in-order packets (about two seconds)...
 const DRIFT_WINDOW: u32 = 100;
+/// ...except right after a stream starts, when a first packet that happened to be
+/// delayed is corrected within 200 ms rather than two seconds.
+const FIRST_DRIFT_WINDOW: u32 = 10;
 /// A placement error larger than this (8 kHz samples, 5 ms) is corrected.
 const DRIFT_TOLERANCE: i64 = 40;
 
@@ -80,6 +83,7 @@ pub struct JitterBuffer {
     /// ever adds, so the minimum tracks the sender's clock against ours.
     window_min: i64,
     window_count: u32,
+    window_len: u32,
     next_pos: u64,
     /// The wall time at which timeline position `anchor.1` was due.
     anchor: (Instant, u64),
@@ -100,6 +104,7 @@ impl JitterBuffer {
             wall_delta: 0,
             window_min: i64::MAX,
             window_count: 0,
+            window_len: FIRST_DRIFT_WINDOW,
             next_pos: 0,
             anchor: (start, 0),
             stream: None,
@@ -133,13 +138,14 @@ impl JitterBuffer {
         let late = self.arrival_pos(now) - (pos as i64 + self.wall_delta);
         self.window_min = self.window_min.min(late);
         self.window_count += 1;
-        if self.window_count >= DRIFT_WINDOW {
+        if self.window_count >= self.window_len {
             if self.window_min.abs() > DRIFT_TOLERANCE {
                 self.wall_delta += self.window_min;
                 self.stats.realigned += 1;
             }
             self.window_min = i64::MAX;
             self.window_count = 0;
+            self.window_len = DRIFT_WINDOW;
         }
     }
 
@@ -168,6 +174,7 @@ impl JitterBuffer {
         self.wall_delta = self.arrival_pos(now) - self.next_pos as i64;
         self.window_min = i64::MAX;
         self.window_count = 0;
+        self.window_len = FIRST_DRIFT_WINDOW;
         self.stream = Some(StreamMap { ssrc, last_ts: ts, last_ext: ts as i64, offset: self.next_pos as i64 - ts as i64 });
     }
 
@@ -438,6 +445,21 @@ mod tests {
         }
         assert!(worst <= 160, "placement error reached {worst} samples");
         assert!(jb.stats.realigned > 0, "drift was corrected");
+    }
+
+    #[test]
+    fn a_delayed_first_packet_is_corrected_within_200_ms() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        for k in 0..20u64 {
+            // The first packet is 30 ms late; the rest arrive 1 ms after sending.
+            let delay = if k == 0 { 30_000 } else { 1_000 };
+            jb.on_packet(t0 + Duration::from_micros(k * 20_000 + delay), 1, (k * 160) as u32, frame(1), &mut out);
+        }
+        let last = out.last().unwrap();
+        let true_pos = 19 * 160 + 8; // sent at 380 ms, heard 1 ms later
+        assert!((last.wall_pos as i64 - true_pos).abs() <= 16, "placed at {} instead of {true_pos}", last.wall_pos);
     }
 
     #[test]
