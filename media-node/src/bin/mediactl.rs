@@ -50,6 +50,19 @@ enum Cmd {
         #[arg(long, env = "MEDIA_SERVICE_METRICS_URL", default_value = "http://127.0.0.1:13032/metrics")]
         metrics_url: String,
     },
+    /// Load run: N concurrent calls with prompt, live listen and recording; prints
+    /// loss, pacing jitter, AllocatePort latency and the node's CPU and memory.
+    Load {
+        #[arg(long, default_value_t = 100)]
+        calls: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// gRPC URL of a running node; without it the media-node binary beside this one is started.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value = "load-output")]
+        work: PathBuf,
+    },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
         /// gRPC URL of a running node to call instead of an embedded one.
@@ -75,6 +88,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { metrics_url } => stats(&metrics_url).await,
+        Cmd::Load { calls, seconds, target, work } => {
+            let report = media_node::tools::load::run(media_node::tools::load::LoadOptions { calls, seconds, target, work_dir: work }).await?;
+            print!("{report}");
+            Ok(())
+        }
         cmd => {
             let mut c = MediaServiceClient::connect(cli.grpc.clone()).await.with_context(|| format!("connecting to {}", cli.grpc))?;
             match cmd {
@@ -100,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
                     demo::write_wav(&out, &pcm, rate)?;
                     println!("wrote {} ({:.1} s)", out.display(), pcm.len() as f64 / rate as f64);
                 }
-                Cmd::Demo { .. } | Cmd::Stats { .. } => unreachable!("handled above"),
+                Cmd::Demo { .. } | Cmd::Stats { .. } | Cmd::Load { .. } => unreachable!("handled above"),
             }
             Ok(())
         }

@@ -1,3 +1,4 @@
 //! Client-side tools for operators and tests: an RTP caller and the demo call.
 pub mod caller;
 pub mod demo;
+pub mod load;
