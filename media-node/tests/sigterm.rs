@@ -9,12 +9,7 @@ use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 
 async fn http_status(port: u16, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.ok()?;
-    raw.split_whitespace().nth(1)?.parse().ok()
+    media_node::tools::http::get(&format!("127.0.0.1:{port}"), path).await.ok().map(|(status, _)| status)
 }
 
 #[tokio::test]

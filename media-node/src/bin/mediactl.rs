@@ -125,16 +125,12 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Fetches /metrics over plain HTTP/1.1 (no client library needed for one GET).
+/// Prints the node's key figures from its /metrics.
 async fn stats(url: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("metrics URL must start with http://")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/metrics".into()));
-    let mut s = tokio::net::TcpStream::connect(host).await.with_context(|| format!("connecting to {host}"))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
-    let wanted = ["media_sessions_active", "media_ports", "media_rtp_packets_total", "media_rtp_malformed_total", "media_rtp_lost_samples_total", "media_rtp_late_packets_total", "media_listeners_active"];
+    let (_, body) = media_node::tools::http::get(host, &path).await.with_context(|| format!("reading {url}"))?;
+    let wanted = ["media_sessions_active", "media_ports", "media_rtp_packets_total", "media_rtp_malformed_total", "media_rtp_lost_samples_total", "media_rtp_late_packets_total", "media_listeners_active", "media_recording_uploads_pending"];
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         if wanted.iter().any(|w| line.starts_with(w)) {
             println!("{line}");

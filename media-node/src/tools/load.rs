@@ -117,15 +117,6 @@ struct CallResult {
     listener_frames: u64,
 }
 
-/// A counter's value from a node's /metrics (plain HTTP/1.1 GET).
-async fn node_counter(metrics_addr: &str, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(metrics_addr).await.ok()?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {metrics_addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    body.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).next()
-}
 
 pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     std::fs::create_dir_all(&opts.work_dir)?;
@@ -216,7 +207,13 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     }
     let usage = node.as_ref().and_then(|n| proc_usage(n.0.id()));
     let wall = wall.elapsed().as_secs_f64();
-    let node_in = if node.is_some() { node_counter("127.0.0.1:29032", "media_rtp_packets_total{direction=\"in\"}").await } else { None };
+    let node_in = match node {
+        Some(_) => super::http::get("127.0.0.1:29032", "/metrics")
+            .await
+            .ok()
+            .map(|(_, body)| super::http::metric_value(&body, "media_rtp_packets_total{direction=\"in\"}")),
+        None => None,
+    };
 
     let mut jitter = Vec::new();
     let (mut sent, mut expected, mut received, mut frames) = (0usize, 0usize, 0usize, 0u64);
