@@ -9,6 +9,7 @@
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.36.3}"
+[ -x /usr/local/go/bin/go ] && PATH="/usr/local/go/bin:$PATH"
 STAGING_VERSION="0.${K8S_VERSION#1.}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/media-fleet/envtest/k8s-${K8S_VERSION}"
 mkdir -p "$CACHE"
