@@ -1,7 +1,7 @@
 //! The reconcile loop: observe a pool's Pods and MediaNodes, ask `decide` what to do,
 //! do it, and write the pool's status (server-side apply, only when it changed).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ use crate::metrics::OperatorMetrics;
 pub const MANAGER: &str = "media-operator";
 /// Reconcile at least this often: heartbeats age and deadlines pass without events.
 const RESYNC: Duration = Duration::from_secs(5);
+/// How often the node ServiceAccount and its bindings are applied again per namespace.
+const ACCESS_REFRESH: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,14 +43,15 @@ pub struct Ctx {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<OperatorMetrics>,
-    /// Namespaces whose node ServiceAccount and bindings are in place.
-    ensured: Mutex<HashSet<String>>,
+    /// Namespaces whose node ServiceAccount and bindings were applied, and when: they
+    /// are applied again after ACCESS_REFRESH, so one deleted by hand comes back.
+    ensured: Mutex<HashMap<String, Instant>>,
 }
 
 impl Ctx {
     pub fn new(client: Client, identity: &str, metrics: Arc<OperatorMetrics>) -> Ctx {
         let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.into()) };
-        Ctx { recorder: Recorder::new(client.clone(), reporter), client, metrics, ensured: Mutex::new(HashSet::new()) }
+        Ctx { recorder: Recorder::new(client.clone(), reporter), client, metrics, ensured: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -92,7 +95,7 @@ async fn publish(ctx: &Ctx, pool: &MediaPool, type_: EventType, reason: &str, no
 }
 
 async fn ensure_node_access(ctx: &Ctx, ns: &str) -> Result<(), Error> {
-    if ctx.ensured.lock().unwrap_or_else(|e| e.into_inner()).contains(ns) {
+    if ctx.ensured.lock().unwrap_or_else(|e| e.into_inner()).get(ns).is_some_and(|at| at.elapsed() < ACCESS_REFRESH) {
         return Ok(());
     }
     let c = ctx.client.clone();
@@ -105,7 +108,7 @@ async fn ensure_node_access(ctx: &Ctx, ns: &str) -> Result<(), Error> {
         .await?;
     let crb = resources::node_reader_binding(ns);
     Api::<ClusterRoleBinding>::all(c).patch(&crb.name_any(), &apply(), &Patch::Apply(&crb)).await?;
-    ctx.ensured.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string());
+    ctx.ensured.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string(), Instant::now());
     Ok(())
 }
 
