@@ -124,7 +124,6 @@ pub struct Session {
     counters: Counters,
     reported_jitter: super::jitter::JitterStats,
     reported_skips: u64,
-    decode_buf: Vec<i16>,
     encode_buf: Vec<u8>,
 }
 
@@ -146,7 +145,6 @@ impl Session {
             counters: Counters::default(),
             reported_jitter: Default::default(),
             reported_skips: 0,
-            decode_buf: Vec::with_capacity(FRAME_SAMPLES),
             encode_buf: Vec::with_capacity(FRAME_SAMPLES),
         }
     }
@@ -227,12 +225,12 @@ impl Session {
                 out.events.push(Event::CodecChanged(codec));
             }
         }
-        self.decode_buf.clear();
-        codec.decode_into(packet.payload, &mut self.decode_buf);
+        // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
+        let mut pcm = Vec::with_capacity(packet.payload.len());
+        codec.decode_into(packet.payload, &mut pcm);
         if self.echo {
-            self.playback.push_echo(&self.decode_buf);
+            self.playback.push_echo(&pcm);
         }
-        let pcm = self.decode_buf.clone();
         self.jitter.on_packet(now, packet.ssrc, packet.timestamp, pcm, &mut out.heard);
     }
 

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::audio::decode;
 use crate::audio::listener::{media_type, LISTEN_RATES};
 use crate::audio::uri::{self, AudioUri, Control, UriError};
-use crate::call::{CallCommand, StreamEnd};
+use crate::call::{CallCommand, CallHandle, StreamEnd};
 use crate::core::resample::Resampler;
 use crate::core::recording::Channels;
 use crate::core::session::Command;
@@ -74,6 +74,14 @@ fn parse_target(raw: &str) -> Result<Option<SocketAddr>, Status> {
         .parse::<SocketAddr>()
         .map(Some)
         .map_err(|_| Status::invalid_argument(format!("rtp_target_addr {raw:?} is not ip:port")))
+}
+
+/// Sends the call a command that carries a reply channel and waits for the reply; a
+/// call that ended before answering is NOT_FOUND.
+async fn ask<T>(call: &CallHandle, make: impl FnOnce(oneshot::Sender<T>) -> CallCommand) -> Result<T, Status> {
+    let (reply, answer) = oneshot::channel();
+    call.commands.send(make(reply)).await.map_err(|_| status(NodeError::CallGone))?;
+    answer.await.map_err(|_| status(NodeError::CallGone))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -157,9 +165,7 @@ impl MediaService for MediaSvc {
             };
             let call_id = if r.call_id.is_empty() { call.call_id.clone() } else { r.call_id.clone() };
             let spec = RecordingSpec { call_id, trace_id: if r.trace_id.is_empty() { trace.clone() } else { r.trace_id.clone() }, destination, rate, channels, segment: 0 };
-            let (reply, answer) = oneshot::channel();
-            call.commands.send(CallCommand::StartRecording { spec, reply }).await.map_err(|_| status(NodeError::CallGone))?;
-            answer.await.map_err(|_| status(NodeError::CallGone))?.map_err(Status::failed_precondition)?;
+            ask(&call, |reply| CallCommand::StartRecording { spec, reply }).await?.map_err(Status::failed_precondition)?;
             info!(trace_id = %trace, port = r.server_rtp_port, "recording started");
             Ok(Response::new(StartRecordingResponse { success: true }))
         }
@@ -174,9 +180,7 @@ impl MediaService for MediaSvc {
         let r = req.into_inner();
         let result = async {
             let call = self.node.call(r.server_rtp_port).map_err(status)?;
-            let (reply, answer) = oneshot::channel();
-            call.commands.send(CallCommand::StopRecording { reply }).await.map_err(|_| status(NodeError::CallGone))?;
-            let job = answer.await.map_err(|_| status(NodeError::CallGone))?.map_err(Status::failed_precondition)?;
+            let job = ask(&call, |reply| CallCommand::StopRecording { reply }).await?.map_err(Status::failed_precondition)?;
             // The answer waits until the recording is durable: stored, or safe in the spool.
             let (recording_uri, spooled) = match self.node.recordings.deliver(job).await {
                 Delivered::Stored(uri) => (uri, false),
@@ -227,14 +231,7 @@ impl MediaSvc {
         let call = self.node.call(r.server_rtp_port).map_err(status)?;
         let target = parse_target(&r.rtp_target_addr)?;
         let reply = |message: &str| Ok(Response::new(PlayAudioResponse { success: true, message: message.to_string() }));
-        let send = |cmd: Command| {
-            let call = call.clone();
-            async move {
-                let (applied, done) = oneshot::channel();
-                call.commands.send(CallCommand::Session { cmd, applied }).await.map_err(|_| status(NodeError::CallGone))?;
-                done.await.map_err(|_| status(NodeError::CallGone))
-            }
-        };
+        let send = |cmd: Command| ask(&call, |applied| CallCommand::Session { cmd, applied });
         let pcm: Arc<[i16]> = match uri::parse(&r.audio_uri).map_err(|e| status(e.into()))? {
             AudioUri::Control(Control::SetTarget) => {
                 let t = target.ok_or_else(|| Status::invalid_argument("control://set_target needs rtp_target_addr"))?;
