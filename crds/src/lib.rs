@@ -7,7 +7,10 @@ pub mod node;
 pub mod pool;
 
 pub use node::{MediaNode, MediaNodeSpec, MediaNodeStatus};
-pub use pool::{AddressSource, AdvertiseAddress, MediaPool, MediaPoolSpec, MediaPoolStatus, NodeTemplate, PortRange, PortCounts, RecordingDefaults};
+pub use pool::{
+    AddressSource, AdvertiseAddress, AutoscalingPolicy, AutoscalingStatus, MediaPool, MediaPoolSpec, MediaPoolStatus, NodeTemplate, PortCounts, PortRange, RecordingDefaults,
+    RolloutPolicy,
+};
 
 pub const GROUP: &str = "media.sentiric.cloud";
 pub const VERSION: &str = "v1alpha1";
@@ -55,7 +58,7 @@ mod tests {
         let v = &crd["spec"]["versions"][0];
         assert_eq!(v["subresources"]["scale"]["labelSelectorPath"], ".status.selector");
         let cols: Vec<&str> = v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(cols, ["Desired", "Ready", "Draining", "Calls", "Free ports", "Age"]);
+        assert_eq!(cols, ["Desired", "Ready", "Draining", "Calls", "Free ports", "Up-to-date", "Age"]);
         let text = crd.to_string();
         assert!(text.contains("x-kubernetes-validations"));
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "mp");

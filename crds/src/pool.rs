@@ -26,9 +26,12 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Draining", type_ = "integer", json_path = ".status.drainingReplicas"),
     printcolumn(name = "Calls", type_ = "integer", json_path = ".status.activeSessions"),
     printcolumn(name = "Free ports", type_ = "integer", json_path = ".status.ports.free"),
+    printcolumn(name = "Up-to-date", type_ = "integer", json_path = ".status.updatedReplicas"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.replicas <= (self.spec.ports.max - self.spec.ports.min + 1) / self.spec.ports.slotSize")
-        .message("spec.replicas is larger than the number of slots: (ports.max - ports.min + 1) / ports.slotSize")
+        .message("spec.replicas is larger than the number of slots: (ports.max - ports.min + 1) / ports.slotSize"),
+    validation = Rule::new("!has(self.spec.autoscaling) || self.spec.autoscaling.maxReplicas <= (self.spec.ports.max - self.spec.ports.min + 1) / self.spec.ports.slotSize")
+        .message("spec.autoscaling.maxReplicas is larger than the number of slots: (ports.max - ports.min + 1) / ports.slotSize")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MediaPoolSpec {
@@ -54,6 +57,73 @@ pub struct MediaPoolSpec {
     /// Where recordings go when a StartRecording request names no output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingDefaults>,
+    /// How a change to the node template (or anything else that shapes a node pod)
+    /// replaces the nodes: new ones come up first, old ones drain their calls.
+    #[serde(default)]
+    pub rollout: RolloutPolicy,
+    /// Optional: the operator sets `replicas` from occupancy. Leave it out to set
+    /// `replicas` yourself or through the scale subresource (e.g. an HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingPolicy>,
+}
+
+/// Limits of a rollout, counted in nodes, as in a Deployment's RollingUpdate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxSurge > 0 || self.maxUnavailable > 0").message("rollout.maxSurge and rollout.maxUnavailable cannot both be 0: the rollout could never start"))]
+pub struct RolloutPolicy {
+    /// Nodes that may serve above `replicas` while new ones come up (uses free slots).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_surge: i32,
+    /// Serving nodes that may be missing below `replicas` during a rollout or scale-down.
+    /// A draining node is never cut short by this: it keeps its calls until they end or
+    /// its drain deadline passes.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_unavailable: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        RolloutPolicy { max_surge: 1, max_unavailable: 0 }
+    }
+}
+
+/// Scaling on occupancy: keep a buffer of free call capacity, within bounds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+#[x_kube(validation = Rule::new("has(self.freeSessions) || has(self.freePercent)").message("autoscaling needs freeSessions or freePercent"))]
+pub struct AutoscalingPolicy {
+    /// Never fewer nodes than this.
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// Never more nodes than this.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Free calls to keep available over the serving nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub free_sessions: Option<i32>,
+    /// Free capacity to keep, as a percent of the serving nodes' capacity (used when
+    /// freeSessions is not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 90))]
+    pub free_percent: Option<i32>,
+    /// How long the pool must have had more nodes than it needs before one is removed.
+    /// Scaling up is immediate.
+    #[serde(default = "default_scale_down_delay")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: i32,
+}
+
+fn default_scale_down_delay() -> i32 {
+    300
 }
 
 fn default_quarantine() -> i32 {
@@ -191,10 +261,44 @@ pub struct MediaPoolStatus {
     /// Label selector of the pool's node pods (for the scale subresource and HPA).
     #[serde(default)]
     pub selector: String,
+    /// Nodes made from the pool's current template (not draining).
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Nodes whose heartbeat is stale; they are drained and replaced.
+    #[serde(default)]
+    pub unhealthy_replicas: i32,
+    /// Hash of the node template the pool currently asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_hash: Option<String>,
+    /// What the autoscaler decided, when `spec.autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, Progressing and Degraded, with reasons.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// The autoscaler's state.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Nodes the occupancy calls for, before the bounds.
+    pub recommended_replicas: i32,
+    /// Nodes the autoscaler wants, within the bounds.
+    pub desired_replicas: i32,
+    /// Calls held (or ports in quarantine) on the serving nodes.
+    pub used_sessions: i64,
+    /// What held the autoscaler back: MaxReplicas, MinReplicas or Slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<String>,
+    /// When the autoscaler last changed `spec.replicas` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Since when the pool has had more nodes than it needs (RFC 3339); a node is
+    /// removed once this is older than scaleDownDelaySeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_since: Option<String>,
 }

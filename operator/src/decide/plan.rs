@@ -10,6 +10,10 @@ pub struct PoolObs {
     pub layout: Layout,
     pub quarantine: SignedDuration,
     pub drain_timeout: SignedDuration,
+    /// Hash of what the pool asks a node pod to be (see `rollout::template_hash`).
+    pub template_hash: String,
+    pub max_surge: i32,
+    pub max_unavailable: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,8 @@ pub struct NodeObs {
     pub drain_deadline: Option<Timestamp>,
     pub released_at: Option<Timestamp>,
     pub report: Option<NodeReport>,
+    /// The template hash the node was made from (None: made before hashes existed).
+    pub template_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,10 +59,34 @@ pub enum Action {
     /// The quarantine of a released slot is over: delete its MediaNode.
     Forget { name: String },
     /// Take no new calls; the pod goes when the calls end or at the deadline.
-    Drain { name: String, deadline: Timestamp },
+    Drain { name: String, deadline: Timestamp, reason: DrainReason },
     /// Scaling up again: a draining node goes back into service.
     Undrain { name: String },
     DeletePod { name: String },
+}
+
+/// Why a node is drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainReason {
+    /// The pool wants fewer nodes.
+    ScaleDown,
+    /// The node was made from an older template; a new node replaces it.
+    Rollout,
+    /// The node's heartbeat is stale; a new node replaces it.
+    Unhealthy,
+    /// The node's ports no longer fit the pool's port layout.
+    Relayout,
+}
+
+impl DrainReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DrainReason::ScaleDown => "scale-down",
+            DrainReason::Rollout => "rollout",
+            DrainReason::Unhealthy => "stale heartbeat",
+            DrainReason::Relayout => "port layout changed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -80,6 +110,17 @@ impl NodeObs {
         // Not-ready first, then fewest calls; among equals the highest slot goes.
         let r = self.report.clone().unwrap_or_default();
         (r.ready, r.sessions + r.recordings, -self.slot)
+    }
+
+    /// Reported, but not for HEARTBEAT_STALE. A node that never reported is only
+    /// starting (its image may still be pulling), not stale.
+    pub fn stale(&self, now: Timestamp) -> bool {
+        self.report.as_ref().is_some_and(|r| r.heartbeat.is_none_or(|h| now.duration_since(h) >= HEARTBEAT_STALE))
+    }
+
+    /// Reports ready with a fresh heartbeat.
+    pub fn ready(&self, now: Timestamp) -> bool {
+        self.report.as_ref().is_some_and(|r| r.ready) && !self.stale(now)
     }
 
     /// True when the node confirmed its drain and has nothing left in flight.
@@ -131,39 +172,81 @@ pub fn plan(pool: &PoolObs, pods: &[PodObs], nodes: &[NodeObs], now: Timestamp) 
     let (fitting, misfits): (Vec<&NodeObs>, Vec<&NodeObs>) =
         live.into_iter().partition(|n| pool.layout.fits(n.slot, n.udp_min, n.udp_max));
     let mut draining: Vec<&NodeObs> = fitting.iter().copied().filter(|n| n.draining).collect();
-    let mut serving: Vec<&NodeObs> = fitting.iter().copied().filter(|n| !n.draining).collect();
-    for n in misfits.iter().filter(|n| !n.draining) {
+    let mut serving: Vec<&NodeObs> = Vec::new();
+    let drain = |n: &NodeObs, reason: DrainReason, p: &mut Plan| {
         let deadline = now + pool.drain_timeout;
-        p.actions.push(Action::Drain { name: n.name.clone(), deadline });
+        p.actions.push(Action::Drain { name: n.name.clone(), deadline, reason });
+        wake(deadline, p);
+    };
+    for n in fitting.iter().copied().filter(|n| !n.draining) {
+        // A node that stopped reporting is replaced; it keeps its calls (it may only
+        // have lost the API server) until they end or its drain deadline passes.
+        if n.stale(now) {
+            drain(n, DrainReason::Unhealthy, &mut p);
+        } else {
+            serving.push(n);
+        }
+    }
+    for n in misfits.iter().filter(|n| !n.draining) {
+        drain(n, DrainReason::Relayout, &mut p);
     }
     draining.extend(misfits.iter().copied().filter(|n| n.draining));
 
     let desired = pool.replicas.max(0) as usize;
-    if serving.len() < desired {
-        // Undrain before creating: a draining node still holds its calls and its slot.
+    let current = |n: &NodeObs| n.template_hash.as_deref() == Some(pool.template_hash.as_str());
+    let (mut new, mut old): (Vec<&NodeObs>, Vec<&NodeObs>) = serving.into_iter().partition(|n| current(n));
+
+    // Short of current nodes: undrain before creating, since a draining node still
+    // holds its calls and its slot. Only current, healthy, fitting nodes come back.
+    if new.len() < desired {
         draining.sort_by_key(|n| std::cmp::Reverse(n.emptiness_key()));
-        while serving.len() < desired {
-            let Some(pos) = draining.iter().position(|n| pool.layout.fits(n.slot, n.udp_min, n.udp_max) && !misfits.contains(n)) else {
+        while new.len() < desired {
+            let Some(pos) = draining.iter().position(|n| current(n) && !n.stale(now) && !misfits.contains(n)) else {
                 break;
             };
             let n = draining.remove(pos);
             p.actions.push(Action::Undrain { name: n.name.clone() });
-            serving.push(n);
+            new.push(n);
         }
-        let wanted = desired - serving.len();
+    }
+
+    // Drain: every old node, and current nodes beyond `desired`, emptiest first; a
+    // ready node only while the ready ones left stay at desired - maxUnavailable.
+    let mut available = new.iter().chain(old.iter()).filter(|n| n.ready(now)).count() as i64;
+    let min_available = desired as i64 - pool.max_unavailable.max(0) as i64;
+    old.sort_by_key(|n| n.emptiness_key());
+    new.sort_by_key(|n| n.emptiness_key());
+    let excess_new = new.len().saturating_sub(desired);
+    let candidates: Vec<(&NodeObs, DrainReason)> = old
+        .iter()
+        .map(|n| (*n, DrainReason::Rollout))
+        .chain(new.iter().take(excess_new).map(|n| (*n, DrainReason::ScaleDown)))
+        .collect();
+    let mut drained: Vec<&str> = Vec::new();
+    for (n, reason) in candidates {
+        if n.ready(now) {
+            if available - 1 < min_available {
+                continue;
+            }
+            available -= 1;
+        }
+        drain(n, reason, &mut p);
+        drained.push(&n.name);
+    }
+    old.retain(|n| !drained.contains(&n.name.as_str()));
+    new.retain(|n| !drained.contains(&n.name.as_str()));
+
+    // Create current nodes up to `desired`, never serving more than desired + maxSurge.
+    let serving_now = new.len() + old.len();
+    let room = (desired + pool.max_surge.max(0) as usize).saturating_sub(serving_now);
+    let wanted = desired.saturating_sub(new.len()).min(room);
+    if wanted > 0 {
         let free: Vec<SlotPorts> = free_slots(pool.layout, &claims, now).take(wanted).collect();
         if free.len() < wanted {
             p.slots_exhausted = true;
         }
         for ports in free {
             p.actions.push(Action::Create { name: node_name(&pool.name, ports.slot, now), ports });
-        }
-    } else if serving.len() > desired {
-        serving.sort_by_key(|n| n.emptiness_key());
-        for n in &serving[..serving.len() - desired] {
-            let deadline = now + pool.drain_timeout;
-            p.actions.push(Action::Drain { name: n.name.clone(), deadline });
-            wake(deadline, &mut p);
         }
     }
 
@@ -193,6 +276,9 @@ mod tests {
             layout: Layout { min: 30000, max: 30399, size: 100 },
             quarantine: SignedDuration::from_secs(5),
             drain_timeout: SignedDuration::from_secs(60),
+            template_hash: "h1".into(),
+            max_surge: 1,
+            max_unavailable: 0,
         }
     }
 
@@ -206,6 +292,7 @@ mod tests {
             drain_deadline: None,
             released_at: None,
             report: Some(NodeReport { sessions, ready: true, heartbeat: Some(t(0)), ..Default::default() }),
+            template_hash: Some("h1".into()),
         }
     }
 
@@ -255,7 +342,7 @@ mod tests {
         let nodes = vec![node("a", 0, 3), node("b", 1, 0), node("c", 2, 1)];
         let pods = vec![pod("a"), pod("b"), pod("c")];
         let p = plan(&pool(2), &pods, &nodes, t(0));
-        assert_eq!(p.actions, vec![Action::Drain { name: "b".into(), deadline: t(60) }]);
+        assert_eq!(p.actions, vec![Action::Drain { name: "b".into(), deadline: t(60), reason: DrainReason::ScaleDown }]);
 
         let mut b = node("b", 1, 0);
         b.draining = true;
@@ -268,9 +355,13 @@ mod tests {
         assert_eq!(p.actions, vec![Action::DeletePod { name: "b".into() }]);
         // With calls left, only the deadline removes it.
         b.report.as_mut().unwrap().sessions = 2;
-        let p = plan(&pool(2), &pods, &[nodes[0].clone(), b.clone(), nodes[2].clone()], t(59));
-        assert!(p.actions.is_empty());
-        let p = plan(&pool(2), &pods, &[nodes[0].clone(), b, nodes[2].clone()], t(60));
+        let mut later = vec![nodes[0].clone(), b, nodes[2].clone()];
+        for n in later.iter_mut() {
+            n.report.as_mut().unwrap().heartbeat = Some(t(55));
+        }
+        let p = plan(&pool(2), &pods, &later, t(59));
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        let p = plan(&pool(2), &pods, &later, t(60));
         assert_eq!(p.actions, vec![Action::DeletePod { name: "b".into() }]);
     }
 
@@ -297,5 +388,121 @@ mod tests {
     fn orphan_pods_are_removed() {
         let p = plan(&pool(0), &[pod("stray")], &[], t(0));
         assert_eq!(p.actions, vec![Action::DeletePod { name: "stray".into() }]);
+    }
+
+    fn drains(p: &Plan) -> Vec<(String, DrainReason)> {
+        p.actions.iter().filter_map(|a| if let Action::Drain { name, reason, .. } = a { Some((name.clone(), *reason)) } else { None }).collect()
+    }
+
+    /// Applies a plan to the observed world the way the cluster would: created nodes
+    /// appear (and report ready at once when `ready`), drained ones get the flag.
+    fn apply(p: &Plan, pods: &mut Vec<PodObs>, nodes: &mut Vec<NodeObs>, hash: &str, now: Timestamp, ready: bool) {
+        for a in &p.actions {
+            match a {
+                Action::Create { name, ports } => {
+                    pods.push(pod(name));
+                    let mut n = node(name, ports.slot, 0);
+                    n.template_hash = Some(hash.into());
+                    n.report = ready.then(|| NodeReport { ready: true, heartbeat: Some(now), ..Default::default() });
+                    nodes.push(n);
+                }
+                Action::Drain { name, deadline, .. } => {
+                    let n = nodes.iter_mut().find(|n| &n.name == name).unwrap();
+                    n.draining = true;
+                    n.drain_deadline = Some(*deadline);
+                    if let Some(r) = n.report.as_mut() {
+                        r.draining = true;
+                        r.ready = false;
+                    }
+                }
+                Action::DeletePod { name } => pods.retain(|p| &p.name != name),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_template_change_surges_first_and_never_drops_below_desired() {
+        let mut pods: Vec<PodObs> = ["a", "b", "c"].iter().map(|n| pod(n)).collect();
+        let mut nodes = vec![node("a", 0, 5), node("b", 1, 1), node("c", 2, 3)];
+        let mut changed = pool(3);
+        changed.layout.max = 30999; // room for the surge and the draining nodes
+        changed.template_hash = "h2".into();
+
+        // First step: one new node, no old one drained while the new one is not ready.
+        let p = plan(&changed, &pods, &nodes, t(1));
+        assert_eq!(creates(&p).len(), 1, "{:?}", p.actions);
+        assert!(drains(&p).is_empty(), "nothing drains before a new node is ready");
+        apply(&p, &mut pods, &mut nodes, "h2", t(1), false);
+        let p = plan(&changed, &pods, &nodes, t(2));
+        assert!(p.actions.is_empty(), "waits for the new node: {:?}", p.actions);
+
+        // The new node is ready: the emptiest old node drains and the next new one comes.
+        for n in nodes.iter_mut().filter(|n| n.template_hash.as_deref() == Some("h2")) {
+            n.report = Some(NodeReport { ready: true, heartbeat: Some(t(3)), ..Default::default() });
+        }
+        let mut step = 3;
+        loop {
+            let p = plan(&changed, &pods, &nodes, t(step));
+            let serving = nodes.iter().filter(|n| !n.draining && pods.iter().any(|p| p.name == n.name)).count();
+            assert!((3..=4).contains(&serving), "between desired and desired + maxSurge serving: {serving}");
+            if p.actions.is_empty() {
+                break;
+            }
+            apply(&p, &mut pods, &mut nodes, "h2", t(step), true);
+            step += 1;
+            assert!(step < 20, "the rollout converges");
+        }
+        let first_old_drained = nodes.iter().find(|n| n.name == "b").unwrap();
+        assert!(first_old_drained.draining, "the emptiest old node went first");
+        let serving: Vec<&NodeObs> = nodes.iter().filter(|n| !n.draining).collect();
+        assert_eq!(serving.len(), 3);
+        assert!(serving.iter().all(|n| n.template_hash.as_deref() == Some("h2")));
+        // Old nodes keep their calls: none is deleted before it drained or its deadline.
+        assert_eq!(pods.len(), 6, "old nodes with calls are still there");
+        for n in nodes.iter_mut() {
+            n.report.as_mut().unwrap().heartbeat = Some(t(99));
+        }
+        let done = plan(&changed, &pods, &nodes, t(100));
+        assert_eq!(done.actions.iter().filter(|a| matches!(a, Action::DeletePod { .. })).count(), 3, "removed at the drain deadline");
+    }
+
+    #[test]
+    fn max_unavailable_lets_a_rollout_proceed_without_spare_slots() {
+        let mut p0 = pool(4); // all 4 slots in use: no surge possible
+        p0.template_hash = "h2".into();
+        p0.max_unavailable = 1;
+        let nodes = vec![node("a", 0, 5), node("b", 1, 1), node("c", 2, 3), node("d", 3, 2)];
+        let pods: Vec<PodObs> = ["a", "b", "c", "d"].iter().map(|n| pod(n)).collect();
+        let p = plan(&p0, &pods, &nodes, t(1));
+        assert_eq!(drains(&p), vec![("b".to_string(), DrainReason::Rollout)], "exactly one, the emptiest");
+        assert!(creates(&p).is_empty());
+        assert!(p.slots_exhausted, "reported: the rollout waits for a slot");
+    }
+
+    #[test]
+    fn a_stale_node_is_drained_and_replaced() {
+        let mut nodes = vec![node("a", 0, 2), node("b", 1, 0)];
+        nodes[0].report.as_mut().unwrap().heartbeat = Some(t(0));
+        nodes[1].report.as_mut().unwrap().heartbeat = Some(t(40));
+        let pods = vec![pod("a"), pod("b")];
+        let p = plan(&pool(2), &pods, &nodes, t(45));
+        assert_eq!(drains(&p), vec![("a".to_string(), DrainReason::Unhealthy)]);
+        assert_eq!(creates(&p), vec![2]);
+        // A node that never reported is starting, not stale.
+        let mut fresh = node("c", 2, 0);
+        fresh.report = None;
+        let p = plan(&pool(1), &[pod("c")], &[fresh], t(500));
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    #[test]
+    fn a_stale_draining_node_is_not_undrained() {
+        let mut a = node("a", 0, 2);
+        a.draining = true;
+        a.drain_deadline = Some(t(100));
+        let p = plan(&pool(1), &[pod("a")], &[a], t(45));
+        assert!(!p.actions.iter().any(|x| matches!(x, Action::Undrain { .. })));
+        assert_eq!(creates(&p), vec![1]);
     }
 }

@@ -2,9 +2,9 @@
 //! lastTransitionTime changes only when their status does.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use media_crds::{MediaPoolStatus, PortCounts, POOL_LABEL};
+use media_crds::{AutoscalingStatus, MediaPoolStatus, PortCounts, POOL_LABEL};
 
-use super::plan::{NodeObs, Plan, PodObs, HEARTBEAT_STALE};
+use super::plan::{NodeObs, Plan, PodObs};
 use super::Timestamp;
 
 pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>, now: Timestamp) {
@@ -30,10 +30,6 @@ pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, status: bool, reas
     }
 }
 
-pub fn heartbeat_fresh(n: &NodeObs, now: Timestamp) -> bool {
-    n.report.as_ref().and_then(|r| r.heartbeat).is_some_and(|h| now.duration_since(h) < HEARTBEAT_STALE)
-}
-
 pub struct StatusInput<'a> {
     pub pool_name: &'a str,
     pub desired: i32,
@@ -42,6 +38,8 @@ pub struct StatusInput<'a> {
     pub nodes: &'a [NodeObs],
     pub plan: &'a Plan,
     pub previous: Option<&'a MediaPoolStatus>,
+    pub template_hash: &'a str,
+    pub autoscaling: Option<AutoscalingStatus>,
     pub now: Timestamp,
 }
 
@@ -51,7 +49,11 @@ pub fn pool_status(i: StatusInput<'_>) -> MediaPoolStatus {
     let mut s = MediaPoolStatus { selector: format!("{POOL_LABEL}={}", i.pool_name), observed_generation: i.generation, ..Default::default() };
     s.replicas = live.len() as i32;
     s.draining_replicas = live.iter().filter(|n| n.draining).count() as i32;
-    s.ready_replicas = live.iter().filter(|n| !n.draining && heartbeat_fresh(n, i.now) && n.report.as_ref().is_some_and(|r| r.ready)).count() as i32;
+    s.ready_replicas = live.iter().filter(|n| !n.draining && n.ready(i.now)).count() as i32;
+    s.updated_replicas = live.iter().filter(|n| !n.draining && n.template_hash.as_deref() == Some(i.template_hash)).count() as i32;
+    s.unhealthy_replicas = live.iter().filter(|n| n.stale(i.now)).count() as i32;
+    s.template_hash = Some(i.template_hash.to_string());
+    s.autoscaling = i.autoscaling.clone();
     let mut ports = PortCounts::default();
     for r in live.iter().filter_map(|n| n.report.as_ref()) {
         ports.total += r.ports_total;
@@ -76,17 +78,18 @@ pub fn pool_status(i: StatusInput<'_>) -> MediaPoolStatus {
         now,
     );
     let serving = s.replicas - s.draining_replicas;
-    let progressing = serving != i.desired || s.draining_replicas > 0 || !i.plan.actions.is_empty();
+    let rolling = s.updated_replicas < serving;
+    let progressing = serving != i.desired || s.draining_replicas > 0 || rolling || !i.plan.actions.is_empty();
     set_condition(
         &mut conds,
         "Progressing",
         progressing,
-        if progressing { "Reconciling" } else { "Stable" },
-        format!("{serving} serving, {} draining, {} wanted", s.draining_replicas, i.desired),
+        if !progressing { "Stable" } else if rolling { "RollingUpdate" } else { "Reconciling" },
+        format!("{serving} serving ({} up to date), {} draining, {} wanted", s.updated_replicas, s.draining_replicas, i.desired),
         g,
         now,
     );
-    let unhealthy: Vec<&str> = live.iter().filter(|n| n.report.is_some() && !heartbeat_fresh(n, now)).map(|n| n.name.as_str()).collect();
+    let unhealthy: Vec<&str> = live.iter().filter(|n| n.stale(now)).map(|n| n.name.as_str()).collect();
     let (degraded, reason, message) = if i.plan.slots_exhausted {
         (true, "SlotsExhausted", "the port range has no free slot for another node; widen spec.ports or lower spec.replicas".to_string())
     } else if !unhealthy.is_empty() {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -14,15 +15,17 @@ use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use media_crds::{MediaNode, MediaPool, POOL_LABEL, RELEASED_AT_ANNOTATION};
+use media_crds::{AutoscalingStatus, MediaNode, MediaPool, POOL_LABEL, RELEASED_AT_ANNOTATION, TEMPLATE_HASH_LABEL};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::resources;
+use crate::decide::autoscale::{self, Limit};
 use crate::decide::plan::{plan, Action, NodeObs, NodeReport, PodObs, PoolObs};
+use crate::decide::rollout::template_hash;
 use crate::decide::slots::Layout;
-use crate::decide::status::{heartbeat_fresh, pool_status, StatusInput};
+use crate::decide::status::{pool_status, StatusInput};
 use crate::metrics::OperatorMetrics;
 
 pub const MANAGER: &str = "media-operator";
@@ -84,6 +87,7 @@ fn observe_node(n: &MediaNode) -> NodeObs {
         drain_deadline: n.spec.drain_deadline.as_deref().and_then(parse_time),
         released_at: n.annotations().get(RELEASED_AT_ANNOTATION).and_then(|s| parse_time(s)),
         report,
+        template_hash: n.labels().get(TEMPLATE_HASH_LABEL).cloned(),
     }
 }
 
@@ -136,6 +140,7 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
     for svc in [resources::caller_service(pool), resources::headless_service(pool)] {
         services.patch(&svc.name_any(), &apply(), &Patch::Apply(&svc)).await?;
     }
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns).patch(name, &apply(), &Patch::Apply(resources::disruption_budget(pool))).await?;
 
     let selector = ListParams::default().labels(&format!("{POOL_LABEL}={name}"));
     let pods = pods_api.list(&selector).await?.items;
@@ -143,22 +148,28 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
     let pod_obs: Vec<PodObs> = pods.iter().map(|p| PodObs { name: p.name_any(), terminating: p.metadata.deletion_timestamp.is_some() }).collect();
     let node_obs: Vec<NodeObs> = nodes.iter().map(observe_node).collect();
     let spec = &pool.spec;
+    let layout = Layout { min: spec.ports.min, max: spec.ports.max, size: spec.ports.slot_size };
+    let hash = template_hash(spec);
+    let now = Timestamp::now();
+    let (replicas, autoscaling, autoscale_wake) = autoscale_step(ctx, pool, &pools, &pod_obs, &node_obs, layout, now).await?;
     let obs = PoolObs {
         name: name.to_string(),
-        replicas: spec.replicas,
-        layout: Layout { min: spec.ports.min, max: spec.ports.max, size: spec.ports.slot_size },
+        replicas,
+        layout,
         quarantine: SignedDuration::from_secs(spec.quarantine_seconds as i64),
         drain_timeout: SignedDuration::from_secs(spec.drain_timeout_seconds as i64),
+        template_hash: hash.clone(),
+        max_surge: spec.rollout.max_surge,
+        max_unavailable: spec.rollout.max_unavailable,
     };
-    let now = Timestamp::now();
     let decided = plan(&obs, &pod_obs, &node_obs, now);
 
     for action in &decided.actions {
         match action {
             Action::Create { name: node, ports } => {
-                let mn = resources::media_node(pool, node, *ports);
+                let mn = resources::media_node(pool, node, *ports, &hash);
                 nodes_api.patch(node, &apply(), &Patch::Apply(&mn)).await?;
-                match pods_api.create(&PostParams::default(), &resources::node_pod(pool, node, *ports)).await {
+                match pods_api.create(&PostParams::default(), &resources::node_pod(pool, node, *ports, &hash)).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => return Err(e.into()),
@@ -176,10 +187,15 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
             },
-            Action::Drain { name: node, deadline } => {
+            Action::Drain { name: node, deadline, reason } => {
                 let patch = json!({"spec": {"draining": true, "drainDeadline": deadline.to_string()}});
                 nodes_api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-                publish(ctx, pool, EventType::Normal, "NodeDraining", format!("node {node} takes no new calls; removed when its calls end or at {deadline}")).await;
+                let (kind, why) = match reason {
+                    crate::decide::plan::DrainReason::Unhealthy => (EventType::Warning, "NodeUnhealthy"),
+                    _ => (EventType::Normal, "NodeDraining"),
+                };
+                info!(pool = name, node, reason = reason.as_str(), "draining node");
+                publish(ctx, pool, kind, why, format!("node {node} takes no new calls ({}); removed when its calls end or at {deadline}", reason.as_str())).await;
             }
             Action::Undrain { name: node } => {
                 let patch = json!({"spec": {"draining": false, "drainDeadline": null}});
@@ -199,12 +215,14 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
 
     let status = pool_status(StatusInput {
         pool_name: name,
-        desired: spec.replicas,
+        desired: replicas,
         generation: pool.metadata.generation,
         pods: &pod_obs,
         nodes: &node_obs,
         plan: &decided,
         previous: pool.status.as_ref(),
+        template_hash: &hash,
+        autoscaling,
         now,
     });
     let m = &ctx.metrics;
@@ -220,14 +238,75 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
 
     // Come back when something scheduled falls due, and at least every RESYNC.
     let mut after = RESYNC;
-    if let Some(w) = decided.wake_at {
+    for w in decided.wake_at.into_iter().chain(autoscale_wake) {
         let until = w.duration_since(now).as_millis().max(100) as u64;
         after = after.min(Duration::from_millis(until));
     }
-    if node_obs.iter().any(|n| n.report.is_some() && !heartbeat_fresh(n, now)) {
-        after = after.min(Duration::from_secs(2));
-    }
     Ok(Requeue::requeue(after))
+}
+
+/// With `spec.autoscaling`, sets `spec.replicas` through the scale subresource (as an
+/// HPA would) from the serving nodes' occupancy. Returns the replicas to plan for,
+/// the autoscaler's status, and when a pending scale-down falls due.
+async fn autoscale_step(
+    ctx: &Ctx,
+    pool: &MediaPool,
+    pools: &Api<MediaPool>,
+    pods: &[PodObs],
+    nodes: &[NodeObs],
+    layout: Layout,
+    now: Timestamp,
+) -> Result<(i32, Option<AutoscalingStatus>, Option<Timestamp>), Error> {
+    let spec = &pool.spec;
+    let Some(a) = &spec.autoscaling else {
+        return Ok((spec.replicas, None, None));
+    };
+    let policy = autoscale::Policy {
+        min_replicas: a.min_replicas,
+        max_replicas: a.max_replicas,
+        free_sessions: a.free_sessions.map(i64::from),
+        free_percent: a.free_percent.map(i64::from),
+        scale_down_delay: SignedDuration::from_secs(a.scale_down_delay_seconds as i64),
+    };
+    let alive = |n: &NodeObs| pods.iter().any(|p| p.name == n.name && !p.terminating);
+    let used: i64 = nodes
+        .iter()
+        .filter(|n| n.released_at.is_none() && !n.draining && alive(n))
+        .filter_map(|n| n.report.as_ref())
+        .map(|r| r.ports_total - r.ports_free)
+        .sum();
+    let previous = pool.status.as_ref().and_then(|s| s.autoscaling.clone()).unwrap_or_default();
+    let observed = autoscale::Observed {
+        replicas: spec.replicas,
+        capacity_per_node: spec.ports.slot_size as i64 / 2,
+        used,
+        slots: layout.count(),
+        scale_down_since: previous.scale_down_since.as_deref().and_then(parse_time),
+    };
+    let d = autoscale::decide(&policy, &observed, now);
+    let name = pool.name_any();
+    let mut last_scale_time = previous.last_scale_time.clone();
+    if d.replicas != spec.replicas {
+        pools.patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": d.replicas}}))).await?;
+        last_scale_time = Some(now.to_string());
+        info!(pool = %name, from = spec.replicas, to = d.replicas, used, "autoscaled");
+        publish(ctx, pool, EventType::Normal, "Autoscaled", format!("replicas {} -> {} ({used} calls held, buffer per policy)", spec.replicas, d.replicas)).await;
+    }
+    let limited_by = d.limited_by.map(|l| l.as_str().to_string());
+    if limited_by != previous.limited_by {
+        if let Some(l @ (Limit::MaxReplicas | Limit::Slots)) = d.limited_by {
+            publish(ctx, pool, EventType::Warning, "ScaleLimited", format!("occupancy calls for more nodes than {} allows ({} nodes)", l.as_str(), d.desired)).await;
+        }
+    }
+    let status = AutoscalingStatus {
+        recommended_replicas: d.recommended.unwrap_or(d.desired),
+        desired_replicas: d.desired,
+        used_sessions: used,
+        limited_by,
+        last_scale_time,
+        scale_down_since: d.scale_down_since.map(|t| t.to_string()),
+    };
+    Ok((d.replicas, Some(status), d.wake_at))
 }
 
 fn error_policy(_pool: Arc<MediaPool>, err: &Error, _ctx: Arc<Ctx>) -> Requeue {

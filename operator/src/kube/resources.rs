@@ -6,7 +6,8 @@ use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
-use media_crds::{AddressSource, MediaNode, MediaPool, POOL_LABEL, SLOT_LABEL};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use media_crds::{AddressSource, MediaNode, MediaPool, POOL_LABEL, SLOT_LABEL, TEMPLATE_HASH_LABEL};
 use serde_json::{json, Value};
 
 use crate::decide::slots::SlotPorts;
@@ -31,9 +32,15 @@ fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("built objects match their Kubernetes types")
 }
 
-pub fn media_node(pool: &MediaPool, name: &str, ports: SlotPorts) -> MediaNode {
+fn node_labels(pool: &MediaPool, ports: SlotPorts, template_hash: &str) -> Value {
     let mut labels = pool_labels(pool);
     labels[SLOT_LABEL] = json!(ports.slot.to_string());
+    labels[TEMPLATE_HASH_LABEL] = json!(template_hash);
+    labels
+}
+
+pub fn media_node(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &str) -> MediaNode {
+    let labels = node_labels(pool, ports, template_hash);
     from_json(json!({
         "apiVersion": "media.sentiric.cloud/v1alpha1",
         "kind": "MediaNode",
@@ -51,11 +58,10 @@ pub fn media_node(pool: &MediaPool, name: &str, ports: SlotPorts) -> MediaNode {
     }))
 }
 
-pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts) -> Pod {
+pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &str) -> Pod {
     let spec = &pool.spec;
     let t = &spec.template;
-    let mut labels = pool_labels(pool);
-    labels[SLOT_LABEL] = json!(ports.slot.to_string());
+    let labels = node_labels(pool, ports, template_hash);
     let field = |path: &str| json!({ "valueFrom": { "fieldRef": { "fieldPath": path } } });
     let mut env = vec![
         json!({"name": "MEDIA_SERVICE_GRPC_PORT", "value": ports.grpc_port().to_string()}),
@@ -65,6 +71,7 @@ pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts) -> Pod {
         json!({"name": "RTP_SERVICE_PORT_QUARANTINE_SECONDS", "value": spec.quarantine_seconds.to_string()}),
         json!({"name": "MEDIA_SERVICE_DRAIN_SECONDS", "value": spec.drain_timeout_seconds.to_string()}),
         json!({"name": "MEDIA_NODE_NAME", "value": name}),
+        json!({"name": "MEDIA_POOL_NAME", "value": pool.name_any()}),
         json!({"name": "MEDIA_ADVERTISE_SOURCE", "value": match spec.advertise.source {
             AddressSource::ExternalIP => "ExternalIP", AddressSource::InternalIP => "InternalIP", AddressSource::Explicit => "Explicit" }}),
     ];
@@ -173,6 +180,20 @@ fn service(pool: &MediaPool, name: &str, headless: bool) -> Service {
     }))
 }
 
+/// Voluntary disruptions (node drains, evictions) take one node at a time, or the
+/// rollout's maxUnavailable when larger. An evicted node drains its calls on SIGTERM.
+pub fn disruption_budget(pool: &MediaPool) -> PodDisruptionBudget {
+    from_json(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": { "name": pool.name_any(), "namespace": pool.namespace(), "labels": pool_labels(pool), "ownerReferences": [owner(pool)] },
+        "spec": {
+            "maxUnavailable": pool.spec.rollout.max_unavailable.max(1),
+            "selector": { "matchLabels": { POOL_LABEL: pool.name_any() } },
+        }
+    }))
+}
+
 pub fn node_service_account(ns: &str) -> ServiceAccount {
     from_json(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": NODE_SERVICE_ACCOUNT, "namespace": ns}}))
 }
@@ -230,7 +251,8 @@ pub(crate) mod tests {
     #[test]
     fn node_pod_runs_on_the_host_network_with_its_slot() {
         let ports = SlotPorts { slot: 2, udp_min: 30200, udp_max: 30299 };
-        let pod = node_pod(&pool(), "voice-2-abcde", ports);
+        let pod = node_pod(&pool(), "voice-2-abcde", ports, "abc123");
+        assert_eq!(pod.labels().get(TEMPLATE_HASH_LABEL).map(String::as_str), Some("abc123"));
         let spec = pod.spec.unwrap();
         assert_eq!(spec.host_network, Some(true));
         assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
@@ -246,6 +268,14 @@ pub(crate) mod tests {
         let secret = c.env.as_ref().unwrap().iter().find(|e| e.name == "BUCKET_SECRET_ACCESS_KEY").unwrap();
         assert_eq!(secret.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "s3");
         assert_eq!(pod.metadata.owner_references.unwrap()[0].controller, Some(true));
+    }
+
+    #[test]
+    fn the_budget_covers_the_pool_pods() {
+        let pdb = disruption_budget(&pool());
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
+        assert_eq!(spec.selector.unwrap().match_labels.unwrap().get(POOL_LABEL).map(String::as_str), Some("voice"));
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! What identifies a node pod's shape, so a change to it rolls the pool.
+
+use media_crds::MediaPoolSpec;
+use serde_json::json;
+
+/// A stable hash of everything in the spec that goes into a node pod except its slot:
+/// the template, the address rule, the recording defaults, the quarantine and the
+/// drain timeout. `replicas`, `rollout` and `autoscaling` are left out: changing them
+/// must not replace nodes. FNV-1a, because std's hasher is not stable across releases
+/// and this value is stored in labels.
+pub fn template_hash(spec: &MediaPoolSpec) -> String {
+    let shape = json!({
+        "template": spec.template,
+        "advertise": spec.advertise,
+        "recording": spec.recording,
+        "quarantineSeconds": spec.quarantine_seconds,
+        "drainTimeoutSeconds": spec.drain_timeout_seconds,
+    });
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in shape.to_string().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> MediaPoolSpec {
+        serde_json::from_value(json!({
+            "replicas": 2,
+            "ports": {"min": 30000, "max": 30999, "slotSize": 100},
+            "template": {"image": "media-node:1"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_the_pod_shape_changes_the_hash() {
+        let a = spec();
+        let mut b = a.clone();
+        b.replicas = 5;
+        b.rollout.max_surge = 3;
+        assert_eq!(template_hash(&a), template_hash(&b), "scaling is not a rollout");
+        b.template.image = "media-node:2".into();
+        assert_ne!(template_hash(&a), template_hash(&b));
+        let mut c = a.clone();
+        c.drain_timeout_seconds = 60;
+        assert_ne!(template_hash(&a), template_hash(&c));
+        assert_eq!(template_hash(&a).len(), 10, "fits a label value");
+        assert_eq!(template_hash(&a), template_hash(&spec()), "stable across calls");
+    }
+}
