@@ -6,6 +6,9 @@
 //! - `call`: the tokio task that runs one call's session over real sockets.
 //! - `grpc`: the `sentiric.media.v1.MediaService` server.
 //! - `http`: Prometheus metrics and health endpoints.
+//! - `fleet`: the pool as one service: placement of new calls and forwarding to the
+//!   node that holds a port or a call.
+//! - `cluster`: reporting into the node's MediaNode and watching the pool's nodes.
 pub mod core;
 pub mod audio;
 pub mod ports;
@@ -20,3 +23,4 @@ pub mod tools;
 pub mod cluster;
 pub mod recording;
 pub mod events;
+pub mod fleet;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub events_published: IntCounter,
     pub events_dropped: IntCounter,
     pub events_outbox: IntGauge,
+    pub placements: IntCounterVec,
+    pub forwarded: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -90,6 +92,11 @@ impl Metrics {
             events_published: counter("media_events_published_total", "Events confirmed by RabbitMQ"),
             events_dropped: counter("media_events_dropped_total", "Events dropped because the outbox was full while the broker was away"),
             events_outbox: reg(&r, IntGauge::new("media_events_outbox", "Events waiting for the broker").unwrap()),
+            placements: reg(&r, IntCounterVec::new(Opts::new("media_fleet_placements_total", "New calls placed by this node, by where they went"), &["target"]).unwrap()),
+            forwarded: reg(
+                &r,
+                IntCounterVec::new(Opts::new("media_fleet_forwarded_total", "Requests forwarded to the node that holds the port or call"), &["method", "result"]).unwrap(),
+            ),
             registry: r,
         }
     }

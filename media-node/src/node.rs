@@ -66,6 +66,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub recordings: Arc<RecordingStore>,
     pub events: Arc<EventPublisher>,
+    /// The other nodes of the pool (empty on a standalone node).
+    pub fleet: crate::fleet::Fleet,
     pool: Mutex<PortPool>,
     calls: Mutex<Calls>,
     prompts: Mutex<PromptCache>,
@@ -88,6 +90,7 @@ impl Node {
         let node = Node {
             recordings: RecordingStore::new(config.recording.clone(), metrics.clone(), events.clone()),
             events,
+            fleet: crate::fleet::Fleet::new(),
             prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
             advertised_ip: RwLock::new(config.advertised_ip),
             config,
@@ -131,6 +134,17 @@ impl Node {
 
     pub fn port_counts(&self) -> PoolCounts {
         lock(&self.pool).counts(Instant::now())
+    }
+
+    /// RTP ports held by calls or in quarantine, and all of them: what placement compares.
+    pub fn occupancy(&self) -> (i64, i64) {
+        let c = self.port_counts();
+        ((c.allocated + c.quarantined) as i64, c.total as i64)
+    }
+
+    /// True when `port` is in this node's RTP range.
+    pub fn owns_port(&self, port: u32) -> bool {
+        (self.config.port_min as u32..=self.config.port_max as u32).contains(&port)
     }
 
     pub fn refresh_port_gauges(&self) {

@@ -28,6 +28,8 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 pub struct ReporterConfig {
     pub name: String,
     pub namespace: String,
+    /// The MediaPool (from MEDIA_POOL_NAME, else read from the MediaNode).
+    pub pool: Option<String>,
     /// The Kubernetes Node the pod runs on (downward API spec.nodeName).
     pub kube_node: Option<String>,
     /// ExternalIP, InternalIP or Explicit.
@@ -44,6 +46,7 @@ impl ReporterConfig {
         Some(ReporterConfig {
             name: var("MEDIA_NODE_NAME")?,
             namespace: var("MEDIA_NODE_NAMESPACE").or_else(|| var("POD_NAMESPACE")).unwrap_or_else(|| "default".into()),
+            pool: var("MEDIA_POOL_NAME"),
             kube_node: var("NODE_NAME"),
             advertise_source: var("MEDIA_ADVERTISE_SOURCE").unwrap_or_else(|| "ExternalIP".into()),
             advertise_address: var("MEDIA_ADVERTISE_ADDRESS"),
@@ -57,6 +60,7 @@ impl ReporterConfig {
 struct Snapshot {
     ports: PortCounts,
     sessions: i64,
+    recordings: i64,
     ready: bool,
     draining: bool,
     address: String,
@@ -67,6 +71,7 @@ fn snapshot(node: &Node) -> Snapshot {
     Snapshot {
         ports: PortCounts { total: c.total as i64, allocated: c.allocated as i64, quarantined: c.quarantined as i64, free: c.free as i64 },
         sessions: node.active_calls() as i64,
+        recordings: node.metrics.recordings_in_flight.get() + node.recordings.pending() as i64,
         ready: !node.is_draining(),
         draining: node.is_draining(),
         address: node.advertised_ip().to_string(),
@@ -103,9 +108,9 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
     let api: Api<MediaNode> = Api::namespaced(client.clone(), &cfg.namespace);
     let mut resolved = false;
     let mut last: Option<(Snapshot, Instant)> = None;
-    let mut last_spec_read = Instant::now() - MIN_INTERVAL;
     let mut failing = false;
-    let grpc = format!(":{}", node.config.grpc_addr.port());
+    let mut watching = false;
+    let grpc_port = node.config.grpc_addr.port();
     loop {
         if !resolved {
             if let Some(ip) = resolve_address(&client, &cfg).await {
@@ -116,13 +121,20 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
                 resolved = true;
             }
         }
-        if last_spec_read.elapsed() >= MIN_INTERVAL {
-            last_spec_read = Instant::now();
-            if let Ok(mn) = api.get(&cfg.name).await {
-                if mn.spec.draining && !node.is_draining() {
-                    info!("operator marked this node draining: taking no new calls");
-                    node.start_draining();
+        if !watching {
+            // The pool's name, to watch its nodes (the own MediaNode names it too).
+            let pool = match &cfg.pool {
+                Some(p) => Some(p.clone()),
+                None => api.get(&cfg.name).await.ok().map(|mn| mn.spec.pool),
+            };
+            if let Some(pool) = pool {
+                if node.config.tls.is_some() {
+                    warn!("gRPC TLS is on: nodes do not forward to each other (peer TLS is not configured); each serves what reaches it");
+                } else {
+                    node.fleet.join(&cfg.name);
                 }
+                tokio::spawn(super::watch::run(node.clone(), client.clone(), cfg.namespace.clone(), cfg.name.clone(), pool, shutdown.clone()));
+                watching = true;
             }
         }
         let snap = snapshot(&node);
@@ -130,6 +142,7 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
             None => true,
             Some((prev, at)) => {
                 let meaningful = prev.draining != snap.draining || prev.ready != snap.ready || prev.address != snap.address;
+                // Occupancy feeds placement on the other nodes: report it promptly.
                 meaningful || (prev != &snap && at.elapsed() >= MIN_INTERVAL) || at.elapsed() >= HEARTBEAT
             }
         };
@@ -140,9 +153,11 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
                 "status": {
                     "ports": snap.ports,
                     "sessions": snap.sessions,
-                    "recordings": 0,
+                    "recordings": snap.recordings,
                     "advertisedAddress": snap.address,
-                    "grpcEndpoint": format!("{}{}", snap.address, grpc),
+                    // Peers reach each other inside the cluster: the pod IP (the host's,
+                    // with hostNetwork), not the address callers use for RTP.
+                    "grpcEndpoint": format!("{}:{grpc_port}", cfg.pod_ip.map(|ip| ip.to_string()).unwrap_or_else(|| snap.address.clone())),
                     "heartbeatTime": Timestamp::now().to_string(),
                     "ready": snap.ready,
                     "draining": snap.draining,

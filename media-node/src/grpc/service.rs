@@ -28,7 +28,7 @@ use crate::node::{Node, NodeError};
 use crate::ports::PoolError;
 
 pub struct MediaSvc {
-    node: Arc<Node>,
+    pub(crate) node: Arc<Node>,
 }
 
 impl MediaSvc {
@@ -84,18 +84,20 @@ async fn ask<T>(call: &CallHandle, make: impl FnOnce(oneshot::Sender<T>) -> Call
     answer.await.map_err(|_| status(NodeError::CallGone))
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl MediaService for MediaSvc {
     async fn allocate_port(&self, req: Request<AllocatePortRequest>) -> Result<Response<AllocatePortResponse>, Status> {
         let started = Instant::now();
         let trace = trace_id(&req);
+        let meta = req.metadata().clone();
         let call_id = req.into_inner().call_id;
-        let result = self.node.allocate(&call_id).await.map_err(status).map(|a| {
-            info!(trace_id = %trace, call_id = %call_id, port = a.port, "port allocated");
-            Response::new(AllocatePortResponse { rtp_port: a.port as u32, advertised_ip: a.advertised_ip.to_string() })
-        });
+        let result = if self.node.fleet.enabled() && !crate::fleet::is_forwarded(&meta) {
+            self.place(&trace, &meta, call_id).await
+        } else {
+            self.allocate_here(&trace, &call_id).await
+        };
         self.node.metrics.allocate_seconds.observe(started.elapsed().as_secs_f64());
         self.observe("AllocatePort", started, &result);
         result
@@ -104,7 +106,21 @@ impl MediaService for MediaSvc {
     async fn release_port(&self, req: Request<ReleasePortRequest>) -> Result<Response<ReleasePortResponse>, Status> {
         let started = Instant::now();
         let trace = trace_id(&req);
-        let port = req.into_inner().rtp_port;
+        let port = req.get_ref().rtp_port;
+        if let Some(peer) = self.route(req.metadata(), port) {
+            let fleet = &self.node.fleet;
+            let result = async {
+                let fwd = fleet.outbound(req.get_ref().clone(), req.metadata(), Some(crate::fleet::FORWARD_TIMEOUT));
+                fleet.client(&peer.endpoint)?.release_port(fwd).await
+            }
+            .await;
+            let result = self.counted("ReleasePort", result.map(|r| Response::new(r.into_inner())));
+            if result.is_ok() {
+                fleet.forget_port(port);
+            }
+            self.observe("ReleasePort", started, &result);
+            return result;
+        }
         let result = self.node.release(port).await.map_err(status).map(|()| {
             info!(trace_id = %trace, port, "port released");
             Response::new(ReleasePortResponse { success: true })
@@ -116,6 +132,14 @@ impl MediaService for MediaSvc {
     async fn play_audio(&self, req: Request<PlayAudioRequest>) -> Result<Response<PlayAudioResponse>, Status> {
         let started = Instant::now();
         let trace = trace_id(&req);
+        if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
+            // No deadline of our own: the reply waits for the end of playback.
+            let fleet = &self.node.fleet;
+            let result = async { fleet.client(&peer.endpoint)?.play_audio(fleet.outbound(req.get_ref().clone(), req.metadata(), None)).await }.await;
+            let result = self.counted("PlayAudio", result.map(|r| Response::new(r.into_inner())));
+            self.observe("PlayAudio", started, &result);
+            return result;
+        }
         let r = req.into_inner();
         let result = self.play(&trace, r).await;
         self.observe("PlayAudio", started, &result);
@@ -127,6 +151,13 @@ impl MediaService for MediaSvc {
     async fn record_audio(&self, req: Request<RecordAudioRequest>) -> Result<Response<Self::RecordAudioStream>, Status> {
         let started = Instant::now();
         let trace = trace_id(&req);
+        if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
+            let fleet = &self.node.fleet;
+            let result = async { fleet.client(&peer.endpoint)?.record_audio(fleet.outbound(req.get_ref().clone(), req.metadata(), None)).await }.await;
+            let result = self.counted("RecordAudio", result.map(|r| Response::new(Box::pin(r.into_inner()) as Self::RecordAudioStream)));
+            self.observe("RecordAudio", started, &result);
+            return result;
+        }
         let r = req.into_inner();
         let result = async {
             let rate = r.target_sample_rate.unwrap_or(16000);
@@ -149,6 +180,14 @@ impl MediaService for MediaSvc {
     async fn start_recording(&self, req: Request<StartRecordingRequest>) -> Result<Response<StartRecordingResponse>, Status> {
         let started = Instant::now();
         let trace = trace_id(&req);
+        if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
+            let fleet = &self.node.fleet;
+            let fwd = fleet.outbound(req.get_ref().clone(), req.metadata(), Some(crate::fleet::FORWARD_TIMEOUT));
+            let result = async { fleet.client(&peer.endpoint)?.start_recording(fwd).await }.await;
+            let result = self.counted("StartRecording", result.map(|r| Response::new(r.into_inner())));
+            self.observe("StartRecording", started, &result);
+            return result;
+        }
         let r = req.into_inner();
         let result = async {
             let call = self.node.call(r.server_rtp_port).map_err(status)?;
@@ -177,6 +216,14 @@ impl MediaService for MediaSvc {
     async fn stop_recording(&self, req: Request<StopRecordingRequest>) -> Result<Response<StopRecordingResponse>, Status> {
         let started = Instant::now();
         let trace = trace_id(&req);
+        if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
+            // No deadline of our own: the owner answers once the recording is durable.
+            let fleet = &self.node.fleet;
+            let result = async { fleet.client(&peer.endpoint)?.stop_recording(fleet.outbound(req.get_ref().clone(), req.metadata(), None)).await }.await;
+            let result = self.counted("StopRecording", result.map(|r| Response::new(r.into_inner())));
+            self.observe("StopRecording", started, &result);
+            return result;
+        }
         let r = req.into_inner();
         let result = async {
             let call = self.node.call(r.server_rtp_port).map_err(status)?;
@@ -202,13 +249,20 @@ impl MediaService for MediaSvc {
     ) -> Result<Response<Self::StreamAudioToCallStream>, Status> {
         let started = Instant::now();
         let trace = trace_id(&req);
+        let meta = req.metadata().clone();
         let mut inbound = req.into_inner();
         let result = async {
             let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("stream ended before its first message"))?;
             if first.call_id.is_empty() {
                 return Err(Status::invalid_argument("the first message must carry call_id"));
             }
-            let call = self.node.call_by_id(&first.call_id).map_err(status)?;
+            let call = match self.node.call_by_id(&first.call_id) {
+                Ok(c) => c,
+                Err(_) if self.node.fleet.enabled() && !crate::fleet::is_forwarded(&meta) => {
+                    return self.forward_tts(&meta, first, inbound).await;
+                }
+                Err(e) => return Err(status(e)),
+            };
             let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<i16>>(4);
             let (done_tx, done_rx) = oneshot::channel();
             call.commands

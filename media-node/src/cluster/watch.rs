@@ -1,0 +1,80 @@
+//! Watches the MediaNodes of this node's pool (a reflector over one label selector):
+//! the peers feed placement and forwarding, and this node's own object carries the
+//! operator's drain flag. The watch resumes by itself after an API server outage;
+//! meanwhile the last known peers stay in use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use media_crds::{MediaNode, POOL_LABEL, RELEASED_AT_ANNOTATION};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::fleet::Peer;
+use crate::node::Node;
+
+/// A MediaNode as a peer; None for this node, a released slot, or a node that has
+/// not reported where it serves.
+pub fn peer_of(mn: &MediaNode, me: &str) -> Option<Peer> {
+    if mn.name_any() == me || mn.annotations().contains_key(RELEASED_AT_ANNOTATION) {
+        return None;
+    }
+    let st = mn.status.as_ref()?;
+    let endpoint = st.grpc_endpoint.clone().filter(|e| !e.is_empty())?;
+    Some(Peer {
+        name: mn.name_any(),
+        endpoint,
+        udp_min: u16::try_from(mn.spec.udp_min).ok()?,
+        udp_max: u16::try_from(mn.spec.udp_max).ok()?,
+        ready: st.ready && !st.draining && !mn.spec.draining,
+        used: st.ports.allocated + st.ports.quarantined,
+        total: st.ports.total,
+        heartbeat: st.heartbeat_time.as_deref().and_then(|t| t.parse().ok()),
+    })
+}
+
+pub async fn run(node: Arc<Node>, client: Client, namespace: String, name: String, pool: String, shutdown: CancellationToken) {
+    let api: Api<MediaNode> = Api::namespaced(client, &namespace);
+    let (reader, writer) = reflector::store::<MediaNode>();
+    let cfg = watcher::Config::default().labels(&format!("{POOL_LABEL}={pool}"));
+    let stream = reflector(writer, watcher(api, cfg)).default_backoff().touched_objects();
+    futures::pin_mut!(stream);
+    let mut failing = false;
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            item = stream.next() => item,
+        };
+        match item {
+            Some(Ok(_)) => {
+                if failing {
+                    info!("watching the pool's nodes again");
+                    failing = false;
+                }
+                let all = reader.state();
+                if let Some(me) = all.iter().find(|m| m.name_any() == name) {
+                    if me.spec.draining && !node.is_draining() {
+                        info!("operator marked this node draining: taking no new calls");
+                        node.start_draining();
+                    }
+                }
+                let peers: Vec<Peer> = all.iter().filter_map(|m| peer_of(m, &name)).collect();
+                node.fleet.set_peers(peers);
+            }
+            Some(Err(e)) => {
+                if !failing {
+                    warn!(error = %e, "watch of the pool's nodes failed; retrying with the last known peers");
+                    failing = true;
+                }
+            }
+            None => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+        }
+    }
+}
