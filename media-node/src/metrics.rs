@@ -38,6 +38,7 @@ pub struct Metrics {
     pub events_outbox: IntGauge,
     pub placements: IntCounterVec,
     pub forwarded: IntCounterVec,
+    pub fleet_peers: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -97,6 +98,7 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(Opts::new("media_fleet_forwarded_total", "Requests forwarded to the node that holds the port or call"), &["method", "result"]).unwrap(),
             ),
+            fleet_peers: reg(&r, IntGauge::new("media_fleet_peers", "Other nodes of the pool this node knows (from their MediaNodes)").unwrap()),
             registry: r,
         }
     }

@@ -251,3 +251,77 @@ impl Drop for FakeKubelet {
         }
     }
 }
+
+/// Polls `f` four times a second until it yields, or panics naming what never came.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..secs * 4 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// An operator instance run in-process, as a replica of its Deployment would be.
+pub struct Operator {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub http: u16,
+}
+
+pub fn start_operator(client: Client, identity: &str, http: u16) -> Operator {
+    let opts = media_operator::OperatorOptions {
+        namespace: None,
+        lease_namespace: "default".into(),
+        lease_name: "media-operator-leader".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(4),
+        http_addr: format!("127.0.0.1:{http}").parse().unwrap(),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(media_operator::run(client, opts, stop.clone()));
+    Operator { stop, task, http }
+}
+
+impl Operator {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// "leader", "standby", or "" while its HTTP side is not up yet.
+    pub async fn role(&self) -> String {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.http).parse().unwrap();
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return String::new();
+        }
+        crate::http_get(addr, "/leader").await.1.trim().to_string()
+    }
+}
+
+/// Applies the generated CRDs (checked identical to `crds/yaml`) and waits until served.
+pub async fn install_crds(client: &Client) {
+    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    for (file, yaml) in media_crds::crds_yaml() {
+        let committed = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml").join(&file)).unwrap();
+        assert_eq!(committed, yaml);
+        let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_yaml::from_str(&committed).unwrap();
+        api.patch(&crd.name_any(), &kube::api::PatchParams::apply("envtest").force(), &kube::api::Patch::Apply(&crd)).await.expect("the API server accepts the CRD");
+        let name = crd.name_any();
+        eventually("CRD established", 20, || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let c = api.get(&name).await.ok()?;
+                c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            }
+        })
+        .await;
+    }
+}
+

@@ -8,70 +8,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fleet_tests::envtest::{ControlPlane, FakeKubelet};
+use fleet_tests::envtest::{eventually, install_crds, start_operator, ControlPlane, FakeKubelet, Operator};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use media_crds::{MediaNode, MediaPool, POOL_LABEL};
-use media_operator::{run as run_operator, OperatorOptions};
 use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::AllocatePortRequest;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const NS: &str = "fleet";
-
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..secs * 4 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-struct Operator {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    http: u16,
-}
-
-fn start_operator(client: Client, identity: &str, http: u16) -> Operator {
-    let opts = OperatorOptions {
-        namespace: None,
-        lease_namespace: "default".into(),
-        lease_name: "media-operator-leader".into(),
-        identity: identity.into(),
-        lease_duration: Duration::from_secs(4),
-        http_addr: format!("127.0.0.1:{http}").parse().unwrap(),
-    };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run_operator(client, opts, stop.clone()));
-    Operator { stop, task, http }
-}
-
-impl Operator {
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-
-    /// "leader", "standby", or "" while its HTTP side is not up yet.
-    async fn role(&self) -> String {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.http).parse().unwrap();
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            return String::new();
-        }
-        fleet_tests::http_get(addr, "/leader").await.1.trim().to_string()
-    }
-}
 
 async fn pods(client: &Client) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -132,26 +79,6 @@ async fn operator_against_a_real_apiserver() {
 
     kubelet.stop().await;
     drop(cp);
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (file, yaml) in media_crds::crds_yaml() {
-        let committed = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml").join(&file)).unwrap();
-        assert_eq!(committed, yaml);
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&committed).unwrap();
-        api.patch(&crd.name_any(), &PatchParams::apply("envtest").force(), &Patch::Apply(&crd)).await.expect("the API server accepts the CRD");
-        let name = crd.name_any();
-        eventually("CRD established", 20, || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let c = api.get(&name).await.ok()?;
-                c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-            }
-        })
-        .await;
-    }
 }
 
 fn pool_json(replicas: i32, min: i32, max: i32, slot: i32, image: &str) -> serde_json::Value {
@@ -286,7 +213,11 @@ async fn deleted_pod_is_replaced_without_clash(client: &Client) {
 async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane) {
     cp.stop_apiserver();
     let mut grpc = MediaServiceClient::connect("http://127.0.0.1:23000").await.unwrap();
-    let alloc = grpc.allocate_port(AllocatePortRequest { call_id: "during-outage".into() }).await.expect("calls work without the API server");
+    // Pinned to this node (marked as forwarded already): the pool would otherwise
+    // place it on an emptier peer.
+    let mut pinned = tonic::Request::new(AllocatePortRequest { call_id: "during-outage".into() });
+    pinned.metadata_mut().insert("x-media-forwarded-by", "the-test".parse().unwrap());
+    let alloc = grpc.allocate_port(pinned).await.expect("calls work without the API server");
     assert!((23000..23100).contains(&alloc.into_inner().rtp_port));
     tokio::time::sleep(Duration::from_secs(2)).await;
     cp.start_apiserver().await;

@@ -63,6 +63,7 @@ pub async fn run(node: Arc<Node>, client: Client, namespace: String, name: Strin
                     }
                 }
                 let peers: Vec<Peer> = all.iter().filter_map(|m| peer_of(m, &name)).collect();
+                node.metrics.fleet_peers.set(peers.len() as i64);
                 node.fleet.set_peers(peers);
             }
             Some(Err(e)) => {
