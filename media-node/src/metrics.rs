@@ -39,6 +39,7 @@ pub struct Metrics {
     pub placements: IntCounterVec,
     pub forwarded: IntCounterVec,
     pub fleet_peers: IntGauge,
+    pub interarrival_jitter: Histogram,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -99,6 +100,14 @@ impl Metrics {
                 IntCounterVec::new(Opts::new("media_fleet_forwarded_total", "Requests forwarded to the node that holds the port or call"), &["method", "result"]).unwrap(),
             ),
             fleet_peers: reg(&r, IntGauge::new("media_fleet_peers", "Other nodes of the pool this node knows (from their MediaNodes)").unwrap()),
+            interarrival_jitter: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("media_rtp_interarrival_jitter_seconds", "RFC 3550 interarrival jitter of callers' RTP, sampled per call every 5 s and at its end")
+                        .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }

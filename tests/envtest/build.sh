@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the envtest control plane once and caches it under the user's cache dir:
-# kube-apiserver from the Go module proxy at a pinned Kubernetes version, and etcd from
-# Debian's packages. Prints the directory holding both binaries.
+# kube-apiserver and kubectl from the Go module proxy at a pinned Kubernetes version,
+# and etcd from Debian's packages. Prints the directory holding the binaries.
 #
 # k8s.io/kubernetes cannot be `go install`ed (its go.mod replaces the staging modules
 # with local paths), so a tiny wrapper module requires it, maps every staging module
@@ -57,6 +57,33 @@ func main() {
 GO
   (cd "$work" && go mod tidy >&2 && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$CACHE/kube-apiserver.tmp" . >&2)
   mv "$CACHE/kube-apiserver.tmp" "$CACHE/kube-apiserver"
+fi
+
+# kubectl, for what a platform operator runs: `kubectl apply -k deploy/base`. Its
+# command lives in k8s.io/kubernetes, but the published k8s.io/kubectl module has the
+# whole of it, so a two-line main over that module is enough.
+if [ ! -x "$CACHE/kubectl" ]; then
+  echo "envtest: building kubectl v${K8S_VERSION} from the Go module proxy (a few minutes, once)" >&2
+  kwork="$(mktemp -d)"
+  printf 'module envtest/kubectl\n\ngo 1.25\n\nrequire k8s.io/kubectl v%s\n' "${STAGING_VERSION}" > "$kwork/go.mod"
+  cat > "$kwork/main.go" <<'GO'
+package main
+
+import (
+	"k8s.io/component-base/cli"
+	"k8s.io/kubectl/pkg/cmd"
+	"k8s.io/kubectl/pkg/cmd/util"
+)
+
+func main() {
+	if err := cli.RunNoErrOutput(cmd.NewDefaultKubectlCommand()); err != nil {
+		util.CheckErr(err)
+	}
+}
+GO
+  (cd "$kwork" && go mod tidy >&2 && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$CACHE/kubectl.tmp" . >&2)
+  rm -rf "$kwork"
+  mv "$CACHE/kubectl.tmp" "$CACHE/kubectl"
 fi
 
 echo "$CACHE"

@@ -285,6 +285,11 @@ async fn malformed_datagrams_are_counted_and_the_call_survives() {
     assert!(metric_value(&m, "media_rtp_malformed_total") >= 5.0, "{m}");
     assert!(metric_value(&m, "media_rtcp_packets_total") >= 2.0);
     assert!(metric_value(&m, "media_rtp_packets_total{direction=\"in\"}") >= 50.0);
+    // The ended call's RFC 3550 jitter is in the histogram: a paced sender on loopback
+    // stays under 20 ms.
+    let m = node.metrics().await;
+    assert!(metric_value(&m, "media_rtp_interarrival_jitter_seconds_count") >= 1.0, "{m}");
+    assert!(metric_value(&m, "media_rtp_interarrival_jitter_seconds_bucket{le=\"0.02\"}") >= 1.0, "{m}");
 }
 
 #[tokio::test]

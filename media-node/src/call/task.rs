@@ -116,6 +116,9 @@ pub fn spawn_call(
     Arc::new(CallHandle { port, call_id, started, commands: tx, task: tokio::sync::Mutex::new(Some(join)) })
 }
 
+/// How often a call's interarrival jitter is sampled into the histogram.
+const JITTER_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct CallTask {
     session: Session,
     sockets: CallSockets,
@@ -139,6 +142,7 @@ impl CallTask {
         info!("call started");
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
+        let mut jitter_sampled = Instant::now();
         loop {
             let wants_stream = self.session.stream_queued() < STREAM_HIGH_WATER;
             tokio::select! {
@@ -163,9 +167,18 @@ impl CallTask {
                 _ = sleep_until(self.session.poll_timeout().into()) => {
                     self.session.handle_tick(Instant::now(), &mut self.out);
                     self.metrics.add_session_counters(&self.session.take_counters());
+                    if jitter_sampled.elapsed() >= JITTER_SAMPLE {
+                        jitter_sampled = Instant::now();
+                        if let Some(j) = self.session.interarrival_jitter() {
+                            self.metrics.interarrival_jitter.observe(j);
+                        }
+                    }
                 },
             }
             self.flush().await;
+        }
+        if let Some(j) = self.session.interarrival_jitter() {
+            self.metrics.interarrival_jitter.observe(j);
         }
         self.session.close(&mut self.out);
         self.flush().await;

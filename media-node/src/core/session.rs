@@ -124,6 +124,7 @@ pub struct Session {
     counters: Counters,
     reported_jitter: super::jitter::JitterStats,
     reported_skips: u64,
+    interarrival: super::interarrival::Interarrival,
     encode_buf: Vec<u8>,
 }
 
@@ -145,6 +146,7 @@ impl Session {
             counters: Counters::default(),
             reported_jitter: Default::default(),
             reported_skips: 0,
+            interarrival: Default::default(),
             encode_buf: Vec::with_capacity(FRAME_SAMPLES),
         }
     }
@@ -231,7 +233,14 @@ impl Session {
         if self.echo {
             self.playback.push_echo(&pcm);
         }
+        self.interarrival.on_packet(now, packet.ssrc, packet.timestamp);
         self.jitter.on_packet(now, packet.ssrc, packet.timestamp, pcm, &mut out.heard);
+    }
+
+    /// RFC 3550 interarrival jitter of the caller's RTP so far, in seconds (None before
+    /// any packet).
+    pub fn interarrival_jitter(&self) -> Option<f64> {
+        self.interarrival.has_data().then(|| self.interarrival.seconds())
     }
 
     pub fn handle_tick(&mut self, now: Instant, out: &mut Outputs) {
