@@ -25,7 +25,10 @@ if [ ! -x "$CACHE/etcd" ]; then
   ln -sf "$(command -v etcd || echo /usr/bin/etcd)" "$CACHE/etcd"
 fi
 
-if [ ! -x "$CACHE/kube-apiserver" ]; then
+# The version is stamped at link time, as Kubernetes' release build does; without it
+# the server calls itself v0.0.0 and Helm refuses charts that set kubeVersion.
+VERSION_LDFLAGS="-X k8s.io/component-base/version.gitVersion=v${K8S_VERSION} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
+if [ ! -x "$CACHE/kube-apiserver" ] || ! "$CACHE/kube-apiserver" --version 2>/dev/null | grep -q "v${K8S_VERSION}\$"; then
   echo "envtest: building kube-apiserver v${K8S_VERSION} from the Go module proxy (about ten minutes, once)" >&2
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
@@ -55,7 +58,7 @@ func main() {
 	os.Exit(cli.Run(app.NewAPIServerCommand()))
 }
 GO
-  (cd "$work" && go mod tidy >&2 && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$CACHE/kube-apiserver.tmp" . >&2)
+  (cd "$work" && go mod tidy >&2 && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w ${VERSION_LDFLAGS}" -o "$CACHE/kube-apiserver.tmp" . >&2)
   mv "$CACHE/kube-apiserver.tmp" "$CACHE/kube-apiserver"
 fi
 

@@ -28,7 +28,7 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn binaries() -> PathBuf {
+pub fn binaries() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envtest/build.sh");
     let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("envtest/build.sh runs");
     assert!(out.status.success(), "envtest/build.sh failed");
@@ -126,14 +126,72 @@ impl ControlPlane {
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
-        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(cfg)?)
+        client_from(&self.kubeconfig).await
+    }
+
+    /// A kubeconfig for this API server that authenticates with `token` (e.g. a
+    /// ServiceAccount's), written next to the admin one.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context:\n    cluster: envtest\n    user: {name}\n    namespace: default\ncurrent-context: {name}\n",
+                self.url
+            ),
+        )
+        .unwrap();
+        path
     }
 
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Runs the cached kubectl against this API server as admin.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binaries().join("kubectl")).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().expect("kubectl runs")
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(path)?;
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(cfg)?)
+}
+
+/// A token for a ServiceAccount, from the API server's TokenRequest (as kubelet gets
+/// one for a pod).
+pub async fn service_account_token(admin: &Client, namespace: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    let req = TokenRequest { spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }), ..Default::default() };
+    let tr = api.create_token_request(name, &kube::api::PostParams::default(), &req).await.expect("TokenRequest");
+    tr.status.and_then(|s| s.token).expect("token issued")
+}
+
+/// Asks the API server (SubjectAccessReview) whether a ServiceAccount may do something.
+pub async fn can(admin: &Client, sa_namespace: &str, sa: &str, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> bool {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{sa_namespace}:{sa}")),
+            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{sa_namespace}"), "system:authenticated".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: namespace.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(admin.clone());
+    let r = api.create(&kube::api::PostParams::default(), &review).await.expect("SubjectAccessReview");
+    r.status.is_some_and(|s| s.allowed)
 }
 
 impl Drop for ControlPlane {
@@ -195,7 +253,9 @@ impl FakeKubelet {
                                 cmd.env(&e.name, v);
                             }
                         }
-                        // Loopback stands in for the host network.
+                        // Loopback stands in for the host network; the pod's spool
+                        // volume is a folder of its own.
+                        cmd.env("RECORDINGS_SPOOL_DIR", assets.join(format!("{name}-spool")));
                         cmd.env("KUBECONFIG", &kubeconfig)
                             .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
                             .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
@@ -275,9 +335,15 @@ pub struct Operator {
 }
 
 pub fn start_operator(client: Client, identity: &str, http: u16) -> Operator {
+    start_operator_leasing_in(client, identity, http, "default")
+}
+
+/// An operator whose leader Lease lives in `lease_namespace` (its own namespace, as
+/// when it runs from the chart or the kustomize base).
+pub fn start_operator_leasing_in(client: Client, identity: &str, http: u16, lease_namespace: &str) -> Operator {
     let opts = media_operator::OperatorOptions {
         namespace: None,
-        lease_namespace: "default".into(),
+        lease_namespace: lease_namespace.into(),
         lease_name: "media-operator-leader".into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(4),

@@ -2,6 +2,7 @@
 //! own assets folder and port range, a gRPC client to it, and plain HTTP reads.
 
 pub mod envtest;
+pub mod helm;
 pub mod rabbitmq;
 pub mod s3;
 

@@ -15,6 +15,8 @@ use crate::decide::slots::SlotPorts;
 /// The gRPC port callers use on the pool's Service (the platform's default).
 pub const SERVICE_GRPC_PORT: i32 = 13031;
 pub const SERVICE_METRICS_PORT: i32 = 13032;
+/// Where node pods keep recordings until storage confirms them.
+pub const SPOOL_DIR: &str = "/var/spool/media-node";
 /// Name of the node pods' ServiceAccount in each pool namespace.
 pub const NODE_SERVICE_ACCOUNT: &str = "media-node";
 /// ClusterRole (installed with the operator) that lets a node read Kubernetes Nodes.
@@ -72,6 +74,7 @@ pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &
         json!({"name": "MEDIA_SERVICE_DRAIN_SECONDS", "value": spec.drain_timeout_seconds.to_string()}),
         json!({"name": "MEDIA_NODE_NAME", "value": name}),
         json!({"name": "MEDIA_POOL_NAME", "value": pool.name_any()}),
+        json!({"name": "RECORDINGS_SPOOL_DIR", "value": SPOOL_DIR}),
         json!({"name": "MEDIA_ADVERTISE_SOURCE", "value": match spec.advertise.source {
             AddressSource::ExternalIP => "ExternalIP", AddressSource::InternalIP => "InternalIP", AddressSource::Explicit => "Explicit" }}),
     ];
@@ -117,6 +120,7 @@ pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &
         "readinessProbe": { "grpc": { "port": ports.grpc_port() }, "periodSeconds": 2, "failureThreshold": 1 },
         "livenessProbe": { "httpGet": { "path": "/healthz", "port": ports.metrics_port() }, "periodSeconds": 10, "failureThreshold": 3 },
         "securityContext": { "allowPrivilegeEscalation": false, "runAsNonRoot": true, "capabilities": { "drop": ["ALL"] } },
+        "volumeMounts": [{ "name": "spool", "mountPath": SPOOL_DIR }],
     });
     if let Some(p) = &t.image_pull_policy {
         container["imagePullPolicy"] = json!(p);
@@ -130,6 +134,9 @@ pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &
         "serviceAccountName": NODE_SERVICE_ACCOUNT,
         "terminationGracePeriodSeconds": spec.drain_timeout_seconds as i64 + 30,
         "containers": [container],
+        // The recording spool outlives a crash of the process (the pod stays); the pod
+        // itself is deleted only once the node reports no recording left to store.
+        "volumes": [{ "name": "spool", "emptyDir": {} }],
     });
     if let Some(ns) = &t.node_selector {
         pod_spec["nodeSelector"] = json!(ns);
