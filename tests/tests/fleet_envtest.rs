@@ -411,9 +411,12 @@ async fn autoscaler(client: &Client) {
         ports.push(g.allocate_port(AllocatePortRequest { call_id: format!("busy-{i}") }).await.unwrap().into_inner().rtp_port);
     }
     eventually("scaled up to 2", 30, || async { (pool(client).await.spec.replicas == 2).then_some(()) }).await;
-    let s = pool(client).await.status.unwrap().autoscaling.unwrap();
-    assert_eq!(s.desired_replicas, 2);
-    assert!(s.last_scale_time.is_some());
+    let s = eventually("the autoscaler's status", 20, || async {
+        let s = pool(client).await.status?.autoscaling?;
+        (s.desired_replicas == 2).then_some(s)
+    })
+    .await;
+    assert!(s.last_scale_time.is_some() && s.used_sessions >= 25, "{s:?}");
     serving(client, 2).await;
     let events = Api::<Event>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap().items;
     assert!(events.iter().any(|e| e.reason.as_deref() == Some("Autoscaled")), "the autoscaler records what it did");
