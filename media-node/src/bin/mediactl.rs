@@ -51,7 +51,8 @@ enum Cmd {
         metrics_url: String,
     },
     /// Load run: N concurrent calls with prompt, live listen and recording; prints
-    /// loss, pacing jitter, AllocatePort latency and the node's CPU and memory.
+    /// loss, pacing jitter, latency in to listener, AllocatePort latency and the
+    /// engine's CPU and memory. See BENCHMARKS.md.
     Load {
         #[arg(long, default_value_t = 100)]
         calls: usize,
@@ -62,6 +63,17 @@ enum Cmd {
         target: Option<String>,
         #[arg(long, default_value = "load-output")]
         work: PathBuf,
+        /// Ramp: run each of these call counts in turn (e.g. 250,500,1000) and report
+        /// the largest that holds (loss < 0.1 %, p99 jitter < 2 ms). Overrides --calls.
+        #[arg(long, value_delimiter = ',')]
+        ramp: Vec<usize>,
+        /// Also run the same calls through rtpengine (Debian's rtpengine-daemon, in
+        /// userspace) and print the CPU-per-call ratio.
+        #[arg(long)]
+        compare_rtpengine: bool,
+        /// Only rtpengine.
+        #[arg(long, conflicts_with = "compare_rtpengine")]
+        rtpengine_only: bool,
     },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
@@ -88,9 +100,34 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { metrics_url } => stats(&metrics_url).await,
-        Cmd::Load { calls, seconds, target, work } => {
-            let report = media_node::tools::load::run(media_node::tools::load::LoadOptions { calls, seconds, target, work_dir: work }).await?;
-            print!("{report}");
+        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only } => {
+            use media_node::tools::load::{self, Engine, LoadOptions};
+            let levels = if ramp.is_empty() { vec![calls] } else { ramp };
+            let mut engines = Vec::new();
+            if !rtpengine_only {
+                engines.push(Engine::MediaNode);
+            }
+            if compare_rtpengine || rtpengine_only {
+                engines.push(Engine::Rtpengine);
+            }
+            let mut all = Vec::new();
+            for engine in engines {
+                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine }, &levels).await?;
+                if levels.len() > 1 {
+                    match best {
+                        Some(n) => println!("{}: the largest level that held: {n} calls", engine.name()),
+                        None => println!("{}: no level held", engine.name()),
+                    }
+                }
+                all.push(reports);
+            }
+            if let [ours, theirs] = all.as_slice() {
+                for (a, b) in ours.iter().zip(theirs) {
+                    if let (Some(x), Some(y)) = (a.cpu_ms_per_call_second(), b.cpu_ms_per_call_second()) {
+                        println!("{} calls: CPU per call media-node/rtpengine = {:.3}/{:.3} ms per call-second = {:.2}", a.calls, x, y, x / y);
+                    }
+                }
+            }
             Ok(())
         }
         cmd => {

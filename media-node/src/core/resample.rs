@@ -21,7 +21,8 @@ struct Filter {
     up: usize,
     down: usize,
     taps: usize,
-    /// Phase-major: coeffs[phase * taps + j] multiplies x[i - j].
+    /// Phase-major and time-reversed: coeffs[phase * taps + k] multiplies the k-th
+    /// oldest of the last `taps` inputs, so the dot product runs forward over both.
     coeffs: Vec<f32>,
     /// Group delay in output samples.
     delay_out: usize,
@@ -75,10 +76,24 @@ fn design(up: usize, down: usize) -> Filter {
     for phase in 0..up {
         let sum: f64 = (0..taps).map(|j| proto[phase + j * up]).sum();
         for j in 0..taps {
-            coeffs[phase * taps + j] = (proto[phase + j * up] / sum) as f32;
+            coeffs[phase * taps + (taps - 1 - j)] = (proto[phase + j * up] / sum) as f32;
         }
     }
     Filter { up, down, taps, coeffs, delay_out: centre / down }
+}
+
+/// Dot product in eight independent lanes (taps are a multiple of 8), which the
+/// compiler turns into SIMD; a single running sum would pin it to one scalar chain.
+#[inline]
+fn dot(c: &[f32], x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for (cc, xx) in c.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for k in 0..8 {
+            lanes[k] += cc[k] * xx[k];
+        }
+    }
+    let tail: f32 = c.chunks_exact(8).remainder().iter().zip(x.chunks_exact(8).remainder()).map(|(a, b)| a * b).sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -136,9 +151,9 @@ impl Resampler {
             let phase = self.next_up % f.up;
             let c = &f.coeffs[phase * f.taps..(phase + 1) * f.taps];
             let x = &self.buf[i + 1 - f.taps..=i];
-            // x is oldest-first, c[j] multiplies x[i - j].
-            let acc: f32 = c.iter().zip(x.iter().rev()).map(|(a, b)| a * b).sum();
-            out.push(acc.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16);
+            let acc = dot(c, x);
+            // Round half away from zero; `as` saturates to the i16 range.
+            out.push((acc + 0.5f32.copysign(acc)) as i16);
             self.next_up += f.down;
         }
         let keep_from = (self.next_up / f.up).saturating_sub(f.taps - 1).min(self.buf.len());

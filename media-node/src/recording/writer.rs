@@ -144,11 +144,15 @@ impl RecordingWriter {
             self.resamplers[c].process_into(&self.channel_buf[c], &mut self.out_buf[c]);
         }
         let frames = self.out_buf[0].len();
+        // One buffered block per flush: hound's per-sample path checks and pads every
+        // sample, which showed up in load profiles.
+        let mut block = self.wav.get_i16_writer((frames * n) as u32);
         for i in 0..frames {
             for c in 0..n {
-                self.wav.write_sample(self.out_buf[c][i]).map_err(std::io::Error::other)?;
+                block.write_sample(self.out_buf[c][i]);
             }
         }
+        block.flush().map_err(std::io::Error::other)?;
         self.frames_written += frames as u64;
         Ok(())
     }

@@ -73,9 +73,14 @@ impl RtpCaller {
 
     /// Sends 8 kHz PCM as 20 ms packets paced on an absolute schedule. Returns packets sent.
     pub async fn send_speech(&self, to: SocketAddr, pcm: &[i16], codec: Codec, ssrc: u32) -> std::io::Result<usize> {
+        Ok(self.send_speech_timed(to, pcm, codec, ssrc).await?.len())
+    }
+
+    /// As `send_speech`, returning when each packet left (for latency measurements).
+    pub async fn send_speech_timed(&self, to: SocketAddr, pcm: &[i16], codec: Codec, ssrc: u32) -> std::io::Result<Vec<Instant>> {
         let start = tokio::time::Instant::now();
         let mut payload = Vec::new();
-        let mut sent = 0;
+        let mut sent = Vec::with_capacity(pcm.len() / 160 + 1);
         for (k, frame) in pcm.chunks(160).enumerate() {
             tokio::time::sleep_until(start + Duration::from_millis(20 * k as u64)).await;
             codec.encode_into(frame, &mut payload);
@@ -87,7 +92,7 @@ impl RtpCaller {
                 ssrc,
             };
             self.socket.send_to(&rtp::build(header, &payload), to).await?;
-            sent += 1;
+            sent.push(Instant::now());
         }
         Ok(sent)
     }

@@ -1,9 +1,15 @@
-//! A load run: N concurrent calls against a media node, each with a caller sending
-//! 20 ms PCMU speech, a prompt played back by the node, a live listener on the
-//! caller's audio and a mixed recording. Measures what decides a fleet's cost: loss
-//! both ways, pacing jitter of what the node sends, AllocatePort latency, and the
-//! node's CPU seconds and peak RSS (read from /proc when the node runs as a process
-//! we started). The figures go to BENCHMARKS.md; nothing here asserts a speed.
+//! A load run: N concurrent calls against a media engine, each with a caller sending
+//! 20 ms PCMU speech, a prompt played back to the caller, a live listener on the
+//! caller's audio and a recording. Measures what decides a fleet's cost: loss both
+//! ways, pacing jitter of what the engine sends, latency from an RTP packet in to its
+//! audio out to the listener, AllocatePort latency, and the engine's CPU seconds and
+//! peak RSS (from /proc, for a process this tool started).
+//!
+//! The engine is a media node, or rtpengine (Debian's `rtpengine-daemon`, userspace,
+//! driven over its ng protocol: offer/answer between the caller and an "agent" socket
+//! that stands in for the listener, `play media` for the prompt, `start recording`,
+//! `delete`), so both are measured the same way in one run. The figures go to
+//! BENCHMARKS.md; nothing here asserts a speed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,16 +26,38 @@ use crate::audio::decode::wav_bytes;
 use crate::core::g711::Codec;
 use crate::tools::caller::RtpCaller;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    MediaNode,
+    Rtpengine,
+}
+
+impl Engine {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::MediaNode => "media-node",
+            Engine::Rtpengine => "rtpengine",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub calls: usize,
     pub seconds: f64,
     /// gRPC URL of a running node; None starts the media-node binary beside this one.
     pub target: Option<String>,
     pub work_dir: PathBuf,
+    pub engine: Engine,
 }
 
-#[derive(Debug, Default)]
+/// What counts as holding up: under 0.1 % loss both ways and 2 ms p99 pacing jitter.
+pub const MAX_LOSS: f64 = 0.001;
+pub const MAX_JITTER_P99_MS: f64 = 2.0;
+
+#[derive(Debug, Default, Clone)]
 pub struct LoadReport {
+    pub engine: &'static str,
     pub calls: usize,
     pub seconds: f64,
     pub caller_to_node_loss: f64,
@@ -39,6 +67,10 @@ pub struct LoadReport {
     pub jitter_max_ms: f64,
     pub allocate_p50_ms: f64,
     pub allocate_p99_ms: f64,
+    /// From an RTP packet sent by the caller to its audio reaching the listener.
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
     pub node_cpu_seconds: Option<f64>,
     pub node_peak_rss_mb: Option<f64>,
     pub listener_frames: u64,
@@ -48,16 +80,35 @@ pub struct LoadReport {
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "calls {} for {:.0} s (prompt + live listen 16 kHz + mono recording each)", self.calls, self.seconds)?;
-        writeln!(f, "  loss caller->node {:.3} %, node->caller {:.3} %", self.caller_to_node_loss * 100.0, self.node_to_caller_loss * 100.0)?;
-        writeln!(f, "  node pacing jitter p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.jitter_p50_ms, self.jitter_p99_ms, self.jitter_max_ms)?;
-        writeln!(f, "  AllocatePort p50 {:.3} ms, p99 {:.3} ms", self.allocate_p50_ms, self.allocate_p99_ms)?;
+        let what = match self.engine {
+            "rtpengine" => "play media + relay to the agent + pcap recording",
+            _ => "prompt + live listen 16 kHz + mono recording",
+        };
+        writeln!(f, "{}: {} calls for {:.0} s ({what} each)", self.engine, self.calls, self.seconds)?;
+        writeln!(f, "  loss caller->engine {:.3} %, engine->caller {:.3} %", self.caller_to_node_loss * 100.0, self.node_to_caller_loss * 100.0)?;
+        writeln!(f, "  pacing jitter of what it sends: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.jitter_p50_ms, self.jitter_p99_ms, self.jitter_max_ms)?;
+        writeln!(f, "  latency RTP in -> listener: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms)?;
+        if self.engine == "media-node" {
+            writeln!(f, "  AllocatePort at 1,000/s: p50 {:.3} ms, p99 {:.3} ms", self.allocate_p50_ms, self.allocate_p99_ms)?;
+        }
         if let (Some(cpu), Some(rss)) = (self.node_cpu_seconds, self.node_peak_rss_mb) {
             let share = cpu / self.wall_seconds.max(1e-9);
-            writeln!(f, "  node CPU {:.2} s over {:.1} s ({:.1} % of one core), peak RSS {:.1} MB", cpu, self.wall_seconds, share * 100.0, rss)?;
+            writeln!(f, "  CPU {:.2} s over {:.1} s ({:.1} % of one core), {:.2} ms of CPU per call-second, peak RSS {:.1} MB", cpu, self.wall_seconds, share * 100.0, self.cpu_ms_per_call_second().unwrap_or(f64::NAN), rss)?;
             writeln!(f, "  => about {:.0} such calls per core at this load", self.calls as f64 / share.max(1e-9))?;
         }
-        writeln!(f, "  listener frames received {}", self.listener_frames)
+        writeln!(f, "  listener frames received {}; holds up (loss < 0.1 %, p99 jitter < 2 ms): {}", self.listener_frames, if self.holds() { "yes" } else { "no" })
+    }
+}
+
+impl LoadReport {
+    /// Under 0.1 % loss both ways and 2 ms p99 pacing jitter.
+    pub fn holds(&self) -> bool {
+        !(self.caller_to_node_loss >= MAX_LOSS) && self.node_to_caller_loss < MAX_LOSS && self.jitter_p99_ms < MAX_JITTER_P99_MS
+    }
+
+    /// CPU per call per second of call: comparable across engines and run lengths.
+    pub fn cpu_ms_per_call_second(&self) -> Option<f64> {
+        self.node_cpu_seconds.map(|c| c * 1000.0 / (self.calls.max(1) as f64 * self.seconds.max(1e-9)))
     }
 }
 
@@ -111,14 +162,92 @@ fn start_node(work: &std::path::Path, calls: usize) -> anyhow::Result<(NodeProce
 }
 
 struct CallResult {
-    sent: usize,
+    sent_at: Vec<Instant>,
     received_arrivals: Vec<Instant>,
     expected_from_node: usize,
-    listener_frames: u64,
+    /// When each frame (or relayed packet) reached the listener.
+    listener_arrivals: Vec<Instant>,
+}
+
+/// Speech with a low noise floor, so every packet carries audio a listener can tell
+/// from the silence a node plays while no packet is due.
+fn never_silent(mut pcm: Vec<i16>) -> Vec<i16> {
+    for (i, s) in pcm.iter_mut().enumerate() {
+        *s = s.saturating_add(if i % 2 == 0 { 64 } else { -64 });
+    }
+    pcm
+}
+
+/// Latency of packet i = when the listener got the i-th frame with audio in it - when
+/// packet i left (one 20 ms frame per packet).
+fn latencies(r: &CallResult, out: &mut Vec<f64>) {
+    for (sent, heard) in r.sent_at.iter().zip(&r.listener_arrivals) {
+        out.push(heard.saturating_duration_since(*sent).as_secs_f64() * 1000.0);
+    }
 }
 
 
 pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
+    match opts.engine {
+        Engine::MediaNode => run_media_node(opts).await,
+        Engine::Rtpengine => run_rtpengine(opts).await,
+    }
+}
+
+/// Runs each level in turn (a fresh engine each time) and returns every report and the
+/// largest level that held.
+pub async fn ramp(opts: LoadOptions, levels: &[usize]) -> anyhow::Result<(Vec<LoadReport>, Option<usize>)> {
+    let mut reports = Vec::new();
+    let mut best = None;
+    for &calls in levels {
+        let r = run(LoadOptions { calls, work_dir: opts.work_dir.join(format!("{}-{calls}", opts.engine.name())), ..opts.clone() }).await?;
+        println!("{r}");
+        if r.holds() {
+            best = Some(calls);
+        }
+        reports.push(r);
+    }
+    Ok((reports, best))
+}
+
+fn summarise(engine: Engine, opts: &LoadOptions, results: &[CallResult], mut alloc_ms: Vec<f64>, caller_to_engine_loss: f64, usage: (Option<(f64, f64)>, Option<(f64, f64)>), wall: f64) -> LoadReport {
+    let mut jitter = Vec::new();
+    let mut latency = Vec::new();
+    let (mut expected, mut received, mut frames) = (0usize, 0usize, 0u64);
+    for r in results {
+        expected += r.expected_from_node;
+        received += r.received_arrivals.len();
+        frames += r.listener_arrivals.len() as u64;
+        for w in r.received_arrivals.windows(2) {
+            jitter.push((w[1].duration_since(w[0]).as_secs_f64() * 1000.0 - 20.0).abs());
+        }
+        latencies(r, &mut latency);
+    }
+    LoadReport {
+        engine: engine.name(),
+        calls: opts.calls,
+        seconds: opts.seconds,
+        caller_to_node_loss: caller_to_engine_loss,
+        node_to_caller_loss: (1.0 - received as f64 / expected.max(1) as f64).max(0.0),
+        jitter_p50_ms: percentile(&mut jitter, 0.5),
+        jitter_p99_ms: percentile(&mut jitter, 0.99),
+        jitter_max_ms: percentile(&mut jitter, 1.0),
+        allocate_p50_ms: percentile(&mut alloc_ms, 0.5),
+        allocate_p99_ms: percentile(&mut alloc_ms, 0.99),
+        latency_p50_ms: percentile(&mut latency, 0.5),
+        latency_p99_ms: percentile(&mut latency, 0.99),
+        latency_max_ms: percentile(&mut latency, 1.0),
+        node_cpu_seconds: match usage {
+            (Some((a, _)), Some((b, _))) => Some(b - a),
+            _ => None,
+        },
+        node_peak_rss_mb: usage.1.map(|u| u.1),
+        listener_frames: frames,
+        wall_seconds: wall,
+    }
+}
+
+async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     std::fs::create_dir_all(&opts.work_dir)?;
     let (node, endpoint) = match &opts.target {
         Some(t) => (None, t.clone()),
@@ -162,7 +291,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         ports.push(a);
     }
 
-    let speech = synth_speech(8000, opts.seconds, 3);
+    let speech = never_silent(synth_speech(8000, opts.seconds, 3));
     let mut tasks = Vec::new();
     for (i, a) in ports.into_iter().enumerate() {
         let mut c = client.clone();
@@ -175,29 +304,34 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             c.play_audio(PlayAudioRequest { audio_uri: "control://set_target".into(), server_rtp_port: a.rtp_port, rtp_target_addr: caller.local_addr().to_string() }).await?;
             let mut listen = c.record_audio(RecordAudioRequest { server_rtp_port: a.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner();
             let listener = tokio::spawn(async move {
-                let mut frames = 0u64;
-                while let Ok(Some(_)) = listen.message().await {
-                    frames += 1;
+                // Frames that carry the caller's (never silent) audio, in order; frames
+                // of pure silence are the node filling time before, between or after
+                // packets, and are not any packet's audio.
+                let mut arrivals = Vec::new();
+                while let Ok(Some(f)) = listen.message().await {
+                    if f.audio_data.iter().any(|&b| b != 0) {
+                        arrivals.push(Instant::now());
+                    }
                 }
-                frames
+                arrivals
             });
             c.start_recording(StartRecordingRequest { server_rtp_port: a.rtp_port, output_uri: "file://load".into(), call_id: format!("load-{i}"), ..Default::default() }).await?;
             let mut player = c.clone();
             let play = tokio::spawn(async move {
                 player.play_audio(PlayAudioRequest { audio_uri: prompt_uri, server_rtp_port: a.rtp_port, rtp_target_addr: String::new() }).await
             });
-            let sent = caller.send_speech(node_rtp, &speech, Codec::Pcmu, i as u32).await?;
+            let sent_at = caller.send_speech_timed(node_rtp, &speech, Codec::Pcmu, i as u32).await?;
             let _ = play.await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             c.stop_recording(StopRecordingRequest { server_rtp_port: a.rtp_port }).await?;
             c.release_port(ReleasePortRequest { rtp_port: a.rtp_port }).await?;
-            let listener_frames = listener.await.unwrap_or(0);
+            let listener_arrivals = listener.await.unwrap_or_default();
             let received = caller.take_received();
             anyhow::Ok(CallResult {
-                sent,
+                sent_at,
                 expected_from_node: speech.len().div_ceil(160),
                 received_arrivals: received.iter().map(|p| p.at).collect(),
-                listener_frames,
+                listener_arrivals,
             })
         }));
     }
@@ -215,35 +349,118 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         None => None,
     };
 
-    let mut jitter = Vec::new();
-    let (mut sent, mut expected, mut received, mut frames) = (0usize, 0usize, 0usize, 0u64);
-    for r in &results {
-        sent += r.sent;
-        expected += r.expected_from_node;
-        received += r.received_arrivals.len();
-        frames += r.listener_frames;
-        for w in r.received_arrivals.windows(2) {
-            jitter.push((w[1].duration_since(w[0]).as_secs_f64() * 1000.0 - 20.0).abs());
-        }
-    }
+    let sent: usize = results.iter().map(|r| r.sent_at.len()).sum();
     // What the node took in (its own counter) against what the callers sent.
     let caller_to_node_loss = node_in.map_or(f64::NAN, |n| (1.0 - n / sent.max(1) as f64).max(0.0));
-    Ok(LoadReport {
-        calls: opts.calls,
-        seconds: opts.seconds,
-        caller_to_node_loss,
-        node_to_caller_loss: (1.0 - received as f64 / expected.max(1) as f64).max(0.0),
-        jitter_p50_ms: percentile(&mut jitter, 0.5),
-        jitter_p99_ms: percentile(&mut jitter, 0.99),
-        jitter_max_ms: percentile(&mut jitter, 1.0),
-        allocate_p50_ms: percentile(&mut alloc_ms, 0.5),
-        allocate_p99_ms: percentile(&mut alloc_ms, 0.99),
-        node_cpu_seconds: match (cpu_before, usage) {
-            (Some((a, _)), Some((b, _))) => Some(b - a),
-            _ => None,
-        },
-        node_peak_rss_mb: usage.map(|u| u.1),
-        listener_frames: frames,
-        wall_seconds: wall,
-    })
+    Ok(summarise(Engine::MediaNode, &opts, &results, alloc_ms, caller_to_node_loss, (cpu_before, usage), wall))
+}
+
+/// rtpengine's ng control port in load runs.
+const RTPENGINE_NG: &str = "127.0.0.1:29033";
+
+fn start_rtpengine(work: &std::path::Path) -> anyhow::Result<NodeProcess> {
+    let rec = work.join("rtpengine-recordings");
+    std::fs::create_dir_all(&rec)?;
+    let log = std::fs::File::create(work.join("rtpengine.log"))?;
+    // Userspace only (--table=-1: no kernel forwarding), on loopback, recording to pcap
+    // files (the only recording method that needs neither the kernel module nor the
+    // separate recording daemon).
+    let child = Command::new("rtpengine")
+        .args(["--foreground", "--log-stderr", "--log-level=4", "--table=-1", "--interface=127.0.0.1"])
+        .arg(format!("--listen-ng={RTPENGINE_NG}"))
+        .args(["--port-min=10000", "--port-max=19999", "--delete-delay=0", "--recording-method=pcap"])
+        .arg(format!("--recording-dir={}", rec.display()))
+        .arg(format!("--pidfile={}", work.join("rtpengine.pid").display()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting rtpengine (Debian package rtpengine-daemon)")?;
+    Ok(NodeProcess(child))
+}
+
+async fn rtpengine_ready(ng: SocketAddr) -> anyhow::Result<()> {
+    use super::ng::Bencode;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let mut msg = b"ping0 ".to_vec();
+    Bencode::dict([("command", Bencode::str("ping"))]).encode(&mut msg);
+    let mut buf = [0u8; 512];
+    for _ in 0..50 {
+        socket.send_to(&msg, ng).await?;
+        if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await {
+            if buf[..n].windows(4).any(|w| w == b"pong") {
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("rtpengine did not answer ping on {ng}")
+}
+
+async fn run_rtpengine(opts: LoadOptions) -> anyhow::Result<LoadReport> {
+    use super::ng::{pcmu_sdp, sdp_audio_port, Bencode, NgClient};
+    std::fs::create_dir_all(&opts.work_dir)?;
+    let engine = start_rtpengine(&opts.work_dir)?;
+    let ng: SocketAddr = RTPENGINE_NG.parse()?;
+    rtpengine_ready(ng).await?;
+    let prompt = opts.work_dir.join("prompt.wav");
+    std::fs::write(&prompt, wav_bytes(&synth_prompt(8000, opts.seconds), 8000))?;
+    let prompt = prompt.canonicalize()?.display().to_string();
+    let cpu_before = proc_usage(engine.0.id());
+    let wall = Instant::now();
+
+    // Set up every call first (at 1,000 a second, as AllocatePort is paced), then run
+    // the media, so both engines carry all N calls at once.
+    let speech = never_silent(synth_speech(8000, opts.seconds, 3));
+    let start = tokio::time::Instant::now();
+    let media_start = start + Duration::from_micros(1000) * opts.calls as u32 + Duration::from_millis(500);
+    let mut tasks = Vec::new();
+    for i in 0..opts.calls {
+        let (speech, prompt) = (speech.clone(), prompt.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start + Duration::from_micros(1000) * i as u32).await;
+            let mut ctl = NgClient::connect(ng).await?;
+            let caller = RtpCaller::bind("127.0.0.1:0".parse()?).await?;
+            let agent = RtpCaller::bind("127.0.0.1:0".parse()?).await?;
+            let call_id = format!("load-{i}");
+            let (from, to) = (format!("caller-{i}"), format!("agent-{i}"));
+            let base = |cmd: &str| vec![("command", Bencode::str(cmd)), ("call-id", Bencode::str(&call_id)), ("from-tag", Bencode::str(&from))];
+            let mut offer = base("offer");
+            offer.push(("sdp", Bencode::str(&pcmu_sdp(caller.local_addr(), i as u64))));
+            offer.push(("ICE", Bencode::str("remove")));
+            offer.push(("record call", Bencode::str("yes")));
+            ctl.command(Bencode::dict(offer)).await?;
+            let mut answer = base("answer");
+            answer.push(("to-tag", Bencode::str(&to)));
+            answer.push(("sdp", Bencode::str(&pcmu_sdp(agent.local_addr(), i as u64))));
+            let answered = ctl.command(Bencode::dict(answer)).await?;
+            let sdp = answered.get("sdp").and_then(Bencode::as_str).unwrap_or_default();
+            let port = sdp_audio_port(sdp).ok_or_else(|| anyhow::anyhow!("no audio port in rtpengine's answer"))?;
+            let engine_rtp = SocketAddr::new("127.0.0.1".parse()?, port);
+            tokio::time::sleep_until(media_start).await;
+            // The prompt goes to the caller (the party of from-tag) while it talks.
+            let mut play = base("play media");
+            play.push(("file", Bencode::str(&prompt)));
+            ctl.command(Bencode::dict(play)).await?;
+            let sent_at = caller.send_speech_timed(engine_rtp, &speech, Codec::Pcmu, i as u32).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            ctl.command(Bencode::dict(base("delete"))).await?;
+            let received = caller.take_received();
+            let relayed = agent.take_received();
+            anyhow::Ok(CallResult {
+                sent_at,
+                expected_from_node: speech.len().div_ceil(160),
+                received_arrivals: received.iter().map(|p| p.at).collect(),
+                listener_arrivals: relayed.iter().map(|p| p.at).collect(),
+            })
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await??);
+    }
+    let usage = proc_usage(engine.0.id());
+    let wall = wall.elapsed().as_secs_f64();
+    let sent: usize = results.iter().map(|r| r.sent_at.len()).sum();
+    let relayed: usize = results.iter().map(|r| r.listener_arrivals.len()).sum();
+    let loss = (1.0 - relayed as f64 / sent.max(1) as f64).max(0.0);
+    Ok(summarise(Engine::Rtpengine, &opts, &results, Vec::new(), loss, (cpu_before, usage), wall))
 }

@@ -3,3 +3,4 @@ pub mod caller;
 pub mod demo;
 pub mod http;
 pub mod load;
+pub mod ng;

@@ -1,0 +1,80 @@
+//! Per-call hot paths timed in isolation (`cargo bench -p media-node --bench
+//! hot_paths`): what one call costs each second outside the syscalls, so a change to
+//! the resampler, the codec or the recording writer shows its before and after. The
+//! load tool (`mediactl load`) measures the whole engine; see BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use media_node::audio::analysis::synth_speech;
+use media_node::audio::listener::ListenerFormat;
+use media_node::core::g711::Codec;
+use media_node::core::resample::Resampler;
+
+/// Runs `f` over `secs` seconds of 20 ms frames, repeated, and prints the cost per
+/// call-second of audio.
+fn bench(name: &str, call_seconds: usize, mut f: impl FnMut(&[i16])) {
+    let speech = synth_speech(8000, call_seconds as f64, 1);
+    // Warm up, then time.
+    for frame in speech.chunks(160).take(100) {
+        f(frame);
+    }
+    // The best of five: the machine is shared, and the fastest run is the one least
+    // disturbed by it.
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for frame in speech.chunks(160) {
+            f(black_box(frame));
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let per_call_second = best / call_seconds as f64;
+    println!("{name:<42} {:>8.2} µs of CPU per call-second", per_call_second * 1e6);
+}
+
+fn main() {
+    let secs = 120;
+    let mut up = Resampler::new(8000, 16000);
+    let mut out = Vec::with_capacity(400);
+    bench("resample 8 kHz -> 16 kHz (listener)", secs, |f| {
+        out.clear();
+        up.process_into(f, &mut out);
+        black_box(&out);
+    });
+    let mut fmt = ListenerFormat::new(16000);
+    let mut frames = Vec::new();
+    bench("listener frame 16 kHz (resample + s16le)", secs, |f| {
+        frames.clear();
+        fmt.push(f, &mut frames);
+        black_box(&frames);
+    });
+    let mut enc = Vec::with_capacity(160);
+    let mut dec = Vec::with_capacity(160);
+    bench("PCMU encode + decode", secs, |f| {
+        Codec::Pcmu.encode_into(f, &mut enc);
+        dec.clear();
+        Codec::Pcmu.decode_into(&enc, &mut dec);
+        black_box(&dec);
+    });
+    let dir = std::env::temp_dir().join(format!("hot-paths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(dir.join("a.wav"), spec).unwrap();
+    bench("WAV write, per sample (hound write_sample)", secs, |f| {
+        for &s in f {
+            w.write_sample(s).unwrap();
+        }
+    });
+    w.finalize().unwrap();
+    let mut w = hound::WavWriter::create(dir.join("b.wav"), spec).unwrap();
+    bench("WAV write, per block (hound i16 writer)", secs, |f| {
+        let mut b = w.get_i16_writer(f.len() as u32);
+        for &s in f {
+            b.write_sample(s);
+        }
+        b.flush().unwrap();
+    });
+    w.finalize().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
