@@ -74,6 +74,10 @@ enum Cmd {
         /// Only rtpengine.
         #[arg(long, conflicts_with = "compare_rtpengine")]
         rtpengine_only: bool,
+        /// Pin the engine to these CPUs (taskset -c), e.g. 0; run mediactl itself on
+        /// the others (taskset -c 1 mediactl load ...) for a clean per-core figure.
+        #[arg(long)]
+        engine_cpus: Option<String>,
     },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
@@ -100,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { metrics_url } => stats(&metrics_url).await,
-        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only } => {
+        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus } => {
             use media_node::tools::load::{self, Engine, LoadOptions};
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
             let mut engines = Vec::new();
@@ -112,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut all = Vec::new();
             for engine in engines {
-                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine }, &levels).await?;
+                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone() }, &levels).await?;
                 if levels.len() > 1 {
                     match best {
                         Some(n) => println!("{}: the largest level that held: {n} calls", engine.name()),

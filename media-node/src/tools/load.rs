@@ -49,6 +49,22 @@ pub struct LoadOptions {
     pub target: Option<String>,
     pub work_dir: PathBuf,
     pub engine: Engine,
+    /// Pin the engine to these CPUs (`taskset -c`), e.g. "0", so its CPU share is a
+    /// real per-core figure and the load generator (run on the others) does not
+    /// disturb it.
+    pub engine_cpus: Option<String>,
+}
+
+/// A command for the engine binary, pinned to `cpus` when given.
+fn engine_command(bin: &std::path::Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
 }
 
 /// What counts as holding up: under 0.1 % loss both ways and 2 ms p99 pacing jitter.
@@ -139,12 +155,12 @@ impl Drop for NodeProcess {
     }
 }
 
-fn start_node(work: &std::path::Path, calls: usize) -> anyhow::Result<(NodeProcess, String)> {
+fn start_node(work: &std::path::Path, calls: usize, cpus: Option<&str>) -> anyhow::Result<(NodeProcess, String)> {
     let bin = std::env::current_exe()?.with_file_name("media-node");
     let assets = work.join("assets");
     std::fs::create_dir_all(&assets)?;
     let max = 10000 + (calls as u32 * 2 + 100).min(19998);
-    let child = Command::new(&bin)
+    let child = engine_command(&bin, cpus)
         .env("MEDIA_SERVICE_GRPC_PORT", "29031")
         .env("MEDIA_SERVICE_METRICS_PORT", "29032")
         .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
@@ -252,7 +268,7 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let (node, endpoint) = match &opts.target {
         Some(t) => (None, t.clone()),
         None => {
-            let (n, e) = start_node(&opts.work_dir, opts.calls)?;
+            let (n, e) = start_node(&opts.work_dir, opts.calls, opts.engine_cpus.as_deref())?;
             (Some(n), e)
         }
     };
@@ -358,14 +374,14 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
 /// rtpengine's ng control port in load runs.
 const RTPENGINE_NG: &str = "127.0.0.1:29033";
 
-fn start_rtpengine(work: &std::path::Path) -> anyhow::Result<NodeProcess> {
+fn start_rtpengine(work: &std::path::Path, cpus: Option<&str>) -> anyhow::Result<NodeProcess> {
     let rec = work.join("rtpengine-recordings");
     std::fs::create_dir_all(&rec)?;
     let log = std::fs::File::create(work.join("rtpengine.log"))?;
     // Userspace only (--table=-1: no kernel forwarding), on loopback, recording to pcap
     // files (the only recording method that needs neither the kernel module nor the
     // separate recording daemon).
-    let child = Command::new("rtpengine")
+    let child = engine_command(std::path::Path::new("rtpengine"), cpus)
         .args(["--foreground", "--log-stderr", "--log-level=4", "--table=-1", "--interface=127.0.0.1"])
         .arg(format!("--listen-ng={RTPENGINE_NG}"))
         .args(["--port-min=10000", "--port-max=19999", "--delete-delay=0", "--recording-method=pcap"])
@@ -398,7 +414,7 @@ async fn rtpengine_ready(ng: SocketAddr) -> anyhow::Result<()> {
 async fn run_rtpengine(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     use super::ng::{pcmu_sdp, sdp_audio_port, Bencode, NgClient};
     std::fs::create_dir_all(&opts.work_dir)?;
-    let engine = start_rtpengine(&opts.work_dir)?;
+    let engine = start_rtpengine(&opts.work_dir, opts.engine_cpus.as_deref())?;
     let ng: SocketAddr = RTPENGINE_NG.parse()?;
     rtpengine_ready(ng).await?;
     let prompt = opts.work_dir.join("prompt.wav");

@@ -1,0 +1,36 @@
+//! The load tool measures what it says, against the real engines: a media node (in
+//! process, driven through --target) and rtpengine (Debian's rtpengine-daemon, started
+//! by the tool and driven over its ng protocol). Small runs: these check the
+//! measurements, not the speed (BENCHMARKS.md has the figures).
+
+use fleet_tests::TestNode;
+use media_node::tools::load::{run, Engine, LoadOptions};
+
+fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> LoadOptions {
+    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_run_against_a_media_node_measures_loss_jitter_and_latency() {
+    let node = TestNode::start(22900, 20).await;
+    let work = tempfile::tempdir().unwrap();
+    let r = run(options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path())).await.unwrap();
+    assert_eq!(r.engine, "media-node");
+    assert!(r.node_to_caller_loss < 0.05, "{r}");
+    // Every packet's audio reached the listener, in between 0 and 100 ms.
+    assert!(r.listener_frames >= 4 * 95, "{r}");
+    assert!(r.latency_p50_ms > 0.0 && r.latency_p99_ms < 100.0, "{r}");
+    assert!(r.jitter_max_ms < 100.0 && r.allocate_p50_ms > 0.0, "{r}");
+    assert!(r.node_cpu_seconds.is_none(), "not measured for a node the tool did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_run_drives_rtpengine_over_its_ng_protocol() {
+    let work = tempfile::tempdir().unwrap();
+    let r = run(options(Engine::Rtpengine, None, work.path())).await.expect("rtpengine (Debian's rtpengine-daemon) runs the calls");
+    assert_eq!(r.engine, "rtpengine");
+    // rtpengine relayed the caller to the agent socket, and played the prompt back.
+    assert!(r.caller_to_node_loss < 0.05 && r.node_to_caller_loss < 0.05, "{r}");
+    assert!(r.listener_frames >= 4 * 95, "{r}");
+    assert!(r.node_cpu_seconds.is_some_and(|c| c > 0.0), "rtpengine's CPU is read from /proc: {r}");
+}
