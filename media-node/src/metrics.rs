@@ -40,6 +40,7 @@ pub struct Metrics {
     pub forwarded: IntCounterVec,
     pub fleet_peers: IntGauge,
     pub interarrival_jitter: Histogram,
+    pub send_lateness: Histogram,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -105,6 +106,14 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new("media_rtp_interarrival_jitter_seconds", "RFC 3550 interarrival jitter of callers' RTP, sampled per call every 5 s and at its end")
                         .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
+                )
+                .unwrap(),
+            ),
+            send_lateness: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("media_rtp_send_lateness_seconds", "How late each outbound RTP packet left against its 20 ms schedule (the node's own pacing jitter)")
+                        .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]),
                 )
                 .unwrap(),
             ),

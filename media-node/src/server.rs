@@ -8,6 +8,7 @@ use anyhow::Context;
 use media_proto::pb::media_service_server::MediaServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
@@ -75,10 +76,18 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     if let Some(url) = cfg.rabbitmq_url.clone() {
         tokio::spawn(node.events.clone().run(url, servers_stop.clone()));
     }
+    // Live audio to the agent rides these connections as many small frames: Nagle's
+    // algorithm would hold them back waiting for ACKs (tens of ms), so it is off.
+    let incoming = TcpListenerStream::new(grpc_listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
     let grpc = builder
         .add_service(health_svc)
         .add_service(MediaServiceServer::new(MediaSvc::new(node.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), servers_stop.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, servers_stop.clone().cancelled_owned());
     let http = axum::serve(http_listener, crate::http::router(node.clone())).with_graceful_shutdown(servers_stop.clone().cancelled_owned());
 
     info!(%grpc_addr, %http_addr, ports = %format!("{}-{}", cfg.port_min, cfg.port_max), advertised_ip = %cfg.advertised_ip, "media node serving");

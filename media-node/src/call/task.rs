@@ -307,6 +307,7 @@ impl CallTask {
             if let Err(e) = self.sockets.rtp.send_to(&t.data, t.to).await {
                 debug!(to = %t.to, error = %e, "rtp send failed");
             }
+            self.metrics.send_lateness.observe(Instant::now().saturating_duration_since(t.due).as_secs_f64());
         }
         if !self.out.heard.is_empty() {
             let mut closed = 0;

@@ -63,6 +63,8 @@ pub enum Event {
 pub struct Transmit {
     pub to: SocketAddr,
     pub data: Vec<u8>,
+    /// When the pacer wanted it sent (for the pacing-lateness metric).
+    pub due: Instant,
 }
 
 /// Our own audio as it went out, at its timeline position (for the recording).
@@ -308,7 +310,7 @@ impl Session {
             let data = rtp::build(header, &self.encode_buf);
             self.counters.packets_out += 1;
             self.counters.bytes_out += data.len() as u64;
-            out.transmit.push(Transmit { to, data });
+            out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
         }
         out.played.push(Played { pos, pcm: frame, source });
     }

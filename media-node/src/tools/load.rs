@@ -83,6 +83,9 @@ pub struct LoadReport {
     pub jitter_max_ms: f64,
     pub allocate_p50_ms: f64,
     pub allocate_p99_ms: f64,
+    /// The node's own pacing: how late packets left against their schedule, p50 and
+    /// p99 as histogram bucket bounds (from its /metrics), free of the receiver's noise.
+    pub send_lateness_ms: Option<(f64, f64)>,
     /// From an RTP packet sent by the caller to its audio reaching the listener.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -103,6 +106,9 @@ impl std::fmt::Display for LoadReport {
         writeln!(f, "{}: {} calls for {:.0} s ({what} each)", self.engine, self.calls, self.seconds)?;
         writeln!(f, "  loss caller->engine {:.3} %, engine->caller {:.3} %", self.caller_to_node_loss * 100.0, self.node_to_caller_loss * 100.0)?;
         writeln!(f, "  pacing jitter of what it sends: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.jitter_p50_ms, self.jitter_p99_ms, self.jitter_max_ms)?;
+        if let Some((p50, p99)) = self.send_lateness_ms {
+            writeln!(f, "  node-side send lateness (its own pacing): p50 <= {p50:.2} ms, p99 <= {p99:.2} ms")?;
+        }
         writeln!(f, "  latency RTP in -> listener: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms)?;
         if self.engine == "media-node" {
             writeln!(f, "  AllocatePort at 1,000/s: p50 {:.3} ms, p99 {:.3} ms", self.allocate_p50_ms, self.allocate_p99_ms)?;
@@ -126,6 +132,23 @@ impl LoadReport {
     pub fn cpu_ms_per_call_second(&self) -> Option<f64> {
         self.node_cpu_seconds.map(|c| c * 1000.0 / (self.calls.max(1) as f64 * self.seconds.max(1e-9)))
     }
+}
+
+/// The upper bound of the bucket holding quantile `q` of a Prometheus histogram.
+fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets.iter().find(|b| b.1 >= q * total).map_or(f64::NAN, |b| b.0)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -260,6 +283,7 @@ fn summarise(engine: Engine, opts: &LoadOptions, results: &[CallResult], mut all
         node_peak_rss_mb: usage.1.map(|u| u.1),
         listener_frames: frames,
         wall_seconds: wall,
+        send_lateness_ms: None,
     }
 }
 
@@ -357,18 +381,19 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     }
     let usage = node.as_ref().and_then(|n| proc_usage(n.0.id()));
     let wall = wall.elapsed().as_secs_f64();
-    let node_in = match node {
-        Some(_) => super::http::get("127.0.0.1:29032", "/metrics")
-            .await
-            .ok()
-            .map(|(_, body)| super::http::metric_value(&body, "media_rtp_packets_total{direction=\"in\"}")),
+    let metrics = match node {
+        Some(_) => super::http::get("127.0.0.1:29032", "/metrics").await.ok().map(|(_, body)| body),
         None => None,
     };
+    let node_in = metrics.as_deref().map(|body| super::http::metric_value(body, "media_rtp_packets_total{direction=\"in\"}"));
+    let lateness = metrics.as_deref().map(|body| (histogram_quantile(body, "media_rtp_send_lateness_seconds", 0.5), histogram_quantile(body, "media_rtp_send_lateness_seconds", 0.99)));
 
     let sent: usize = results.iter().map(|r| r.sent_at.len()).sum();
     // What the node took in (its own counter) against what the callers sent.
     let caller_to_node_loss = node_in.map_or(f64::NAN, |n| (1.0 - n / sent.max(1) as f64).max(0.0));
-    Ok(summarise(Engine::MediaNode, &opts, &results, alloc_ms, caller_to_node_loss, (cpu_before, usage), wall))
+    let mut report = summarise(Engine::MediaNode, &opts, &results, alloc_ms, caller_to_node_loss, (cpu_before, usage), wall);
+    report.send_lateness_ms = lateness.map(|(a, b)| (a * 1000.0, b * 1000.0));
+    Ok(report)
 }
 
 /// rtpengine's ng control port in load runs.
@@ -479,4 +504,17 @@ async fn run_rtpengine(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let relayed: usize = results.iter().map(|r| r.listener_arrivals.len()).sum();
     let loss = (1.0 - relayed as f64 / sent.max(1) as f64).max(0.0);
     Ok(summarise(Engine::Rtpengine, &opts, &results, Vec::new(), loss, (cpu_before, usage), wall))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_come_from_bucket_bounds() {
+        let text = "x_bucket{le=\"0.001\"} 90\nx_bucket{le=\"0.002\"} 99\nx_bucket{le=\"0.005\"} 100\nx_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_quantile(text, "x", 0.5), 0.001);
+        assert_eq!(histogram_quantile(text, "x", 0.99), 0.002);
+        assert_eq!(histogram_quantile(text, "x", 1.0), 0.005);
+    }
 }
