@@ -4,10 +4,10 @@
 //! measurements, not the speed (BENCHMARKS.md has the figures).
 
 use fleet_tests::TestNode;
-use media_node::tools::load::{run, Engine, LoadOptions};
+use media_node::tools::load::{run, CallParts, Engine, LoadOptions};
 
 fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> LoadOptions {
-    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None }
+    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None, parts: CallParts::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

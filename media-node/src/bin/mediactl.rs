@@ -78,6 +78,12 @@ enum Cmd {
         /// the others (taskset -c 1 mediactl load ...) for a clean per-core figure.
         #[arg(long)]
         engine_cpus: Option<String>,
+        /// Leave out the live listener (to see its cost).
+        #[arg(long)]
+        no_listen: bool,
+        /// Leave out the recording (to see its cost).
+        #[arg(long)]
+        no_record: bool,
     },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
@@ -104,8 +110,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { metrics_url } => stats(&metrics_url).await,
-        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus } => {
-            use media_node::tools::load::{self, Engine, LoadOptions};
+        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus, no_listen, no_record } => {
+            use media_node::tools::load::{self, CallParts, Engine, LoadOptions};
+            let parts = CallParts { listen: !no_listen, record: !no_record };
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
             let mut engines = Vec::new();
             if !rtpengine_only {
@@ -116,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut all = Vec::new();
             for engine in engines {
-                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone() }, &levels).await?;
+                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone(), parts }, &levels).await?;
                 if levels.len() > 1 {
                     match best {
                         Some(n) => println!("{}: the largest level that held: {n} calls", engine.name()),

@@ -25,6 +25,8 @@ use crate::recording::{RecordingJob, RecordingSpec, RecordingStore, RecordingWri
 /// The recording is written this far (8 kHz samples, 500 ms) behind the present, so
 /// late caller audio still lands in its place.
 const RECORDING_LAG: u64 = 4000;
+/// Samples of the timeline written to the spool at once (100 ms).
+const RECORDING_BATCH: u64 = 800;
 
 /// Streamed audio is taken from the sender only while less than this is queued
 /// (8 kHz samples): the rest waits in the sender, which is the back-pressure.
@@ -285,6 +287,11 @@ impl CallTask {
         }
         for p in &self.out.played {
             w.add_bot(p.pos, &p.pcm);
+        }
+        // Mixing and writing run every 100 ms of audio, not on every packet and tick:
+        // the per-call cost of recording was mostly this bookkeeping.
+        if upto < w.flushed_until() + RECORDING_BATCH {
+            return;
         }
         if let Err(e) = w.flush_until(upto) {
             self.metrics.recording_errors.inc();

@@ -119,6 +119,11 @@ impl RecordingWriter {
         self.timeline.late_samples
     }
 
+    /// Timeline position up to which the recording is written.
+    pub fn flushed_until(&self) -> u64 {
+        self.timeline.flushed()
+    }
+
     /// Writes out everything before timeline position `pos`.
     pub fn flush_until(&mut self, pos: u64) -> std::io::Result<()> {
         self.mixed.clear();

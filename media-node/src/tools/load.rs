@@ -53,6 +53,22 @@ pub struct LoadOptions {
     /// real per-core figure and the load generator (run on the others) does not
     /// disturb it.
     pub engine_cpus: Option<String>,
+    /// Which parts of a call run (all by default); turning one off shows its cost.
+    pub parts: CallParts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallParts {
+    /// A live RecordAudio listener at 16 kHz.
+    pub listen: bool,
+    /// A mono recording.
+    pub record: bool,
+}
+
+impl Default for CallParts {
+    fn default() -> Self {
+        CallParts { listen: true, record: true }
+    }
 }
 
 /// A command for the engine binary, pinned to `cpus` when given.
@@ -86,6 +102,7 @@ pub struct LoadReport {
     /// The node's own pacing: how late packets left against their schedule, p50 and
     /// p99 as histogram bucket bounds (from its /metrics), free of the receiver's noise.
     pub send_lateness_ms: Option<(f64, f64)>,
+    pub parts: CallParts,
     /// From an RTP packet sent by the caller to its audio reaching the listener.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -99,9 +116,12 @@ pub struct LoadReport {
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match self.engine {
-            "rtpengine" => "play media + relay to the agent + pcap recording",
-            _ => "prompt + live listen 16 kHz + mono recording",
+        let what = match (self.engine, self.parts.listen, self.parts.record) {
+            ("rtpengine", ..) => "play media + relay to the agent + pcap recording",
+            (_, true, true) => "prompt + live listen 16 kHz + mono recording",
+            (_, true, false) => "prompt + live listen 16 kHz, no recording",
+            (_, false, true) => "prompt + mono recording, no listener",
+            (_, false, false) => "prompt only, no listener, no recording",
         };
         writeln!(f, "{}: {} calls for {:.0} s ({what} each)", self.engine, self.calls, self.seconds)?;
         writeln!(f, "  loss caller->engine {:.3} %, engine->caller {:.3} %", self.caller_to_node_loss * 100.0, self.node_to_caller_loss * 100.0)?;
@@ -284,6 +304,7 @@ fn summarise(engine: Engine, opts: &LoadOptions, results: &[CallResult], mut all
         listener_frames: frames,
         wall_seconds: wall,
         send_lateness_ms: None,
+        parts: opts.parts,
     }
 }
 
@@ -311,10 +332,16 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         }
     };
     let client = MediaServiceClient::new(channel);
-    let prompt_uri = format!(
-        "data:audio/wav;base64,{}",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, wav_bytes(&synth_prompt(8000, opts.seconds), 8000))
-    );
+    // A node this tool started plays the prompt from its assets folder (through its
+    // prompt cache, as production prompts are played); a node given by --target gets
+    // it inline as a data: URI.
+    let prompt_wav = wav_bytes(&synth_prompt(8000, opts.seconds), 8000);
+    let prompt_uri = if node.is_some() {
+        std::fs::write(opts.work_dir.join("assets").join("load-prompt.wav"), &prompt_wav)?;
+        "file://load-prompt.wav".to_string()
+    } else {
+        format!("data:audio/wav;base64,{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &prompt_wav))
+    };
     let cpu_before = node.as_ref().and_then(|n| proc_usage(n.0.id()));
     let wall = Instant::now();
 
@@ -337,13 +364,19 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         let mut c = client.clone();
         let speech = speech.clone();
         let prompt_uri = prompt_uri.clone();
+        let parts = opts.parts;
         tasks.push(tokio::spawn(async move {
             let ip: IpAddr = a.advertised_ip.parse()?;
             let node_rtp = SocketAddr::new(ip, a.rtp_port as u16);
             let caller = RtpCaller::bind(SocketAddr::new(ip, 0)).await?;
             c.play_audio(PlayAudioRequest { audio_uri: "control://set_target".into(), server_rtp_port: a.rtp_port, rtp_target_addr: caller.local_addr().to_string() }).await?;
-            let mut listen = c.record_audio(RecordAudioRequest { server_rtp_port: a.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner();
+            let listen = if parts.listen {
+                Some(c.record_audio(RecordAudioRequest { server_rtp_port: a.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner())
+            } else {
+                None
+            };
             let listener = tokio::spawn(async move {
+                let Some(mut listen) = listen else { return Vec::new() };
                 // Frames that carry the caller's (never silent) audio, in order; frames
                 // of pure silence are the node filling time before, between or after
                 // packets, and are not any packet's audio.
@@ -355,7 +388,9 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 }
                 arrivals
             });
-            c.start_recording(StartRecordingRequest { server_rtp_port: a.rtp_port, output_uri: "file://load".into(), call_id: format!("load-{i}"), ..Default::default() }).await?;
+            if parts.record {
+                c.start_recording(StartRecordingRequest { server_rtp_port: a.rtp_port, output_uri: "file://load".into(), call_id: format!("load-{i}"), ..Default::default() }).await?;
+            }
             let mut player = c.clone();
             let play = tokio::spawn(async move {
                 player.play_audio(PlayAudioRequest { audio_uri: prompt_uri, server_rtp_port: a.rtp_port, rtp_target_addr: String::new() }).await
@@ -363,7 +398,9 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let sent_at = caller.send_speech_timed(node_rtp, &speech, Codec::Pcmu, i as u32).await?;
             let _ = play.await;
             tokio::time::sleep(Duration::from_millis(200)).await;
-            c.stop_recording(StopRecordingRequest { server_rtp_port: a.rtp_port }).await?;
+            if parts.record {
+                c.stop_recording(StopRecordingRequest { server_rtp_port: a.rtp_port }).await?;
+            }
             c.release_port(ReleasePortRequest { rtp_port: a.rtp_port }).await?;
             let listener_arrivals = listener.await.unwrap_or_default();
             let received = caller.take_received();
