@@ -259,7 +259,15 @@ pub async fn ramp(opts: LoadOptions, levels: &[usize]) -> anyhow::Result<(Vec<Lo
     let mut reports = Vec::new();
     let mut best = None;
     for &calls in levels {
-        let r = run(LoadOptions { calls, work_dir: opts.work_dir.join(format!("{}-{calls}", opts.engine.name())), ..opts.clone() }).await?;
+        let r = match run(LoadOptions { calls, work_dir: opts.work_dir.join(format!("{}-{calls}", opts.engine.name())), ..opts.clone() }).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A saturated engine stops answering: that level did not hold, and no
+                // larger one will.
+                println!("{}: {calls} calls failed: {e:#}\n", opts.engine.name());
+                break;
+            }
+        };
         println!("{r}");
         if r.holds() {
             best = Some(calls);
