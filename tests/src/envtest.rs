@@ -391,3 +391,9 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
+
+/// Creates a namespace (as admin).
+pub async fn create_namespace(admin: &Client, name: &str) {
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).create(&kube::api::PostParams::default(), &ns).await.unwrap();
+}

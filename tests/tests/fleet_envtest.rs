@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleet_tests::envtest::{eventually, install_crds, start_operator, ControlPlane, FakeKubelet};
+use fleet_tests::envtest::{create_namespace, eventually, install_crds, start_operator, ControlPlane, FakeKubelet};
 use fleet_tests::{best_correlation, collect_listen, metric_value, pcm_of, synth_prompt, synth_speech, timeline, wav_bytes, RtpCaller};
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -136,10 +136,7 @@ async fn the_pool_behaves_as_one_media_service() {
     let cp = ControlPlane::start().await;
     let client = cp.client().await.unwrap();
     install_crds(&client).await;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap())
-        .await
-        .unwrap();
+    create_namespace(&client, NS).await;
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": "fleet-node"},
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}

@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_tests::envtest::{can, client_from, eventually, service_account_token, start_operator_leasing_in, ControlPlane, FakeKubelet};
+use fleet_tests::envtest::{can, client_from, create_namespace, eventually, service_account_token, start_operator_leasing_in, ControlPlane, FakeKubelet};
 use fleet_tests::helm;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
@@ -112,10 +112,6 @@ fn chart_images_match_the_dockerfiles() {
         assert!(text.contains(&format!("-t {image}:")), "{dockerfile} builds {image}");
         assert!(text.contains("USER 65532"), "{dockerfile} runs as non-root");
     }
-}
-
-async fn create_namespace(admin: &Client, name: &str) {
-    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()).await.unwrap();
 }
 
 async fn metric(http: u16, name: &str) -> f64 {

@@ -8,9 +8,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fleet_tests::envtest::{eventually, install_crds, start_operator, ControlPlane, FakeKubelet, Operator};
+use fleet_tests::envtest::{create_namespace, eventually, install_crds, start_operator, ControlPlane, FakeKubelet, Operator};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use media_crds::{MediaNode, MediaPool, POOL_LABEL};
@@ -42,10 +42,7 @@ async fn operator_against_a_real_apiserver() {
     let mut cp = ControlPlane::start().await;
     let client = cp.client().await.unwrap();
     install_crds(&client).await;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap())
-        .await
-        .unwrap();
+    create_namespace(&client, NS).await;
     invalid_pools_are_rejected(&client).await;
 
     // The Kubernetes Node the fake pods run on: ExternalIP is what nodes advertise.
