@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::net::UdpSocket;
 use tracing::warn;
 
 use crate::audio::cache::{PromptCache, PromptKey};
 use crate::audio::decode::{self, DecodeError};
 use crate::audio::uri::{self, UriError};
-use crate::call::{spawn_call, CallCommand, CallHandle, CallSockets};
+use crate::call::{spawn_call, BoundSockets, CallCommand, CallHandle};
 use crate::config::NodeConfig;
 use crate::core::jitter::JitterConfig;
 use crate::metrics::Metrics;
@@ -291,10 +290,10 @@ impl Node {
     }
 }
 
-fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<CallSockets> {
+fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<BoundSockets> {
     let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
     let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
     rtp.set_nonblocking(true)?;
     rtcp.set_nonblocking(true)?;
-    Ok(CallSockets { rtp: UdpSocket::from_std(rtp)?, rtcp: UdpSocket::from_std(rtcp)? })
+    Ok(BoundSockets { rtp, rtcp })
 }

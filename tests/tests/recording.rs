@@ -202,6 +202,8 @@ async fn s3_recordings_survive_storage_outage_and_node_restart() {
         .await
         .unwrap();
     caller.send_speech(node_rtp, &synth_speech(8000, 1.0, 4), Codec::Pcmu, 1).await.unwrap();
+    // The last packet leaves at 980 ms and carries audio to 1 s: stop after it has played.
+    sleep_ms(100).await;
     let stop = node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.unwrap().into_inner();
     assert!(!stop.spooled, "stored at once while storage is up");
     let key = stop.recording_uri.strip_prefix("s3://calls/").unwrap().to_string();

@@ -65,6 +65,19 @@ pub struct CallSockets {
     pub rtcp: UdpSocket,
 }
 
+/// A call's bound sockets before they join the media runtime's reactor (a tokio socket
+/// belongs to the runtime it was made in).
+pub struct BoundSockets {
+    pub rtp: std::net::UdpSocket,
+    pub rtcp: std::net::UdpSocket,
+}
+
+impl BoundSockets {
+    fn register(self) -> std::io::Result<CallSockets> {
+        Ok(CallSockets { rtp: UdpSocket::from_std(self.rtp)?, rtcp: UdpSocket::from_std(self.rtcp)? })
+    }
+}
+
 /// The registry's view of a live call.
 pub struct CallHandle {
     pub port: u16,
@@ -87,7 +100,7 @@ struct AttachedStream {
 pub fn spawn_call(
     port: u16,
     call_id: String,
-    sockets: CallSockets,
+    sockets: BoundSockets,
     symmetric_rtp: bool,
     jitter: JitterConfig,
     metrics: Arc<Metrics>,
@@ -98,7 +111,8 @@ pub fn spawn_call(
     let started = Instant::now();
     let session = Session::new(SessionConfig::random(symmetric_rtp, jitter), started);
     let span = tracing::info_span!("call", port, call_id = %call_id);
-    let task = CallTask {
+    let call = call_id.clone();
+    let make = move |sockets| CallTask {
         session,
         sockets,
         commands: rx,
@@ -110,11 +124,17 @@ pub fn spawn_call(
         frames: Vec::new(),
         store,
         events,
-        call_id: call_id.clone(),
+        call_id: call,
         recording: None,
         segments: 0,
     };
-    let join = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
+    let run = async move {
+        match sockets.register() {
+            Ok(sockets) => make(sockets).run().await,
+            Err(e) => tracing::error!(error = %e, "the call's sockets could not join the media runtime"),
+        }
+    };
+    let join = super::runtime::handle().spawn(tracing::Instrument::instrument(run, span));
     Arc::new(CallHandle { port, call_id, started, commands: tx, task: tokio::sync::Mutex::new(Some(join)) })
 }
 
