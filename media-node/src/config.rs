@@ -62,6 +62,11 @@ pub struct NodeArgs {
     /// CA (PEM) that client certificates must chain to: turns TLS into mTLS.
     #[arg(long, env = "GRPC_TLS_CA_PATH")]
     pub tls_ca_path: Option<PathBuf>,
+    /// With mTLS, the name peers' certificates carry (e.g. media-node.telephony.svc):
+    /// nodes of a pool forward to each other over mTLS, presenting their own
+    /// certificate. Without it, a peer's certificate must name its IP.
+    #[arg(long, env = "MEDIA_PEER_TLS_DOMAIN")]
+    pub peer_tls_domain: Option<String>,
     /// Accepted for recordings (S3 endpoint, region, credentials, bucket).
     #[arg(long, env = "BUCKET_ENDPOINT_URL")]
     pub bucket_endpoint_url: Option<String>,
@@ -96,6 +101,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// The server name to verify peers' certificates against when forwarding.
+    pub peer_domain: Option<String>,
 }
 
 /// Validated settings the node runs with.
@@ -163,7 +170,7 @@ impl NodeConfig {
                         }
                     }
                 }
-                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: a.tls_ca_path.clone() })
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: a.tls_ca_path.clone(), peer_domain: a.peer_tls_domain.clone() })
             }
             _ => return bad("set both MEDIA_SERVICE_CERT_PATH and MEDIA_SERVICE_KEY_PATH for TLS, or neither".into()),
         };

@@ -24,6 +24,8 @@ fn make_pki(dir: &Path) {
     for (name, ext) in [
         ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
         ("client", "extendedKeyUsage=clientAuth\n"),
+        // A media node's own certificate: it serves, and it calls its peers.
+        ("node", "subjectAltName=DNS:media-node.pool.svc\nextendedKeyUsage=serverAuth,clientAuth\n"),
     ] {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
@@ -55,7 +57,7 @@ async fn mtls_admits_only_clients_with_a_certificate_from_the_ca() {
     make_pki(pki.path());
     let dir = pki.path().to_path_buf();
     let node = TestNode::start_with(22400, 10, |c| {
-        c.tls = Some(TlsFiles { cert: dir.join("server.pem"), key: dir.join("server.key"), client_ca: Some(dir.join("ca.pem")) });
+        c.tls = Some(TlsFiles { cert: dir.join("server.pem"), key: dir.join("server.key"), client_ca: Some(dir.join("ca.pem")), peer_domain: None });
     })
     .await;
     let addr = node.running.grpc_addr;
@@ -75,4 +77,50 @@ async fn mtls_admits_only_clients_with_a_certificate_from_the_ca() {
         Ok(mut c) => c.allocate_port(AllocatePortRequest { call_id: "tls-3".into() }).await.is_err(),
     };
     assert!(plaintext, "plaintext is refused on a TLS port");
+}
+
+/// Nodes of a pool forward to each other over mTLS, each presenting its own
+/// certificate and checking the peer's against the pool's CA and name.
+#[tokio::test]
+async fn nodes_forward_to_each_other_over_mtls() {
+    use k8s_openapi::jiff::Timestamp;
+    use media_node::fleet::{peer_tls, Peer};
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let dir = pki.path().to_path_buf();
+    let files = TlsFiles { cert: dir.join("node.pem"), key: dir.join("node.key"), client_ca: Some(dir.join("ca.pem")), peer_domain: Some("media-node.pool.svc".into()) };
+    let (fa, fb) = (files.clone(), files.clone());
+    let a = TestNode::start_with(22410, 10, move |c| c.tls = Some(fa)).await;
+    let b = TestNode::start_with(22420, 10, move |c| c.tls = Some(fb)).await;
+    a.running.node.fleet.use_tls(peer_tls(&files).unwrap().expect("a CA, so peers can be authenticated"));
+    a.running.node.fleet.join("node-a");
+    a.running.node.fleet.set_peers(vec![Peer {
+        name: "node-b".into(),
+        endpoint: b.running.grpc_addr.to_string(),
+        udp_min: 22420,
+        udp_max: 22429,
+        ready: true,
+        used: 0,
+        total: 5,
+        heartbeat: Some(Timestamp::now()),
+    }]);
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let id = Identity::from_pem(std::fs::read(dir.join("client.pem")).unwrap(), std::fs::read(dir.join("client.key")).unwrap());
+    let connect = |addr: std::net::SocketAddr| {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.clone())).domain_name("media-node.pool.svc").identity(id.clone());
+        async move { MediaServiceClient::new(Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()) }
+    };
+    let mut to_b = connect(b.running.grpc_addr).await;
+    let mut to_a = connect(a.running.grpc_addr).await;
+    let port = to_b.allocate_port(AllocatePortRequest { call_id: "peer-tls".into() }).await.unwrap().into_inner().rtp_port;
+    assert!((22420..22430).contains(&port));
+    // Node a does not hold the port: it forwards to b over mTLS.
+    let r = to_a
+        .play_audio(PlayAudioRequest { audio_uri: "control://stop_audio".into(), server_rtp_port: port, rtp_target_addr: String::new() })
+        .await
+        .expect("forwarded to the owner over mTLS")
+        .into_inner();
+    assert!(r.success);
+    to_a.release_port(ReleasePortRequest { rtp_port: port }).await.expect("release forwarded over mTLS");
+    assert_eq!(b.running.node.active_calls(), 0, "the owner released the call");
 }

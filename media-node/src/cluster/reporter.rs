@@ -128,10 +128,14 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
                 None => api.get(&cfg.name).await.ok().map(|mn| mn.spec.pool),
             };
             if let Some(pool) = pool {
-                if node.config.tls.is_some() {
-                    warn!("gRPC TLS is on: nodes do not forward to each other (peer TLS is not configured); each serves what reaches it");
-                } else {
-                    node.fleet.join(&cfg.name);
+                match node.config.tls.as_ref().map(crate::fleet::peer_tls) {
+                    None => node.fleet.join(&cfg.name),
+                    Some(Ok(Some(tls))) => {
+                        node.fleet.use_tls(tls);
+                        node.fleet.join(&cfg.name);
+                    }
+                    Some(Ok(None)) => warn!("gRPC TLS without a client CA: nodes cannot authenticate each other, so they do not forward; each serves what reaches it"),
+                    Some(Err(e)) => warn!(error = %e, "cannot read the TLS files for forwarding to peers; this node serves what reaches it"),
                 }
                 tokio::spawn(super::watch::run(node.clone(), client.clone(), cfg.namespace.clone(), cfg.name.clone(), pool, shutdown.clone()));
                 watching = true;

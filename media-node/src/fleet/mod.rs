@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use media_proto::pb::media_service_client::MediaServiceClient;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 /// Set on a forwarded request: the name of the node that forwarded it.
@@ -87,6 +87,22 @@ pub struct Fleet {
     direct: Mutex<HashMap<String, Direct>>,
     placed: Mutex<PlacedMap>,
     clients: Mutex<HashMap<String, MediaServiceClient<Channel>>>,
+    /// mTLS to peers, when the node serves gRPC over mTLS.
+    tls: std::sync::OnceLock<ClientTlsConfig>,
+}
+
+/// The client side of mTLS between nodes: the pool's CA as the root, the node's own
+/// certificate as its identity. None without a CA (plain TLS cannot authenticate the
+/// forwarding node, so nodes do not forward then).
+pub fn peer_tls(files: &crate::config::TlsFiles) -> std::io::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &files.client_ca else { return Ok(None) };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
+        .identity(Identity::from_pem(std::fs::read(&files.cert)?, std::fs::read(&files.key)?));
+    if let Some(d) = &files.peer_domain {
+        tls = tls.domain_name(d.clone());
+    }
+    Ok(Some(tls))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,7 +123,13 @@ impl Fleet {
             direct: Mutex::new(HashMap::new()),
             placed: Mutex::new(PlacedMap::default()),
             clients: Mutex::new(HashMap::new()),
+            tls: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Forward over mTLS (call before `join`).
+    pub fn use_tls(&self, tls: ClientTlsConfig) {
+        let _ = self.tls.set(tls);
     }
 
     /// Joins the pool under this node's MediaNode name: placement and forwarding start.
@@ -194,11 +216,15 @@ impl Fleet {
         if let Some(c) = clients.get(endpoint) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{endpoint}"))
+        let scheme = if self.tls.get().is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
             .map_err(|e| Status::internal(format!("bad peer endpoint {endpoint:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20));
+        if let Some(tls) = self.tls.get() {
+            ep = ep.tls_config(tls.clone()).map_err(|e| Status::internal(format!("peer TLS: {e}")))?;
+        }
         let c = MediaServiceClient::new(ep.connect_lazy());
         clients.insert(endpoint.to_string(), c.clone());
         Ok(c)
