@@ -7,7 +7,9 @@ use media_proto::pb::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Response, Status, Streaming};
+use media_proto::pb::media_service_client::MediaServiceClient;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use super::service::{status, BoxStream, MediaSvc};
@@ -24,6 +26,34 @@ impl MediaSvc {
             return None;
         }
         fleet.owner_of(port)
+    }
+
+    /// Sends a per-port request to the peer that owns the port, marked as forwarded and
+    /// carrying the caller's trace id, and answers with the peer's reply (a fresh
+    /// response: the peer's transport headers are not ours to pass on). `send` is the
+    /// client method; `timeout` None lets the peer take as long as the RPC does.
+    pub(crate) async fn forward<Req, Resp, F, Fut>(
+        &self,
+        method: &str,
+        started: std::time::Instant,
+        peer: &Peer,
+        req: &Request<Req>,
+        timeout: Option<std::time::Duration>,
+        send: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        F: FnOnce(MediaServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let fleet = &self.node.fleet;
+        let result = match fleet.client(&peer.endpoint) {
+            Ok(client) => send(client, fleet.outbound(req.get_ref().clone(), req.metadata(), timeout)).await,
+            Err(e) => Err(e),
+        };
+        let result = self.counted(method, result.map(|r| Response::new(r.into_inner())));
+        self.observe(method, started, &result);
+        result
     }
 
     pub(crate) fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<T, Status> {

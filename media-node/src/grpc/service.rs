@@ -19,6 +19,7 @@ use crate::audio::decode;
 use crate::audio::listener::{media_type, LISTEN_RATES};
 use crate::audio::uri::{self, AudioUri, Control, UriError};
 use crate::call::{CallCommand, CallHandle, StreamEnd};
+use crate::fleet::FORWARD_TIMEOUT;
 use crate::core::resample::Resampler;
 use crate::core::recording::Channels;
 use crate::core::session::Command;
@@ -36,7 +37,7 @@ impl MediaSvc {
         MediaSvc { node }
     }
 
-    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
+    pub(crate) fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
         let code = match result {
             Ok(_) => "OK".to_string(),
             Err(s) => format!("{:?}", s.code()),
@@ -108,17 +109,10 @@ impl MediaService for MediaSvc {
         let trace = trace_id(&req);
         let port = req.get_ref().rtp_port;
         if let Some(peer) = self.route(req.metadata(), port) {
-            let fleet = &self.node.fleet;
-            let result = async {
-                let fwd = fleet.outbound(req.get_ref().clone(), req.metadata(), Some(crate::fleet::FORWARD_TIMEOUT));
-                fleet.client(&peer.endpoint)?.release_port(fwd).await
-            }
-            .await;
-            let result = self.counted("ReleasePort", result.map(|r| Response::new(r.into_inner())));
+            let result = self.forward("ReleasePort", started, &peer, &req, Some(FORWARD_TIMEOUT), |mut c, r| async move { c.release_port(r).await }).await;
             if result.is_ok() {
-                fleet.forget_port(port);
+                self.node.fleet.forget_port(port);
             }
-            self.observe("ReleasePort", started, &result);
             return result;
         }
         let result = self.node.release(port).await.map_err(status).map(|()| {
@@ -134,11 +128,7 @@ impl MediaService for MediaSvc {
         let trace = trace_id(&req);
         if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
             // No deadline of our own: the reply waits for the end of playback.
-            let fleet = &self.node.fleet;
-            let result = async { fleet.client(&peer.endpoint)?.play_audio(fleet.outbound(req.get_ref().clone(), req.metadata(), None)).await }.await;
-            let result = self.counted("PlayAudio", result.map(|r| Response::new(r.into_inner())));
-            self.observe("PlayAudio", started, &result);
-            return result;
+            return self.forward("PlayAudio", started, &peer, &req, None, |mut c, r| async move { c.play_audio(r).await }).await;
         }
         let r = req.into_inner();
         let result = self.play(&trace, r).await;
@@ -152,11 +142,8 @@ impl MediaService for MediaSvc {
         let started = Instant::now();
         let trace = trace_id(&req);
         if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
-            let fleet = &self.node.fleet;
-            let result = async { fleet.client(&peer.endpoint)?.record_audio(fleet.outbound(req.get_ref().clone(), req.metadata(), None)).await }.await;
-            let result = self.counted("RecordAudio", result.map(|r| Response::new(Box::pin(r.into_inner()) as Self::RecordAudioStream)));
-            self.observe("RecordAudio", started, &result);
-            return result;
+            let result = self.forward("RecordAudio", started, &peer, &req, None, |mut c, r| async move { c.record_audio(r).await }).await;
+            return result.map(|r| Response::new(Box::pin(r.into_inner()) as Self::RecordAudioStream));
         }
         let r = req.into_inner();
         let result = async {
@@ -181,12 +168,7 @@ impl MediaService for MediaSvc {
         let started = Instant::now();
         let trace = trace_id(&req);
         if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
-            let fleet = &self.node.fleet;
-            let fwd = fleet.outbound(req.get_ref().clone(), req.metadata(), Some(crate::fleet::FORWARD_TIMEOUT));
-            let result = async { fleet.client(&peer.endpoint)?.start_recording(fwd).await }.await;
-            let result = self.counted("StartRecording", result.map(|r| Response::new(r.into_inner())));
-            self.observe("StartRecording", started, &result);
-            return result;
+            return self.forward("StartRecording", started, &peer, &req, Some(FORWARD_TIMEOUT), |mut c, r| async move { c.start_recording(r).await }).await;
         }
         let r = req.into_inner();
         let result = async {
@@ -218,11 +200,7 @@ impl MediaService for MediaSvc {
         let trace = trace_id(&req);
         if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
             // No deadline of our own: the owner answers once the recording is durable.
-            let fleet = &self.node.fleet;
-            let result = async { fleet.client(&peer.endpoint)?.stop_recording(fleet.outbound(req.get_ref().clone(), req.metadata(), None)).await }.await;
-            let result = self.counted("StopRecording", result.map(|r| Response::new(r.into_inner())));
-            self.observe("StopRecording", started, &result);
-            return result;
+            return self.forward("StopRecording", started, &peer, &req, None, |mut c, r| async move { c.stop_recording(r).await }).await;
         }
         let r = req.into_inner();
         let result = async {
