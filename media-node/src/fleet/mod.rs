@@ -68,7 +68,45 @@ pub struct Placed {
 #[derive(Default)]
 struct PlacedMap {
     by_call: HashMap<String, Placed>,
+    /// The call placed on each port (slots are disjoint, so a port names one call), so
+    /// a ReleasePort forgets its call without a scan.
+    by_port: HashMap<u32, String>,
+    /// Calls oldest first, for the bound; may still name calls forgotten since.
     order: VecDeque<String>,
+}
+
+impl PlacedMap {
+    fn insert(&mut self, call_id: &str, placed: Placed) {
+        let port = placed.port;
+        match self.by_call.insert(call_id.to_string(), placed) {
+            Some(old) if old.port != port => {
+                self.by_port.remove(&old.port);
+            }
+            Some(_) => {}
+            None => self.order.push_back(call_id.to_string()),
+        }
+        if let Some(prev) = self.by_port.insert(port, call_id.to_string()) {
+            if prev != call_id {
+                self.by_call.remove(&prev); // the port went to a new call
+            }
+        }
+        while self.by_call.len() > PLACED_MEMORY {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(p) = self.by_call.remove(&old) {
+                self.by_port.remove(&p.port);
+            }
+        }
+        if self.order.len() > 2 * PLACED_MEMORY {
+            let by_call = &self.by_call;
+            self.order.retain(|c| by_call.contains_key(c));
+        }
+    }
+
+    fn forget_port(&mut self, port: u32) {
+        if let Some(call_id) = self.by_port.remove(&port) {
+            self.by_call.remove(&call_id);
+        }
+    }
 }
 
 /// What a peer told us directly in an AllocatePort reply, fresher than its report.
@@ -187,15 +225,7 @@ impl Fleet {
         if call_id.is_empty() {
             return;
         }
-        let mut m = lock(&self.placed);
-        if m.by_call.insert(call_id.to_string(), placed).is_none() {
-            m.order.push_back(call_id.to_string());
-        }
-        while m.order.len() > PLACED_MEMORY {
-            if let Some(old) = m.order.pop_front() {
-                m.by_call.remove(&old);
-            }
-        }
+        lock(&self.placed).insert(call_id, placed);
     }
 
     pub fn placed(&self, call_id: &str) -> Option<Placed> {
@@ -203,10 +233,7 @@ impl Fleet {
     }
 
     pub fn forget_port(&self, port: u32) {
-        let mut m = lock(&self.placed);
-        m.by_call.retain(|_, p| p.port != port);
-        let keep: std::collections::HashSet<String> = m.by_call.keys().cloned().collect();
-        m.order.retain(|c| keep.contains(c));
+        lock(&self.placed).forget_port(port);
     }
 
     /// A client for a peer, made once per endpoint. The channel connects lazily and
@@ -312,5 +339,17 @@ mod tests {
         assert!(f.placed("c1").is_none());
         assert_eq!(parse_occupancy("3/50"), Some((3, 50)));
         assert_eq!(parse_occupancy("x"), None);
+        // A port given to a new call no longer leads to the old one.
+        f.remember("c2", Placed { peer: "a".into(), endpoint: "x".into(), port: 30104 });
+        f.remember("c3", Placed { peer: "a".into(), endpoint: "x".into(), port: 30104 });
+        assert!(f.placed("c2").is_none());
+        assert_eq!(f.placed("c3").unwrap().port, 30104);
+        // The memory is bounded: the oldest placements go first.
+        for i in 0..PLACED_MEMORY as u32 + 10 {
+            f.remember(&format!("bulk-{i}"), Placed { peer: "a".into(), endpoint: "x".into(), port: 40000 + i });
+        }
+        assert!(f.placed("bulk-0").is_none() && f.placed("c3").is_none());
+        assert!(f.placed(&format!("bulk-{}", PLACED_MEMORY + 9)).is_some());
+        assert_eq!(lock(&f.placed).by_call.len(), PLACED_MEMORY);
     }
 }
