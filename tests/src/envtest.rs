@@ -86,13 +86,7 @@ impl ControlPlane {
         let apiserver = spawn_logged(&apiserver_cmd, &d.join("apiserver.log"));
         let url = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = d.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: envtest-admin-token\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\n    namespace: default\ncurrent-context: envtest\n"
-            ),
-        )
-        .unwrap();
+        write_kubeconfig(&kubeconfig, &url, "admin", "envtest-admin-token");
         let cp = ControlPlane { url, kubeconfig, dir, etcd, apiserver, apiserver_cmd };
         for _ in 0..120 {
             if let Ok(c) = cp.client().await {
@@ -133,14 +127,7 @@ impl ControlPlane {
     /// ServiceAccount's), written next to the admin one.
     pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
         let path = self.dir.path().join(format!("kubeconfig-{name}"));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context:\n    cluster: envtest\n    user: {name}\n    namespace: default\ncurrent-context: {name}\n",
-                self.url
-            ),
-        )
-        .unwrap();
+        write_kubeconfig(&path, &self.url, name, token);
         path
     }
 
@@ -152,6 +139,17 @@ impl ControlPlane {
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
         Command::new(binaries().join("kubectl")).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().expect("kubectl runs")
     }
+}
+
+/// A kubeconfig for the API server at `url` that authenticates `user` with a bearer token.
+fn write_kubeconfig(path: &Path, url: &str, user: &str, token: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {user}\n  context:\n    cluster: envtest\n    user: {user}\n    namespace: default\ncurrent-context: {user}\n"
+        ),
+    )
+    .unwrap();
 }
 
 /// A client from a kubeconfig file.

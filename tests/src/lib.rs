@@ -111,6 +111,14 @@ pub fn pcm_of(frames: &[Vec<u8>]) -> Vec<i16> {
     frames.iter().flat_map(|f| f.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]))).collect()
 }
 
+/// A request marked as already forwarded: the node that gets it serves it itself (how
+/// a test pins a call to a node, and checks that forwarding never takes a second hop).
+pub fn pinned<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(media_node::fleet::FORWARDED_HEADER, "the-test".parse().unwrap());
+    r
+}
+
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }

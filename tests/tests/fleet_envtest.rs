@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fleet_tests::envtest::{create_namespace, eventually, install_crds, start_operator, ControlPlane, FakeKubelet};
-use fleet_tests::{best_correlation, collect_listen, metric_value, pcm_of, synth_prompt, synth_speech, timeline, wav_bytes, RtpCaller};
+use fleet_tests::{best_correlation, collect_listen, metric_value, pcm_of, pinned, synth_prompt, synth_speech, timeline, wav_bytes, RtpCaller};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -97,14 +97,6 @@ async fn serving(client: &Client, n: usize) -> Vec<Member> {
         .await;
     }
     members
-}
-
-fn forwarded<T>(msg: T) -> tonic::Request<T> {
-    // Marked as already forwarded: the node serves it itself (how the test pins a call
-    // to a node, and how it checks that forwarding never takes a second hop).
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("x-media-forwarded-by", "the-test".parse().unwrap());
-    r
 }
 
 async fn set_target(g: &mut Grpc, port: u32, caller: &RtpCaller) {
@@ -214,7 +206,7 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
 
     // A request already forwarded once is never forwarded again.
     let err = wrong
-        .play_audio(forwarded(PlayAudioRequest { audio_uri: "control://stop_audio".into(), server_rtp_port: port1, rtp_target_addr: String::new() }))
+        .play_audio(pinned(PlayAudioRequest { audio_uri: "control://stop_audio".into(), server_rtp_port: port1, rtp_target_addr: String::new() }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -265,7 +257,7 @@ async fn pin_calls(m: &Member, n: usize, tag: &str) -> Vec<LiveCall> {
     let mut g = m.grpc().await;
     let mut out = Vec::new();
     for i in 0..n {
-        let port = g.allocate_port(forwarded(AllocatePortRequest { call_id: format!("{tag}-{}-{i}", m.name) })).await.unwrap().into_inner().rtp_port;
+        let port = g.allocate_port(pinned(AllocatePortRequest { call_id: format!("{tag}-{}-{i}", m.name) })).await.unwrap().into_inner().rtp_port;
         assert!(m.owns(port));
         let caller = RtpCaller::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         set_target(&mut g, port, &caller).await;

@@ -212,9 +212,7 @@ async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane
     let mut grpc = MediaServiceClient::connect("http://127.0.0.1:23000").await.unwrap();
     // Pinned to this node (marked as forwarded already): the pool would otherwise
     // place it on an emptier peer.
-    let mut pinned = tonic::Request::new(AllocatePortRequest { call_id: "during-outage".into() });
-    pinned.metadata_mut().insert("x-media-forwarded-by", "the-test".parse().unwrap());
-    let alloc = grpc.allocate_port(pinned).await.expect("calls work without the API server");
+    let alloc = grpc.allocate_port(fleet_tests::pinned(AllocatePortRequest { call_id: "during-outage".into() })).await.expect("calls work without the API server");
     assert!((23000..23100).contains(&alloc.into_inner().rtp_port));
     tokio::time::sleep(Duration::from_secs(2)).await;
     cp.start_apiserver().await;
