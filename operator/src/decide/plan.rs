@@ -101,6 +101,11 @@ pub struct Plan {
 /// A heartbeat older than this means the node is not reporting.
 pub const HEARTBEAT_STALE: SignedDuration = SignedDuration::from_secs(30);
 
+/// Nodes that hold their slot with a pod still running (not released, not terminating).
+pub fn live_nodes<'a>(nodes: &'a [NodeObs], pods: &'a [PodObs]) -> impl Iterator<Item = &'a NodeObs> + 'a {
+    nodes.iter().filter(move |n| n.released_at.is_none() && pods.iter().any(|p| p.name == n.name && !p.terminating))
+}
+
 pub fn node_name(pool: &str, slot: i32, now: Timestamp) -> String {
     format!("{pool}-{slot}-{:05x}", now.as_millisecond().rem_euclid(0x100000))
 }

@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use media_crds::{AutoscalingStatus, MediaPoolStatus, PortCounts, POOL_LABEL};
 
-use super::plan::{NodeObs, Plan, PodObs};
+use super::plan::{live_nodes, NodeObs, Plan, PodObs};
 use super::Timestamp;
 
 pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>, now: Timestamp) {
@@ -44,8 +44,7 @@ pub struct StatusInput<'a> {
 }
 
 pub fn pool_status(i: StatusInput<'_>) -> MediaPoolStatus {
-    let alive = |name: &str| i.pods.iter().any(|p| p.name == name && !p.terminating);
-    let live: Vec<&NodeObs> = i.nodes.iter().filter(|n| n.released_at.is_none() && alive(&n.name)).collect();
+    let live: Vec<&NodeObs> = live_nodes(i.nodes, i.pods).collect();
     let mut s = MediaPoolStatus { selector: format!("{POOL_LABEL}={}", i.pool_name), observed_generation: i.generation, ..Default::default() };
     s.replicas = live.len() as i32;
     s.draining_replicas = live.iter().filter(|n| n.draining).count() as i32;

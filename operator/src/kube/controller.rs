@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use super::resources;
 use crate::decide::autoscale::{self, Limit};
-use crate::decide::plan::{plan, Action, NodeObs, NodeReport, PodObs, PoolObs};
+use crate::decide::plan::{live_nodes, plan, Action, NodeObs, NodeReport, PodObs, PoolObs};
 use crate::decide::rollout::template_hash;
 use crate::decide::slots::Layout;
 use crate::decide::status::{pool_status, StatusInput};
@@ -268,10 +268,8 @@ async fn autoscale_step(
         free_percent: a.free_percent.map(i64::from),
         scale_down_delay: SignedDuration::from_secs(a.scale_down_delay_seconds as i64),
     };
-    let alive = |n: &NodeObs| pods.iter().any(|p| p.name == n.name && !p.terminating);
-    let used: i64 = nodes
-        .iter()
-        .filter(|n| n.released_at.is_none() && !n.draining && alive(n))
+    let used: i64 = live_nodes(nodes, pods)
+        .filter(|n| !n.draining)
         .filter_map(|n| n.report.as_ref())
         .map(|r| r.ports_total - r.ports_free)
         .sum();
