@@ -189,16 +189,16 @@ fn proc_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / 100.0, hwm_kb / 1024.0))
 }
 
-struct NodeProcess(Child);
+struct EngineProcess(Child);
 
-impl Drop for NodeProcess {
+impl Drop for EngineProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn start_node(work: &std::path::Path, calls: usize, cpus: Option<&str>) -> anyhow::Result<(NodeProcess, String)> {
+fn start_node(work: &std::path::Path, calls: usize, cpus: Option<&str>) -> anyhow::Result<(EngineProcess, String)> {
     let bin = std::env::current_exe()?.with_file_name("media-node");
     let assets = work.join("assets");
     std::fs::create_dir_all(&assets)?;
@@ -217,7 +217,7 @@ fn start_node(work: &std::path::Path, calls: usize, cpus: Option<&str>) -> anyho
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    Ok((NodeProcess(child), "http://127.0.0.1:29031".into()))
+    Ok((EngineProcess(child), "http://127.0.0.1:29031".into()))
 }
 
 struct CallResult {
@@ -444,7 +444,7 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
 /// rtpengine's ng control port in load runs.
 const RTPENGINE_NG: &str = "127.0.0.1:29033";
 
-fn start_rtpengine(work: &std::path::Path, cpus: Option<&str>) -> anyhow::Result<NodeProcess> {
+fn start_rtpengine(work: &std::path::Path, cpus: Option<&str>) -> anyhow::Result<EngineProcess> {
     let rec = work.join("rtpengine-recordings");
     std::fs::create_dir_all(&rec)?;
     let log = std::fs::File::create(work.join("rtpengine.log"))?;
@@ -461,7 +461,7 @@ fn start_rtpengine(work: &std::path::Path, cpus: Option<&str>) -> anyhow::Result
         .stderr(log)
         .spawn()
         .context("starting rtpengine (Debian package rtpengine-daemon)")?;
-    Ok(NodeProcess(child))
+    Ok(EngineProcess(child))
 }
 
 async fn rtpengine_ready(ng: SocketAddr) -> anyhow::Result<()> {
