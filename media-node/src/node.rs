@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::audio::cache::{PromptCache, PromptKey};
 use crate::audio::decode::{self, DecodeError};
 use crate::audio::uri::{self, UriError};
-use crate::call::{spawn_call, BoundSockets, CallCommand, CallHandle};
+use crate::call::{spawn_call, BoundSockets, CallCommand, CallHandle, ListenerPost};
 use crate::config::NodeConfig;
 use crate::core::jitter::JitterConfig;
 use crate::metrics::Metrics;
@@ -65,6 +65,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub recordings: Arc<RecordingStore>,
     pub events: Arc<EventPublisher>,
+    /// Carries every call's live-listen frames to the gRPC streams.
+    listen_post: Arc<ListenerPost>,
     /// The other nodes of the pool (empty on a standalone node).
     pub fleet: crate::fleet::Fleet,
     pool: Mutex<PortPool>,
@@ -89,6 +91,7 @@ impl Node {
         let node = Node {
             recordings: RecordingStore::new(config.recording.clone(), metrics.clone(), events.clone()),
             events,
+            listen_post: ListenerPost::start(metrics.clone()),
             fleet: crate::fleet::Fleet::new(),
             prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
             advertised_ip: RwLock::new(config.advertised_ip),
@@ -178,6 +181,7 @@ impl Node {
                         self.config.symmetric_rtp,
                         jitter,
                         self.metrics.clone(),
+                        self.listen_post.clone(),
                         self.recordings.clone(),
                         self.events.clone(),
                     );

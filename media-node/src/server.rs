@@ -77,12 +77,13 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         tokio::spawn(node.events.clone().run(url, servers_stop.clone()));
     }
     // Live audio to the agent rides these connections as many small frames: Nagle's
-    // algorithm would hold them back waiting for ACKs (tens of ms), so it is off.
+    // algorithm would hold them back waiting for ACKs (tens of ms), so it is off; and
+    // `Conn` lets HTTP/2 gather frames that are ready together into one write.
     let incoming = TcpListenerStream::new(grpc_listener).map(|conn| {
-        if let Ok(c) = &conn {
+        conn.map(|c| {
             let _ = c.set_nodelay(true);
-        }
-        conn
+            crate::grpc::conn::Conn(c)
+        })
     });
     let grpc = builder
         .add_service(health_svc)

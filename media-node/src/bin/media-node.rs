@@ -4,8 +4,11 @@ use clap::Parser;
 use media_node::config::{NodeArgs, NodeConfig};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    media_node::call::runtime::serving().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = NodeArgs::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if args.log_json {

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::{debug, info};
 
+use super::listen_post::ListenerPost;
+use super::udp;
 use crate::audio::listener::ListenerFormat;
 use crate::core::jitter::JitterConfig;
 use crate::core::playback::{PlaybackId, PlaybackOutcome};
@@ -104,6 +106,7 @@ pub fn spawn_call(
     symmetric_rtp: bool,
     jitter: JitterConfig,
     metrics: Arc<Metrics>,
+    post: Arc<ListenerPost>,
     store: Arc<RecordingStore>,
     events: Arc<EventPublisher>,
 ) -> Arc<CallHandle> {
@@ -117,6 +120,7 @@ pub fn spawn_call(
         sockets,
         commands: rx,
         metrics,
+        post,
         listeners: Vec::new(),
         waiters: HashMap::new(),
         stream: None,
@@ -146,6 +150,8 @@ struct CallTask {
     sockets: CallSockets,
     commands: mpsc::Receiver<CallCommand>,
     metrics: Arc<Metrics>,
+    /// Where listener frames go; it hands them to the gRPC streams in rounds.
+    post: Arc<ListenerPost>,
     listeners: Vec<Listener>,
     /// Prompts playing or queued: their URI (for the event) and who waits for the end.
     waiters: HashMap<PlaybackId, (String, oneshot::Sender<PlaybackOutcome>)>,
@@ -162,7 +168,7 @@ struct CallTask {
 impl CallTask {
     async fn run(mut self) {
         info!("call started");
-        let mut rtp_buf = vec![0u8; 2048];
+        let mut rtp_in = udp::Received::default();
         let mut rtcp_buf = vec![0u8; 2048];
         let mut jitter_sampled = Instant::now();
         loop {
@@ -173,8 +179,13 @@ impl CallTask {
                     Some(CallCommand::Shutdown) | None => break,
                     Some(cmd) => self.on_command(cmd),
                 },
-                r = self.sockets.rtp.recv_from(&mut rtp_buf) => match r {
-                    Ok((n, from)) => self.session.handle_datagram(Instant::now(), from, &rtp_buf[..n], &mut self.out),
+                r = udp::recv(&self.sockets.rtp, &mut rtp_in) => match r {
+                    Ok(_) => {
+                        let now = Instant::now();
+                        for (from, data) in rtp_in.iter() {
+                            self.session.handle_datagram(now, from, data, &mut self.out);
+                        }
+                    }
                     Err(e) => debug!(error = %e, "rtp receive error"),
                 },
                 r = self.sockets.rtcp.recv_from(&mut rtcp_buf) => {
@@ -337,24 +348,18 @@ impl CallTask {
             self.metrics.send_lateness.observe(Instant::now().saturating_duration_since(t.due).as_secs_f64());
         }
         if !self.out.heard.is_empty() {
-            let mut closed = 0;
+            // A listener whose stream has gone is dropped here; the post skips its frames.
+            let before = self.listeners.len();
+            self.listeners.retain(|l| !l.frames.is_closed());
+            self.metrics.listeners.sub((before - self.listeners.len()) as i64);
             for l in &mut self.listeners {
                 self.frames.clear();
                 for h in &self.out.heard {
                     l.format.push(&h.pcm, &mut self.frames);
                 }
                 for f in self.frames.drain(..) {
-                    match l.frames.try_send(f) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => self.metrics.listener_frames_dropped.inc(),
-                        Err(mpsc::error::TrySendError::Closed(_)) => closed += 1,
-                    }
+                    self.post.post(&l.frames, f);
                 }
-            }
-            if closed > 0 {
-                let before = self.listeners.len();
-                self.listeners.retain(|l| !l.frames.is_closed());
-                self.metrics.listeners.sub((before - self.listeners.len()) as i64);
             }
             self.out.heard.clear();
         }
