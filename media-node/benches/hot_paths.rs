@@ -9,6 +9,7 @@ use std::time::Instant;
 use media_node::audio::analysis::synth_speech;
 use media_node::audio::listener::ListenerFormat;
 use media_node::core::g711::Codec;
+use media_node::core::recording::{Channels, RecordingTimeline};
 use media_node::core::resample::Resampler;
 
 /// Runs `f` over `secs` seconds of 20 ms frames, repeated, and prints the cost per
@@ -56,6 +57,21 @@ fn main() {
         dec.clear();
         Codec::Pcmu.decode_into(&enc, &mut dec);
         black_box(&dec);
+    });
+    // The mixed timeline as a call feeds it: caller and bot 20 ms each, written out
+    // every 100 ms (five frames) behind the present.
+    let mut timeline = RecordingTimeline::new(Channels::Mono, 0);
+    let mut pos = 0u64;
+    let mut mixed = Vec::with_capacity(800);
+    bench("recording timeline, mono (place + mix)", secs, |f| {
+        timeline.add_caller(pos, f);
+        timeline.add_bot(pos, f);
+        pos += f.len() as u64;
+        if pos % 800 == 0 && pos >= 4000 {
+            mixed.clear();
+            timeline.flush_until(pos - 4000, &mut mixed);
+            black_box(&mixed);
+        }
     });
     let dir = std::env::temp_dir().join(format!("hot-paths-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

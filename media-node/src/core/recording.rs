@@ -69,8 +69,8 @@ impl RecordingTimeline {
         if track.len() < offset + pcm.len() {
             track.resize(offset + pcm.len(), 0);
         }
-        for (i, &s) in pcm.iter().enumerate() {
-            let slot = &mut track[offset + i];
+        // range_mut walks the ring's two halves as slices, not index by index.
+        for (slot, &s) in track.range_mut(offset..offset + pcm.len()).zip(pcm) {
             *slot = slot.saturating_add(s);
         }
     }
@@ -81,21 +81,20 @@ impl RecordingTimeline {
             return;
         }
         let n = (pos - self.flushed) as usize;
-        let take = |q: &mut VecDeque<i16>| -> Vec<i16> {
-            let k = n.min(q.len());
-            let mut v: Vec<i16> = q.drain(..k).collect();
-            v.resize(n, 0);
-            v
-        };
-        let caller = take(&mut self.caller);
-        let bot = take(&mut self.bot);
+        // Silence where neither side has audio yet, then both tracks drain in step.
+        for q in [&mut self.caller, &mut self.bot] {
+            if q.len() < n {
+                q.resize(n, 0);
+            }
+        }
+        let pairs = self.caller.drain(..n).zip(self.bot.drain(..n));
         match self.channels {
-            Channels::Mono => out.extend(caller.iter().zip(&bot).map(|(a, b)| a.saturating_add(*b))),
+            Channels::Mono => out.extend(pairs.map(|(a, b)| a.saturating_add(b))),
             Channels::Stereo => {
                 out.reserve(2 * n);
-                for (a, b) in caller.iter().zip(&bot) {
-                    out.push(*a);
-                    out.push(*b);
+                for (a, b) in pairs {
+                    out.push(a);
+                    out.push(b);
                 }
             }
         }
