@@ -171,7 +171,18 @@ impl CallTask {
         let mut rtp_in = udp::Received::default();
         let mut rtcp_buf = vec![0u8; 2048];
         let mut jitter_sampled = Instant::now();
+        // One timer for the call's life, moved only when the session's next deadline
+        // changes (once a tick): a fresh sleep per loop turn entered and left the
+        // timer wheel on every packet as well.
+        let mut armed = self.session.poll_timeout();
+        let tick = sleep_until(armed.into());
+        tokio::pin!(tick);
         loop {
+            let due = self.session.poll_timeout();
+            if due != armed {
+                armed = due;
+                tick.as_mut().reset(due.into());
+            }
             let wants_stream = self.session.stream_queued() < STREAM_HIGH_WATER;
             tokio::select! {
                 biased;
@@ -197,7 +208,7 @@ impl CallTask {
                     Some(pcm) => self.session.handle_command(Command::Stream(pcm), &mut self.out),
                     None => if let Some(s) = &mut self.stream { s.chunks = None },
                 },
-                _ = sleep_until(self.session.poll_timeout().into()) => {
+                _ = &mut tick => {
                     self.session.handle_tick(Instant::now(), &mut self.out);
                     self.metrics.add_session_counters(&self.session.take_counters());
                     if jitter_sampled.elapsed() >= JITTER_SAMPLE {
