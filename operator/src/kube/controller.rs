@@ -273,7 +273,11 @@ async fn autoscale_step(
         .filter_map(|n| n.report.as_ref())
         .map(|r| r.ports_total - r.ports_free)
         .sum();
-    let previous = pool.status.as_ref().and_then(|s| s.autoscaling.clone()).unwrap_or_default();
+    // Read fresh, not from the cache: a scale changes the spec, and the reconcile that
+    // change triggers can see a cached pool older than the status the previous
+    // reconcile wrote, which would put back an older lastScaleTime and restart a
+    // pending scale-down's delay.
+    let previous = pools.get_status(&pool.name_any()).await?.status.and_then(|s| s.autoscaling).unwrap_or_default();
     let observed = autoscale::Observed {
         replicas: spec.replicas,
         capacity_per_node: spec.ports.slot_size as i64 / 2,
