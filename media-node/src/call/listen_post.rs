@@ -45,18 +45,16 @@ impl ListenerPost {
         }
     }
 
-    /// Hands every queued frame to its listener; returns how many were handed over.
-    /// A listener that has fallen `LISTENER_QUEUE` frames behind loses the frame (counted);
-    /// one that has gone is skipped (its call drops it on its next packet).
-    fn deliver(&self, round: &mut Vec<(mpsc::Sender<Bytes>, Bytes)>) -> usize {
+    /// Hands every queued frame to its listener. A listener that has fallen
+    /// `LISTENER_QUEUE` frames behind loses the frame (counted); one that has gone is
+    /// skipped (its call drops it on its next packet).
+    fn deliver(&self, round: &mut Vec<(mpsc::Sender<Bytes>, Bytes)>) {
         std::mem::swap(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()), round);
-        let n = round.len();
         for (to, frame) in round.drain(..) {
             if let Err(mpsc::error::TrySendError::Full(_)) = to.try_send(frame) {
                 self.metrics.listener_frames_dropped.inc();
             }
         }
-        n
     }
 }
 
