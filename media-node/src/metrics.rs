@@ -52,6 +52,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"));
         Metrics {
             sessions: reg(&r, IntGauge::new("media_sessions_active", "Calls with an RTP session on this node").unwrap()),
             ports: reg(&r, IntGaugeVec::new(Opts::new("media_ports", "RTP ports by state"), &["state"]).unwrap()),
@@ -79,14 +80,7 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            allocate_seconds: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new("media_allocate_port_duration_seconds", "AllocatePort handling time")
-                        .buckets(exponential_buckets(0.00005, 2.0, 16).unwrap()),
-                )
-                .unwrap(),
-            ),
+            allocate_seconds: histogram("media_allocate_port_duration_seconds", "AllocatePort handling time", exponential_buckets(0.00005, 2.0, 16).unwrap()),
             recordings_in_flight: reg(&r, IntGauge::new("media_recordings_in_flight", "Recordings being written").unwrap()),
             uploads_pending: reg(&r, IntGauge::new("media_recording_uploads_pending", "Finished recordings in the spool waiting for storage").unwrap()),
             upload_failures: counter("media_recording_upload_failures_total", "Failed attempts to store a recording (it stays spooled and is retried)"),
@@ -101,21 +95,15 @@ impl Metrics {
                 IntCounterVec::new(Opts::new("media_fleet_forwarded_total", "Requests forwarded to the node that holds the port or call"), &["method", "result"]).unwrap(),
             ),
             fleet_peers: reg(&r, IntGauge::new("media_fleet_peers", "Other nodes of the pool this node knows (from their MediaNodes)").unwrap()),
-            interarrival_jitter: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new("media_rtp_interarrival_jitter_seconds", "RFC 3550 interarrival jitter of callers' RTP, sampled per call every 5 s and at its end")
-                        .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
-                )
-                .unwrap(),
+            interarrival_jitter: histogram(
+                "media_rtp_interarrival_jitter_seconds",
+                "RFC 3550 interarrival jitter of callers' RTP, sampled per call every 5 s and at its end",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16],
             ),
-            send_lateness: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new("media_rtp_send_lateness_seconds", "How late each outbound RTP packet left against its 20 ms schedule (the node's own pacing jitter)")
-                        .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]),
-                )
-                .unwrap(),
+            send_lateness: histogram(
+                "media_rtp_send_lateness_seconds",
+                "How late each outbound RTP packet left against its 20 ms schedule (the node's own pacing jitter)",
+                vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05],
             ),
             registry: r,
         }
