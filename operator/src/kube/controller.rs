@@ -277,7 +277,8 @@ async fn autoscale_step(
     // change triggers can see a cached pool older than the status the previous
     // reconcile wrote, which would put back an older lastScaleTime and restart a
     // pending scale-down's delay.
-    let previous = pools.get_status(&pool.name_any()).await?.status.and_then(|s| s.autoscaling).unwrap_or_default();
+    let name = pool.name_any();
+    let previous = pools.get_status(&name).await?.status.and_then(|s| s.autoscaling).unwrap_or_default();
     let observed = autoscale::Observed {
         replicas: spec.replicas,
         capacity_per_node: spec.ports.slot_size as i64 / 2,
@@ -286,7 +287,6 @@ async fn autoscale_step(
         scale_down_since: previous.scale_down_since.as_deref().and_then(parse_time),
     };
     let d = autoscale::decide(&policy, &observed, now);
-    let name = pool.name_any();
     let mut last_scale_time = previous.last_scale_time.clone();
     if d.replicas != spec.replicas {
         pools.patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": d.replicas}}))).await?;
