@@ -19,6 +19,7 @@ pub struct Metrics {
     pub unsupported_payload: IntCounter,
     pub late: IntCounter,
     pub lost_samples: IntCounter,
+    pub recovered_samples: IntCounter,
     pub frames_skipped: IntCounter,
     pub cache_lookups: IntCounterVec,
     pub cache_bytes: IntGauge,
@@ -64,6 +65,7 @@ impl Metrics {
             unsupported_payload: counter("media_rtp_unsupported_payload_total", "RTP with a payload type we do not decode, dropped"),
             late: counter("media_rtp_late_packets_total", "RTP packets that arrived after their audio was due, or twice"),
             lost_samples: counter("media_rtp_lost_samples_total", "8 kHz samples concealed with silence because their packet never came"),
+            recovered_samples: counter("media_rtp_recovered_samples_total", "8 kHz samples that came too late for the live stream and were handed to the recording in place of the silence"),
             frames_skipped: counter("media_pacer_frames_skipped_total", "Outbound frames skipped after a scheduling stall"),
             cache_lookups: reg(&r, IntCounterVec::new(Opts::new("media_prompt_cache_lookups_total", "Prompt cache lookups"), &["result"]).unwrap()),
             cache_bytes: reg(&r, IntGauge::new("media_prompt_cache_bytes", "Bytes of decoded prompts in the cache").unwrap()),
@@ -120,6 +122,7 @@ impl Metrics {
         self.unsupported_payload.inc_by(c.unsupported_payload);
         self.late.inc_by(c.late);
         self.lost_samples.inc_by(c.lost_samples);
+        self.recovered_samples.inc_by(c.recovered_samples);
         self.frames_skipped.inc_by(c.frames_skipped);
     }
 

@@ -161,6 +161,46 @@ async fn recording_requests_are_validated() {
     assert!(read_wav(&files[0]).1.len() < 8000 * 5);
 }
 
+#[tokio::test]
+async fn audio_held_up_on_the_way_still_reaches_the_recording() {
+    let mut node = TestNode::start(22720, 10).await;
+    let (port, node_rtp, caller) = node.call("held-up").await;
+    let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
+    node.client
+        .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://calls".into(), call_id: "held-up".into(), ..Default::default() })
+        .await
+        .unwrap();
+    // Packets 25 to 39 (300 ms of speech) are held up and arrive together with packet
+    // 40: far past the live stream's 40 ms hold, well within the recording's lag.
+    let speech = synth_speech(8000, 2.0, 5);
+    let held = |k: usize| if (25..40).contains(&k) { 40 } else { k };
+    caller.send_speech_scheduled(node_rtp, &speech, Codec::Pcmu, 9, |k| Duration::from_millis(20 * held(k) as u64)).await.unwrap();
+    sleep_ms(100).await;
+    let stop = stop_recording(&mut node, port).await;
+    let recovered = node.metric("media_rtp_recovered_samples_total").await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+
+    // The live stream moved on: silence where the held audio was due, nothing twice.
+    let (frames, _) = listen.await.unwrap();
+    let live = pcm_of(&frames);
+    let (_, lag) = best_correlation(&speech, &live, 8000);
+    let (head, _) = best_correlation(&speech[..25 * 160], &live[lag..], 0);
+    let (tail, _) = best_correlation(&speech[40 * 160..], &live[lag + 40 * 160..], 0);
+    assert!(head > 0.95 && tail > 0.95, "the live stream kept its timeline (late audio would push the rest back): {head:.3} {tail:.3}");
+    let gap = &live[lag + 25 * 160 + 400..lag + 40 * 160 - 400];
+    assert!(gap.iter().all(|&s| s == 0), "the live stream carried silence in place of the held audio");
+
+    // The recording has all of it, in its place.
+    assert!(recovered >= 200.0 * 8.0, "late audio went to the recording: {recovered} samples");
+    let path = node.assets_path().join("recordings").join(stop.recording_uri.trim_start_matches("file://"));
+    let (_, samples) = read_wav(&path);
+    let (c, lag) = best_correlation(&speech, &samples, 8000);
+    assert!(c > 0.97, "the recording matches what was said: correlation {c}");
+    let held_part = &speech[25 * 160..40 * 160];
+    let (c_held, _) = best_correlation(held_part, &samples[lag + 25 * 160..], 0);
+    assert!(c_held > 0.97, "the held-up 300 ms sit where they were spoken: correlation {c_held}");
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -221,14 +261,22 @@ async fn s3_recordings_survive_storage_outage_and_node_restart() {
         .unwrap();
     let speech = synth_speech(8000, 2.0, 9);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 2).await.unwrap();
+    sleep_ms(100).await;
     let stop = node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.unwrap().into_inner();
     assert!(stop.spooled, "kept in the spool while storage is down");
     assert!(node.metric("media_recording_uploads_pending").await >= 1.0);
     let key = stop.recording_uri.strip_prefix("s3://calls/").unwrap().to_string();
+    // How the caller's audio fared on the way in (a loaded machine delays packets).
+    let mut arrival = String::new();
+    for m in ["media_rtp_late_packets_total", "media_rtp_lost_samples_total", "media_rtp_recovered_samples_total"] {
+        arrival += &format!(" {m}={}", node.metric(m).await);
+    }
 
     // The node restarts before storage is back.
     node.running.stop().await.unwrap();
-    assert!(walk(spool.path()).len() == 1, "the finished recording waits in the spool");
+    let spooled = walk(spool.path());
+    assert!(spooled.len() == 1, "the finished recording waits in the spool");
+    let spooled = std::fs::read(&spooled[0]).unwrap();
     let node = TestNode::start_with(22700, 10, configure).await;
     let s3 = S3Server::start(store_root.path(), s3_addr).await;
     let object = store_root.path().join("calls").join(&key);
@@ -238,9 +286,10 @@ async fn s3_recordings_survive_storage_outage_and_node_restart() {
         }
         sleep_ms(100).await;
     }
+    assert!(std::fs::read(&object).unwrap() == spooled, "the store holds exactly what was spooled");
     let (_, samples) = read_wav(&object);
     let (c, _) = best_correlation(&speech, &samples, 8000);
-    assert!(c > 0.9, "the recording arrived complete and playable: correlation {c}");
+    assert!(c > 0.9, "the recording arrived complete and playable: correlation {c};{arrival}");
     assert!(walk(spool.path()).is_empty(), "the spool copy goes once the store has it");
     assert_eq!(node.metric("media_recording_uploads_pending").await, 0.0);
     drop(s3);

@@ -365,7 +365,9 @@ impl CallTask {
             self.metrics.listeners.sub((before - self.listeners.len()) as i64);
             for l in &mut self.listeners {
                 self.frames.clear();
-                for h in &self.out.heard {
+                // Late audio is for the recording only: the stream already carried
+                // silence in its place.
+                for h in self.out.heard.iter().filter(|h| !h.late) {
                     l.format.push(&h.pcm, &mut self.frames);
                 }
                 for f in self.frames.drain(..) {

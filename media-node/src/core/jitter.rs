@@ -9,8 +9,12 @@
 //! the moment it arrives (no added latency); a gap is held for at most `hold`, then
 //! filled with silence, and silence also fills the time the caller sends nothing, so
 //! the output never has holes.
+//!
+//! Audio that turns up after its place was filled with silence is too late for the
+//! live stream, but not for the recording, which is written some time behind: it
+//! comes out marked `late`, once, for the recording alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 pub const RATE: u32 = 8000;
@@ -44,6 +48,9 @@ pub struct Heard {
     pub pcm: Vec<i16>,
     /// True when this is silence standing in for audio that never came.
     pub concealed: bool,
+    /// True when this audio came after its place had been filled with silence: the
+    /// live stream has moved on, only the recording takes it.
+    pub late: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +63,9 @@ pub struct JitterStats {
     pub overflow: u64,
     /// Times the wall-clock placement was corrected for the caller's clock drift.
     pub realigned: u64,
+    /// Samples of late audio handed out for the recording in place of the silence
+    /// the live stream got.
+    pub recovered_samples: u64,
 }
 
 /// Drift is measured over this many in-order packets (about two seconds)...
@@ -65,6 +75,10 @@ const DRIFT_WINDOW: u32 = 100;
 const FIRST_DRIFT_WINDOW: u32 = 10;
 /// A placement error larger than this (8 kHz samples, 5 ms) is corrected.
 const DRIFT_TOLERANCE: i64 = 40;
+/// How far back (8 kHz samples, 1 s) filled-in silence is remembered so that its
+/// audio, turning up late, can still go to the recording. The recording is written
+/// half a second behind the call, so older audio would find its place closed anyway.
+const RECOVERY_WINDOW: u64 = 8000;
 
 struct StreamMap {
     ssrc: u32,
@@ -89,6 +103,10 @@ pub struct JitterBuffer {
     anchor: (Instant, u64),
     stream: Option<StreamMap>,
     buffer: BTreeMap<u64, Vec<i16>>,
+    /// Timeline ranges [start, end) filled with silence in the last RECOVERY_WINDOW,
+    /// oldest first; what late audio has since filled in is cut out, so a duplicate
+    /// of it is not recorded twice.
+    concealed: VecDeque<(u64, u64)>,
     pub stats: JitterStats,
 }
 
@@ -109,6 +127,7 @@ impl JitterBuffer {
             anchor: (start, 0),
             stream: None,
             buffer: BTreeMap::new(),
+            concealed: VecDeque::new(),
             stats: JitterStats::default(),
         }
     }
@@ -199,6 +218,9 @@ impl JitterBuffer {
         let mut pcm = pcm;
         if pos < self.next_pos as i64 {
             let behind = (self.next_pos as i64 - pos) as usize;
+            if let Ok(at) = u64::try_from(pos) {
+                self.recover(at, &pcm[..behind.min(pcm.len())], out);
+            }
             if behind >= pcm.len() {
                 self.stats.late += 1;
                 return;
@@ -252,7 +274,47 @@ impl JitterBuffer {
             }
             let at = self.next_pos;
             self.next_pos += pcm.len() as u64;
-            out.push(Heard { pos: at, wall_pos: self.wall(at), pcm, concealed: false });
+            out.push(Heard { pos: at, wall_pos: self.wall(at), pcm, concealed: false, late: false });
+        }
+    }
+
+    /// Hands out, marked late, the parts of `pcm` (audio for `pos..`) whose place the
+    /// live stream filled with silence; parts already played are duplicates and go.
+    fn recover(&mut self, pos: u64, pcm: &[i16], out: &mut Vec<Heard>) {
+        self.forget_old_silence();
+        let end = pos + pcm.len() as u64;
+        let mut i = 0;
+        while let Some(&(start, stop)) = self.concealed.get(i) {
+            if start >= end {
+                break;
+            }
+            let (from, to) = (start.max(pos), stop.min(end));
+            if from >= to {
+                i += 1;
+                continue;
+            }
+            let piece = pcm[(from - pos) as usize..(to - pos) as usize].to_vec();
+            out.push(Heard { pos: from, wall_pos: self.wall(from), pcm: piece, concealed: false, late: true });
+            self.stats.recovered_samples += to - from;
+            // Cut the filled part out of the range: what is left is still silence.
+            match (start < from, to < stop) {
+                (true, true) => {
+                    self.concealed[i].1 = from;
+                    self.concealed.insert(i + 1, (to, stop));
+                    i += 2;
+                }
+                (true, false) => {
+                    self.concealed[i].1 = from;
+                    i += 1;
+                }
+                (false, true) => {
+                    self.concealed[i].0 = to;
+                    i += 1;
+                }
+                (false, false) => {
+                    self.concealed.remove(i);
+                }
+            }
         }
     }
 
@@ -266,8 +328,20 @@ impl JitterBuffer {
         if waiting.is_some() {
             self.stats.lost_samples += n;
         }
-        out.push(Heard { pos: self.next_pos, wall_pos: self.wall(self.next_pos), pcm: vec![0; n as usize], concealed: true });
-        self.next_pos += n;
+        out.push(Heard { pos: self.next_pos, wall_pos: self.wall(self.next_pos), pcm: vec![0; n as usize], concealed: true, late: false });
+        let (start, end) = (self.next_pos, self.next_pos + n);
+        match self.concealed.back_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => self.concealed.push_back((start, end)),
+        }
+        self.next_pos = end;
+        self.forget_old_silence();
+    }
+
+    fn forget_old_silence(&mut self) {
+        while self.concealed.front().is_some_and(|&(_, stop)| stop + RECOVERY_WINDOW < self.next_pos) {
+            self.concealed.pop_front();
+        }
     }
 
     /// Advances time: whatever is overdue by more than `hold` becomes silence.
@@ -346,10 +420,62 @@ mod tests {
         assert_eq!(flatten(&out), [frame(1), frame(0), frame(3)].concat());
         assert_eq!(jb.stats.lost_samples, 160);
         assert_continuous(&out);
-        // The lost packet turning up afterwards is late, not played.
+        // The lost packet turning up afterwards is late for the live stream: it comes
+        // out once more, marked late, for the recording, where the silence was.
         jb.on_packet(t0 + MS20 * 4, 7, 160, frame(2), &mut out);
         assert_eq!(jb.stats.late, 1);
-        assert_eq!(out.len(), 3);
+        assert_eq!(out.len(), 4);
+        assert_eq!((out[3].pos, out[3].late, &out[3].pcm), (160, true, &frame(2)));
+        assert_eq!(out[3].wall_pos, out[1].wall_pos, "where the silence stood");
+        assert_eq!(jb.stats.recovered_samples, 160);
+        // A second copy of it finds no silence left to fill.
+        jb.on_packet(t0 + MS20 * 4, 7, 160, frame(2), &mut out);
+        assert_eq!(out.len(), 4);
+        assert_continuous(&out[..3]);
+    }
+
+    #[test]
+    fn late_audio_fills_only_the_silence_it_belongs_to() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        // The sender stalls for 200 ms: the live stream fills the frames due by then.
+        jb.on_tick(t0 + MS20 * 10, &mut out);
+        let filled: u64 = out.iter().filter(|h| h.concealed).map(|h| h.pcm.len() as u64).sum();
+        assert!(filled >= 7 * 160, "{filled} samples filled");
+        // Then everything comes at once, in 60-sample packets, one straddling the edge
+        // between what was filled and what is still to come.
+        assert_ne!(filled % 60, 0);
+        out.clear();
+        for k in 0..((filled + 320) / 60) {
+            jb.on_packet(t0 + MS20 * 10, 7, (160 + k * 60) as u32, vec![k as i16 + 1; 60], &mut out);
+        }
+        let recovered: Vec<i16> = out.iter().filter(|h| h.late).flat_map(|h| h.pcm.iter().copied()).collect();
+        assert_eq!(recovered.len() as u64, filled, "exactly the filled part is recovered");
+        assert!(recovered.iter().enumerate().all(|(i, &s)| s == (i / 60) as i16 + 1), "in its place");
+        let live: Vec<&Heard> = out.iter().filter(|h| !h.late).collect();
+        assert_eq!(live.first().map(|h| h.pos), Some(160 + filled), "the live stream goes on from where it was");
+        assert_eq!(jb.stats.recovered_samples, filled);
+    }
+
+    #[test]
+    fn silence_older_than_the_recovery_window_is_forgotten() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        // A gap at 160, then 1.5 s of audio, then the gap's packet (still within the
+        // 2 s that would make it a new stream).
+        for k in 2..77u32 {
+            jb.on_tick(t0 + MS20 * k, &mut out);
+            jb.on_packet(t0 + MS20 * k, 7, k * 160, frame(1), &mut out);
+        }
+        out.clear();
+        jb.on_packet(t0 + MS20 * 77, 7, 160, frame(2), &mut out);
+        assert_eq!(jb.stats.resyncs, 0);
+        assert!(out.is_empty(), "the recording has long closed that place");
+        assert!(jb.concealed.len() <= 1);
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub struct Counters {
     pub unsupported_payload: u64,
     pub late: u64,
     pub lost_samples: u64,
+    pub recovered_samples: u64,
     pub frames_skipped: u64,
 }
 
@@ -188,6 +189,7 @@ impl Session {
         let j = self.jitter.stats;
         self.counters.late += (j.late + j.duplicate) - (self.reported_jitter.late + self.reported_jitter.duplicate);
         self.counters.lost_samples += j.lost_samples - self.reported_jitter.lost_samples;
+        self.counters.recovered_samples += j.recovered_samples - self.reported_jitter.recovered_samples;
         self.counters.frames_skipped += self.pacer.skipped - self.reported_skips;
         self.reported_jitter = j;
         self.reported_skips = self.pacer.skipped;

@@ -78,11 +78,24 @@ impl RtpCaller {
 
     /// As `send_speech`, returning when each packet left (for latency measurements).
     pub async fn send_speech_timed(&self, to: SocketAddr, pcm: &[i16], codec: Codec, ssrc: u32) -> std::io::Result<Vec<Instant>> {
+        self.send_speech_scheduled(to, pcm, codec, ssrc, |k| Duration::from_millis(20 * k as u64)).await
+    }
+
+    /// As `send_speech_timed`, packet `k` leaving `at(k)` after the start: a network
+    /// that holds packets up and then lets them through at once is a schedule.
+    pub async fn send_speech_scheduled(
+        &self,
+        to: SocketAddr,
+        pcm: &[i16],
+        codec: Codec,
+        ssrc: u32,
+        at: impl Fn(usize) -> Duration,
+    ) -> std::io::Result<Vec<Instant>> {
         let start = tokio::time::Instant::now();
         let mut payload = Vec::new();
         let mut sent = Vec::with_capacity(pcm.len() / 160 + 1);
         for (k, frame) in pcm.chunks(160).enumerate() {
-            tokio::time::sleep_until(start + Duration::from_millis(20 * k as u64)).await;
+            tokio::time::sleep_until(start + at(k)).await;
             codec.encode_into(frame, &mut payload);
             let header = RtpHeader {
                 marker: k == 0,
