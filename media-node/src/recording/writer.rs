@@ -136,6 +136,17 @@ impl RecordingWriter {
             return Ok(());
         }
         let n = self.channel_buf.len();
+        if n == 1 && self.resamplers[0].is_identity() {
+            // Mono at the call's own rate, the common case: the mix is the file's
+            // samples, with no splitting into channels and no copy on the way.
+            let mut block = self.wav.get_i16_writer(self.mixed.len() as u32);
+            for &s in &self.mixed {
+                block.write_sample(s);
+            }
+            block.flush().map_err(std::io::Error::other)?;
+            self.frames_written += self.mixed.len() as u64;
+            return Ok(());
+        }
         for c in &mut self.channel_buf {
             c.clear();
         }
