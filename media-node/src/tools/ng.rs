@@ -130,7 +130,9 @@ impl NgClient {
         let mut buf = vec![0u8; 65536];
         for _ in 0..3 {
             self.socket.send_to(&out, self.server).await?;
-            let Ok(r) = tokio::time::timeout(Duration::from_secs(2), self.socket.recv_from(&mut buf)).await else {
+            // rtpengine answers `play media` only once it has decoded the file, and N
+            // calls ask at once: on a slow host the last answer takes seconds.
+            let Ok(r) = tokio::time::timeout(Duration::from_secs(5), self.socket.recv_from(&mut buf)).await else {
                 continue; // lost datagram: the protocol's own remedy is a resend with the same cookie
             };
             let (n, _) = r?;
