@@ -16,7 +16,7 @@ use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use tonic::transport::Channel;
 
-pub use media_node::audio::analysis::{best_correlation, rms, synth_prompt, synth_speech};
+pub use media_node::audio::analysis::{aligned_correlation, best_correlation, rms, synth_prompt, synth_speech};
 pub use media_node::audio::decode::wav_bytes;
 pub use media_node::tools::caller::{timeline, RtpCaller};
 

@@ -28,6 +28,30 @@ pub fn best_correlation(a: &[i16], b: &[i16], max_lag: usize) -> (f64, usize) {
     best
 }
 
+/// How well `b` holds `a` when each part may sit up to `tolerance` samples off the
+/// place the whole fits best: `a` is cut into `segment`-long parts, each part's best
+/// correlation within ±tolerance of the overall lag is taken, and the parts are
+/// averaged weighted by their energy. A recording placed by arrival time may move a
+/// few milliseconds when the node corrects for a first packet that came late; one
+/// lag for the whole would count that as damage, while a missing or misplaced part
+/// still shows. Returns (correlation, overall lag).
+pub fn aligned_correlation(a: &[i16], b: &[i16], max_lag: usize, segment: usize, tolerance: usize) -> (f64, usize) {
+    let (_, lag) = best_correlation(a, b, max_lag);
+    let (mut weighted, mut energy) = (0.0, 0.0);
+    for (k, part) in a.chunks(segment.max(1)).enumerate() {
+        let e: f64 = part.iter().map(|&s| (s as f64).powi(2)).sum();
+        if e == 0.0 {
+            continue;
+        }
+        let from = (lag + k * segment).saturating_sub(tolerance).min(b.len());
+        let lead = lag + k * segment - from;
+        let (c, _) = best_correlation(part, &b[from..], lead + tolerance);
+        weighted += c * e;
+        energy += e;
+    }
+    (if energy > 0.0 { weighted / energy } else { 0.0 }, lag)
+}
+
 pub fn rms(x: &[i16]) -> f64 {
     (x.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }
@@ -96,5 +120,34 @@ mod tests {
         assert_eq!(lag, 37);
         let other = synth_prompt(8000, 1.0);
         assert!(best_correlation(&a, &other, 100).0 < 0.5);
+    }
+
+    /// `speech` laid at `lag`, its first `head` samples `shift` later than the rest
+    /// (where a node's wall-clock correction after a late first packet leaves them).
+    fn realigned(speech: &[i16], lag: usize, head: usize, shift: usize) -> Vec<i16> {
+        let mut rec = vec![0i16; lag + speech.len() + shift];
+        for (i, &s) in speech.iter().enumerate() {
+            let at = lag + i + if i < head { shift } else { 0 };
+            rec[at] = rec[at].saturating_add(s);
+        }
+        rec
+    }
+
+    #[test]
+    fn aligned_correlation_forgives_a_small_move_not_damage() {
+        let speech = synth_speech(8000, 2.0, 9);
+        // The first 180 ms placed 10 ms late: one lag for all calls that poor...
+        let moved = realigned(&speech, 300, 1440, 78);
+        assert!(best_correlation(&speech, &moved, 8000).0 < 0.85);
+        // ...while every part is there, within 20 ms of its place.
+        let (c, lag) = aligned_correlation(&speech, &moved, 8000, 1600, 160);
+        assert!(c > 0.97, "{c}");
+        assert_eq!(lag, 300);
+        // A missing 300 ms, or a part 60 ms out of place, still shows.
+        let mut holed = realigned(&speech, 300, 0, 0);
+        holed[300 + 4000..300 + 6400].fill(0);
+        assert!(aligned_correlation(&speech, &holed, 8000, 1600, 160).0 < 0.9);
+        let far = realigned(&speech, 300, 6400, 480);
+        assert!(aligned_correlation(&speech, &far, 8000, 1600, 160).0 < 0.9);
     }
 }
