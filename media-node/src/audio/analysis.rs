@@ -36,9 +36,10 @@ pub fn best_correlation(a: &[i16], b: &[i16], max_lag: usize) -> (f64, usize) {
 /// lag for the whole would count that as damage, while a missing or misplaced part
 /// still shows. Returns (correlation, overall lag).
 pub fn aligned_correlation(a: &[i16], b: &[i16], max_lag: usize, segment: usize, tolerance: usize) -> (f64, usize) {
+    let segment = segment.max(1);
     let (_, lag) = best_correlation(a, b, max_lag);
     let (mut weighted, mut energy) = (0.0, 0.0);
-    for (k, part) in a.chunks(segment.max(1)).enumerate() {
+    for (k, part) in a.chunks(segment).enumerate() {
         let e: f64 = part.iter().map(|&s| (s as f64).powi(2)).sum();
         if e == 0.0 {
             continue;
@@ -136,7 +137,7 @@ mod tests {
     #[test]
     fn aligned_correlation_forgives_a_small_move_not_damage() {
         let speech = synth_speech(8000, 2.0, 9);
-        // The first 180 ms placed 10 ms late: one lag for all calls that poor...
+        // The first 180 ms placed 10 ms late: one lag for the whole scores that poorly...
         let moved = realigned(&speech, 300, 1440, 78);
         assert!(best_correlation(&speech, &moved, 8000).0 < 0.85);
         // ...while every part is there, within 20 ms of its place.
