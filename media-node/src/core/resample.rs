@@ -96,6 +96,44 @@ fn dot(c: &[f32], x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// Round half away from zero; `as` saturates to the i16 range.
+#[inline]
+fn round_to_i16(x: f32) -> i16 {
+    (x + 0.5f32.copysign(x)) as i16
+}
+
+/// Integer upsampling (the listener's 8 -> 16 kHz): every input from `first` on yields
+/// one output per phase. Each phase is run as a FIR over the whole chunk, tap by tap
+/// across the outputs, so the compiler vectorises over outputs, with no horizontal
+/// sums and no phase stepping per sample. `acc` is scratch kept by the caller.
+/// Returns how many inputs were consumed.
+fn interpolate(f: &Filter, buf: &[f32], first: usize, acc: &mut Vec<f32>, out: &mut Vec<i16>) -> usize {
+    let taps = f.taps;
+    let n = buf.len().saturating_sub(first);
+    if n == 0 {
+        return 0;
+    }
+    acc.clear();
+    acc.resize(f.up * n, 0.0);
+    let base = first + 1 - taps;
+    for (phase, acc) in acc.chunks_exact_mut(n).enumerate() {
+        for (k, &c) in f.coeffs[phase * taps..(phase + 1) * taps].iter().enumerate() {
+            for (a, &x) in acc.iter_mut().zip(&buf[base + k..base + k + n]) {
+                *a += c * x;
+            }
+        }
+    }
+    // Interleave the phases into the output.
+    let start = out.len();
+    out.resize(start + f.up * n, 0);
+    for (phase, acc) in acc.chunks_exact(n).enumerate() {
+        for (o, &a) in out[start + phase..].iter_mut().step_by(f.up).zip(acc) {
+            *o = round_to_i16(a);
+        }
+    }
+    n
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -151,66 +189,31 @@ impl Resampler {
         };
         self.buf.extend(input.iter().map(|&s| s as f32));
         out.reserve(input.len() * f.up / f.down + 1);
+        let taps = f.taps;
         if f.down == 1 {
-            let f = f.clone();
-            self.interpolate(&f, out);
-            return;
-        }
-        // The output position is kept as (input index, phase) and stepped by adding:
-        // two divisions per output sample were a quarter of the cost (hot_paths bench:
-        // 88 -> 65 µs per call-second for 8 -> 16 kHz).
-        let taps = f.taps;
-        let mut i = self.next_up / f.up;
-        let mut phase = self.next_up % f.up;
-        while i < self.buf.len() {
-            let c = &f.coeffs[phase * taps..(phase + 1) * taps];
-            let x = &self.buf[i + 1 - taps..=i];
-            let acc = dot(c, x);
-            // Round half away from zero; `as` saturates to the i16 range.
-            out.push((acc + 0.5f32.copysign(acc)) as i16);
-            phase += f.down;
-            while phase >= f.up {
-                phase -= f.up;
-                i += 1;
-            }
-        }
-        self.next_up = i * f.up + phase;
-        let keep_from = (self.next_up / f.up).saturating_sub(f.taps - 1).min(self.buf.len());
-        self.buf.drain(..keep_from);
-        self.next_up -= keep_from * f.up;
-    }
-
-    /// Integer upsampling (the listener's 8 -> 16 kHz): every input sample yields one
-    /// output per phase. Each phase is run as a FIR over the whole chunk, tap by tap
-    /// across the outputs, so the compiler vectorises over outputs, with no horizontal
-    /// sums and no phase stepping per sample.
-    fn interpolate(&mut self, f: &Filter, out: &mut Vec<i16>) {
-        let taps = f.taps;
-        // With down == 1 a chunk always ends on phase 0 of the next input.
-        let first = self.next_up / f.up;
-        let n = self.buf.len().saturating_sub(first);
-        if n > 0 {
-            self.acc.clear();
-            self.acc.resize(f.up * n, 0.0);
-            let base = first + 1 - taps;
-            for (phase, acc) in self.acc.chunks_exact_mut(n).enumerate() {
-                for (k, &c) in f.coeffs[phase * taps..(phase + 1) * taps].iter().enumerate() {
-                    for (a, &x) in acc.iter_mut().zip(&self.buf[base + k..base + k + n]) {
-                        *a += c * x;
-                    }
+            // With down == 1 a chunk always ends on phase 0 of the next input.
+            let first = self.next_up / f.up;
+            let n = interpolate(f, &self.buf, first, &mut self.acc, out);
+            self.next_up = (first + n) * f.up;
+        } else {
+            // The output position is kept as (input index, phase) and stepped by adding:
+            // two divisions per output sample were a quarter of the cost (hot_paths
+            // bench: 88 -> 65 µs per call-second for 8 -> 16 kHz).
+            let mut i = self.next_up / f.up;
+            let mut phase = self.next_up % f.up;
+            while i < self.buf.len() {
+                let c = &f.coeffs[phase * taps..(phase + 1) * taps];
+                let x = &self.buf[i + 1 - taps..=i];
+                out.push(round_to_i16(dot(c, x)));
+                phase += f.down;
+                while phase >= f.up {
+                    phase -= f.up;
+                    i += 1;
                 }
             }
-            // Interleave the phases into the output, rounding as the general path does.
-            let start = out.len();
-            out.resize(start + f.up * n, 0);
-            for (phase, acc) in self.acc.chunks_exact(n).enumerate() {
-                for (o, &a) in out[start + phase..].iter_mut().step_by(f.up).zip(acc) {
-                    *o = (a + 0.5f32.copysign(a)) as i16;
-                }
-            }
+            self.next_up = i * f.up + phase;
         }
-        self.next_up = (first + n) * f.up;
-        let keep_from = (first + n).saturating_sub(taps - 1).min(self.buf.len());
+        let keep_from = (self.next_up / f.up).saturating_sub(taps - 1).min(self.buf.len());
         self.buf.drain(..keep_from);
         self.next_up -= keep_from * f.up;
     }
