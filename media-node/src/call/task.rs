@@ -76,7 +76,12 @@ pub struct BoundSockets {
 
 impl BoundSockets {
     fn register(self) -> std::io::Result<CallSockets> {
-        Ok(CallSockets { rtp: UdpSocket::from_std(self.rtp)?, rtcp: UdpSocket::from_std(self.rtcp)? })
+        let rtp = UdpSocket::from_std(self.rtp)?;
+        // Packets are timed when they landed, not when the call got round to them.
+        if let Err(e) = udp::stamp_arrivals(&rtp) {
+            debug!(error = %e, "no kernel receive timestamps; arrivals are read times");
+        }
+        Ok(CallSockets { rtp, rtcp: UdpSocket::from_std(self.rtcp)? })
     }
 }
 
@@ -192,9 +197,8 @@ impl CallTask {
                 },
                 r = udp::recv(&self.sockets.rtp, &mut rtp_in) => match r {
                     Ok(_) => {
-                        let now = Instant::now();
-                        for (from, data) in rtp_in.iter() {
-                            self.session.handle_datagram(now, from, data, &mut self.out);
+                        for (from, data, arrived) in rtp_in.iter() {
+                            self.session.handle_datagram(arrived, from, data, &mut self.out);
                         }
                     }
                     Err(e) => debug!(error = %e, "rtp receive error"),

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use crate::call::udp;
 use crate::core::g711::Codec;
 use crate::core::rtp::{self, RtpHeader};
 
 #[derive(Debug, Clone)]
 pub struct ReceivedPacket {
+    /// When it reached the caller's socket (the kernel's stamp), not when the caller's
+    /// task read it: a busy load generator must not pass its own delays off as the
+    /// engine's jitter.
     pub at: Instant,
     pub from: SocketAddr,
     pub marker: bool,
@@ -32,13 +36,14 @@ pub struct RtpCaller {
 impl RtpCaller {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<RtpCaller> {
         let socket = Arc::new(UdpSocket::bind(addr).await?);
+        udp::stamp_arrivals(&socket)?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let (s, r) = (socket.clone(), received.clone());
         let receiver = tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                let at = Instant::now();
-                if let Ok(p) = rtp::parse(&buf[..n]) {
+            let mut batch = udp::Received::default();
+            while udp::recv(&s, &mut batch).await.is_ok() {
+                for (from, data, at) in batch.iter() {
+                    let Ok(p) = rtp::parse(data) else { continue };
                     let mut pcm = Vec::new();
                     if let Some(c) = Codec::from_payload_type(p.payload_type) {
                         c.decode_into(p.payload, &mut pcm);
