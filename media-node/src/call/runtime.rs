@@ -29,7 +29,9 @@ pub fn handle() -> Handle {
 /// The runtime that serves gRPC and HTTP. Its threads run as SCHED_BATCH: waking one
 /// (a listener frame handed over, a reply ready) does not preempt a media thread, which
 /// runs on to its next packet; the serving thread takes everything queued meanwhile
-/// when a core is free.
+/// when a core is free. MEDIA_SERVING_NICE (e.g. 10) lowers them further, for a node
+/// run near a full core: RTP pacing then wins over live-listen latency (see
+/// BENCHMARKS.md). A thread may always lower its own priority; no privilege is needed.
 pub fn serving() -> Builder {
     let mut b = Builder::new_multi_thread();
     b.enable_all().on_thread_start(batch_scheduling);
@@ -49,5 +51,35 @@ fn batch_scheduling() {
     unsafe {
         let param = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+        if let Some(nice) = serving_nice() {
+            // On Linux the nice value is per thread: `who` 0 is this thread.
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+        }
+    }
+}
+
+/// MEDIA_SERVING_NICE, 0 to 19 (raising priority would need privilege the node does
+/// not ask for); anything else is ignored.
+fn serving_nice() -> Option<libc::c_int> {
+    parse_nice(&std::env::var("MEDIA_SERVING_NICE").ok()?)
+}
+
+fn parse_nice(v: &str) -> Option<libc::c_int> {
+    v.trim().parse().ok().filter(|n| (0..=19).contains(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_nice;
+
+    #[test]
+    fn serving_nice_takes_0_to_19_only() {
+        assert_eq!(parse_nice("10"), Some(10));
+        assert_eq!(parse_nice(" 0 "), Some(0));
+        assert_eq!(parse_nice("19"), Some(19));
+        // Raising priority needs CAP_SYS_NICE, and 20 is out of range: ignored.
+        assert_eq!(parse_nice("-5"), None);
+        assert_eq!(parse_nice("20"), None);
+        assert_eq!(parse_nice("high"), None);
     }
 }
