@@ -300,12 +300,14 @@ async fn scale_down_cuts_no_call(client: &Client, members: &[Member], prompt: &[
     // Its call ends: then, and only then, the pod goes.
     v.release_port(ReleasePortRequest { rtp_port: call.port }).await.unwrap();
     eventually("the drained node is removed", 30, || async { (!live_pods(client).await.iter().any(|p| p.name_any() == victim.name)).then_some(()) }).await;
-    let st = eventually("2 replicas", 20, || async {
+    // The pool's figures are aggregated from each node's latest report (at most one a
+    // second), so the count may trail the replicas by a report: a peer's report from
+    // while it briefly held a "while-draining" call. It has to settle on 5.
+    eventually("2 replicas, none draining, and every other call (5) still counted", 20, || async {
         let s = pool(client).await.status?;
-        (s.replicas == 2 && s.draining_replicas == 0).then_some(s)
+        (s.replicas == 2 && s.draining_replicas == 0 && s.active_sessions == 5).then_some(())
     })
     .await;
-    assert_eq!(st.active_sessions, 5, "every other call is still up");
 
     let mut kept = Vec::new();
     for (m, calls) in members.iter().zip(held) {
