@@ -110,7 +110,6 @@ mod sys {
     use std::mem::{size_of, zeroed};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
-
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use super::{Received, BATCH, DATAGRAM};
