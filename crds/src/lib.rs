@@ -45,7 +45,10 @@ mod tests {
     /// CI fails when the committed YAML differs from what the types generate.
     #[test]
     fn committed_yaml_is_current() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("yaml");
+        // Read at run time (cargo test sets it), not baked in at build time: a test
+        // binary from a shared build cache may have been built in another checkout.
+        let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
+        let dir = root.join("yaml");
         for (file, yaml) in crds_yaml() {
             let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
             assert!(committed == yaml, "crds/yaml/{file} is stale: run `cargo run -p media-crds --bin crdgen -- crds/yaml`");

@@ -29,7 +29,7 @@ fn free_port() -> u16 {
 }
 
 pub fn binaries() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envtest/build.sh");
+    let script = crate::manifest_dir().join("envtest/build.sh");
     let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("envtest/build.sh runs");
     assert!(out.status.success(), "envtest/build.sh failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim().lines().last().unwrap())
@@ -372,7 +372,7 @@ impl Operator {
 pub async fn install_crds(client: &Client) {
     let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
     for (file, yaml) in media_crds::crds_yaml() {
-        let committed = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml").join(&file)).unwrap();
+        let committed = std::fs::read_to_string(crate::manifest_dir().join("../crds/yaml").join(&file)).unwrap();
         assert_eq!(committed, yaml);
         let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_yaml::from_str(&committed).unwrap();
         api.patch(&crd.name_any(), &kube::api::PatchParams::apply("envtest").force(), &kube::api::Patch::Apply(&crd)).await.expect("the API server accepts the CRD");

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub fn python() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/setup.sh");
+    let script = crate::manifest_dir().join("helm/setup.sh");
     let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("helm/setup.sh runs");
     assert!(out.status.success(), "tests/helm/setup.sh failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim().lines().last().unwrap())
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/helm.py")
+    crate::manifest_dir().join("helm/helm.py")
 }
 
 /// What `helm lint` found: the number of errors and every message's (severity, path).

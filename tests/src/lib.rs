@@ -17,6 +17,14 @@ use media_proto::pb::*;
 use tonic::transport::Channel;
 
 pub use media_node::audio::analysis::{aligned_correlation, best_correlation, rms, synth_prompt, synth_speech};
+
+/// This package's folder (`tests/`), read at run time: cargo test sets
+/// CARGO_MANIFEST_DIR for the test process. The build-time value is only a fallback,
+/// since a test binary from a shared build cache may have been built in another
+/// checkout of the repository, and would read that checkout's files.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from)
+}
 pub use media_node::audio::decode::wav_bytes;
 pub use media_node::tools::caller::{timeline, RtpCaller};
 

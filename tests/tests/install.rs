@@ -19,7 +19,7 @@ use media_crds::{MediaNode, MediaPool, POOL_LABEL};
 use serde_json::json;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    fleet_tests::manifest_dir().parent().unwrap().to_path_buf()
 }
 
 fn chart() -> PathBuf {
