@@ -120,6 +120,11 @@ pub fn spawn_call(
     let session = Session::new(SessionConfig::random(symmetric_rtp, jitter), started);
     let span = tracing::info_span!("call", port, call_id = %call_id);
     let call = call_id.clone();
+    // Where a recording finished by the call's end is stored: the runtime that asked
+    // for the call (the serving one), not the media threads. An upload (file copy, or
+    // HTTP and TLS to S3) then never competes with other calls' ticks, and runs on the
+    // serving runtime's SCHED_BATCH threads.
+    let storage = tokio::runtime::Handle::try_current().unwrap_or_else(|_| super::runtime::handle());
     let make = move |sockets| CallTask {
         session,
         sockets,
@@ -136,6 +141,7 @@ pub fn spawn_call(
         call_id: call,
         recording: None,
         segments: 0,
+        storage,
     };
     let run = async move {
         match sockets.register() {
@@ -168,6 +174,8 @@ struct CallTask {
     call_id: String,
     recording: Option<RecordingWriter>,
     segments: u32,
+    /// The runtime that stores a recording the call's end finishes.
+    storage: tokio::runtime::Handle,
 }
 
 impl CallTask {
@@ -233,7 +241,7 @@ impl CallTask {
         // The end of the call finalises an active recording by itself.
         if let Some(job) = self.finish_recording() {
             let store = self.store.clone();
-            tokio::spawn(async move {
+            self.storage.spawn(async move {
                 store.deliver(job).await;
             });
         }
