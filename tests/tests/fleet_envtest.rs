@@ -407,7 +407,10 @@ async fn autoscaler(client: &Client) {
         (s.desired_replicas == 2).then_some(s)
     })
     .await;
-    assert!(s.last_scale_time.is_some() && s.used_sessions >= 25, "{s:?}");
+    // It scales as soon as free capacity falls under 30 of 50, i.e. from 21 calls on;
+    // the status it wrote then may count fewer than all 25, as the node reports at
+    // most once a second while the calls are being placed.
+    assert!(s.last_scale_time.is_some() && s.used_sessions > 20, "{s:?}");
     serving(client, 2).await;
     let events = Api::<Event>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap().items;
     assert!(events.iter().any(|e| e.reason.as_deref() == Some("Autoscaled")), "the autoscaler records what it did");
