@@ -17,6 +17,8 @@ use media_proto::pb::*;
 use tonic::transport::Channel;
 
 pub use media_node::audio::analysis::{aligned_correlation, best_correlation, rms, synth_prompt, synth_speech};
+pub use media_node::audio::decode::wav_bytes;
+pub use media_node::tools::caller::{timeline, RtpCaller};
 
 /// This package's folder (`tests/`), read at run time: cargo test sets
 /// CARGO_MANIFEST_DIR for the test process. The build-time value is only a fallback,
@@ -25,8 +27,6 @@ pub use media_node::audio::analysis::{aligned_correlation, best_correlation, rms
 pub fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from)
 }
-pub use media_node::audio::decode::wav_bytes;
-pub use media_node::tools::caller::{timeline, RtpCaller};
 
 pub struct TestNode {
     pub running: RunningNode,
