@@ -55,11 +55,31 @@ fn pin_to(cpu: usize) {
     }
 }
 
-/// CPUs this process may use, read once before the main thread pins itself (which
-/// would make it one).
-fn cpus() -> usize {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// The CPUs this process may use (under `taskset`, those), read once before the main
+/// thread pins itself to the first of them.
+fn allowed() -> &'static [usize] {
+    static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(|| {
+        // SAFETY: sched_getaffinity fills one cpu_set_t; CPU_ISSET reads inside it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return vec![0];
+            }
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+            if cpus.is_empty() { vec![0] } else { cpus }
+        }
+    })
+}
+
+/// The sender's CPU.
+fn sender_cpu() -> usize {
+    allowed()[0]
+}
+
+/// The sink's and the peer's CPU: another one where there is one.
+fn peer_cpu() -> Option<usize> {
+    allowed().get(1).copied()
 }
 
 fn bind_many(n: usize) -> Vec<UdpSocket> {
@@ -80,8 +100,8 @@ fn sink() -> SocketAddr {
     unsafe { libc::setsockopt(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), 4) };
     let to = rx.local_addr().expect("sink address");
     std::thread::spawn(move || {
-        if cpus() > 1 {
-            pin_to(1);
+        if let Some(cpu) = peer_cpu() {
+            pin_to(cpu);
         }
         let mut buf = [0u8; 2048];
         loop {
@@ -106,13 +126,13 @@ struct Cost {
 /// The CPU cost per packet of `round` run ROUNDS times, resting 200 µs between
 /// rounds so the sink keeps up (as the 20 ms between a call's packets would).
 fn measure(calls: usize, mut round: impl FnMut()) -> Cost {
-    let (t0, c0, m0) = (thread_cpu(), cpu_busy(Some(0)), cpu_busy(None));
+    let (t0, c0, m0) = (thread_cpu(), cpu_busy(Some(sender_cpu())), cpu_busy(None));
     for _ in 0..ROUNDS {
         round();
         std::thread::sleep(Duration::from_micros(200));
     }
     let per = 1e6 / (ROUNDS * calls) as f64;
-    Cost { thread: (thread_cpu() - t0) * per, sender_cpu: (cpu_busy(Some(0)) - c0) * per, machine: (cpu_busy(None) - m0) * per }
+    Cost { thread: (thread_cpu() - t0) * per, sender_cpu: (cpu_busy(Some(sender_cpu())) - c0) * per, machine: (cpu_busy(None) - m0) * per }
 }
 
 fn show(name: &str, c: Cost) {
@@ -190,8 +210,8 @@ fn recvmmsg(socks: &[UdpSocket]) -> f64 {
     let (go, rounds) = mpsc::channel::<()>();
     let (sent, done) = mpsc::channel::<()>();
     std::thread::spawn(move || {
-        if cpus() > 1 {
-            pin_to(1);
+        if let Some(cpu) = peer_cpu() {
+            pin_to(cpu);
         }
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind the peer");
         while rounds.recv().is_ok() {
@@ -237,11 +257,10 @@ fn recvmmsg(socks: &[UdpSocket]) -> f64 {
 
 fn main() {
     let calls: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(400);
-    cpus();
-    pin_to(0);
+    pin_to(sender_cpu());
     let to = sink();
     println!("udp_floor: {calls} call sockets on loopback, {ROUNDS} rounds; CPU µs per packet (a call-second is 50 of each)");
-    if cpus() < 2 {
+    if peer_cpu().is_none() {
         println!("  (one CPU: sender and sink share it, so \"its CPU\" includes the sink)");
     }
     let plain = sendto(&bind_many(calls), to);
