@@ -24,7 +24,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 const ROUNDS: usize = 2_000;
-const PACKET: [u8; 172] = [0x80; 172];
+/// A static, not a const: the io_uring path hands the kernel a pointer to it, which
+/// must stay valid past the statement that takes it.
+static PACKET: [u8; 172] = [0x80; 172];
 
 fn thread_cpu() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -173,6 +175,7 @@ fn uring(socks: &[UdpSocket], to: SocketAddr) -> Option<Cost> {
     let iov = libc::iovec { iov_base: PACKET.as_ptr() as *mut _, iov_len: PACKET.len() };
     let headers: Vec<libc::msghdr> = (0..socks.len())
         .map(|_| {
+            // SAFETY: all-zero is a valid msghdr.
             let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
             h.msg_name = &name as *const libc::sockaddr_in as *mut _;
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
