@@ -60,10 +60,12 @@ fn batch_scheduling() {
 
 /// MEDIA_SERVING_NICE, 0 to 19 (raising priority would need privilege the node does
 /// not ask for); anything else is ignored.
+#[cfg(target_os = "linux")]
 fn serving_nice() -> Option<libc::c_int> {
     parse_nice(&std::env::var("MEDIA_SERVING_NICE").ok()?)
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn parse_nice(v: &str) -> Option<libc::c_int> {
     v.trim().parse().ok().filter(|n| (0..=19).contains(n))
 }
