@@ -1,5 +1,6 @@
-//! The kernel's floor under a media node on this host: CPU per RTP packet for UDP on
-//! loopback, sent and received the ways an engine could, with no engine around it.
+//! The floor under a media node on this host: CPU per RTP packet for UDP on loopback,
+//! sent the ways an engine could and read the way the node reads (`call::udp::recv`),
+//! with no engine work around it.
 //!
 //! A node's call sends 50 packets a second and receives 50. Whatever the engine does
 //! in user space, a call-second cannot cost less than 50 sends and 50 receives, so
@@ -10,7 +11,8 @@
 //!   the route lookup per packet but makes the kernel drop datagrams from any other
 //!   source (no re-latching to a caller whose address moves).
 //! - `io_uring`: every send of a round (one packet per call) in one submission.
-//! - `recvmmsg`: one read per call socket that has a packet queued (the node).
+//! - `udp::recv`: the node's own read of a call socket that has a packet queued
+//!   (tokio readiness, one `recvmmsg` with the kernel's receive stamps).
 //!
 //! On loopback the sender also pays the receiver's delivery (the softirq runs in the
 //! sending thread), as the node does for what it sends to its callers. The peer
@@ -207,8 +209,11 @@ fn uring(socks: &[UdpSocket], to: SocketAddr) -> Option<Cost> {
 }
 
 /// Receiving: a peer thread sends one packet to each call socket, then the calls are
-/// read with one recvmmsg each; only the reads are timed.
-fn recvmmsg(socks: &[UdpSocket]) -> f64 {
+/// read through the node's own receive path (`call::udp::recv`: readiness from
+/// tokio's reactor, one `recvmmsg` with the kernel's receive stamps); only the reads
+/// are timed.
+fn node_reads(socks: Vec<UdpSocket>) -> f64 {
+    use media_node::call::udp;
     let targets: Vec<SocketAddr> = socks.iter().map(|s| s.local_addr().expect("address")).collect();
     let (go, rounds) = mpsc::channel::<()>();
     let (sent, done) = mpsc::channel::<()>();
@@ -224,36 +229,36 @@ fn recvmmsg(socks: &[UdpSocket]) -> f64 {
             let _ = sent.send(());
         }
     });
-    const BATCH: usize = 4;
-    let mut bufs = vec![[0u8; 2048]; BATCH];
-    let mut spent = 0.0;
-    let mut got = 0usize;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let socks: Vec<tokio::net::UdpSocket> = {
+        let _in_rt = rt.enter();
+        socks
+            .into_iter()
+            .map(|s| {
+                let s = tokio::net::UdpSocket::from_std(s).expect("joins the reactor");
+                udp::stamp_arrivals(&s).expect("receive stamps");
+                s
+            })
+            .collect()
+    };
+    let mut batch = udp::Received::default();
+    let (mut spent, mut got, mut missed) = (0.0, 0usize, 0usize);
     for _ in 0..ROUNDS {
         go.send(()).expect("peer alive");
         done.recv().expect("peer alive");
         let t0 = thread_cpu();
-        for s in socks {
-            // SAFETY: as in the node's call/udp.rs: every header points at a buffer
-            // and a name that live until the call returns, with their true sizes.
-            unsafe {
-                let mut names: [libc::sockaddr_storage; BATCH] = std::mem::zeroed();
-                let mut iov: [libc::iovec; BATCH] = std::mem::zeroed();
-                let mut msgs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
-                for k in 0..BATCH {
-                    iov[k] = libc::iovec { iov_base: bufs[k].as_mut_ptr().cast(), iov_len: 2048 };
-                    msgs[k].msg_hdr.msg_name = (&mut names[k] as *mut libc::sockaddr_storage).cast();
-                    msgs[k].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                    msgs[k].msg_hdr.msg_iov = &mut iov[k];
-                    msgs[k].msg_hdr.msg_iovlen = 1;
+        rt.block_on(async {
+            for s in &socks {
+                match tokio::time::timeout(Duration::from_secs(1), udp::recv(s, &mut batch)).await {
+                    Ok(Ok(n)) => got += n,
+                    _ => missed += 1,
                 }
-                let n = libc::recvmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut());
-                got += n.max(0) as usize;
             }
-        }
+        });
         spent += thread_cpu() - t0;
     }
-    if got < ROUNDS * socks.len() {
-        eprintln!("recvmmsg: {} of {} packets read", got, ROUNDS * socks.len());
+    if missed > 0 {
+        eprintln!("node reads: {missed} sockets had nothing to read within 1 s");
     }
     spent * 1e6 / got.max(1) as f64
 }
@@ -273,8 +278,8 @@ fn main() {
         None => println!("  io_uring: not available here"),
     }
     show("send (connected)", connected(&bind_many(calls), to));
-    let recv = recvmmsg(&bind_many(calls));
-    println!("  {:<22} {recv:6.2} µs thread", "recvmmsg (the node)");
+    let recv = node_reads(bind_many(calls));
+    println!("  {:<22} {recv:6.2} µs thread", "udp::recv (the node)");
     let floor = (plain.sender_cpu + recv) * 50.0;
-    println!("  floor of a call-second (sendto on its CPU + recvmmsg): {floor:.0} µs, at most {:.0} calls per core", 1e6 / floor);
+    println!("  floor of a call-second (sendto on its CPU + the node's read): {floor:.0} µs, at most {:.0} calls per core", 1e6 / floor);
 }
