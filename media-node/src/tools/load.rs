@@ -102,6 +102,9 @@ pub struct LoadReport {
     /// The node's own pacing: how late packets left against their schedule, p50 and
     /// p99 as histogram bucket bounds (from its /metrics), free of the receiver's noise.
     pub send_lateness_ms: Option<(f64, f64)>,
+    /// AllocatePort as the node timed it (its handler, without the client and the
+    /// transport), p50 and p99 as histogram bucket bounds.
+    pub allocate_in_node_ms: Option<(f64, f64)>,
     pub parts: CallParts,
     /// From an RTP packet sent by the caller to its audio reaching the listener.
     pub latency_p50_ms: f64,
@@ -132,6 +135,9 @@ impl std::fmt::Display for LoadReport {
         writeln!(f, "  latency RTP in -> listener: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms)?;
         if self.engine == "media-node" {
             writeln!(f, "  AllocatePort at 1,000/s: p50 {:.3} ms, p99 {:.3} ms", self.allocate_p50_ms, self.allocate_p99_ms)?;
+            if let Some((p50, p99)) = self.allocate_in_node_ms {
+                writeln!(f, "    of which in the node's handler: p50 <= {p50:.3} ms, p99 <= {p99:.3} ms")?;
+            }
         }
         if let (Some(cpu), Some(rss)) = (self.node_cpu_seconds, self.node_peak_rss_mb) {
             let share = cpu / self.wall_seconds.max(1e-9);
@@ -312,6 +318,7 @@ fn summarise(engine: Engine, opts: &LoadOptions, results: &[CallResult], mut all
         listener_frames: frames,
         wall_seconds: wall,
         send_lateness_ms: None,
+        allocate_in_node_ms: None,
         parts: opts.parts,
     }
 }
@@ -438,6 +445,10 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let caller_to_node_loss = node_in.map_or(f64::NAN, |n| (1.0 - n / sent.max(1) as f64).max(0.0));
     let mut report = summarise(Engine::MediaNode, &opts, &results, alloc_ms, caller_to_node_loss, (cpu_before, usage), wall);
     report.send_lateness_ms = lateness.map(|(a, b)| (a * 1000.0, b * 1000.0));
+    report.allocate_in_node_ms = metrics.as_deref().map(|body| {
+        let q = |p| histogram_quantile(body, "media_allocate_port_duration_seconds", p) * 1000.0;
+        (q(0.5), q(0.99))
+    });
     Ok(report)
 }
 
