@@ -374,4 +374,24 @@ pub(crate) mod tests {
         let x = tone(440.0, 16000, 320, 5000.0);
         assert_eq!(Resampler::new(16000, 16000).process(&x), x);
     }
+
+    #[test]
+    fn the_avx2_path_gives_the_baseline_paths_samples_exactly() {
+        // A recording or a listener must not depend on which CPU the node ran on.
+        let f = filter_for(2, 1);
+        let x: Vec<f32> = tone(1234.0, 8000, 8000, 12000.0).iter().map(|&s| s as f32).collect();
+        let (mut acc, mut base, mut chosen) = (Vec::new(), Vec::new(), Vec::new());
+        let first = f.taps - 1;
+        interpolate_body(&f, &x, first, &mut acc, &mut base);
+        interpolate(&f, &x, first, &mut acc, &mut chosen);
+        assert_eq!(base.len(), 2 * (x.len() - first));
+        assert_eq!(base, chosen);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut wide = Vec::new();
+            // SAFETY: AVX2 is present (checked just above).
+            unsafe { interpolate_avx2(&f, &x, first, &mut acc, &mut wide) };
+            assert_eq!(base, wide);
+        }
+    }
 }
