@@ -7,7 +7,7 @@ use fleet_tests::TestNode;
 use media_node::tools::load::{run, CallParts, Engine, LoadOptions};
 
 fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> LoadOptions {
-    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None, parts: CallParts::default() }
+    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None, parts: CallParts::default(), allocate_rate: 1000 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,9 @@ enum Cmd {
         /// Leave out the recording (to see its cost).
         #[arg(long)]
         no_record: bool,
+        /// Calls set up per second (AllocatePort is timed at this rate).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        allocate_rate: u32,
     },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
@@ -110,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { metrics_url } => stats(&metrics_url).await,
-        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus, no_listen, no_record } => {
+        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus, no_listen, no_record, allocate_rate } => {
             use media_node::tools::load::{self, CallParts, Engine, LoadOptions};
             let parts = CallParts { listen: !no_listen, record: !no_record };
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
@@ -123,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut all = Vec::new();
             for engine in engines {
-                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone(), parts }, &levels).await?;
+                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone(), parts, allocate_rate }, &levels).await?;
                 if levels.len() > 1 {
                     match best {
                         Some(n) => println!("{}: the largest level that held: {n} calls", engine.name()),

@@ -55,6 +55,15 @@ pub struct LoadOptions {
     pub engine_cpus: Option<String>,
     /// Which parts of a call run (all by default); turning one off shows its cost.
     pub parts: CallParts,
+    /// Calls set up per second (AllocatePort, or rtpengine's offer), each one timed.
+    pub allocate_rate: u32,
+}
+
+impl LoadOptions {
+    /// The gap between two call set-ups at `allocate_rate`.
+    fn setup_interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.allocate_rate.max(1) as f64)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +106,8 @@ pub struct LoadReport {
     pub jitter_p50_ms: f64,
     pub jitter_p99_ms: f64,
     pub jitter_max_ms: f64,
+    /// AllocatePorts a second the run asked for.
+    pub allocate_rate: u32,
     pub allocate_p50_ms: f64,
     pub allocate_p99_ms: f64,
     /// The node's own pacing: how late packets left against their schedule, p50 and
@@ -134,7 +145,7 @@ impl std::fmt::Display for LoadReport {
         }
         writeln!(f, "  latency RTP in -> listener: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms)?;
         if self.engine == "media-node" {
-            writeln!(f, "  AllocatePort at 1,000/s: p50 {:.3} ms, p99 {:.3} ms", self.allocate_p50_ms, self.allocate_p99_ms)?;
+            writeln!(f, "  AllocatePort at {}/s: p50 {:.3} ms, p99 {:.3} ms", self.allocate_rate, self.allocate_p50_ms, self.allocate_p99_ms)?;
             if let Some((p50, p99)) = self.allocate_in_node_ms {
                 writeln!(f, "    of which in the node's handler: p50 <= {p50:.3} ms, p99 <= {p99:.3} ms")?;
             }
@@ -305,6 +316,7 @@ fn summarise(engine: Engine, opts: &LoadOptions, results: &[CallResult], mut all
         jitter_p50_ms: percentile(&mut jitter, 0.5),
         jitter_p99_ms: percentile(&mut jitter, 0.99),
         jitter_max_ms: percentile(&mut jitter, 1.0),
+        allocate_rate: opts.allocate_rate,
         allocate_p50_ms: percentile(&mut alloc_ms, 0.5),
         allocate_p99_ms: percentile(&mut alloc_ms, 0.99),
         latency_p50_ms: percentile(&mut latency, 0.5),
@@ -360,10 +372,10 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let cpu_before = node.as_ref().and_then(|n| proc_usage(n.0.id()));
     let wall = Instant::now();
 
-    // Allocation at a steady rate of 1,000 a second, measured one by one.
+    // Allocation at a steady rate (1,000 a second unless told), measured one by one.
     let mut alloc_ms = Vec::new();
     let mut ports = Vec::new();
-    let tick = Duration::from_micros(1000);
+    let tick = opts.setup_interval();
     let start = tokio::time::Instant::now();
     for i in 0..opts.calls {
         tokio::time::sleep_until(start + tick * i as u32).await;
@@ -504,16 +516,17 @@ async fn run_rtpengine(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let cpu_before = proc_usage(engine.0.id());
     let wall = Instant::now();
 
-    // Set up every call first (at 1,000 a second, as AllocatePort is paced), then run
-    // the media, so both engines carry all N calls at once.
+    // Set up every call first (at the rate AllocatePort is paced at), then run the
+    // media, so both engines carry all N calls at once.
     let speech = never_silent(synth_speech(8000, opts.seconds, 3));
     let start = tokio::time::Instant::now();
-    let media_start = start + Duration::from_micros(1000) * opts.calls as u32 + Duration::from_millis(500);
+    let interval = opts.setup_interval();
+    let media_start = start + interval * opts.calls as u32 + Duration::from_millis(500);
     let mut tasks = Vec::new();
     for i in 0..opts.calls {
         let (speech, prompt) = (speech.clone(), prompt.clone());
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(start + Duration::from_micros(1000) * i as u32).await;
+            tokio::time::sleep_until(start + interval * i as u32).await;
             let mut ctl = NgClient::connect(ng).await?;
             let caller = RtpCaller::bind("127.0.0.1:0".parse()?).await?;
             let agent = RtpCaller::bind("127.0.0.1:0".parse()?).await?;
