@@ -7,15 +7,22 @@ use fleet_tests::TestNode;
 use media_node::tools::load::{run, CallParts, Engine, LoadOptions};
 
 fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> LoadOptions {
-    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None, parts: CallParts::default(), allocate_rate: 1000 }
+    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None, parts: CallParts::default(), allocate_rate: 1000, allocations: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_run_against_a_media_node_measures_loss_jitter_and_latency() {
     let node = TestNode::start(22900, 20).await;
     let work = tempfile::tempdir().unwrap();
-    let r = run(options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path())).await.unwrap();
+    // Three AllocatePorts timed on their own first (then released), and the report's
+    // percentiles are of those three.
+    let opts = LoadOptions { allocations: 3, ..options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path()) };
+    let r = run(opts).await.unwrap();
     assert_eq!(r.engine, "media-node");
+    assert_eq!(r.allocate_samples, 3, "the p50/p99 are of the allocations timed on their own: {r}");
+    // Those three were released as well as the calls' own ports.
+    let m = node.metrics().await;
+    assert!(m.lines().any(|l| l == "media_ports{state=\"allocated\"} 0"), "no port left allocated:\n{m}");
     assert!(r.node_to_caller_loss < 0.05, "{r}");
     // Every packet's audio reached the listener, in between 0 and 100 ms.
     assert!(r.listener_frames >= 4 * 95, "{r}");

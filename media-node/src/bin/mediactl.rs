@@ -87,6 +87,10 @@ enum Cmd {
         /// Calls set up per second (AllocatePort is timed at this rate).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         allocate_rate: u32,
+        /// Time this many AllocatePorts on their own before the calls (then release
+        /// them), for a p99 from enough samples; 0 times the calls' own.
+        #[arg(long, default_value_t = 0)]
+        allocations: usize,
     },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
@@ -113,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { metrics_url } => stats(&metrics_url).await,
-        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus, no_listen, no_record, allocate_rate } => {
+        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus, no_listen, no_record, allocate_rate, allocations } => {
             use media_node::tools::load::{self, CallParts, Engine, LoadOptions};
             let parts = CallParts { listen: !no_listen, record: !no_record };
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
@@ -126,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut all = Vec::new();
             for engine in engines {
-                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone(), parts, allocate_rate }, &levels).await?;
+                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone(), parts, allocate_rate, allocations }, &levels).await?;
                 if levels.len() > 1 {
                     match best {
                         Some(n) => println!("{}: the largest level that held: {n} calls", engine.name()),
