@@ -71,7 +71,10 @@ impl Received {
 }
 
 /// Asks the kernel to stamp each datagram with the time it reached the socket.
-/// Without it (or off Linux) arrivals are the time of the read.
+/// Without it (or off Linux) arrivals are the time of the read. Linux switches
+/// stamping on for the whole system from a work queue, a moment after the first
+/// socket asks (again after the last such socket has closed): the first packets of a
+/// call on an idle node may be stamped when read, which is what they were before.
 pub fn stamp_arrivals(sock: &UdpSocket) -> io::Result<()> {
     sys::stamp_arrivals(sock)
 }
@@ -276,10 +279,30 @@ mod tests {
         assert_eq!((from, data), (tx.local_addr().unwrap(), &b"v6"[..]));
     }
 
+    /// Linux turns receive stamps on for the whole system from a work queue, a moment
+    /// after the first socket asks (and off again after the last one closes); until
+    /// then a datagram is stamped when it is read. Waits for a probe stamped on arrival.
+    async fn until_stamps_are_on(rx: &UdpSocket, tx: &UdpSocket) {
+        let mut got = Received::default();
+        for _ in 0..200 {
+            tx.send_to(b"probe", rx.local_addr().unwrap()).await.unwrap();
+            let landed_by = Instant::now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(recv_within(rx, &mut got).await, 1);
+            if got.iter().next().unwrap().2 <= landed_by + Duration::from_millis(1) {
+                return;
+            }
+        }
+        panic!("no datagram was stamped on arrival");
+    }
+
     #[tokio::test]
     async fn a_datagram_is_timed_when_it_landed_not_when_it_was_read() {
         let (rx, tx) = pair("127.0.0.1").await.unwrap();
         stamp_arrivals(&rx).unwrap();
+        if cfg!(target_os = "linux") {
+            until_stamps_are_on(&rx, &tx).await;
+        }
         let sent = Instant::now();
         tx.send_to(b"early", rx.local_addr().unwrap()).await.unwrap();
         let landed_by = Instant::now();
