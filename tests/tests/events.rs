@@ -21,13 +21,7 @@ async fn wait_for(received: &Received, key: &str, count: usize, secs: u64) -> Ve
 /// An event leaves the outbox when the broker confirms it, which can come after the
 /// consumer already has it: wait for the confirms rather than read the gauge at once.
 async fn outbox_empties(node: &TestNode) {
-    for _ in 0..400 {
-        if node.metric("media_events_outbox").await == 0.0 {
-            return;
-        }
-        sleep_ms(50).await;
-    }
-    panic!("the broker did not confirm every event it delivered: {} left in the outbox", node.metric("media_events_outbox").await);
+    fleet_tests::envtest::eventually("the broker to confirm every event it delivered (an empty outbox)", 20, || async { (node.metric("media_events_outbox").await == 0.0).then_some(()) }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
