@@ -377,8 +377,9 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     };
     // AllocatePort on its own first, when asked: as many as were asked for, at the
     // same rate, then all released (before the CPU count starts).
+    let interval = opts.setup_interval();
     let timed_alone = if opts.allocations > 0 {
-        let (ms, ports) = allocate_paced(&client, opts.allocations, opts.setup_interval(), "alloc").await?;
+        let (ms, ports) = allocate_paced(&client, opts.allocations, interval, "alloc").await?;
         for a in ports {
             client.clone().release_port(ReleasePortRequest { rtp_port: a.rtp_port }).await?;
         }
@@ -389,7 +390,7 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let cpu_before = node.as_ref().and_then(|n| proc_usage(n.0.id()));
     let wall = Instant::now();
 
-    let (calls_ms, ports) = allocate_paced(&client, opts.calls, opts.setup_interval(), "load").await?;
+    let (calls_ms, ports) = allocate_paced(&client, opts.calls, interval, "load").await?;
     let alloc_ms = timed_alone.unwrap_or(calls_ms);
 
     let speech = never_silent(synth_speech(8000, opts.seconds, 3));
