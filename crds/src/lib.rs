@@ -8,8 +8,8 @@ pub mod pool;
 
 pub use node::{MediaNode, MediaNodeSpec, MediaNodeStatus};
 pub use pool::{
-    AddressSource, AdvertiseAddress, AutoscalingPolicy, AutoscalingStatus, MediaPool, MediaPoolSpec, MediaPoolStatus, NodeTemplate, PortCounts, PortRange, RecordingDefaults,
-    RolloutPolicy,
+    AddressSource, AdvertiseAddress, AutoscalingPolicy, AutoscalingStatus, MediaPool, MediaPoolSpec, MediaPoolStatus, NodeTemplate,
+    PortCounts, PortRange, RecordingDefaults, RolloutPolicy,
 };
 
 pub const GROUP: &str = "media.sentiric.cloud";
@@ -47,7 +47,8 @@ mod tests {
     fn committed_yaml_is_current() {
         // Read at run time (cargo test sets it), not baked in at build time: a test
         // binary from a shared build cache may have been built in another checkout.
-        let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
+        let root = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
         let dir = root.join("yaml");
         for (file, yaml) in crds_yaml() {
             let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();

@@ -71,7 +71,11 @@ fn allowed() -> &'static [usize] {
                 return vec![0];
             }
             let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
-            if cpus.is_empty() { vec![0] } else { cpus }
+            if cpus.is_empty() {
+                vec![0]
+            } else {
+                cpus
+            }
         }
     })
 }

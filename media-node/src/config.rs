@@ -135,10 +135,7 @@ impl NodeConfig {
     pub fn from_args(a: &NodeArgs) -> Result<NodeConfig, ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
         if a.rtp_port_min >= a.rtp_port_max {
-            return bad(format!(
-                "RTP_SERVICE_PORT_MIN ({}) must be below RTP_SERVICE_PORT_MAX ({})",
-                a.rtp_port_min, a.rtp_port_max
-            ));
+            return bad(format!("RTP_SERVICE_PORT_MIN ({}) must be below RTP_SERVICE_PORT_MAX ({})", a.rtp_port_min, a.rtp_port_max));
         }
         if a.rtp_port_min < 1024 {
             return bad(format!("RTP_SERVICE_PORT_MIN ({}) must be 1024 or above", a.rtp_port_min));
@@ -163,14 +160,23 @@ impl NodeConfig {
                 None
             }
             (Some(cert), Some(key)) => {
-                for (name, p) in [("MEDIA_SERVICE_CERT_PATH", Some(cert)), ("MEDIA_SERVICE_KEY_PATH", Some(key)), ("GRPC_TLS_CA_PATH", a.tls_ca_path.as_ref())] {
+                for (name, p) in [
+                    ("MEDIA_SERVICE_CERT_PATH", Some(cert)),
+                    ("MEDIA_SERVICE_KEY_PATH", Some(key)),
+                    ("GRPC_TLS_CA_PATH", a.tls_ca_path.as_ref()),
+                ] {
                     if let Some(p) = p {
                         if !p.is_file() {
                             return bad(format!("{name} {p:?} is not a readable file"));
                         }
                     }
                 }
-                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: a.tls_ca_path.clone(), peer_domain: a.peer_tls_domain.clone() })
+                Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: a.tls_ca_path.clone(),
+                    peer_domain: a.peer_tls_domain.clone(),
+                })
             }
             _ => return bad("set both MEDIA_SERVICE_CERT_PATH and MEDIA_SERVICE_KEY_PATH for TLS, or neither".into()),
         };
@@ -257,7 +263,15 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> NodeArgs {
-        let mut v = vec!["media-node", "--assets-base-path", ".", "--recordings-spool-dir", "/tmp/media-node-test-spool", "--recordings-root", "/tmp/media-node-test-rec"];
+        let mut v = vec![
+            "media-node",
+            "--assets-base-path",
+            ".",
+            "--recordings-spool-dir",
+            "/tmp/media-node-test-spool",
+            "--recordings-root",
+            "/tmp/media-node-test-rec",
+        ];
         v.extend_from_slice(extra);
         NodeArgs::try_parse_from(v).unwrap()
     }

@@ -9,18 +9,18 @@
 //! - `fleet`: the pool as one service: placement of new calls and forwarding to the
 //!   node that holds a port or a call.
 //! - `cluster`: reporting into the node's MediaNode and watching the pool's nodes.
-pub mod core;
 pub mod audio;
-pub mod ports;
 pub mod call;
+pub mod cluster;
 pub mod config;
+pub mod core;
+pub mod events;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod ports;
+pub mod recording;
 pub mod server;
 pub mod tools;
-pub mod cluster;
-pub mod recording;
-pub mod events;
-pub mod fleet;

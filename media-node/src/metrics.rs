@@ -1,8 +1,8 @@
 //! The node's one Prometheus registry and every metric it exports.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::core::session::Counters;
@@ -53,7 +53,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"));
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"))
+        };
         Metrics {
             sessions: reg(&r, IntGauge::new("media_sessions_active", "Calls with an RTP session on this node").unwrap()),
             ports: reg(&r, IntGaugeVec::new(Opts::new("media_ports", "RTP ports by state"), &["state"]).unwrap()),
@@ -65,14 +67,27 @@ impl Metrics {
             unsupported_payload: counter("media_rtp_unsupported_payload_total", "RTP with a payload type we do not decode, dropped"),
             late: counter("media_rtp_late_packets_total", "RTP packets that arrived after their audio was due, or twice"),
             lost_samples: counter("media_rtp_lost_samples_total", "8 kHz samples concealed with silence because their packet never came"),
-            recovered_samples: counter("media_rtp_recovered_samples_total", "8 kHz samples that came too late for the live stream and were handed to the recording in place of the silence"),
+            recovered_samples: counter(
+                "media_rtp_recovered_samples_total",
+                "8 kHz samples that came too late for the live stream and were handed to the recording in place of the silence",
+            ),
             frames_skipped: counter("media_pacer_frames_skipped_total", "Outbound frames skipped after a scheduling stall"),
-            cache_lookups: reg(&r, IntCounterVec::new(Opts::new("media_prompt_cache_lookups_total", "Prompt cache lookups"), &["result"]).unwrap()),
+            cache_lookups: reg(
+                &r,
+                IntCounterVec::new(Opts::new("media_prompt_cache_lookups_total", "Prompt cache lookups"), &["result"]).unwrap(),
+            ),
             cache_bytes: reg(&r, IntGauge::new("media_prompt_cache_bytes", "Bytes of decoded prompts in the cache").unwrap()),
             playbacks: reg(&r, IntCounterVec::new(Opts::new("media_playbacks_total", "Prompts ended, by outcome"), &["outcome"]).unwrap()),
-            listener_frames_dropped: counter("media_listener_frames_dropped_total", "Frames a slow RecordAudio listener did not take in time"),
+            listener_frames_dropped: counter(
+                "media_listener_frames_dropped_total",
+                "Frames a slow RecordAudio listener did not take in time",
+            ),
             listeners: reg(&r, IntGauge::new("media_listeners_active", "Open RecordAudio streams").unwrap()),
-            rpc_requests: reg(&r, IntCounterVec::new(Opts::new("media_grpc_requests_total", "gRPC requests by method and status code"), &["method", "code"]).unwrap()),
+            rpc_requests: reg(
+                &r,
+                IntCounterVec::new(Opts::new("media_grpc_requests_total", "gRPC requests by method and status code"), &["method", "code"])
+                    .unwrap(),
+            ),
             rpc_seconds: reg(
                 &r,
                 HistogramVec::new(
@@ -82,21 +97,45 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            allocate_seconds: histogram("media_allocate_port_duration_seconds", "AllocatePort handling time", exponential_buckets(0.00005, 2.0, 16).unwrap()),
+            allocate_seconds: histogram(
+                "media_allocate_port_duration_seconds",
+                "AllocatePort handling time",
+                exponential_buckets(0.00005, 2.0, 16).unwrap(),
+            ),
             recordings_in_flight: reg(&r, IntGauge::new("media_recordings_in_flight", "Recordings being written").unwrap()),
-            uploads_pending: reg(&r, IntGauge::new("media_recording_uploads_pending", "Finished recordings in the spool waiting for storage").unwrap()),
-            upload_failures: counter("media_recording_upload_failures_total", "Failed attempts to store a recording (it stays spooled and is retried)"),
+            uploads_pending: reg(
+                &r,
+                IntGauge::new("media_recording_uploads_pending", "Finished recordings in the spool waiting for storage").unwrap(),
+            ),
+            upload_failures: counter(
+                "media_recording_upload_failures_total",
+                "Failed attempts to store a recording (it stays spooled and is retried)",
+            ),
             recording_bytes: counter("media_recording_bytes_total", "Bytes of recordings stored"),
             recording_errors: counter("media_recording_write_errors_total", "Errors writing a recording to the spool"),
             events_published: counter("media_events_published_total", "Events confirmed by RabbitMQ"),
             events_dropped: counter("media_events_dropped_total", "Events dropped because the outbox was full while the broker was away"),
             events_outbox: reg(&r, IntGauge::new("media_events_outbox", "Events waiting for the broker").unwrap()),
-            placements: reg(&r, IntCounterVec::new(Opts::new("media_fleet_placements_total", "New calls placed by this node, by where they went"), &["target"]).unwrap()),
+            placements: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("media_fleet_placements_total", "New calls placed by this node, by where they went"),
+                    &["target"],
+                )
+                .unwrap(),
+            ),
             forwarded: reg(
                 &r,
-                IntCounterVec::new(Opts::new("media_fleet_forwarded_total", "Requests forwarded to the node that holds the port or call"), &["method", "result"]).unwrap(),
+                IntCounterVec::new(
+                    Opts::new("media_fleet_forwarded_total", "Requests forwarded to the node that holds the port or call"),
+                    &["method", "result"],
+                )
+                .unwrap(),
             ),
-            fleet_peers: reg(&r, IntGauge::new("media_fleet_peers", "Other nodes of the pool this node knows (from their MediaNodes)").unwrap()),
+            fleet_peers: reg(
+                &r,
+                IntGauge::new("media_fleet_peers", "Other nodes of the pool this node knows (from their MediaNodes)").unwrap(),
+            ),
             interarrival_jitter: histogram(
                 "media_rtp_interarrival_jitter_seconds",
                 "RFC 3550 interarrival jitter of callers' RTP, sampled per call every 5 s and at its end",

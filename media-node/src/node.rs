@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::RwLock;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,9 @@ use crate::audio::uri::{self, UriError};
 use crate::call::{spawn_call, BoundSockets, CallCommand, CallHandle, ListenerPost};
 use crate::config::NodeConfig;
 use crate::core::jitter::JitterConfig;
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::ports::{PoolCounts, PoolError, PortPool};
-use crate::events::EventPublisher;
 use crate::recording::RecordingStore;
 
 /// How many ports an allocation tries when binds fail (another process holds them).
@@ -87,7 +87,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Node {
     pub fn new(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node, PoolError> {
         let pool = PortPool::new(config.port_min, config.port_max, config.quarantine)?;
-        let events = EventPublisher::new(config.rabbitmq_url.is_some(), config.tenant_id.clone(), crate::events::OUTBOX_CAPACITY, metrics.clone());
+        let events =
+            EventPublisher::new(config.rabbitmq_url.is_some(), config.tenant_id.clone(), crate::events::OUTBOX_CAPACITY, metrics.clone());
         let node = Node {
             recordings: RecordingStore::new(config.recording.clone(), metrics.clone(), events.clone()),
             events,
@@ -207,19 +208,12 @@ impl Node {
     }
 
     pub fn call(&self, port: u32) -> Result<Arc<CallHandle>, NodeError> {
-        u16::try_from(port)
-            .ok()
-            .and_then(|p| lock(&self.calls).by_port.get(&p).cloned())
-            .ok_or(NodeError::UnknownPort(port))
+        u16::try_from(port).ok().and_then(|p| lock(&self.calls).by_port.get(&p).cloned()).ok_or(NodeError::UnknownPort(port))
     }
 
     pub fn call_by_id(&self, call_id: &str) -> Result<Arc<CallHandle>, NodeError> {
         let calls = lock(&self.calls);
-        calls
-            .by_call_id
-            .get(call_id)
-            .and_then(|p| calls.by_port.get(p).cloned())
-            .ok_or_else(|| NodeError::UnknownCall(call_id.to_string()))
+        calls.by_call_id.get(call_id).and_then(|p| calls.by_port.get(p).cloned()).ok_or_else(|| NodeError::UnknownCall(call_id.to_string()))
     }
 
     /// Ends the call: its task stops, its sockets close, and only then does the port
@@ -283,10 +277,8 @@ impl Node {
         }
         self.metrics.cache_lookups.with_label_values(&["miss"]).inc();
         let bytes = tokio::fs::read(&full).await.map_err(|e| NodeError::Read(e.to_string()))?;
-        let pcm: Arc<[i16]> = tokio::task::spawn_blocking(move || decode::wav_to_call_pcm(&bytes))
-            .await
-            .map_err(|e| NodeError::Read(e.to_string()))??
-            .into();
+        let pcm: Arc<[i16]> =
+            tokio::task::spawn_blocking(move || decode::wav_to_call_pcm(&bytes)).await.map_err(|e| NodeError::Read(e.to_string()))??.into();
         let mut cache = lock(&self.prompts);
         cache.insert(key, pcm.clone());
         self.metrics.cache_bytes.set(cache.bytes() as i64);

@@ -51,7 +51,10 @@ async fn sigterm_drains_then_exits() {
     let err = client.allocate_port(AllocatePortRequest { call_id: "late".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let silence = "data:audio/pcm;base64,".to_string() + &"AAAA".repeat(400);
-    let r = client.play_audio(PlayAudioRequest { audio_uri: silence, server_rtp_port: port, rtp_target_addr: "127.0.0.1:9".into() }).await.unwrap();
+    let r = client
+        .play_audio(PlayAudioRequest { audio_uri: silence, server_rtp_port: port, rtp_target_addr: "127.0.0.1:9".into() })
+        .await
+        .unwrap();
     assert_eq!(r.into_inner().message, "finished", "the call in flight still works");
     client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
     let mut exited = None;

@@ -34,15 +34,38 @@ pub async fn run(client: ::kube::Client, opts: OperatorOptions, shutdown: Cancel
     let listener = tokio::net::TcpListener::bind(opts.http_addr).await?;
     let (m, l) = (metrics.clone(), leading.clone());
     let router = axum::Router::new()
-        .route("/metrics", get(move || { let m = m.clone(); async move { m.render() } }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { m.render() }
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
-        .route("/leader", get(move || { let l = l.clone(); async move { if l.load(Ordering::SeqCst) { "leader\n" } else { "standby\n" } } }));
+        .route(
+            "/leader",
+            get(move || {
+                let l = l.clone();
+                async move {
+                    if l.load(Ordering::SeqCst) {
+                        "leader\n"
+                    } else {
+                        "standby\n"
+                    }
+                }
+            }),
+        );
     let http_stop = shutdown.clone();
     let http = tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(http_stop.cancelled_owned()).await });
 
     let ctx = Arc::new(Ctx::new(client.clone(), &opts.identity, metrics.clone()));
-    let cfg = LeaseConfig { namespace: opts.lease_namespace.clone(), name: opts.lease_name.clone(), identity: opts.identity.clone(), duration: opts.lease_duration };
+    let cfg = LeaseConfig {
+        namespace: opts.lease_namespace.clone(),
+        name: opts.lease_name.clone(),
+        identity: opts.identity.clone(),
+        duration: opts.lease_duration,
+    };
     let gauge = metrics.leader.clone();
     let flag = leading.clone();
     let ns = opts.namespace.clone();

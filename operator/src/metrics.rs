@@ -18,14 +18,23 @@ impl OperatorMetrics {
         let m = OperatorMetrics {
             reconciles: IntCounterVec::new(Opts::new("media_operator_reconciles_total", "Reconciles by result"), &["result"]).unwrap(),
             reconcile_seconds: HistogramVec::new(
-                HistogramOpts::new("media_operator_reconcile_duration_seconds", "Reconcile time").buckets(exponential_buckets(0.001, 2.0, 14).unwrap()),
+                HistogramOpts::new("media_operator_reconcile_duration_seconds", "Reconcile time")
+                    .buckets(exponential_buckets(0.001, 2.0, 14).unwrap()),
                 &["pool"],
             )
             .unwrap(),
             leader: IntGauge::new("media_operator_leader", "1 while this replica holds the lease").unwrap(),
-            pool_nodes: IntGaugeVec::new(Opts::new("media_operator_pool_nodes", "Nodes per pool by state"), &["namespace", "pool", "state"]).unwrap(),
+            pool_nodes: IntGaugeVec::new(
+                Opts::new("media_operator_pool_nodes", "Nodes per pool by state"),
+                &["namespace", "pool", "state"],
+            )
+            .unwrap(),
             pool_sessions: IntGaugeVec::new(Opts::new("media_operator_pool_sessions", "Calls per pool"), &["namespace", "pool"]).unwrap(),
-            pool_free_ports: IntGaugeVec::new(Opts::new("media_operator_pool_free_ports", "Free RTP ports per pool"), &["namespace", "pool"]).unwrap(),
+            pool_free_ports: IntGaugeVec::new(
+                Opts::new("media_operator_pool_free_ports", "Free RTP ports per pool"),
+                &["namespace", "pool"],
+            )
+            .unwrap(),
             registry,
         };
         m.registry.register(Box::new(m.reconciles.clone())).unwrap();

@@ -54,7 +54,11 @@ impl ControlPlane {
         let bin = binaries();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        run_ok(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(d.join("sa.key")));
+        run_ok(
+            Command::new("openssl")
+                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+                .arg(d.join("sa.key")),
+        );
         run_ok(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(d.join("sa.key")).arg("-out").arg(d.join("sa.pub")));
         std::fs::write(d.join("tokens.csv"), "envtest-admin-token,admin,admin-uid,\"system:masters\"\n").unwrap();
 
@@ -62,27 +66,34 @@ impl ControlPlane {
         let etcd_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let etcd = Command::new(bin.join("etcd"))
-            .arg("--data-dir").arg(d.join("etcd"))
+            .arg("--data-dir")
+            .arg(d.join("etcd"))
             .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .arg("--initial-cluster").arg(format!("default={peer_url}"))
+            .arg("--initial-cluster")
+            .arg(format!("default={peer_url}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
             .spawn()
             .expect("etcd starts");
         let mut api = Command::new(bin.join("kube-apiserver"));
         api.arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--cert-dir").arg(d.join("certs"))
+            .arg("--cert-dir")
+            .arg(d.join("certs"))
             .arg(format!("--secure-port={api_port}"))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-            .arg("--token-auth-file").arg(d.join("tokens.csv"))
+            .arg("--token-auth-file")
+            .arg(d.join("tokens.csv"))
             .args(["--service-account-issuer=https://kubernetes.default.svc"])
-            .arg("--service-account-key-file").arg(d.join("sa.pub"))
-            .arg("--service-account-signing-key-file").arg(d.join("sa.key"))
+            .arg("--service-account-key-file")
+            .arg(d.join("sa.pub"))
+            .arg("--service-account-signing-key-file")
+            .arg(d.join("sa.key"))
             .args(["--authorization-mode=RBAC", "--service-cluster-ip-range=10.0.0.0/24"])
             // No controller-manager mints ServiceAccount tokens here.
             .args(["--disable-admission-plugins=ServiceAccount"]);
-        let apiserver_cmd: Vec<std::ffi::OsString> = std::iter::once(api.get_program().to_os_string()).chain(api.get_args().map(|a| a.to_os_string())).collect();
+        let apiserver_cmd: Vec<std::ffi::OsString> =
+            std::iter::once(api.get_program().to_os_string()).chain(api.get_args().map(|a| a.to_os_string())).collect();
         let apiserver = spawn_logged(&apiserver_cmd, &d.join("apiserver.log"));
         let url = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = d.join("kubeconfig");
@@ -90,7 +101,9 @@ impl ControlPlane {
         let cp = ControlPlane { url, kubeconfig, dir, etcd, apiserver, apiserver_cmd };
         for _ in 0..120 {
             if let Ok(c) = cp.client().await {
-                if c.apiserver_version().await.is_ok() && Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone()).get("default").await.is_ok() {
+                if c.apiserver_version().await.is_ok()
+                    && Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone()).get("default").await.is_ok()
+                {
                     return cp;
                 }
             }
@@ -175,7 +188,11 @@ pub async fn can(admin: &Client, sa_namespace: &str, sa: &str, verb: &str, group
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(format!("system:serviceaccount:{sa_namespace}:{sa}")),
-            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{sa_namespace}"), "system:authenticated".into()]),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{sa_namespace}"),
+                "system:authenticated".into(),
+            ]),
             resource_attributes: Some(ResourceAttributes {
                 verb: Some(verb.into()),
                 group: Some(group.into()),
@@ -374,8 +391,11 @@ pub async fn install_crds(client: &Client) {
     for (file, yaml) in media_crds::crds_yaml() {
         let committed = std::fs::read_to_string(crate::manifest_dir().join("../crds/yaml").join(&file)).unwrap();
         assert_eq!(committed, yaml);
-        let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_yaml::from_str(&committed).unwrap();
-        api.patch(&crd.name_any(), &kube::api::PatchParams::apply("envtest").force(), &kube::api::Patch::Apply(&crd)).await.expect("the API server accepts the CRD");
+        let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+            serde_yaml::from_str(&committed).unwrap();
+        api.patch(&crd.name_any(), &kube::api::PatchParams::apply("envtest").force(), &kube::api::Patch::Apply(&crd))
+            .await
+            .expect("the API server accepts the CRD");
         let name = crd.name_any();
         eventually("CRD established", 20, || {
             let api = api.clone();
@@ -388,7 +408,6 @@ pub async fn install_crds(client: &Client) {
         .await;
     }
 }
-
 
 /// Creates a namespace (as admin).
 pub async fn create_namespace(admin: &Client, name: &str) {

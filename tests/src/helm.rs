@@ -28,21 +28,45 @@ pub fn lint(chart: &Path) -> Lint {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lint prints JSON");
     Lint {
         errors: v["errors"].as_u64().unwrap(),
-        messages: v["messages"].as_array().unwrap().iter().map(|m| (m["severity"].as_u64().unwrap_or(0), m["path"].as_str().unwrap_or("").to_string())).collect(),
+        messages: v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["severity"].as_u64().unwrap_or(0), m["path"].as_str().unwrap_or("").to_string()))
+            .collect(),
     }
 }
 
 /// `helm install` into the cluster of `kubeconfig`, not waiting for pods.
-pub fn install(kubeconfig: &Path, namespace: &str, release: &str, chart: &Path, values: &serde_json::Value) -> Result<serde_json::Value, String> {
+pub fn install(
+    kubeconfig: &Path,
+    namespace: &str,
+    release: &str,
+    chart: &Path,
+    values: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
     release_action("install", kubeconfig, namespace, release, chart, values)
 }
 
 /// `helm upgrade` of a release, not waiting for pods.
-pub fn upgrade(kubeconfig: &Path, namespace: &str, release: &str, chart: &Path, values: &serde_json::Value) -> Result<serde_json::Value, String> {
+pub fn upgrade(
+    kubeconfig: &Path,
+    namespace: &str,
+    release: &str,
+    chart: &Path,
+    values: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
     release_action("upgrade", kubeconfig, namespace, release, chart, values)
 }
 
-fn release_action(action: &str, kubeconfig: &Path, namespace: &str, release: &str, chart: &Path, values: &serde_json::Value) -> Result<serde_json::Value, String> {
+fn release_action(
+    action: &str,
+    kubeconfig: &Path,
+    namespace: &str,
+    release: &str,
+    chart: &Path,
+    values: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(values).unwrap()).unwrap();
     let out = Command::new(python())

@@ -99,9 +99,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Collects a RecordAudio stream in the background: (frames, media types seen).
-pub fn collect_listen(
-    mut stream: tonic::Streaming<RecordAudioResponse>,
-) -> tokio::task::JoinHandle<(Vec<Vec<u8>>, Vec<String>)> {
+pub fn collect_listen(mut stream: tonic::Streaming<RecordAudioResponse>) -> tokio::task::JoinHandle<(Vec<Vec<u8>>, Vec<String>)> {
     tokio::spawn(async move {
         let mut frames = Vec::new();
         let mut types = Vec::new();

@@ -58,7 +58,8 @@ impl Broker {
             .expect("rabbitmq-server starts (apt-get install rabbitmq-server)");
         self.child = Some(child);
         for _ in 0..240 {
-            let probe = tokio::time::timeout(Duration::from_secs(2), Connection::connect(&self.url(), ConnectionProperties::default())).await;
+            let probe =
+                tokio::time::timeout(Duration::from_secs(2), Connection::connect(&self.url(), ConnectionProperties::default())).await;
             if let Ok(Ok(c)) = probe {
                 let _ = c.close(0, "probe".into()).await;
                 return;
@@ -97,8 +98,13 @@ pub type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 pub async fn consume(url: &str, queue: &str, into: Received) -> lapin::Result<Connection> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
-    ch.exchange_declare("sentiric_events".into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-        .await?;
+    ch.exchange_declare(
+        "sentiric_events".into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions { durable: true, ..Default::default() },
+        FieldTable::default(),
+    )
+    .await?;
     ch.queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
     ch.queue_bind(queue.into(), "sentiric_events".into(), "call.#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
     let consumer = ch.basic_consume(queue.into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;

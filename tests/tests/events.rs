@@ -21,7 +21,10 @@ async fn wait_for(received: &Received, key: &str, count: usize, secs: u64) -> Ve
 /// An event leaves the outbox when the broker confirms it, which can come after the
 /// consumer already has it: wait for the confirms rather than read the gauge at once.
 async fn outbox_empties(node: &TestNode) {
-    fleet_tests::envtest::eventually("the broker to confirm every event it delivered (an empty outbox)", 20, || async { (node.metric("media_events_outbox").await == 0.0).then_some(()) }).await
+    fleet_tests::envtest::eventually("the broker to confirm every event it delivered (an empty outbox)", 20, || async {
+        (node.metric("media_events_outbox").await == 0.0).then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +55,13 @@ async fn playback_and_recording_events_reach_the_platform() {
 
     // A recording is stored: call.recording.available with its URI.
     node.client
-        .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://events".into(), call_id: "evt-call-1".into(), trace_id: "trace-evt".into(), ..Default::default() })
+        .start_recording(StartRecordingRequest {
+            server_rtp_port: port,
+            output_uri: "file://events".into(),
+            call_id: "evt-call-1".into(),
+            trace_id: "trace-evt".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     sleep_ms(300).await;

@@ -49,7 +49,9 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
         .spawn()
         .expect("ffmpeg receiver starts");
 
-    let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await.unwrap().into_inner());
+    let listen = collect_listen(
+        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await.unwrap().into_inner(),
+    );
     // ffmpeg as the sending far end: a 440 Hz tone as PCMU RTP, paced in real time.
     let sender = Command::new(&ffmpeg)
         .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "sine=frequency=440:duration=2:sample_rate=8000"])
@@ -60,7 +62,12 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
         .spawn()
         .expect("ffmpeg sender starts");
     sleep_ms(500).await;
-    let played = node.client.play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() }).await.unwrap().into_inner();
+    let played = node
+        .client
+        .play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(played.message, "finished");
 
     let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(20))).await.unwrap();

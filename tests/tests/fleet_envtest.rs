@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fleet_tests::envtest::{create_namespace, eventually, install_crds, start_operator, ControlPlane, FakeKubelet};
-use fleet_tests::{best_correlation, collect_listen, metric_value, pcm_of, pinned, synth_prompt, synth_speech, timeline, wav_bytes, RtpCaller};
+use fleet_tests::{
+    best_correlation, collect_listen, metric_value, pcm_of, pinned, synth_prompt, synth_speech, timeline, wav_bytes, RtpCaller,
+};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -63,7 +65,13 @@ async fn pool(client: &Client) -> MediaPool {
 
 async fn live_pods(client: &Client) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    api.list(&ListParams::default().labels(POOL_LABEL)).await.unwrap().items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect()
+    api.list(&ListParams::default().labels(POOL_LABEL))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
 }
 
 async fn media_nodes(client: &Client) -> Vec<MediaNode> {
@@ -100,9 +108,13 @@ async fn serving(client: &Client, n: usize) -> Vec<Member> {
 }
 
 async fn set_target(g: &mut Grpc, port: u32, caller: &RtpCaller) {
-    g.play_audio(PlayAudioRequest { audio_uri: "control://set_target".into(), server_rtp_port: port, rtp_target_addr: caller.local_addr().to_string() })
-        .await
-        .expect("set_target");
+    g.play_audio(PlayAudioRequest {
+        audio_uri: "control://set_target".into(),
+        server_rtp_port: port,
+        rtp_target_addr: caller.local_addr().to_string(),
+    })
+    .await
+    .expect("set_target");
 }
 
 /// Plays the test prompt on `port` through `via`, and checks the caller got it from
@@ -110,7 +122,11 @@ async fn set_target(g: &mut Grpc, port: u32, caller: &RtpCaller) {
 async fn prompt_reaches_caller(via: &mut Grpc, port: u32, caller: &RtpCaller, prompt: &[i16]) {
     caller.take_received();
     let r = via
-        .play_audio(PlayAudioRequest { audio_uri: "file://prompts/hello.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
+        .play_audio(PlayAudioRequest {
+            audio_uri: "file://prompts/hello.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+        })
         .await
         .expect("PlayAudio")
         .into_inner();
@@ -206,13 +222,21 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
 
     // A request already forwarded once is never forwarded again.
     let err = wrong
-        .play_audio(pinned(PlayAudioRequest { audio_uri: "control://stop_audio".into(), server_rtp_port: port1, rtp_target_addr: String::new() }))
+        .play_audio(pinned(PlayAudioRequest {
+            audio_uri: "control://stop_audio".into(),
+            server_rtp_port: port1,
+            rtp_target_addr: String::new(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // RecordAudio through node 2 streams what the caller says into node 1.
-    let stream = wrong.record_audio(RecordAudioRequest { server_rtp_port: port1, target_sample_rate: Some(8000) }).await.expect("RecordAudio via a non-owner").into_inner();
+    let stream = wrong
+        .record_audio(RecordAudioRequest { server_rtp_port: port1, target_sample_rate: Some(8000) })
+        .await
+        .expect("RecordAudio via a non-owner")
+        .into_inner();
     let listen = collect_listen(stream);
     let speech = synth_speech(8000, 1.5, 11);
     caller.send_speech(rtp_addr(port1), &speech, Codec::Pcmu, 0x5eed).await.unwrap();
@@ -257,7 +281,8 @@ async fn pin_calls(m: &Member, n: usize, tag: &str) -> Vec<LiveCall> {
     let mut g = m.grpc().await;
     let mut out = Vec::new();
     for i in 0..n {
-        let port = g.allocate_port(pinned(AllocatePortRequest { call_id: format!("{tag}-{}-{i}", m.name) })).await.unwrap().into_inner().rtp_port;
+        let port =
+            g.allocate_port(pinned(AllocatePortRequest { call_id: format!("{tag}-{}-{i}", m.name) })).await.unwrap().into_inner().rtp_port;
         assert!(m.owns(port));
         let caller = RtpCaller::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         set_target(&mut g, port, &caller).await;
@@ -292,14 +317,22 @@ async fn scale_down_cuts_no_call(client: &Client, members: &[Member], prompt: &[
     assert!(live_pods(client).await.iter().any(|p| p.name_any() == victim.name), "a node with a call is not removed");
     // New calls that reach it go elsewhere.
     for i in 0..6 {
-        let port = v.allocate_port(AllocatePortRequest { call_id: format!("while-draining-{i}") }).await.expect("a draining node places calls on its peers").into_inner().rtp_port;
+        let port = v
+            .allocate_port(AllocatePortRequest { call_id: format!("while-draining-{i}") })
+            .await
+            .expect("a draining node places calls on its peers")
+            .into_inner()
+            .rtp_port;
         assert!(!victim.owns(port), "a draining node takes no new call");
         v.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
     }
 
     // Its call ends: then, and only then, the pod goes.
     v.release_port(ReleasePortRequest { rtp_port: call.port }).await.unwrap();
-    eventually("the drained node is removed", 30, || async { (!live_pods(client).await.iter().any(|p| p.name_any() == victim.name)).then_some(()) }).await;
+    eventually("the drained node is removed", 30, || async {
+        (!live_pods(client).await.iter().any(|p| p.name_any() == victim.name)).then_some(())
+    })
+    .await;
     // The pool's figures are aggregated from each node's latest report (at most one a
     // second), so the count may trail the replicas by a report: a peer's report from
     // while it briefly held a "while-draining" call. It has to settle on 5.
@@ -323,7 +356,11 @@ async fn scale_down_cuts_no_call(client: &Client, members: &[Member], prompt: &[
 async fn rollout_cuts_no_call(client: &Client, old: Vec<(Member, Vec<LiveCall>)>, prompt: &[i16]) {
     let before = pool(client).await.status.unwrap().template_hash.unwrap();
     Api::<MediaPool>::namespaced(client.clone(), NS)
-        .patch(POOL, &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"env": [{"name": "MEDIA_ROLLOUT_MARK", "value": "2"}]}}})))
+        .patch(
+            POOL,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"env": [{"name": "MEDIA_ROLLOUT_MARK", "value": "2"}]}}})),
+        )
         .await
         .unwrap();
     let after = eventually("a new template hash", 20, || async {
@@ -381,7 +418,9 @@ async fn autoscaler(client: &Client) {
     api.patch(
         POOL,
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "freeSessions": 30, "scaleDownDelaySeconds": 6}}})),
+        &Patch::Merge(
+            json!({"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "freeSessions": 30, "scaleDownDelaySeconds": 6}}}),
+        ),
     )
     .await
     .unwrap();
@@ -392,7 +431,10 @@ async fn autoscaler(client: &Client) {
     .await;
     assert_eq!(st.recommended_replicas, 1);
     assert_eq!(pool(client).await.spec.replicas, 2, "no scale-down before the delay");
-    eventually("scaled down to 1 after the delay", 30, || async { (pool(client).await.spec.replicas == 1 && live_pods(client).await.len() == 1).then_some(()) }).await;
+    eventually("scaled down to 1 after the delay", 30, || async {
+        (pool(client).await.spec.replicas == 1 && live_pods(client).await.len() == 1).then_some(())
+    })
+    .await;
     let only = serving(client, 1).await.remove(0);
 
     // 25 calls: 25 free < 30 wanted, so a second node comes.
@@ -418,5 +460,8 @@ async fn autoscaler(client: &Client) {
     for p in ports {
         g.release_port(ReleasePortRequest { rtp_port: p }).await.unwrap();
     }
-    eventually("back to 1 after the delay", 40, || async { (pool(client).await.spec.replicas == 1 && live_pods(client).await.len() == 1).then_some(()) }).await;
+    eventually("back to 1 after the delay", 40, || async {
+        (pool(client).await.spec.replicas == 1 && live_pods(client).await.len() == 1).then_some(())
+    })
+    .await;
 }

@@ -35,11 +35,34 @@ fn make_pki(dir: &Path) {
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
         let pem = format!("{name}.pem");
         let extfile = format!("{name}.ext");
-        openssl(dir, &["x509", "-req", "-days", "1", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem, "-extfile", &extfile]);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-extfile",
+                &extfile,
+            ],
+        );
     }
 }
 
-async fn client(addr: std::net::SocketAddr, dir: &Path, with_identity: bool) -> Result<MediaServiceClient<Channel>, tonic::transport::Error> {
+async fn client(
+    addr: std::net::SocketAddr,
+    dir: &Path,
+    with_identity: bool,
+) -> Result<MediaServiceClient<Channel>, tonic::transport::Error> {
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
     if with_identity {
@@ -57,7 +80,12 @@ async fn mtls_admits_only_clients_with_a_certificate_from_the_ca() {
     make_pki(pki.path());
     let dir = pki.path().to_path_buf();
     let node = TestNode::start_with(22400, 10, |c| {
-        c.tls = Some(TlsFiles { cert: dir.join("server.pem"), key: dir.join("server.key"), client_ca: Some(dir.join("ca.pem")), peer_domain: None });
+        c.tls = Some(TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: Some(dir.join("ca.pem")),
+            peer_domain: None,
+        });
     })
     .await;
     let addr = node.running.grpc_addr;
@@ -88,7 +116,12 @@ async fn nodes_forward_to_each_other_over_mtls() {
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path());
     let dir = pki.path().to_path_buf();
-    let files = TlsFiles { cert: dir.join("node.pem"), key: dir.join("node.key"), client_ca: Some(dir.join("ca.pem")), peer_domain: Some("media-node.pool.svc".into()) };
+    let files = TlsFiles {
+        cert: dir.join("node.pem"),
+        key: dir.join("node.key"),
+        client_ca: Some(dir.join("ca.pem")),
+        peer_domain: Some("media-node.pool.svc".into()),
+    };
     let (fa, fb) = (files.clone(), files.clone());
     let a = TestNode::start_with(22410, 10, move |c| c.tls = Some(fa)).await;
     let b = TestNode::start_with(22420, 10, move |c| c.tls = Some(fb)).await;
@@ -107,8 +140,15 @@ async fn nodes_forward_to_each_other_over_mtls() {
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     let id = Identity::from_pem(std::fs::read(dir.join("client.pem")).unwrap(), std::fs::read(dir.join("client.key")).unwrap());
     let connect = |addr: std::net::SocketAddr| {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.clone())).domain_name("media-node.pool.svc").identity(id.clone());
-        async move { MediaServiceClient::new(Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()) }
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.clone()))
+            .domain_name("media-node.pool.svc")
+            .identity(id.clone());
+        async move {
+            MediaServiceClient::new(
+                Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap(),
+            )
+        }
     };
     let mut to_b = connect(b.running.grpc_addr).await;
     let mut to_a = connect(a.running.grpc_addr).await;

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_tests::envtest::{can, client_from, create_namespace, eventually, service_account_token, start_operator_leasing_in, ControlPlane, FakeKubelet};
+use fleet_tests::envtest::{
+    can, client_from, create_namespace, eventually, service_account_token, start_operator_leasing_in, ControlPlane, FakeKubelet,
+};
 use fleet_tests::helm;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service, ServiceAccount};
@@ -71,8 +73,11 @@ fn chart_lints_clean_with_default_and_full_values() {
 /// Every metric the dashboard plots is one the node or the operator exports.
 #[test]
 fn dashboard_plots_metrics_that_exist() {
-    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(chart().join("dashboards/media-fleet.json")).unwrap()).unwrap();
-    let sources = [repo().join("media-node/src/metrics.rs"), repo().join("operator/src/metrics.rs")].map(|p| std::fs::read_to_string(p).unwrap()).join("\n");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chart().join("dashboards/media-fleet.json")).unwrap()).unwrap();
+    let sources = [repo().join("media-node/src/metrics.rs"), repo().join("operator/src/metrics.rs")]
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .join("\n");
     let mut seen = 0;
     for panel in dash["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().unwrap() {
@@ -106,7 +111,9 @@ fn base_and_chart_grant_the_same_rules() {
 #[test]
 fn chart_images_match_the_dockerfiles() {
     let v = default_values();
-    for (dockerfile, repo_key) in [("operator/Dockerfile", &v["operator"]["image"]["repository"]), ("media-node/Dockerfile", &v["mediaNode"]["image"]["repository"])] {
+    for (dockerfile, repo_key) in
+        [("operator/Dockerfile", &v["operator"]["image"]["repository"]), ("media-node/Dockerfile", &v["mediaNode"]["image"]["repository"])]
+    {
         let text = std::fs::read_to_string(repo().join(dockerfile)).unwrap();
         let image = repo_key.as_str().unwrap();
         assert!(text.contains(&format!("-t {image}:")), "{dockerfile} builds {image}");
@@ -137,9 +144,14 @@ async fn assert_least_privilege(admin: &Client, ns: &str, sa: &str, pool_ns: &st
         ("update", "coordination.k8s.io", "leases", Some(pool_ns)),
     ];
     for (verb, group, resource, namespace) in denied {
-        assert!(!can(admin, ns, sa, verb, group, resource, namespace).await, "{sa} may {verb} {group}/{resource} in {namespace:?}: wider than needed");
+        assert!(
+            !can(admin, ns, sa, verb, group, resource, namespace).await,
+            "{sa} may {verb} {group}/{resource} in {namespace:?}: wider than needed"
+        );
     }
-    for (verb, group, resource) in [("create", "", "pods"), ("watch", "media.sentiric.cloud", "mediapools"), ("create", "policy", "poddisruptionbudgets")] {
+    for (verb, group, resource) in
+        [("create", "", "pods"), ("watch", "media.sentiric.cloud", "mediapools"), ("create", "policy", "poddisruptionbudgets")]
+    {
         assert!(can(admin, ns, sa, verb, group, resource, Some(pool_ns)).await, "{sa} needs {verb} {resource}");
     }
 }
@@ -210,9 +222,15 @@ async fn helm_install_then_the_operator_runs_under_the_charts_service_account() 
     })
     .await;
     let mns = Api::<MediaNode>::namespaced(admin.clone(), "telephony").list(&ListParams::default()).await.unwrap().items;
-    assert!(mns.iter().all(|m| m.status.as_ref().and_then(|s| s.advertised_address.as_deref()) == Some("127.0.0.2")), "nodes may read their Node");
+    assert!(
+        mns.iter().all(|m| m.status.as_ref().and_then(|s| s.advertised_address.as_deref()) == Some("127.0.0.2")),
+        "nodes may read their Node"
+    );
     for (verb, group, resource) in [("list", "", "secrets"), ("create", "", "pods"), ("patch", "media.sentiric.cloud", "medianodes")] {
-        assert!(!can(&admin, "telephony", "media-node", verb, group, resource, Some("telephony")).await, "media-node may {verb} {resource}");
+        assert!(
+            !can(&admin, "telephony", "media-node", verb, group, resource, Some("telephony")).await,
+            "media-node may {verb} {resource}"
+        );
     }
     assert!(metric(28192, "media_operator_reconciles_total{result=\"ok\"}").await > 0.0);
     assert_eq!(metric(28192, "media_operator_reconciles_total{result=\"error\"}").await, 0.0, "no reconcile was refused by RBAC");
@@ -228,7 +246,13 @@ async fn kustomize_base_and_examples_apply_then_the_operator_runs_under_its_serv
     let admin = cp.client().await.unwrap();
     let out = cp.kubectl(&["apply", "-k", repo().join("deploy/base").to_str().unwrap()]);
     assert!(out.status.success(), "kubectl apply -k deploy/base: {}", String::from_utf8_lossy(&out.stderr));
-    let out = cp.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd/mediapools.media.sentiric.cloud", "crd/medianodes.media.sentiric.cloud"]);
+    let out = cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/mediapools.media.sentiric.cloud",
+        "crd/medianodes.media.sentiric.cloud",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = cp.kubectl(&["apply", "-f", repo().join("deploy/examples").to_str().unwrap()]);
     assert!(out.status.success(), "kubectl apply -f deploy/examples: {}", String::from_utf8_lossy(&out.stderr));
@@ -238,7 +262,14 @@ async fn kustomize_base_and_examples_apply_then_the_operator_runs_under_its_serv
     assert_eq!(dep.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(), Some("ghcr.io/sentiric/media-operator:0.1.0"));
     Api::<ClusterRole>::all(admin.clone()).get("media-node-reader").await.expect("media-node-reader ClusterRole");
     Api::<Secret>::namespaced(admin.clone(), "telephony").get("recordings-s3").await.expect("the example's Secret");
-    let pools: Vec<String> = Api::<MediaPool>::namespaced(admin.clone(), "telephony").list(&ListParams::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
+    let pools: Vec<String> = Api::<MediaPool>::namespaced(admin.clone(), "telephony")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
     assert_eq!(pools.len(), 3, "{pools:?}");
     let sip = Api::<ConfigMap>::namespaced(admin.clone(), "telephony").get("sip-service-media").await.unwrap();
     assert_eq!(sip.data.unwrap()["MEDIA_SERVICE_TARGET_GRPC_URL"], "media-service.telephony.svc:13031");
@@ -257,9 +288,14 @@ async fn kustomize_base_and_examples_apply_then_the_operator_runs_under_its_serv
         Api::<Service>::namespaced(admin.clone(), "telephony").get(pool).await.expect("callers' Service");
         Api::<PodDisruptionBudget>::namespaced(admin.clone(), "telephony").get(pool).await.expect("budget");
     }
-    let recording_pods = Api::<Pod>::namespaced(admin.clone(), "telephony").list(&ListParams::default().labels(&format!("{POOL_LABEL}=media-recording"))).await.unwrap().items;
+    let recording_pods = Api::<Pod>::namespaced(admin.clone(), "telephony")
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}=media-recording")))
+        .await
+        .unwrap()
+        .items;
     let env = recording_pods[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
-    let secret_ref = env.iter().find(|e| e.name == "BUCKET_SECRET_ACCESS_KEY").and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone()).unwrap();
+    let secret_ref =
+        env.iter().find(|e| e.name == "BUCKET_SECRET_ACCESS_KEY").and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone()).unwrap();
     assert_eq!(secret_ref.name, "recordings-s3", "node pods read the S3 keys from the Secret, not the operator");
     eventually("status written for every pool", 20, || async {
         let ps = Api::<MediaPool>::namespaced(admin.clone(), "telephony").list(&ListParams::default()).await.ok()?.items;

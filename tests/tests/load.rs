@@ -7,7 +7,17 @@ use fleet_tests::TestNode;
 use media_node::tools::load::{run, CallParts, Engine, LoadOptions};
 
 fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> LoadOptions {
-    LoadOptions { calls: 4, seconds: 2.0, target, work_dir: work.to_path_buf(), engine, engine_cpus: None, parts: CallParts::default(), allocate_rate: 1000, allocations: 0 }
+    LoadOptions {
+        calls: 4,
+        seconds: 2.0,
+        target,
+        work_dir: work.to_path_buf(),
+        engine,
+        engine_cpus: None,
+        parts: CallParts::default(),
+        allocate_rate: 1000,
+        allocations: 0,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +26,8 @@ async fn load_run_against_a_media_node_measures_loss_jitter_and_latency() {
     let work = tempfile::tempdir().unwrap();
     // Three AllocatePorts timed on their own first (then released), and the report's
     // percentiles are of those three.
-    let opts = LoadOptions { allocations: 3, ..options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path()) };
+    let opts =
+        LoadOptions { allocations: 3, ..options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path()) };
     let r = run(opts).await.unwrap();
     assert_eq!(r.engine, "media-node");
     assert_eq!(r.allocate_samples, 3, "the p50/p99 are of the allocations timed on their own: {r}");

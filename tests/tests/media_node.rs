@@ -14,7 +14,8 @@ async fn listeners_hear_what_the_caller_said() {
     let mut node = TestNode::start(22000, 20).await;
     let (port, node_rtp, caller) = node.call("listen-1").await;
     let l16 = node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: None }).await.unwrap().into_inner();
-    let l8 = node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner();
+    let l8 =
+        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner();
     let (h16, h8) = (collect_listen(l16), collect_listen(l8));
     let speech = synth_speech(8000, 2.0, 3);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 77).await.unwrap();
@@ -144,7 +145,8 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
     // Ten seconds of TTS, then stop: the queue is flushed.
     let long = vec![5000i16; 16000 * 10];
     let bytes: Vec<u8> = long.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let msgs: Vec<_> = bytes.chunks(6400).map(|c| StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec().into() }).collect();
+    let msgs: Vec<_> =
+        bytes.chunks(6400).map(|c| StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec().into() }).collect();
     let mut c2 = node.client.clone();
     let streaming = tokio::spawn(async move {
         let mut r = c2.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
@@ -242,7 +244,11 @@ async fn bad_requests_get_clear_statuses() {
     assert_eq!(err.code(), Code::NotFound, "unknown port");
     let err = node
         .client
-        .play_audio(PlayAudioRequest { audio_uri: "control://set_target".into(), server_rtp_port: port, rtp_target_addr: "nonsense".into() })
+        .play_audio(PlayAudioRequest {
+            audio_uri: "control://set_target".into(),
+            server_rtp_port: port,
+            rtp_target_addr: "nonsense".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -264,8 +270,17 @@ fn base64_encode(b: &[u8]) -> String {
 async fn malformed_datagrams_are_counted_and_the_call_survives() {
     let mut node = TestNode::start(22160, 10).await;
     let (port, node_rtp, caller) = node.call("junk-1").await;
-    let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
-    let junk: Vec<Vec<u8>> = vec![vec![], vec![0xff], vec![0x80; 5], vec![0x40; 200], vec![0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], vec![0xa0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 250]];
+    let listen = collect_listen(
+        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
+    );
+    let junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff],
+        vec![0x80; 5],
+        vec![0x40; 200],
+        vec![0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0xa0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 250],
+    ];
     for j in &junk {
         caller.socket.send_to(j, node_rtp).await.unwrap();
     }
@@ -296,7 +311,9 @@ async fn malformed_datagrams_are_counted_and_the_call_survives() {
 async fn foreign_rtp_is_not_adopted_mid_call() {
     let mut node = TestNode::start(22180, 10).await;
     let (port, node_rtp, caller) = node.call("bleed-1").await;
-    let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
+    let listen = collect_listen(
+        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
+    );
     let speech = synth_speech(8000, 0.5, 1);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 1).await.unwrap();
     let intruder = RtpCaller::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -369,7 +386,11 @@ async fn a_client_deadline_does_not_stop_the_prompt() {
     let mut node = TestNode::start(22240, 10).await;
     node.write_prompt("one-second.wav", &synth_prompt(8000, 1.0), 8000);
     let (port, _, caller) = node.call("deadline-1").await;
-    let mut req = tonic::Request::new(PlayAudioRequest { audio_uri: "file://one-second.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() });
+    let mut req = tonic::Request::new(PlayAudioRequest {
+        audio_uri: "file://one-second.wav".into(),
+        server_rtp_port: port,
+        rtp_target_addr: String::new(),
+    });
     req.set_timeout(Duration::from_millis(200));
     let err = node.client.play_audio(req).await.unwrap_err();
     // tonic's server enforces grpc-timeout with CANCELLED; other stacks say DEADLINE_EXCEEDED.
@@ -400,8 +421,11 @@ async fn a_stalled_listener_never_stalls_the_call() {
         .await
         .unwrap();
     let mut slow_client = media_proto::pb::media_service_client::MediaServiceClient::new(channel);
-    let _stalled = slow_client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(48000) }).await.unwrap().into_inner();
-    let healthy = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
+    let _stalled =
+        slow_client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(48000) }).await.unwrap().into_inner();
+    let healthy = collect_listen(
+        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
+    );
     let speech = synth_speech(8000, 10.0, 8);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 3).await.unwrap();
     sleep_ms(200).await;

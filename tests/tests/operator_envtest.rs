@@ -22,7 +22,13 @@ const NS: &str = "fleet";
 
 async fn pods(client: &Client) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    api.list(&ListParams::default().labels(POOL_LABEL)).await.unwrap().items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect()
+    api.list(&ListParams::default().labels(POOL_LABEL))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
 }
 
 async fn nodes(client: &Client) -> Vec<MediaNode> {
@@ -119,7 +125,11 @@ async fn pool_comes_up_with_disjoint_slots(client: &Client) {
     let api: Api<MediaPool> = Api::namespaced(client.clone(), NS);
     let pool: MediaPool = serde_json::from_value(pool_json(3, 23000, 23599, 100, "media-node:test")).unwrap();
     api.create(&PostParams::default(), &pool).await.unwrap();
-    let ps = eventually("3 node pods", 30, || async { let p = pods(client).await; (p.len() == 3).then_some(p) }).await;
+    let ps = eventually("3 node pods", 30, || async {
+        let p = pods(client).await;
+        (p.len() == 3).then_some(p)
+    })
+    .await;
     let slots: BTreeSet<i32> = ps.iter().map(slot_of).collect();
     assert_eq!(slots, BTreeSet::from([0, 1, 2]), "disjoint slots");
     for p in &ps {
@@ -153,10 +163,8 @@ async fn node_reports_are_aggregated(client: &Client) -> u16 {
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.status, "True");
     // A call on the slot-0 node shows up in the pool's status.
-    let mut grpc = eventually("slot-0 node serving gRPC", 20, || async {
-        MediaServiceClient::connect("http://127.0.0.1:23000").await.ok()
-    })
-    .await;
+    let mut grpc =
+        eventually("slot-0 node serving gRPC", 20, || async { MediaServiceClient::connect("http://127.0.0.1:23000").await.ok() }).await;
     let alloc = grpc.allocate_port(AllocatePortRequest { call_id: "envtest-call".into() }).await.unwrap().into_inner();
     assert!((23000..23100).contains(&alloc.rtp_port));
     assert_eq!(alloc.advertised_ip, "127.0.0.2", "advertised address is the Node's ExternalIP");
@@ -176,7 +184,11 @@ async fn scale_subresource_drains_the_emptiest(client: &Client, call_grpc_port: 
     assert_eq!(scale.spec.unwrap().replicas, Some(3));
     assert_eq!(scale.status.unwrap().selector.as_deref(), Some("media.sentiric.cloud/pool=voice"));
     api.patch_scale("voice", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
-    let ps = eventually("scaled to 2 pods", 40, || async { let p = pods(client).await; (p.len() == 2).then_some(p) }).await;
+    let ps = eventually("scaled to 2 pods", 40, || async {
+        let p = pods(client).await;
+        (p.len() == 2).then_some(p)
+    })
+    .await;
     let slots: BTreeSet<i32> = ps.iter().map(slot_of).collect();
     assert!(slots.contains(&0), "the node with a call (slot 0, gRPC {call_grpc_port}) was kept: {slots:?}");
     assert!(!slots.contains(&1) || !slots.contains(&2));
@@ -212,7 +224,10 @@ async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane
     let mut grpc = MediaServiceClient::connect("http://127.0.0.1:23000").await.unwrap();
     // Pinned to this node (marked as forwarded already): the pool would otherwise
     // place it on an emptier peer.
-    let alloc = grpc.allocate_port(fleet_tests::pinned(AllocatePortRequest { call_id: "during-outage".into() })).await.expect("calls work without the API server");
+    let alloc = grpc
+        .allocate_port(fleet_tests::pinned(AllocatePortRequest { call_id: "during-outage".into() }))
+        .await
+        .expect("calls work without the API server");
     assert!((23000..23100).contains(&alloc.into_inner().rtp_port));
     tokio::time::sleep(Duration::from_secs(2)).await;
     cp.start_apiserver().await;
@@ -238,7 +253,11 @@ async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: 
         .patch_scale("voice", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
         .await
         .unwrap();
-    let ps = eventually("3 pods again", 30, || async { let p = pods(client).await; (p.len() == 3).then_some(p) }).await;
+    let ps = eventually("3 pods again", 30, || async {
+        let p = pods(client).await;
+        (p.len() == 3).then_some(p)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pods(client).await.len(), 3, "no double creation");
     let slots: BTreeSet<i32> = ps.iter().map(slot_of).collect();

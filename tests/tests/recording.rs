@@ -33,9 +33,13 @@ async fn scripted_call(node: &mut TestNode, port: u32, node_rtp: SocketAddr, cal
     let mut c2 = node.client.clone();
     let bot = async move {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        c1.play_audio(PlayAudioRequest { audio_uri: "file://bot1.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() }).await.unwrap();
+        c1.play_audio(PlayAudioRequest { audio_uri: "file://bot1.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
+            .await
+            .unwrap();
         tokio::time::sleep_until((start + Duration::from_millis(1800)).into()).await;
-        c2.play_audio(PlayAudioRequest { audio_uri: "file://bot2.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() }).await.unwrap();
+        c2.play_audio(PlayAudioRequest { audio_uri: "file://bot2.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
+            .await
+            .unwrap();
     };
     let (sent, ()) = tokio::join!(caller.send_speech(node_rtp, &speech, Codec::Pcmu, 77), bot);
     sent.unwrap();
@@ -69,7 +73,11 @@ fn check_timeline(caller: &[i16], bot: &[i16], rate: u32, script: &Script) {
 }
 
 async fn stop_recording(node: &mut TestNode, port: u32) -> StopRecordingResponse {
-    node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.map(|r| r.into_inner()).unwrap_or_else(|e| panic!("StopRecording: {e}"))
+    node.client
+        .stop_recording(StopRecordingRequest { server_rtp_port: port })
+        .await
+        .map(|r| r.into_inner())
+        .unwrap_or_else(|e| panic!("StopRecording: {e}"))
 }
 
 #[tokio::test]
@@ -91,13 +99,22 @@ async fn mono_and_stereo_recordings_keep_everyone_in_place() {
         let script = scripted_call(&mut node, port, node_rtp, &caller).await;
         let stop = stop_recording(&mut node, port).await;
         assert!(stop.success && !stop.spooled);
-        assert!(stop.recording_uri.starts_with("file://calls/") && stop.recording_uri.ends_with(&format!("/rec-{format}.wav")), "{}", stop.recording_uri);
+        assert!(
+            stop.recording_uri.starts_with("file://calls/") && stop.recording_uri.ends_with(&format!("/rec-{format}.wav")),
+            "{}",
+            stop.recording_uri
+        );
         let path = node.assets_path().join("recordings").join(stop.recording_uri.trim_start_matches("file://"));
         let (spec, samples) = read_wav(&path);
         assert_eq!(spec.sample_rate, rate);
         if format == "mono" {
             assert_eq!(spec.channels, 1);
-            check_timeline(&samples, &samples.iter().map(|&s| if s < -3000 && s > -9000 { s } else { 0 }).collect::<Vec<_>>(), rate, &script);
+            check_timeline(
+                &samples,
+                &samples.iter().map(|&s| if s < -3000 && s > -9000 { s } else { 0 }).collect::<Vec<_>>(),
+                rate,
+                &script,
+            );
             // Where the caller talks over the bot, both are heard (mixed, not replaced).
             let c2 = onset(&samples, 2 * rate as usize, |s| s > 4000);
             let overlap = &samples[c2 + 80..c2 + 400];
@@ -112,7 +129,12 @@ async fn mono_and_stereo_recordings_keep_everyone_in_place() {
         }
         // A second segment in the same call gets its own file.
         node.client
-            .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://calls".into(), call_id: format!("rec-{format}"), ..Default::default() })
+            .start_recording(StartRecordingRequest {
+                server_rtp_port: port,
+                output_uri: "file://calls".into(),
+                call_id: format!("rec-{format}"),
+                ..Default::default()
+            })
             .await
             .unwrap();
         sleep_ms(300).await;
@@ -135,7 +157,13 @@ async fn recording_requests_are_validated() {
     for (uri, rate, format) in bad {
         let err = node
             .client
-            .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: uri.into(), sample_rate: rate, format: format.map(String::from), ..Default::default() })
+            .start_recording(StartRecordingRequest {
+                server_rtp_port: port,
+                output_uri: uri.into(),
+                sample_rate: rate,
+                format: format.map(String::from),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{uri} {rate:?} {format:?}");
@@ -144,8 +172,15 @@ async fn recording_requests_are_validated() {
     assert_eq!(err.code(), Code::FailedPrecondition, "no recording is running");
     let err = node.client.start_recording(StartRecordingRequest { server_rtp_port: port + 2, ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    node.client.start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://ok".into(), ..Default::default() }).await.unwrap();
-    let err = node.client.start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://ok".into(), ..Default::default() }).await.unwrap_err();
+    node.client
+        .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://ok".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let err = node
+        .client
+        .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://ok".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "one recording at a time");
     // Releasing the call finalises the recording by itself.
     node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
@@ -165,9 +200,16 @@ async fn recording_requests_are_validated() {
 async fn audio_held_up_on_the_way_still_reaches_the_recording() {
     let mut node = TestNode::start(22720, 10).await;
     let (port, node_rtp, caller) = node.call("held-up").await;
-    let listen = collect_listen(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner());
+    let listen = collect_listen(
+        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
+    );
     node.client
-        .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "file://calls".into(), call_id: "held-up".into(), ..Default::default() })
+        .start_recording(StartRecordingRequest {
+            server_rtp_port: port,
+            output_uri: "file://calls".into(),
+            call_id: "held-up".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     // Packets 25 to 39 (300 ms of speech) are held up and arrive together with packet
@@ -226,7 +268,12 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 fn s3_settings(s3: &S3Server) -> S3Settings {
-    S3Settings { endpoint: Some(s3.endpoint()), region: Some("us-east-1".into()), access_key_id: Some(ACCESS_KEY.into()), secret_access_key: Some(SECRET_KEY.into()) }
+    S3Settings {
+        endpoint: Some(s3.endpoint()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+    }
 }
 
 #[tokio::test]
@@ -247,7 +294,12 @@ async fn s3_recordings_survive_storage_outage_and_node_restart() {
     let mut node = TestNode::start_with(22700, 10, configure.clone()).await;
     let (port, node_rtp, caller) = node.call("s3-call-1").await;
     node.client
-        .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "s3://calls/recordings".into(), call_id: "s3-call-1".into(), ..Default::default() })
+        .start_recording(StartRecordingRequest {
+            server_rtp_port: port,
+            output_uri: "s3://calls/recordings".into(),
+            call_id: "s3-call-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     caller.send_speech(node_rtp, &synth_speech(8000, 1.0, 4), Codec::Pcmu, 1).await.unwrap();
@@ -265,7 +317,12 @@ async fn s3_recordings_survive_storage_outage_and_node_restart() {
     s3.stop();
     let (port, node_rtp, caller) = node.call("s3-call-2").await;
     node.client
-        .start_recording(StartRecordingRequest { server_rtp_port: port, output_uri: "s3://calls/recordings".into(), call_id: "s3-call-2".into(), ..Default::default() })
+        .start_recording(StartRecordingRequest {
+            server_rtp_port: port,
+            output_uri: "s3://calls/recordings".into(),
+            call_id: "s3-call-2".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let speech = synth_speech(8000, 2.0, 9);

@@ -34,7 +34,10 @@ pub enum AudioUri {
     /// Relative path under the assets root (not yet checked against the disk).
     File(PathBuf),
     /// Raw s16le PCM at the given rate.
-    Pcm { rate: u32, bytes: Vec<u8> },
+    Pcm {
+        rate: u32,
+        bytes: Vec<u8>,
+    },
     /// A whole WAV file.
     Wav(Vec<u8>),
     Control(Control),
@@ -112,9 +115,7 @@ fn parse_data(rest: &str) -> Result<AudioUri, UriError> {
     if !base64 {
         return Err(UriError::Data("only base64 data URIs carry audio".into()));
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(payload.trim())
-        .map_err(|e| UriError::Data(format!("base64: {e}")))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(payload.trim()).map_err(|e| UriError::Data(format!("base64: {e}")))?;
     match mime.as_str() {
         "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => Ok(AudioUri::Wav(bytes)),
         // The platform's historical form: 16 kHz s16le unless a rate says otherwise.

@@ -117,7 +117,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Stats { metrics_url } => stats(&metrics_url).await,
-        Cmd::Load { calls, seconds, target, work, ramp, compare_rtpengine, rtpengine_only, engine_cpus, no_listen, no_record, allocate_rate, allocations } => {
+        Cmd::Load {
+            calls,
+            seconds,
+            target,
+            work,
+            ramp,
+            compare_rtpengine,
+            rtpengine_only,
+            engine_cpus,
+            no_listen,
+            no_record,
+            allocate_rate,
+            allocations,
+        } => {
             use media_node::tools::load::{self, CallParts, Engine, LoadOptions};
             let parts = CallParts { listen: !no_listen, record: !no_record };
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
@@ -130,7 +143,21 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut all = Vec::new();
             for engine in engines {
-                let (reports, best) = load::ramp(LoadOptions { calls, seconds, target: target.clone(), work_dir: work.clone(), engine, engine_cpus: engine_cpus.clone(), parts, allocate_rate, allocations }, &levels).await?;
+                let (reports, best) = load::ramp(
+                    LoadOptions {
+                        calls,
+                        seconds,
+                        target: target.clone(),
+                        work_dir: work.clone(),
+                        engine,
+                        engine_cpus: engine_cpus.clone(),
+                        parts,
+                        allocate_rate,
+                        allocations,
+                    },
+                    &levels,
+                )
+                .await?;
                 if levels.len() > 1 {
                     match best {
                         Some(n) => println!("{}: the largest level that held: {n} calls", engine.name()),
@@ -142,7 +169,13 @@ async fn main() -> anyhow::Result<()> {
             if let [ours, theirs] = all.as_slice() {
                 for (a, b) in ours.iter().zip(theirs) {
                     if let (Some(x), Some(y)) = (a.cpu_ms_per_call_second(), b.cpu_ms_per_call_second()) {
-                        println!("{} calls: CPU per call media-node/rtpengine = {:.3}/{:.3} ms per call-second = {:.2}", a.calls, x, y, x / y);
+                        println!(
+                            "{} calls: CPU per call media-node/rtpengine = {:.3}/{:.3} ms per call-second = {:.2}",
+                            a.calls,
+                            x,
+                            y,
+                            x / y
+                        );
                     }
                 }
             }
@@ -160,11 +193,15 @@ async fn main() -> anyhow::Result<()> {
                     println!("released {port}");
                 }
                 Cmd::Play { port, uri, target } => {
-                    let r = c.play_audio(PlayAudioRequest { audio_uri: uri, server_rtp_port: port, rtp_target_addr: target }).await?.into_inner();
+                    let r = c
+                        .play_audio(PlayAudioRequest { audio_uri: uri, server_rtp_port: port, rtp_target_addr: target })
+                        .await?
+                        .into_inner();
                     println!("{}", r.message);
                 }
                 Cmd::Listen { port, rate, seconds, out } => {
-                    let mut s = c.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(rate) }).await?.into_inner();
+                    let mut s =
+                        c.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(rate) }).await?.into_inner();
                     let mut pcm: Vec<i16> = Vec::new();
                     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
                     while let Ok(Ok(Some(f))) = tokio::time::timeout_at(deadline, s.message()).await {
@@ -185,7 +222,16 @@ async fn stats(url: &str) -> anyhow::Result<()> {
     let rest = url.strip_prefix("http://").context("metrics URL must start with http://")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/metrics".into()));
     let (_, body) = media_node::tools::http::get(host, &path).await.with_context(|| format!("reading {url}"))?;
-    let wanted = ["media_sessions_active", "media_ports", "media_rtp_packets_total", "media_rtp_malformed_total", "media_rtp_lost_samples_total", "media_rtp_late_packets_total", "media_listeners_active", "media_recording_uploads_pending"];
+    let wanted = [
+        "media_sessions_active",
+        "media_ports",
+        "media_rtp_packets_total",
+        "media_rtp_malformed_total",
+        "media_rtp_lost_samples_total",
+        "media_rtp_late_packets_total",
+        "media_listeners_active",
+        "media_recording_uploads_pending",
+    ];
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         if wanted.iter().any(|w| line.starts_with(w)) {
             println!("{line}");

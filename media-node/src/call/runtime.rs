@@ -21,7 +21,14 @@ fn workers() -> usize {
 /// The media runtime, started on first use and kept for the life of the process.
 pub fn handle() -> Handle {
     MEDIA
-        .get_or_init(|| Builder::new_multi_thread().worker_threads(workers()).thread_name("media").enable_all().build().expect("the media runtime starts"))
+        .get_or_init(|| {
+            Builder::new_multi_thread()
+                .worker_threads(workers())
+                .thread_name("media")
+                .enable_all()
+                .build()
+                .expect("the media runtime starts")
+        })
         .handle()
         .clone()
 }

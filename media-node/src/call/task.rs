@@ -48,17 +48,37 @@ pub enum StreamEnd {
 }
 
 pub enum CallCommand {
-    Play { id: PlaybackId, uri: String, pcm: Arc<[i16]>, target: Option<SocketAddr>, done: oneshot::Sender<PlaybackOutcome> },
+    Play {
+        id: PlaybackId,
+        uri: String,
+        pcm: Arc<[i16]>,
+        target: Option<SocketAddr>,
+        done: oneshot::Sender<PlaybackOutcome>,
+    },
     /// A control command; `applied` fires once the session has applied it, so a
     /// caller told "stopped" knows no further frame of the old audio will be sent.
-    Session { cmd: Command, applied: oneshot::Sender<()> },
-    Listen { rate: u32, frames: mpsc::Sender<Bytes> },
+    Session {
+        cmd: Command,
+        applied: oneshot::Sender<()>,
+    },
+    Listen {
+        rate: u32,
+        frames: mpsc::Sender<Bytes>,
+    },
     /// Attach a TTS stream (8 kHz chunks); `done` fires when it has played out.
-    Stream { chunks: mpsc::Receiver<Vec<i16>>, done: oneshot::Sender<StreamEnd> },
+    Stream {
+        chunks: mpsc::Receiver<Vec<i16>>,
+        done: oneshot::Sender<StreamEnd>,
+    },
     /// Start recording (the segment number is filled in by the call).
-    StartRecording { spec: RecordingSpec, reply: oneshot::Sender<Result<(), String>> },
+    StartRecording {
+        spec: RecordingSpec,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Finish the active recording; the reply carries the spooled job.
-    StopRecording { reply: oneshot::Sender<Result<RecordingJob, String>> },
+    StopRecording {
+        reply: oneshot::Sender<Result<RecordingJob, String>>,
+    },
     Shutdown,
 }
 

@@ -127,7 +127,13 @@ mod sys {
         let on: libc::c_int = 1;
         // SAFETY: SO_TIMESTAMPNS takes an int flag; the pointer and size describe `on`.
         let r = unsafe {
-            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, (&on as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -153,7 +159,8 @@ mod sys {
         }
         // SAFETY: every header points at a buffer and a name that live until the call
         // returns, with their true sizes; the socket is open for as long as `sock` is.
-        let n = unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n =
+            unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -195,7 +202,12 @@ mod sys {
             libc::AF_INET6 => {
                 // SAFETY: as above, for AF_INET6 and sockaddr_in6.
                 let a = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-                Ok(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(a.sin6_addr.s6_addr), u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+                Ok(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
             }
             f => Err(io::Error::other(format!("datagram from an address of family {f}"))),
         }
@@ -316,7 +328,11 @@ mod tests {
             // Stamped on loopback delivery, inside the send call. A clock read's
             // rounding is allowed either side.
             assert!(arrived + Duration::from_millis(1) >= sent, "arrived {:?} before it was sent", sent - arrived);
-            assert!(arrived <= landed_by + Duration::from_millis(1), "arrival taken as the read, {:?} after the send returned", arrived - landed_by);
+            assert!(
+                arrived <= landed_by + Duration::from_millis(1),
+                "arrival taken as the read, {:?} after the send returned",
+                arrived - landed_by
+            );
         }
         // Without a stamp (not asked for), the read's time stands in.
         let (plain, tx2) = pair("127.0.0.1").await.unwrap();

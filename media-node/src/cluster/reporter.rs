@@ -84,7 +84,11 @@ async fn resolve_address(client: &Client, cfg: &ReporterConfig) -> Option<IpAddr
     }
     let from_node = async {
         let name = cfg.kube_node.as_ref()?;
-        let n = Api::<KubeNode>::all(client.clone()).get(name).await.map_err(|e| warn!(error = %e, node = %name, "cannot read my Node")).ok()?;
+        let n = Api::<KubeNode>::all(client.clone())
+            .get(name)
+            .await
+            .map_err(|e| warn!(error = %e, node = %name, "cannot read my Node"))
+            .ok()?;
         let addrs = n.status?.addresses.unwrap_or_default();
         let pick = |t: &str| addrs.iter().find(|a| a.type_ == t).and_then(|a| a.address.parse::<IpAddr>().ok());
         match cfg.advertise_source.as_str() {
@@ -137,7 +141,14 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
                     Some(Ok(None)) => warn!("gRPC TLS without a client CA: nodes cannot authenticate each other, so they do not forward; each serves what reaches it"),
                     Some(Err(e)) => warn!(error = %e, "cannot read the TLS files for forwarding to peers; this node serves what reaches it"),
                 }
-                tokio::spawn(super::watch::run(node.clone(), client.clone(), cfg.namespace.clone(), cfg.name.clone(), pool, shutdown.clone()));
+                tokio::spawn(super::watch::run(
+                    node.clone(),
+                    client.clone(),
+                    cfg.namespace.clone(),
+                    cfg.name.clone(),
+                    pool,
+                    shutdown.clone(),
+                ));
                 watching = true;
             }
         }

@@ -93,15 +93,7 @@ pub fn parse(data: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
         }
         end -= pad as usize;
     }
-    Ok(RtpPacket {
-        marker,
-        payload_type,
-        sequence,
-        timestamp,
-        ssrc,
-        csrc_count,
-        payload: &data[offset..end],
-    })
+    Ok(RtpPacket { marker, payload_type, sequence, timestamp, ssrc, csrc_count, payload: &data[offset..end] })
 }
 
 /// Header fields of a packet we send (no CSRC, no extension, no padding).

@@ -29,19 +29,16 @@ pub struct SessionConfig {
 impl SessionConfig {
     /// Random SSRC, sequence and timestamp origins as RFC 3550 §5.1 asks.
     pub fn random(symmetric_rtp: bool, jitter: JitterConfig) -> SessionConfig {
-        SessionConfig {
-            ssrc: rand::random(),
-            initial_sequence: rand::random(),
-            initial_timestamp: rand::random(),
-            symmetric_rtp,
-            jitter,
-        }
+        SessionConfig { ssrc: rand::random(), initial_sequence: rand::random(), initial_timestamp: rand::random(), symmetric_rtp, jitter }
     }
 }
 
 #[derive(Debug, Clone)]
 pub enum Command {
-    Play { id: PlaybackId, pcm: Arc<[i16]> },
+    Play {
+        id: PlaybackId,
+        pcm: Arc<[i16]>,
+    },
     /// Barge-in: cut the prompt and drop all queued audio.
     Stop,
     SetTarget(SocketAddr),

@@ -51,7 +51,14 @@ fn json_str(s: &str) -> String {
 impl EventPublisher {
     /// `enabled` is false when no RABBITMQ_URL is configured: events are then not kept.
     pub fn new(enabled: bool, tenant_id: String, capacity: usize, metrics: Arc<Metrics>) -> Arc<EventPublisher> {
-        Arc::new(EventPublisher { outbox: Mutex::new(VecDeque::new()), capacity, tenant_id, metrics, wake: tokio::sync::Notify::new(), enabled })
+        Arc::new(EventPublisher {
+            outbox: Mutex::new(VecDeque::new()),
+            capacity,
+            tenant_id,
+            metrics,
+            wake: tokio::sync::Notify::new(),
+            enabled,
+        })
     }
 
     pub fn queued(&self) -> usize {
@@ -121,7 +128,12 @@ impl EventPublisher {
         let conn = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
         channel
-            .exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .exchange_declare(
+                EXCHANGE.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         info!("connected to RabbitMQ");

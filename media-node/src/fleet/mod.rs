@@ -294,7 +294,16 @@ mod tests {
     }
 
     fn peer(name: &str, min: u16, used: i64) -> Peer {
-        Peer { name: name.into(), endpoint: format!("127.0.0.1:{min}"), udp_min: min, udp_max: min + 99, ready: true, used, total: 50, heartbeat: Some(Timestamp::now()) }
+        Peer {
+            name: name.into(),
+            endpoint: format!("127.0.0.1:{min}"),
+            udp_min: min,
+            udp_max: min + 99,
+            ready: true,
+            used,
+            total: 50,
+            heartbeat: Some(Timestamp::now()),
+        }
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! node that does. Forwarded requests are marked and never forwarded again.
 
 use k8s_openapi::jiff::Timestamp;
+use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
-use media_proto::pb::media_service_client::MediaServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -100,7 +100,12 @@ impl MediaSvc {
         let peers = fleet.candidates(Timestamp::now());
         let (used, total) = self.node.occupancy();
         let mut cands = vec![Candidate { key: 0, ready: !self.node.is_draining(), used, total }];
-        cands.extend(peers.iter().enumerate().map(|(i, (_, used, total))| Candidate { key: i + 1, ready: true, used: *used, total: *total }));
+        cands.extend(peers.iter().enumerate().map(|(i, (_, used, total))| Candidate {
+            key: i + 1,
+            ready: true,
+            used: *used,
+            total: *total,
+        }));
         let mut last_err = None;
         for key in rank(&cands) {
             let result = if key == 0 {
@@ -123,10 +128,17 @@ impl MediaSvc {
         }
     }
 
-    async fn allocate_on(&self, peer: &str, endpoint: &str, meta: &MetadataMap, call_id: &str) -> Result<Response<AllocatePortResponse>, Status> {
+    async fn allocate_on(
+        &self,
+        peer: &str,
+        endpoint: &str,
+        meta: &MetadataMap,
+        call_id: &str,
+    ) -> Result<Response<AllocatePortResponse>, Status> {
         let fleet = &self.node.fleet;
         let mut client = fleet.client(endpoint)?;
-        let result = client.allocate_port(fleet.outbound(AllocatePortRequest { call_id: call_id.to_string() }, meta, Some(FORWARD_TIMEOUT))).await;
+        let result =
+            client.allocate_port(fleet.outbound(AllocatePortRequest { call_id: call_id.to_string() }, meta, Some(FORWARD_TIMEOUT))).await;
         let result = self.counted("AllocatePort", result);
         match result {
             Ok(resp) => {

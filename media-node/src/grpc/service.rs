@@ -19,14 +19,14 @@ use crate::audio::decode;
 use crate::audio::listener::{media_type, LISTEN_RATES};
 use crate::audio::uri::{self, AudioUri, Control, UriError};
 use crate::call::{CallCommand, CallHandle, StreamEnd};
-use crate::fleet::FORWARD_TIMEOUT;
-use crate::core::resample::Resampler;
 use crate::core::recording::Channels;
+use crate::core::resample::Resampler;
 use crate::core::session::Command;
-use crate::recording::store::Delivered;
-use crate::recording::{Destination, RecordingSpec};
+use crate::fleet::FORWARD_TIMEOUT;
 use crate::node::{Node, NodeError};
 use crate::ports::PoolError;
+use crate::recording::store::Delivered;
+use crate::recording::{Destination, RecordingSpec};
 
 pub struct MediaSvc {
     pub(crate) node: Arc<Node>,
@@ -71,10 +71,7 @@ fn parse_target(raw: &str) -> Result<Option<SocketAddr>, Status> {
     if raw.trim().is_empty() {
         return Ok(None);
     }
-    raw.trim()
-        .parse::<SocketAddr>()
-        .map(Some)
-        .map_err(|_| Status::invalid_argument(format!("rtp_target_addr {raw:?} is not ip:port")))
+    raw.trim().parse::<SocketAddr>().map(Some).map_err(|_| Status::invalid_argument(format!("rtp_target_addr {raw:?} is not ip:port")))
 }
 
 /// Sends the call a command that carries a reply channel and waits for the reply; a
@@ -109,7 +106,9 @@ impl MediaService for MediaSvc {
         let trace = trace_id(&req);
         let port = req.get_ref().rtp_port;
         if let Some(peer) = self.route(req.metadata(), port) {
-            let result = self.forward("ReleasePort", started, &peer, &req, Some(FORWARD_TIMEOUT), |mut c, r| async move { c.release_port(r).await }).await;
+            let result = self
+                .forward("ReleasePort", started, &peer, &req, Some(FORWARD_TIMEOUT), |mut c, r| async move { c.release_port(r).await })
+                .await;
             if result.is_ok() {
                 self.node.fleet.forget_port(port);
             }
@@ -168,7 +167,16 @@ impl MediaService for MediaSvc {
         let started = Instant::now();
         let trace = trace_id(&req);
         if let Some(peer) = self.route(req.metadata(), req.get_ref().server_rtp_port) {
-            return self.forward("StartRecording", started, &peer, &req, Some(FORWARD_TIMEOUT), |mut c, r| async move { c.start_recording(r).await }).await;
+            return self
+                .forward(
+                    "StartRecording",
+                    started,
+                    &peer,
+                    &req,
+                    Some(FORWARD_TIMEOUT),
+                    |mut c, r| async move { c.start_recording(r).await },
+                )
+                .await;
         }
         let r = req.into_inner();
         let result = async {
@@ -185,7 +193,14 @@ impl MediaService for MediaSvc {
                 Some(other) => return Err(Status::invalid_argument(format!("format {other:?} is not mono or stereo"))),
             };
             let call_id = if r.call_id.is_empty() { call.call_id.clone() } else { r.call_id.clone() };
-            let spec = RecordingSpec { call_id, trace_id: if r.trace_id.is_empty() { trace.clone() } else { r.trace_id.clone() }, destination, rate, channels, segment: 0 };
+            let spec = RecordingSpec {
+                call_id,
+                trace_id: if r.trace_id.is_empty() { trace.clone() } else { r.trace_id.clone() },
+                destination,
+                rate,
+                channels,
+                segment: 0,
+            };
             ask(&call, |reply| CallCommand::StartRecording { spec, reply }).await?.map_err(Status::failed_precondition)?;
             info!(trace_id = %trace, port = r.server_rtp_port, "recording started");
             Ok(Response::new(StartRecordingResponse { success: true }))
@@ -243,10 +258,7 @@ impl MediaService for MediaSvc {
             };
             let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<i16>>(4);
             let (done_tx, done_rx) = oneshot::channel();
-            call.commands
-                .send(CallCommand::Stream { chunks: chunk_rx, done: done_tx })
-                .await
-                .map_err(|_| status(NodeError::CallGone))?;
+            call.commands.send(CallCommand::Stream { chunks: chunk_rx, done: done_tx }).await.map_err(|_| status(NodeError::CallGone))?;
             let (resp_tx, resp_rx) = mpsc::channel(2);
             info!(trace_id = %trace, call_id = %first.call_id, "TTS stream attached");
             tokio::spawn(pump_tts(first, inbound, chunk_tx, done_rx, resp_tx));

@@ -12,11 +12,7 @@ use axum::Router;
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(node)
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).with_state(node)
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {

@@ -9,9 +9,14 @@ use crate::audio::uri::relative_prompt_path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
     /// A folder relative to the node's recordings root.
-    File { dir: PathBuf },
+    File {
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -66,10 +71,7 @@ impl Destination {
 
 /// A call id made safe as a file or object name.
 pub fn safe_name(call_id: &str) -> String {
-    let s: String = call_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
-        .collect();
+    let s: String = call_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
     let s = s.trim_matches('.').to_string();
     if s.is_empty() {
         "call".into()

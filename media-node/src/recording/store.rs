@@ -161,7 +161,9 @@ impl RecordingStore {
         }
         match &self.config.s3.endpoint {
             Some(e) => format!("{}/{}/{}", e.trim_end_matches('/'), job.target, job.key),
-            None => format!("https://{}.s3.{}.amazonaws.com/{}", job.target, self.config.s3.region.as_deref().unwrap_or("us-east-1"), job.key),
+            None => {
+                format!("https://{}.s3.{}.amazonaws.com/{}", job.target, self.config.s3.region.as_deref().unwrap_or("us-east-1"), job.key)
+            }
         }
     }
 
@@ -206,7 +208,12 @@ impl RecordingStore {
             let mut n = 1;
             while offset < len {
                 let size = PART_SIZE.min(len - offset);
-                let body = ByteStream::read_from().path(&job.wav).offset(offset).length(aws_sdk_s3::primitives::Length::Exact(size)).build().await?;
+                let body = ByteStream::read_from()
+                    .path(&job.wav)
+                    .offset(offset)
+                    .length(aws_sdk_s3::primitives::Length::Exact(size))
+                    .build()
+                    .await?;
                 let part = self.s3.upload_part().bucket(&job.target).key(&job.key).upload_id(&id).part_number(n).body(body).send().await?;
                 parts.push(CompletedPart::builder().part_number(n).set_e_tag(part.e_tag().map(String::from)).build());
                 offset += size;

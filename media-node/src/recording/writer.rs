@@ -86,7 +86,12 @@ impl RecordingWriter {
         std::fs::create_dir_all(spool)?;
         let started = Timestamp::now();
         let part = spool.join(format!("{}-{}-{:08x}.wav.part", safe_name(&spec.call_id), started.as_millisecond(), rand::random::<u32>()));
-        let wav_spec = hound::WavSpec { channels: spec.channels.count(), sample_rate: spec.rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let wav_spec = hound::WavSpec {
+            channels: spec.channels.count(),
+            sample_rate: spec.rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let wav = hound::WavWriter::new(BufWriter::new(File::create(&part)?), wav_spec).map_err(std::io::Error::other)?;
         let n = spec.channels.count() as usize;
         Ok(RecordingWriter {

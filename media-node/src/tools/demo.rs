@@ -100,7 +100,8 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
     let node_rtp = SocketAddr::new(node_ip, alloc.rtp_port as u16);
     let bind_ip: IpAddr = if node_ip.is_loopback() { node_ip } else { "0.0.0.0".parse()? };
     let caller = RtpCaller::bind(SocketAddr::new(bind_ip, 0)).await?;
-    let caller_addr = SocketAddr::new(if node_ip.is_loopback() { node_ip } else { local_ip_towards(node_rtp)? }, caller.local_addr().port());
+    let caller_addr =
+        SocketAddr::new(if node_ip.is_loopback() { node_ip } else { local_ip_towards(node_rtp)? }, caller.local_addr().port());
 
     client
         .play_audio(PlayAudioRequest {
@@ -121,7 +122,8 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
         .await?;
 
     // The agent's live listener.
-    let mut listen = client.record_audio(RecordAudioRequest { server_rtp_port: alloc.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner();
+    let mut listen =
+        client.record_audio(RecordAudioRequest { server_rtp_port: alloc.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner();
     let agent = tokio::spawn(async move {
         let mut pcm: Vec<i16> = Vec::new();
         while let Ok(Some(frame)) = listen.message().await {
@@ -165,7 +167,8 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
     let prompt8 = wav_to_call_pcm(prompt_wav)?;
     let (caller_correlation, _) = best_correlation(&prompt8, &caller_heard, 800);
 
-    let mut files = vec![opts.out_dir.join("agent-heard-16k.wav"), opts.out_dir.join("caller-heard-8k.wav"), opts.out_dir.join("caller-said-8k.wav")];
+    let mut files =
+        vec![opts.out_dir.join("agent-heard-16k.wav"), opts.out_dir.join("caller-heard-8k.wav"), opts.out_dir.join("caller-said-8k.wav")];
     write_wav(&files[0], &agent_pcm, 16000)?;
     write_wav(&files[1], &caller_heard, 8000)?;
     write_wav(&files[2], &speech, 8000)?;

@@ -17,10 +17,7 @@ pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 /// Sum of every sample of a Prometheus metric whose line starts with `name` (labels
 /// included in `name` narrow it down).
 pub fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    text.lines().filter(|l| !l.starts_with('#') && l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 #[cfg(test)]

@@ -143,24 +143,54 @@ impl std::fmt::Display for LoadReport {
             (_, false, false) => "prompt only, no listener, no recording",
         };
         writeln!(f, "{}: {} calls for {:.0} s ({what} each)", self.engine, self.calls, self.seconds)?;
-        writeln!(f, "  loss caller->engine {:.3} %, engine->caller {:.3} %", self.caller_to_node_loss * 100.0, self.node_to_caller_loss * 100.0)?;
-        writeln!(f, "  pacing jitter of what it sends: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.jitter_p50_ms, self.jitter_p99_ms, self.jitter_max_ms)?;
+        writeln!(
+            f,
+            "  loss caller->engine {:.3} %, engine->caller {:.3} %",
+            self.caller_to_node_loss * 100.0,
+            self.node_to_caller_loss * 100.0
+        )?;
+        writeln!(
+            f,
+            "  pacing jitter of what it sends: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            self.jitter_p50_ms, self.jitter_p99_ms, self.jitter_max_ms
+        )?;
         if let Some((p50, p99)) = self.send_lateness_ms {
             writeln!(f, "  node-side send lateness (its own pacing): p50 <= {p50:.2} ms, p99 <= {p99:.2} ms")?;
         }
-        writeln!(f, "  latency RTP in -> listener: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms)?;
+        writeln!(
+            f,
+            "  latency RTP in -> listener: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms
+        )?;
         if self.engine == "media-node" {
-            writeln!(f, "  AllocatePort at {}/s ({} timed): p50 {:.3} ms, p99 {:.3} ms", self.allocate_rate, self.allocate_samples, self.allocate_p50_ms, self.allocate_p99_ms)?;
+            writeln!(
+                f,
+                "  AllocatePort at {}/s ({} timed): p50 {:.3} ms, p99 {:.3} ms",
+                self.allocate_rate, self.allocate_samples, self.allocate_p50_ms, self.allocate_p99_ms
+            )?;
             if let Some((p50, p99)) = self.allocate_in_node_ms {
                 writeln!(f, "    of which in the node's handler: p50 <= {p50:.3} ms, p99 <= {p99:.3} ms")?;
             }
         }
         if let (Some(cpu), Some(rss)) = (self.node_cpu_seconds, self.node_peak_rss_mb) {
             let share = cpu / self.wall_seconds.max(1e-9);
-            writeln!(f, "  CPU {:.2} s over {:.1} s ({:.1} % of one core), {:.2} ms of CPU per call-second, peak RSS {:.1} MB", cpu, self.wall_seconds, share * 100.0, self.cpu_ms_per_call_second().unwrap_or(f64::NAN), rss)?;
+            writeln!(
+                f,
+                "  CPU {:.2} s over {:.1} s ({:.1} % of one core), {:.2} ms of CPU per call-second, peak RSS {:.1} MB",
+                cpu,
+                self.wall_seconds,
+                share * 100.0,
+                self.cpu_ms_per_call_second().unwrap_or(f64::NAN),
+                rss
+            )?;
             writeln!(f, "  => about {:.0} such calls per core at this load", self.calls as f64 / share.max(1e-9))?;
         }
-        writeln!(f, "  listener frames received {}; holds up (loss < 0.1 %, p99 jitter < 2 ms): {}", self.listener_frames, if self.holds() { "yes" } else { "no" })
+        writeln!(
+            f,
+            "  listener frames received {}; holds up (loss < 0.1 %, p99 jitter < 2 ms): {}",
+            self.listener_frames,
+            if self.holds() { "yes" } else { "no" }
+        )
     }
 }
 
@@ -267,7 +297,6 @@ fn latencies(r: &CallResult, out: &mut Vec<f64>) {
     }
 }
 
-
 pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     match opts.engine {
         Engine::MediaNode => run_media_node(opts).await,
@@ -281,7 +310,9 @@ pub async fn ramp(opts: LoadOptions, levels: &[usize]) -> anyhow::Result<(Vec<Lo
     let mut reports = Vec::new();
     let mut best = None;
     for &calls in levels {
-        let r = match run(LoadOptions { calls, work_dir: opts.work_dir.join(format!("{}-{calls}", opts.engine.name())), ..opts.clone() }).await {
+        let r = match run(LoadOptions { calls, work_dir: opts.work_dir.join(format!("{}-{calls}", opts.engine.name())), ..opts.clone() })
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 // A saturated engine stops answering: that level did not hold, and no
@@ -299,7 +330,15 @@ pub async fn ramp(opts: LoadOptions, levels: &[usize]) -> anyhow::Result<(Vec<Lo
     Ok((reports, best))
 }
 
-fn summarise(engine: Engine, opts: &LoadOptions, results: &[CallResult], mut alloc_ms: Vec<f64>, caller_to_engine_loss: f64, usage: (Option<(f64, f64)>, Option<(f64, f64)>), wall: f64) -> LoadReport {
+fn summarise(
+    engine: Engine,
+    opts: &LoadOptions,
+    results: &[CallResult],
+    mut alloc_ms: Vec<f64>,
+    caller_to_engine_loss: f64,
+    usage: (Option<(f64, f64)>, Option<(f64, f64)>),
+    wall: f64,
+) -> LoadReport {
     let mut jitter = Vec::new();
     let mut latency = Vec::new();
     let (mut expected, mut received, mut frames) = (0usize, 0usize, 0u64);
@@ -404,9 +443,16 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let ip: IpAddr = a.advertised_ip.parse()?;
             let node_rtp = SocketAddr::new(ip, a.rtp_port as u16);
             let caller = RtpCaller::bind(SocketAddr::new(ip, 0)).await?;
-            c.play_audio(PlayAudioRequest { audio_uri: "control://set_target".into(), server_rtp_port: a.rtp_port, rtp_target_addr: caller.local_addr().to_string() }).await?;
+            c.play_audio(PlayAudioRequest {
+                audio_uri: "control://set_target".into(),
+                server_rtp_port: a.rtp_port,
+                rtp_target_addr: caller.local_addr().to_string(),
+            })
+            .await?;
             let listen = if parts.listen {
-                Some(c.record_audio(RecordAudioRequest { server_rtp_port: a.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner())
+                Some(
+                    c.record_audio(RecordAudioRequest { server_rtp_port: a.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner(),
+                )
             } else {
                 None
             };
@@ -424,11 +470,19 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 arrivals
             });
             if parts.record {
-                c.start_recording(StartRecordingRequest { server_rtp_port: a.rtp_port, output_uri: "file://load".into(), call_id: format!("load-{i}"), ..Default::default() }).await?;
+                c.start_recording(StartRecordingRequest {
+                    server_rtp_port: a.rtp_port,
+                    output_uri: "file://load".into(),
+                    call_id: format!("load-{i}"),
+                    ..Default::default()
+                })
+                .await?;
             }
             let mut player = c.clone();
             let play = tokio::spawn(async move {
-                player.play_audio(PlayAudioRequest { audio_uri: prompt_uri, server_rtp_port: a.rtp_port, rtp_target_addr: String::new() }).await
+                player
+                    .play_audio(PlayAudioRequest { audio_uri: prompt_uri, server_rtp_port: a.rtp_port, rtp_target_addr: String::new() })
+                    .await
             });
             let sent_at = caller.send_speech_timed(node_rtp, &speech, Codec::Pcmu, i as u32).await?;
             let _ = play.await;
@@ -458,7 +512,12 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         None => None,
     };
     let node_in = metrics.as_deref().map(|body| super::http::metric_value(body, "media_rtp_packets_total{direction=\"in\"}"));
-    let lateness = metrics.as_deref().map(|body| (histogram_quantile(body, "media_rtp_send_lateness_seconds", 0.5), histogram_quantile(body, "media_rtp_send_lateness_seconds", 0.99)));
+    let lateness = metrics.as_deref().map(|body| {
+        (
+            histogram_quantile(body, "media_rtp_send_lateness_seconds", 0.5),
+            histogram_quantile(body, "media_rtp_send_lateness_seconds", 0.99),
+        )
+    });
 
     let sent: usize = results.iter().map(|r| r.sent_at.len()).sum();
     // What the node took in (its own counter) against what the callers sent.
@@ -473,7 +532,12 @@ async fn run_media_node(opts: LoadOptions) -> anyhow::Result<LoadReport> {
 }
 
 /// `n` AllocatePorts at a steady pace, one at a time, each timed (ms).
-async fn allocate_paced(client: &MediaServiceClient<Channel>, n: usize, interval: Duration, prefix: &str) -> anyhow::Result<(Vec<f64>, Vec<AllocatePortResponse>)> {
+async fn allocate_paced(
+    client: &MediaServiceClient<Channel>,
+    n: usize,
+    interval: Duration,
+    prefix: &str,
+) -> anyhow::Result<(Vec<f64>, Vec<AllocatePortResponse>)> {
     let mut ms = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
     let start = tokio::time::Instant::now();
@@ -555,7 +619,8 @@ async fn run_rtpengine(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let agent = RtpCaller::bind("127.0.0.1:0".parse()?).await?;
             let call_id = format!("load-{i}");
             let (from, to) = (format!("caller-{i}"), format!("agent-{i}"));
-            let base = |cmd: &str| vec![("command", Bencode::str(cmd)), ("call-id", Bencode::str(&call_id)), ("from-tag", Bencode::str(&from))];
+            let base =
+                |cmd: &str| vec![("command", Bencode::str(cmd)), ("call-id", Bencode::str(&call_id)), ("from-tag", Bencode::str(&from))];
             let mut offer = base("offer");
             offer.push(("sdp", Bencode::str(&pcmu_sdp(caller.local_addr(), i as u64))));
             offer.push(("ICE", Bencode::str("remove")));

@@ -146,7 +146,9 @@ impl NgClient {
             let (v, _) = Bencode::decode(&reply[space + 1..])?;
             return match v.get("result").and_then(Bencode::as_str) {
                 Some("ok") => Ok(v),
-                other => Err(anyhow!("rtpengine: {} ({})", other.unwrap_or("?"), v.get("error-reason").and_then(Bencode::as_str).unwrap_or(""))),
+                other => {
+                    Err(anyhow!("rtpengine: {} ({})", other.unwrap_or("?"), v.get("error-reason").and_then(Bencode::as_str).unwrap_or("")))
+                }
             };
         }
         bail!("rtpengine did not answer")

@@ -78,7 +78,9 @@ pub fn decide(p: &Policy, o: &Observed, now: Timestamp) -> Decision {
     let recommended = recommend(p, o.used, o.capacity_per_node.max(1), o.slots.max(p.max_replicas));
     let (desired, limited_by) = match recommended {
         None => (ceiling, Some(if o.slots < p.max_replicas { Limit::Slots } else { Limit::MaxReplicas })),
-        Some(r) if r > ceiling => (ceiling, Some(if ceiling == o.slots && o.slots < p.max_replicas { Limit::Slots } else { Limit::MaxReplicas })),
+        Some(r) if r > ceiling => {
+            (ceiling, Some(if ceiling == o.slots && o.slots < p.max_replicas { Limit::Slots } else { Limit::MaxReplicas }))
+        }
         Some(r) if r < p.min_replicas => (p.min_replicas.min(ceiling), Some(Limit::MinReplicas)),
         Some(r) => (r, None),
     };
@@ -107,7 +109,13 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy { min_replicas: 1, max_replicas: 4, free_sessions: Some(30), free_percent: None, scale_down_delay: SignedDuration::from_secs(60) }
+        Policy {
+            min_replicas: 1,
+            max_replicas: 4,
+            free_sessions: Some(30),
+            free_percent: None,
+            scale_down_delay: SignedDuration::from_secs(60),
+        }
     }
 
     fn obs(replicas: i32, used: i64) -> Observed {

@@ -53,16 +53,31 @@ pub struct NodeObs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Claim a slot with a MediaNode, then start its pod.
-    Create { name: String, ports: SlotPorts },
+    Create {
+        name: String,
+        ports: SlotPorts,
+    },
     /// The node's pod is gone: record when its slot was released.
-    Tombstone { name: String },
+    Tombstone {
+        name: String,
+    },
     /// The quarantine of a released slot is over: delete its MediaNode.
-    Forget { name: String },
+    Forget {
+        name: String,
+    },
     /// Take no new calls; the pod goes when the calls end or at the deadline.
-    Drain { name: String, deadline: Timestamp, reason: DrainReason },
+    Drain {
+        name: String,
+        deadline: Timestamp,
+        reason: DrainReason,
+    },
     /// Scaling up again: a draining node goes back into service.
-    Undrain { name: String },
-    DeletePod { name: String },
+    Undrain {
+        name: String,
+    },
+    DeletePod {
+        name: String,
+    },
 }
 
 /// Why a node is drained.
@@ -174,8 +189,7 @@ pub fn plan(pool: &PoolObs, pods: &[PodObs], nodes: &[NodeObs], now: Timestamp) 
     }
 
     // Nodes whose ports no longer match the pool's layout are replaced.
-    let (fitting, misfits): (Vec<&NodeObs>, Vec<&NodeObs>) =
-        live.into_iter().partition(|n| pool.layout.fits(n.slot, n.udp_min, n.udp_max));
+    let (fitting, misfits): (Vec<&NodeObs>, Vec<&NodeObs>) = live.into_iter().partition(|n| pool.layout.fits(n.slot, n.udp_min, n.udp_max));
     let mut draining: Vec<&NodeObs> = fitting.iter().copied().filter(|n| n.draining).collect();
     let mut serving: Vec<&NodeObs> = Vec::new();
     let drain = |n: &NodeObs, reason: DrainReason, p: &mut Plan| {
@@ -222,11 +236,8 @@ pub fn plan(pool: &PoolObs, pods: &[PodObs], nodes: &[NodeObs], now: Timestamp) 
     old.sort_by_key(|n| n.emptiness_key());
     new.sort_by_key(|n| n.emptiness_key());
     let excess_new = new.len().saturating_sub(desired);
-    let candidates: Vec<(&NodeObs, DrainReason)> = old
-        .iter()
-        .map(|n| (*n, DrainReason::Rollout))
-        .chain(new.iter().take(excess_new).map(|n| (*n, DrainReason::ScaleDown)))
-        .collect();
+    let candidates: Vec<(&NodeObs, DrainReason)> =
+        old.iter().map(|n| (*n, DrainReason::Rollout)).chain(new.iter().take(excess_new).map(|n| (*n, DrainReason::ScaleDown))).collect();
     let mut drained: Vec<&str> = Vec::new();
     for (n, reason) in candidates {
         if n.ready(now) {
@@ -396,7 +407,10 @@ mod tests {
     }
 
     fn drains(p: &Plan) -> Vec<(String, DrainReason)> {
-        p.actions.iter().filter_map(|a| if let Action::Drain { name, reason, .. } = a { Some((name.clone(), *reason)) } else { None }).collect()
+        p.actions
+            .iter()
+            .filter_map(|a| if let Action::Drain { name, reason, .. } = a { Some((name.clone(), *reason)) } else { None })
+            .collect()
     }
 
     /// Applies a plan to the observed world the way the cluster would: created nodes

@@ -99,7 +99,8 @@ mod tests {
     #[test]
     fn quarantined_claim_blocks_until_it_expires() {
         let l = Layout { min: 30000, max: 30399, size: 100 };
-        let claims = vec![Claim { udp_min: 30000, udp_max: 30099, until: Some(t(5)) }, Claim { udp_min: 30100, udp_max: 30199, until: None }];
+        let claims =
+            vec![Claim { udp_min: 30000, udp_max: 30099, until: Some(t(5)) }, Claim { udp_min: 30100, udp_max: 30199, until: None }];
         let free: Vec<i32> = free_slots(l, &claims, t(0)).map(|p| p.slot).collect();
         assert_eq!(free, vec![2, 3]);
         let free: Vec<i32> = free_slots(l, &claims, t(5)).map(|p| p.slot).collect();

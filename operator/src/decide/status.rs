@@ -7,7 +7,15 @@ use media_crds::{AutoscalingStatus, MediaPoolStatus, PortCounts, POOL_LABEL};
 use super::plan::{live_nodes, NodeObs, Plan, PodObs};
 use super::Timestamp;
 
-pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>, now: Timestamp) {
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
     let status = if status { "True" } else { "False" }.to_string();
     match conds.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
@@ -45,7 +53,8 @@ pub struct StatusInput<'a> {
 
 pub fn pool_status(i: StatusInput<'_>) -> MediaPoolStatus {
     let live: Vec<&NodeObs> = live_nodes(i.nodes, i.pods).collect();
-    let mut s = MediaPoolStatus { selector: format!("{POOL_LABEL}={}", i.pool_name), observed_generation: i.generation, ..Default::default() };
+    let mut s =
+        MediaPoolStatus { selector: format!("{POOL_LABEL}={}", i.pool_name), observed_generation: i.generation, ..Default::default() };
     s.replicas = live.len() as i32;
     s.draining_replicas = live.iter().filter(|n| n.draining).count() as i32;
     s.ready_replicas = live.iter().filter(|n| !n.draining && n.ready(i.now)).count() as i32;
@@ -83,7 +92,13 @@ pub fn pool_status(i: StatusInput<'_>) -> MediaPoolStatus {
         &mut conds,
         "Progressing",
         progressing,
-        if !progressing { "Stable" } else if rolling { "RollingUpdate" } else { "Reconciling" },
+        if !progressing {
+            "Stable"
+        } else if rolling {
+            "RollingUpdate"
+        } else {
+            "Reconciling"
+        },
         format!("{serving} serving ({} up to date), {} draining, {} wanted", s.updated_replicas, s.draining_replicas, i.desired),
         g,
         now,

@@ -106,7 +106,9 @@ async fn ensure_node_access(ctx: &Ctx, ns: &str) -> Result<(), Error> {
     Api::<ServiceAccount>::namespaced(c.clone(), ns)
         .patch(resources::NODE_SERVICE_ACCOUNT, &apply(), &Patch::Apply(resources::node_service_account(ns)))
         .await?;
-    Api::<Role>::namespaced(c.clone(), ns).patch(resources::NODE_SERVICE_ACCOUNT, &apply(), &Patch::Apply(resources::node_role(ns))).await?;
+    Api::<Role>::namespaced(c.clone(), ns)
+        .patch(resources::NODE_SERVICE_ACCOUNT, &apply(), &Patch::Apply(resources::node_role(ns)))
+        .await?;
     Api::<RoleBinding>::namespaced(c.clone(), ns)
         .patch(resources::NODE_SERVICE_ACCOUNT, &apply(), &Patch::Apply(resources::node_role_binding(ns)))
         .await?;
@@ -140,12 +142,15 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
     for svc in [resources::caller_service(pool), resources::headless_service(pool)] {
         services.patch(&svc.name_any(), &apply(), &Patch::Apply(&svc)).await?;
     }
-    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns).patch(name, &apply(), &Patch::Apply(resources::disruption_budget(pool))).await?;
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .patch(name, &apply(), &Patch::Apply(resources::disruption_budget(pool)))
+        .await?;
 
     let selector = ListParams::default().labels(&format!("{POOL_LABEL}={name}"));
     let pods = pods_api.list(&selector).await?.items;
     let nodes = nodes_api.list(&selector).await?.items;
-    let pod_obs: Vec<PodObs> = pods.iter().map(|p| PodObs { name: p.name_any(), terminating: p.metadata.deletion_timestamp.is_some() }).collect();
+    let pod_obs: Vec<PodObs> =
+        pods.iter().map(|p| PodObs { name: p.name_any(), terminating: p.metadata.deletion_timestamp.is_some() }).collect();
     let node_obs: Vec<NodeObs> = nodes.iter().map(observe_node).collect();
     let spec = &pool.spec;
     let layout = Layout { min: spec.ports.min, max: spec.ports.max, size: spec.ports.slot_size };
@@ -175,12 +180,26 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
                     Err(e) => return Err(e.into()),
                 }
                 info!(pool = name, node, slot = ports.slot, "node created");
-                publish(ctx, pool, EventType::Normal, "NodeCreated", format!("node {node} on slot {} (UDP {}-{})", ports.slot, ports.udp_min, ports.udp_max)).await;
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "NodeCreated",
+                    format!("node {node} on slot {} (UDP {}-{})", ports.slot, ports.udp_min, ports.udp_max),
+                )
+                .await;
             }
             Action::Tombstone { name: node } => {
                 let patch = json!({"metadata": {"annotations": {RELEASED_AT_ANNOTATION: now.to_string()}}});
                 nodes_api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-                publish(ctx, pool, EventType::Normal, "SlotReleased", format!("node {node} is gone; its slot is quarantined for {}s", spec.quarantine_seconds)).await;
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "SlotReleased",
+                    format!("node {node} is gone; its slot is quarantined for {}s", spec.quarantine_seconds),
+                )
+                .await;
             }
             Action::Forget { name: node } => match nodes_api.delete(node, &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -195,7 +214,14 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
                     _ => (EventType::Normal, "NodeDraining"),
                 };
                 info!(pool = name, node, reason = reason.as_str(), "draining node");
-                publish(ctx, pool, kind, why, format!("node {node} takes no new calls ({}); removed when its calls end or at {deadline}", reason.as_str())).await;
+                publish(
+                    ctx,
+                    pool,
+                    kind,
+                    why,
+                    format!("node {node} takes no new calls ({}); removed when its calls end or at {deadline}", reason.as_str()),
+                )
+                .await;
             }
             Action::Undrain { name: node } => {
                 let patch = json!({"spec": {"draining": false, "drainDeadline": null}});
@@ -268,11 +294,8 @@ async fn autoscale_step(
         free_percent: a.free_percent.map(i64::from),
         scale_down_delay: SignedDuration::from_secs(a.scale_down_delay_seconds as i64),
     };
-    let used: i64 = live_nodes(nodes, pods)
-        .filter(|n| !n.draining)
-        .filter_map(|n| n.report.as_ref())
-        .map(|r| r.ports_total - r.ports_free)
-        .sum();
+    let used: i64 =
+        live_nodes(nodes, pods).filter(|n| !n.draining).filter_map(|n| n.report.as_ref()).map(|r| r.ports_total - r.ports_free).sum();
     // Read fresh, not from the cache: a scale changes the spec, and the reconcile that
     // change triggers can see a cached pool older than the status the previous
     // reconcile wrote, which would put back an older lastScaleTime and restart a
@@ -292,12 +315,26 @@ async fn autoscale_step(
         pools.patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": d.replicas}}))).await?;
         last_scale_time = Some(now.to_string());
         info!(pool = %name, from = spec.replicas, to = d.replicas, used, "autoscaled");
-        publish(ctx, pool, EventType::Normal, "Autoscaled", format!("replicas {} -> {} ({used} calls held, buffer per policy)", spec.replicas, d.replicas)).await;
+        publish(
+            ctx,
+            pool,
+            EventType::Normal,
+            "Autoscaled",
+            format!("replicas {} -> {} ({used} calls held, buffer per policy)", spec.replicas, d.replicas),
+        )
+        .await;
     }
     let limited_by = d.limited_by.map(|l| l.as_str().to_string());
     if limited_by != previous.limited_by {
         if let Some(l @ (Limit::MaxReplicas | Limit::Slots)) = d.limited_by {
-            publish(ctx, pool, EventType::Warning, "ScaleLimited", format!("occupancy calls for more nodes than {} allows ({} nodes)", l.as_str(), d.desired)).await;
+            publish(
+                ctx,
+                pool,
+                EventType::Warning,
+                "ScaleLimited",
+                format!("occupancy calls for more nodes than {} allows ({} nodes)", l.as_str(), d.desired),
+            )
+            .await;
         }
     }
     let status = AutoscalingStatus {

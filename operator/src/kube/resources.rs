@@ -3,10 +3,10 @@
 //! node ServiceAccount with its role bindings.
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use media_crds::{AddressSource, MediaNode, MediaPool, POOL_LABEL, SLOT_LABEL, TEMPLATE_HASH_LABEL};
 use serde_json::{json, Value};
 
@@ -269,7 +269,8 @@ pub(crate) mod tests {
         assert_eq!(env("RTP_SERVICE_PORT_MIN").as_deref(), Some("30200"));
         assert_eq!(env("MEDIA_SERVICE_GRPC_PORT").as_deref(), Some("30200"));
         assert_eq!(env("MEDIA_SERVICE_METRICS_PORT").as_deref(), Some("30201"));
-        let host_ports: Vec<(i32, String)> = c.ports.as_ref().unwrap().iter().map(|p| (p.host_port.unwrap(), p.protocol.clone().unwrap())).collect();
+        let host_ports: Vec<(i32, String)> =
+            c.ports.as_ref().unwrap().iter().map(|p| (p.host_port.unwrap(), p.protocol.clone().unwrap())).collect();
         assert!(host_ports.contains(&(30200, "TCP".into())) && host_ports.contains(&(30299, "UDP".into())));
         assert!(c.readiness_probe.as_ref().unwrap().grpc.is_some());
         let secret = c.env.as_ref().unwrap().iter().find(|e| e.name == "BUCKET_SECRET_ACCESS_KEY").unwrap();
