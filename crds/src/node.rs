@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::pool::PortCounts;
 
 /// One media node of a pool: its slot of ports and what it reports.
+// kube's derive takes one printcolumn(...) per column, which clippy reads as a repeat.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "media.sentiric.cloud",

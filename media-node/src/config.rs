@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::cluster::ReporterConfig;
 use crate::recording::destination::Destination;
 use crate::recording::store::{S3Settings, StoreConfig};
 
@@ -94,7 +95,43 @@ pub struct NodeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "MEDIA_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Threads of the media runtime that runs calls (default: one per usable CPU).
+    #[arg(long, env = "MEDIA_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Nice value (0-19) of the gRPC/HTTP threads; see BENCHMARKS.md.
+    #[arg(long, env = "MEDIA_SERVING_NICE", default_value_t = 0)]
+    pub serving_nice: i32,
+    // What the operator gives a node pod: its MediaNode, pool, Kubernetes Node and the
+    // advertise rule (downward API and the pool's spec). Unset outside a pool.
+    #[arg(long, env = "MEDIA_NODE_NAME", hide = true)]
+    pub media_node_name: Option<String>,
+    #[arg(long, env = "MEDIA_NODE_NAMESPACE", hide = true)]
+    pub media_node_namespace: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE", hide = true)]
+    pub pod_namespace: Option<String>,
+    #[arg(long, env = "MEDIA_POOL_NAME", hide = true)]
+    pub media_pool_name: Option<String>,
+    #[arg(long, env = "NODE_NAME", hide = true)]
+    pub kube_node_name: Option<String>,
+    #[arg(long, env = "MEDIA_ADVERTISE_SOURCE", default_value = "ExternalIP", hide = true)]
+    pub advertise_source: String,
+    #[arg(long, env = "MEDIA_ADVERTISE_ADDRESS", hide = true)]
+    pub advertise_address: Option<String>,
+    #[arg(long, env = "POD_IP", hide = true)]
+    pub pod_ip: Option<IpAddr>,
 }
+
+/// How the node's two runtimes are set up (see `call::runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuntimeSettings {
+    /// Media worker threads; None is one per usable CPU.
+    pub media_workers: Option<usize>,
+    /// Nice value of the serving threads, 0 to 19.
+    pub serving_nice: i32,
+}
+
+/// The advertise rules a pool's node may be given.
+pub const ADVERTISE_SOURCES: [&str; 3] = ["ExternalIP", "InternalIP", "Explicit"];
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -125,6 +162,9 @@ pub struct NodeConfig {
     /// Where platform events go; None publishes nothing.
     pub rabbitmq_url: Option<String>,
     pub tenant_id: String,
+    pub runtime: RuntimeSettings,
+    /// Set when the operator runs this node in a pool (MEDIA_NODE_NAME given).
+    pub cluster: Option<ReporterConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +249,14 @@ impl NodeConfig {
         if advertised_ip.is_unspecified() {
             return bad("RTP_SERVICE_ADVERTISED_IP cannot be 0.0.0.0: callers must be able to send to it".into());
         }
+        if a.worker_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
+            return bad(format!("MEDIA_WORKER_THREADS ({}) must be between 1 and 1024", a.worker_threads.unwrap_or(0)));
+        }
+        if !(0..=19).contains(&a.serving_nice) {
+            // Raising priority would need a privilege the node does not ask for.
+            return bad(format!("MEDIA_SERVING_NICE ({}) must be between 0 and 19", a.serving_nice));
+        }
+        let cluster = cluster_settings(a)?;
         Ok(NodeConfig {
             grpc_addr: SocketAddr::new(a.service_listen_address, a.grpc_port),
             http_addr: SocketAddr::new(a.service_listen_address, a.metrics_port),
@@ -226,6 +274,8 @@ impl NodeConfig {
             recording,
             rabbitmq_url: a.rabbitmq_url.clone().filter(|u| !u.is_empty()),
             tenant_id: a.tenant_id.clone().unwrap_or_default(),
+            runtime: RuntimeSettings { media_workers: a.worker_threads, serving_nice: a.serving_nice },
+            cluster,
         })
     }
 
@@ -253,9 +303,34 @@ impl NodeConfig {
             },
             rabbitmq_url: None,
             tenant_id: String::new(),
+            runtime: RuntimeSettings::default(),
+            cluster: None,
             assets_root,
         }
     }
+}
+
+/// The reporter's settings from what the operator gave the pod; None outside a pool.
+fn cluster_settings(a: &NodeArgs) -> Result<Option<ReporterConfig>, ConfigError> {
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let Some(name) = given(&a.media_node_name) else { return Ok(None) };
+    let source = a.advertise_source.trim();
+    if !ADVERTISE_SOURCES.contains(&source) {
+        return Err(ConfigError(format!("MEDIA_ADVERTISE_SOURCE {source:?} is not one of {ADVERTISE_SOURCES:?}")));
+    }
+    let address = given(&a.advertise_address);
+    if source == "Explicit" && address.as_deref().and_then(|s| s.trim().parse::<IpAddr>().ok()).is_none() {
+        return Err(ConfigError(format!("MEDIA_ADVERTISE_SOURCE Explicit needs an IP in MEDIA_ADVERTISE_ADDRESS (got {address:?})")));
+    }
+    Ok(Some(ReporterConfig {
+        name,
+        namespace: given(&a.media_node_namespace).or_else(|| given(&a.pod_namespace)).unwrap_or_else(|| "default".into()),
+        pool: given(&a.media_pool_name),
+        kube_node: given(&a.kube_node_name),
+        advertise_source: source.to_string(),
+        advertise_address: address,
+        pod_ip: a.pod_ip,
+    }))
 }
 
 #[cfg(test)]
@@ -296,5 +371,40 @@ mod tests {
         assert!(e.to_string().contains("ASSETS_BASE_PATH"), "{e}");
         let e = NodeConfig::from_args(&args(&["--advertised-ip", "0.0.0.0"])).unwrap_err();
         assert!(e.to_string().contains("RTP_SERVICE_ADVERTISED_IP"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--worker-threads", "0"])).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_WORKER_THREADS"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--serving-nice=-5"])).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_SERVING_NICE"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--media-node-name", "n-0", "--advertise-source", "Public"])).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_ADVERTISE_SOURCE"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--media-node-name", "n-0", "--advertise-source", "Explicit"])).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_ADVERTISE_ADDRESS"), "{e}");
+        assert!(NodeArgs::try_parse_from(["media-node", "--pod-ip", "not-an-ip"]).is_err(), "POD_IP must be an IP");
+    }
+
+    #[test]
+    fn the_operators_settings_make_the_reporters() {
+        let c = NodeConfig::from_args(&args(&[])).unwrap();
+        assert!(c.cluster.is_none(), "no MEDIA_NODE_NAME: a standalone node");
+        assert_eq!(c.runtime, RuntimeSettings::default());
+        let c = NodeConfig::from_args(&args(&[
+            "--media-node-name",
+            "voice-3",
+            "--pod-namespace",
+            "telephony",
+            "--pod-ip",
+            "10.1.2.3",
+            "--advertise-source",
+            "InternalIP",
+            "--worker-threads",
+            "2",
+            "--serving-nice",
+            "10",
+        ]))
+        .unwrap();
+        let r = c.cluster.unwrap();
+        assert_eq!((r.name.as_str(), r.namespace.as_str(), r.advertise_source.as_str()), ("voice-3", "telephony", "InternalIP"));
+        assert_eq!(r.pod_ip, Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(c.runtime, RuntimeSettings { media_workers: Some(2), serving_nice: 10 });
     }
 }

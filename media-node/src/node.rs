@@ -15,13 +15,14 @@ use tracing::warn;
 use crate::audio::cache::{PromptCache, PromptKey};
 use crate::audio::decode::{self, DecodeError};
 use crate::audio::uri::{self, UriError};
-use crate::call::{spawn_call, BoundSockets, CallCommand, CallHandle, ListenerPost};
+use crate::call::{spawn_call, BoundSockets, CallCommand, CallContext, CallHandle, ListenerPost};
 use crate::config::NodeConfig;
 use crate::core::jitter::JitterConfig;
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::ports::{PoolCounts, PoolError, PortPool};
-use crate::recording::RecordingStore;
+use crate::recording::{DestinationError, RecordingError, RecordingStore};
+use crate::sync::{lock, read, write};
 
 /// How many ports an allocation tries when binds fail (another process holds them).
 const BIND_ATTEMPTS: usize = 8;
@@ -46,6 +47,10 @@ pub enum NodeError {
     Read(String),
     #[error("the call ended")]
     CallGone,
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
 }
 
 #[derive(Debug, Clone)]
@@ -65,8 +70,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub recordings: Arc<RecordingStore>,
     pub events: Arc<EventPublisher>,
-    /// Carries every call's live-listen frames to the gRPC streams.
-    listen_post: Arc<ListenerPost>,
+    /// What every call shares (settings, metrics, the listener post, storage, events).
+    calls_context: CallContext,
     /// The other nodes of the pool (empty on a standalone node).
     pub fleet: crate::fleet::Fleet,
     pool: Mutex<PortPool>,
@@ -80,19 +85,24 @@ pub struct Node {
     next_playback: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Node {
     pub fn new(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node, PoolError> {
         let pool = PortPool::new(config.port_min, config.port_max, config.quarantine)?;
         let events =
             EventPublisher::new(config.rabbitmq_url.is_some(), config.tenant_id.clone(), crate::events::OUTBOX_CAPACITY, metrics.clone());
+        let recordings = RecordingStore::new(config.recording.clone(), metrics.clone(), events.clone());
+        let calls_context = CallContext {
+            symmetric_rtp: config.symmetric_rtp,
+            jitter: JitterConfig { hold: config.jitter_hold, ..JitterConfig::default() },
+            metrics: metrics.clone(),
+            post: ListenerPost::start(metrics.clone()),
+            store: recordings.clone(),
+            events: events.clone(),
+        };
         let node = Node {
-            recordings: RecordingStore::new(config.recording.clone(), metrics.clone(), events.clone()),
+            recordings,
             events,
-            listen_post: ListenerPost::start(metrics.clone()),
+            calls_context,
             fleet: crate::fleet::Fleet::new(),
             prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
             advertised_ip: RwLock::new(config.advertised_ip),
@@ -124,11 +134,11 @@ impl Node {
     }
 
     pub fn advertised_ip(&self) -> IpAddr {
-        *self.advertised_ip.read().unwrap_or_else(|e| e.into_inner())
+        *read(&self.advertised_ip)
     }
 
     pub fn set_advertised_ip(&self, ip: IpAddr) {
-        *self.advertised_ip.write().unwrap_or_else(|e| e.into_inner()) = ip;
+        *write(&self.advertised_ip) = ip;
     }
 
     pub fn active_calls(&self) -> usize {
@@ -174,18 +184,7 @@ impl Node {
             let port = lock(&self.pool).allocate(Instant::now())?;
             match bind_pair(self.config.rtp_listen, port) {
                 Ok(sockets) => {
-                    let jitter = JitterConfig { hold: self.config.jitter_hold, ..JitterConfig::default() };
-                    let handle = spawn_call(
-                        port,
-                        call_id.to_string(),
-                        sockets,
-                        self.config.symmetric_rtp,
-                        jitter,
-                        self.metrics.clone(),
-                        self.listen_post.clone(),
-                        self.recordings.clone(),
-                        self.events.clone(),
-                    );
+                    let handle = spawn_call(&self.calls_context, port, call_id.to_string(), sockets);
                     {
                         let mut calls = lock(&self.calls);
                         calls.by_port.insert(port, handle);

@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::config::NodeConfig;
+use crate::grpc::peers::{peer_tls, PeerClients};
 use crate::grpc::MediaSvc;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -65,6 +66,25 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         builder = builder.tls_config(t).context("TLS configuration")?;
     }
 
+    // Forwarding to peers authenticates both ends with the pool's CA. With TLS but no
+    // client CA, nodes cannot authenticate each other: this one then never joins the
+    // pool's forwarding and serves what reaches it.
+    let peer_tls = match cfg.tls.as_ref().map(peer_tls) {
+        None => None,
+        Some(Ok(Some(tls))) => Some(tls),
+        Some(Ok(None)) => {
+            warn!(
+                "gRPC TLS without a client CA: nodes cannot authenticate each other, so they do not forward; each serves what reaches it"
+            );
+            node.fleet.never_join();
+            None
+        }
+        Some(Err(e)) => {
+            warn!(error = %e, "cannot read the TLS files for forwarding to peers; this node serves what reaches it");
+            node.fleet.never_join();
+            None
+        }
+    };
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<MediaServiceServer<MediaSvc>>().await;
 
@@ -87,7 +107,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     });
     let grpc = builder
         .add_service(health_svc)
-        .add_service(MediaServiceServer::new(MediaSvc::new(node.clone())))
+        .add_service(MediaServiceServer::new(MediaSvc::new(node.clone(), PeerClients::new(peer_tls))))
         .serve_with_incoming_shutdown(incoming, servers_stop.clone().cancelled_owned());
     let http = axum::serve(http_listener, crate::http::router(node.clone())).with_graceful_shutdown(servers_stop.clone().cancelled_owned());
 

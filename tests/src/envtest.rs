@@ -311,7 +311,7 @@ impl FakeKubelet {
 
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.abort();
+        self.task.abort();
     }
 }
 

@@ -16,9 +16,9 @@ use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use tonic::transport::Channel;
 
-pub use media_node::audio::analysis::{aligned_correlation, best_correlation, rms, synth_prompt, synth_speech};
 pub use media_node::audio::decode::wav_bytes;
-pub use media_node::tools::caller::{timeline, RtpCaller};
+pub use media_tools::analysis::{aligned_correlation, best_correlation, rms, synth_prompt, synth_speech};
+pub use media_tools::caller::{timeline, RtpCaller};
 
 /// This package's folder (`tests/`), read at run time: cargo test sets
 /// CARGO_MANIFEST_DIR for the test process. The build-time value is only a fallback,
@@ -91,11 +91,11 @@ impl TestNode {
     }
 }
 
-pub use media_node::tools::http::metric_value;
+pub use media_tools::prometheus::metric_value;
 
 /// GET from a test's node; panics with the reason when the node does not answer.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    media_node::tools::http::get(&addr.to_string(), path).await.expect("HTTP GET")
+    media_tools::http::get(&addr.to_string(), path).await.expect("HTTP GET")
 }
 
 /// Collects a RecordAudio stream in the background: (frames, media types seen).
@@ -121,7 +121,7 @@ pub fn pcm_of(frames: &[Vec<u8>]) -> Vec<i16> {
 /// a test pins a call to a node, and checks that forwarding never takes a second hop).
 pub fn pinned<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(media_node::fleet::FORWARDED_HEADER, "the-test".parse().unwrap());
+    r.metadata_mut().insert(media_node::grpc::peers::FORWARDED_HEADER, "the-test".parse().unwrap());
     r
 }
 

@@ -1,6 +1,6 @@
 //! The README's main job: `mediactl demo` on the embedded default.
 
-use media_node::tools::demo::{run, DemoOptions};
+use media_tools::demo::{run, DemoOptions};
 
 #[tokio::test]
 async fn demo_call_runs_on_an_embedded_node_and_writes_its_recording() {

@@ -99,7 +99,7 @@ async fn serving(client: &Client, n: usize) -> Vec<Member> {
         // pool can act as one service.
         let addr = m.http();
         eventually("node knows its peers", 30, || async {
-            let text = media_node::tools::http::get(&addr.to_string(), "/metrics").await.ok()?.1;
+            let text = media_tools::http::get(&addr.to_string(), "/metrics").await.ok()?.1;
             (metric_value(&text, "media_fleet_peers") >= (n - 1) as f64).then_some(())
         })
         .await;
@@ -267,7 +267,7 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
     let (corr, _) = best_correlation(&speech, &pcm_of(&frames), 8000);
     assert!(corr > 0.9, "the listener through node 2 heard node 1's caller (correlation {corr:.3})");
     eventually("no calls left", 20, || async { (pool(client).await.status?.active_sessions == 0).then_some(()) }).await;
-    let text = media_node::tools::http::get(&members[0].http().to_string(), "/metrics").await.unwrap().1;
+    let text = media_tools::http::get(&members[0].http().to_string(), "/metrics").await.unwrap().1;
     assert!(metric_value(&text, "media_fleet_forwarded_total{method=\"ReleasePort\",result=\"ok\"}") >= 60.0, "{text}");
 }
 

@@ -122,7 +122,7 @@ fn chart_images_match_the_dockerfiles() {
 }
 
 async fn metric(http: u16, name: &str) -> f64 {
-    let text = media_node::tools::http::get(&format!("127.0.0.1:{http}"), "/metrics").await.map(|r| r.1).unwrap_or_default();
+    let text = media_tools::http::get(&format!("127.0.0.1:{http}"), "/metrics").await.map(|r| r.1).unwrap_or_default();
     fleet_tests::metric_value(&text, name)
 }
 

@@ -74,7 +74,7 @@ async fn prompt_plays_as_paced_continuous_rtp() {
 }
 
 /// Classifies a received packet by the sign of its audio (prompt A is positive, B negative).
-fn sign(p: &media_node::tools::caller::ReceivedPacket) -> i32 {
+fn sign(p: &media_tools::caller::ReceivedPacket) -> i32 {
     let mean: i64 = p.pcm.iter().map(|&s| s as i64).sum::<i64>() / p.pcm.len().max(1) as i64;
     mean.signum() as i32
 }
@@ -123,13 +123,13 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
     let mut node = TestNode::start(22060, 20).await;
     let (port, _, caller) = node.call("tts-1").await;
     let tts16 = synth_speech(16000, 2.0, 11);
-    let mut msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new().into() }];
+    let mut msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new() }];
     // 100 ms chunks, one of them split mid-sample, plus keep-alives.
     let bytes: Vec<u8> = tts16.iter().flat_map(|s| s.to_le_bytes()).collect();
     for (i, c) in bytes.chunks(3201).enumerate() {
-        msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec().into() });
+        msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec() });
         if i % 5 == 0 {
-            msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new().into() });
+            msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new() });
         }
     }
     let mut resp = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
@@ -145,8 +145,7 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
     // Ten seconds of TTS, then stop: the queue is flushed.
     let long = vec![5000i16; 16000 * 10];
     let bytes: Vec<u8> = long.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let msgs: Vec<_> =
-        bytes.chunks(6400).map(|c| StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec().into() }).collect();
+    let msgs: Vec<_> = bytes.chunks(6400).map(|c| StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec() }).collect();
     let mut c2 = node.client.clone();
     let streaming = tokio::spawn(async move {
         let mut r = c2.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
@@ -162,7 +161,7 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
     assert!(!end.success);
     assert_eq!(end.error_message, "interrupted by barge-in (stop or new prompt)");
     // The next utterance is a new stream and plays.
-    let msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: vec![0x10u8; 3200].into() }];
+    let msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: vec![0x10u8; 3200] }];
     let mut r = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
     assert!(r.message().await.unwrap().unwrap().success);
     assert_eq!(caller.take_received().len(), 5);
@@ -171,7 +170,7 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
 #[tokio::test]
 async fn unknown_call_id_for_tts_is_not_found() {
     let mut node = TestNode::start(22080, 10).await;
-    let msgs = vec![StreamAudioToCallRequest { call_id: "nobody".into(), audio_chunk: vec![0u8; 640].into() }];
+    let msgs = vec![StreamAudioToCallRequest { call_id: "nobody".into(), audio_chunk: vec![0u8; 640] }];
     let err = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }

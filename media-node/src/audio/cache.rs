@@ -35,12 +35,9 @@ impl PromptCache {
         self.bytes
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     pub fn get(&mut self, key: &PromptKey) -> Option<Arc<[i16]>> {

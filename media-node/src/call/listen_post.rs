@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 pub struct ListenerPost {
     queue: Mutex<Vec<(mpsc::Sender<Bytes>, Bytes)>>,
@@ -36,7 +37,7 @@ impl ListenerPost {
 
     /// Queues a frame for a listener; frames to one listener keep their order.
     pub fn post(&self, to: &mpsc::Sender<Bytes>, frame: Bytes) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.queue);
         let first = q.is_empty();
         q.push((to.clone(), frame));
         drop(q);
@@ -49,7 +50,7 @@ impl ListenerPost {
     /// `LISTENER_QUEUE` frames behind loses the frame (counted); one that has gone is
     /// skipped (its call drops it on its next packet).
     fn deliver(&self, round: &mut Vec<(mpsc::Sender<Bytes>, Bytes)>) {
-        std::mem::swap(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()), round);
+        std::mem::swap(&mut *lock(&self.queue), round);
         for (to, frame) in round.drain(..) {
             if let Err(mpsc::error::TrySendError::Full(_)) = to.try_send(frame) {
                 self.metrics.listener_frames_dropped.inc();

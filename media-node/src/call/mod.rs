@@ -1,7 +1,11 @@
-//! One call on real sockets: the tokio task that drives a `core::session::Session`.
-pub mod listen_post;
+//! One call on real sockets: the tokio task that drives a `core::session::Session`
+//! (`task`), its recording control (`recording`), the runtime calls run on
+//! (`runtime`), batched UDP with kernel receive stamps (`udp`), and the post that hands
+//! live-listen frames to the gRPC streams in rounds (`listen_post`).
+pub(crate) mod listen_post;
+mod recording;
 pub mod runtime;
-pub mod task;
+pub(crate) mod task;
 pub mod udp;
-pub use listen_post::ListenerPost;
-pub use task::{spawn_call, BoundSockets, CallCommand, CallHandle, CallSockets, StreamEnd};
+pub(crate) use listen_post::ListenerPost;
+pub(crate) use task::{spawn_call, BoundSockets, CallCommand, CallContext, CallHandle, Control, StreamEnd};

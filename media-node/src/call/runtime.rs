@@ -7,15 +7,20 @@ use std::sync::OnceLock;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-static MEDIA: OnceLock<Runtime> = OnceLock::new();
+use crate::config::RuntimeSettings;
 
-/// Worker threads for calls: MEDIA_WORKER_THREADS, or one per CPU this process may use.
+static MEDIA: OnceLock<Runtime> = OnceLock::new();
+static SETTINGS: OnceLock<RuntimeSettings> = OnceLock::new();
+
+/// Sets how the media runtime is built, before its first use (the node's binary does
+/// this from its configuration; without it, the defaults).
+pub fn configure(settings: RuntimeSettings) {
+    let _ = SETTINGS.set(settings);
+}
+
+/// Worker threads for calls: as configured, or one per CPU this process may use.
 fn workers() -> usize {
-    std::env::var("MEDIA_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    SETTINGS.get().and_then(|s| s.media_workers).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The media runtime, started on first use and kept for the life of the process.
@@ -36,12 +41,13 @@ pub fn handle() -> Handle {
 /// The runtime that serves gRPC and HTTP. Its threads run as SCHED_BATCH: waking one
 /// (a listener frame handed over, a reply ready) does not preempt a media thread, which
 /// runs on to its next packet; the serving thread takes everything queued meanwhile
-/// when a core is free. MEDIA_SERVING_NICE (e.g. 10) lowers them further, for a node
+/// when a core is free. A serving nice value (MEDIA_SERVING_NICE, e.g. 10) lowers them further, for a node
 /// run near a full core: RTP pacing then wins over live-listen latency (see
 /// BENCHMARKS.md). A thread may always lower its own priority; no privilege is needed.
-pub fn serving() -> Builder {
+pub fn serving(settings: &RuntimeSettings) -> Builder {
+    let nice = settings.serving_nice;
     let mut b = Builder::new_multi_thread();
-    b.enable_all().on_thread_start(batch_scheduling);
+    b.enable_all().on_thread_start(move || batch_scheduling(nice));
     // Without the LIFO slot, a task woken by the one running goes to the back of the
     // queue. A round of listener frames wakes many stream tasks; each wakes its HTTP/2
     // connection, which then runs once after all of them and writes their frames in
@@ -51,44 +57,18 @@ pub fn serving() -> Builder {
     b
 }
 
-fn batch_scheduling() {
+#[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+fn batch_scheduling(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter;
     // SCHED_BATCH needs no privilege. A failure leaves the default policy.
     unsafe {
         let param = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
-        if let Some(nice) = serving_nice() {
-            // On Linux the nice value is per thread: `who` 0 is this thread.
-            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+        if nice > 0 {
+            // On Linux the nice value is per thread: `who` 0 is this thread. The
+            // configuration allows 0 to 19 only: lowering needs no privilege.
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice as libc::c_int);
         }
-    }
-}
-
-/// MEDIA_SERVING_NICE, 0 to 19 (raising priority would need privilege the node does
-/// not ask for); anything else is ignored.
-#[cfg(target_os = "linux")]
-fn serving_nice() -> Option<libc::c_int> {
-    parse_nice(&std::env::var("MEDIA_SERVING_NICE").ok()?)
-}
-
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn parse_nice(v: &str) -> Option<libc::c_int> {
-    v.trim().parse().ok().filter(|n| (0..=19).contains(n))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_nice;
-
-    #[test]
-    fn serving_nice_takes_0_to_19_only() {
-        assert_eq!(parse_nice("10"), Some(10));
-        assert_eq!(parse_nice(" 0 "), Some(0));
-        assert_eq!(parse_nice("19"), Some(19));
-        // Raising priority needs CAP_SYS_NICE, and 20 is out of range: ignored.
-        assert_eq!(parse_nice("-5"), None);
-        assert_eq!(parse_nice("20"), None);
-        assert_eq!(parse_nice("high"), None);
     }
 }

@@ -15,20 +15,16 @@ use tokio::time::sleep_until;
 use tracing::{debug, info};
 
 use super::listen_post::ListenerPost;
+use super::recording::CallRecorder;
 use super::udp;
 use crate::audio::listener::ListenerFormat;
 use crate::core::jitter::JitterConfig;
 use crate::core::playback::{PlaybackId, PlaybackOutcome};
+use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
-use crate::recording::{RecordingJob, RecordingSpec, RecordingStore, RecordingWriter};
-
-/// The recording is written this far (8 kHz samples, 500 ms) behind the present, so
-/// late caller audio still lands in its place.
-const RECORDING_LAG: u64 = 4000;
-/// Samples of the timeline written to the spool at once (100 ms).
-const RECORDING_BATCH: u64 = 800;
+use crate::recording::{RecordingError, RecordingJob, RecordingSpec, RecordingStore};
 
 /// Streamed audio is taken from the sender only while less than this is queued
 /// (8 kHz samples): the rest waits in the sender, which is the back-pressure.
@@ -47,6 +43,39 @@ pub enum StreamEnd {
     CallEnded,
 }
 
+impl StreamEnd {
+    /// StreamAudioToCallResponse.error_message for a stream that did not play out.
+    pub fn message(self) -> &'static str {
+        match self {
+            StreamEnd::Played => "",
+            StreamEnd::Replaced => "another StreamAudioToCall took over this call",
+            StreamEnd::Interrupted => "interrupted by barge-in (stop or new prompt)",
+            StreamEnd::CallEnded => "the call ended",
+        }
+    }
+}
+
+/// What the gRPC layer may tell a call's session directly. Audio never goes this way:
+/// a prompt or a TTS stream enters through `CallCommand::Play` or `Stream`, which
+/// register who waits for its end and take part in back-pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Barge-in: cut the audio playing and drop what is queued (and end the TTS stream).
+    Stop,
+    SetTarget(SocketAddr),
+    SetEcho(bool),
+}
+
+impl From<Control> for Command {
+    fn from(c: Control) -> Command {
+        match c {
+            Control::Stop => Command::Stop,
+            Control::SetTarget(t) => Command::SetTarget(t),
+            Control::SetEcho(on) => Command::SetEcho(on),
+        }
+    }
+}
+
 pub enum CallCommand {
     Play {
         id: PlaybackId,
@@ -55,10 +84,10 @@ pub enum CallCommand {
         target: Option<SocketAddr>,
         done: oneshot::Sender<PlaybackOutcome>,
     },
-    /// A control command; `applied` fires once the session has applied it, so a
-    /// caller told "stopped" knows no further frame of the old audio will be sent.
-    Session {
-        cmd: Command,
+    /// `applied` fires once the session has applied it, so a caller told "stopped"
+    /// knows no further frame of the old audio will be sent.
+    Control {
+        control: Control,
         applied: oneshot::Sender<()>,
     },
     Listen {
@@ -73,18 +102,18 @@ pub enum CallCommand {
     /// Start recording (the segment number is filled in by the call).
     StartRecording {
         spec: RecordingSpec,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), RecordingError>>,
     },
     /// Finish the active recording; the reply carries the spooled job.
     StopRecording {
-        reply: oneshot::Sender<Result<RecordingJob, String>>,
+        reply: oneshot::Sender<Result<RecordingJob, RecordingError>>,
     },
     Shutdown,
 }
 
-pub struct CallSockets {
-    pub rtp: UdpSocket,
-    pub rtcp: UdpSocket,
+struct CallSockets {
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
 }
 
 /// A call's bound sockets before they join the media runtime's reactor (a tokio socket
@@ -124,48 +153,48 @@ struct AttachedStream {
     done: oneshot::Sender<StreamEnd>,
 }
 
-pub fn spawn_call(
-    port: u16,
-    call_id: String,
-    sockets: BoundSockets,
-    symmetric_rtp: bool,
-    jitter: JitterConfig,
-    metrics: Arc<Metrics>,
-    post: Arc<ListenerPost>,
-    store: Arc<RecordingStore>,
-    events: Arc<EventPublisher>,
-) -> Arc<CallHandle> {
+/// What every call of a node shares, built once by the node: the session settings,
+/// and where a call's metrics, listener frames, recordings and events go.
+pub struct CallContext {
+    pub symmetric_rtp: bool,
+    pub jitter: JitterConfig,
+    pub metrics: Arc<Metrics>,
+    /// Carries every call's live-listen frames to the gRPC streams.
+    pub post: Arc<ListenerPost>,
+    pub store: Arc<RecordingStore>,
+    pub events: Arc<EventPublisher>,
+}
+
+/// Starts a call's task on the media runtime over its bound sockets.
+pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundSockets) -> Arc<CallHandle> {
     let (tx, rx) = mpsc::channel(64);
     let started = Instant::now();
-    let session = Session::new(SessionConfig::random(symmetric_rtp, jitter), started);
+    let session = Session::new(SessionConfig::random(ctx.symmetric_rtp, ctx.jitter), started);
     let span = tracing::info_span!("call", port, call_id = %call_id);
-    let call = call_id.clone();
     // Where a recording finished by the call's end is stored: the runtime that asked
     // for the call (the serving one), not the media threads. An upload (file copy, or
     // HTTP and TLS to S3) then never competes with other calls' ticks, and runs on the
     // serving runtime's SCHED_BATCH threads.
     let storage = tokio::runtime::Handle::try_current().unwrap_or_else(|_| super::runtime::handle());
-    let make = move |sockets| CallTask {
+    let task = CallTask {
         session,
-        sockets,
         commands: rx,
-        metrics,
-        post,
+        metrics: ctx.metrics.clone(),
+        post: ctx.post.clone(),
         listeners: Vec::new(),
         waiters: HashMap::new(),
         stream: None,
         out: Outputs::default(),
         frames: Vec::new(),
-        store,
-        events,
-        call_id: call,
-        recording: None,
-        segments: 0,
+        recorder: CallRecorder::new(ctx.store.config.spool_dir.clone(), ctx.metrics.clone()),
+        store: ctx.store.clone(),
+        events: ctx.events.clone(),
+        call_id: call_id.clone(),
         storage,
     };
     let run = async move {
         match sockets.register() {
-            Ok(sockets) => make(sockets).run().await,
+            Ok(sockets) => task.run(sockets).await,
             Err(e) => tracing::error!(error = %e, "the call's sockets could not join the media runtime"),
         }
     };
@@ -178,7 +207,6 @@ const JITTER_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct CallTask {
     session: Session,
-    sockets: CallSockets,
     commands: mpsc::Receiver<CallCommand>,
     metrics: Arc<Metrics>,
     /// Where listener frames go; it hands them to the gRPC streams in rounds.
@@ -189,17 +217,16 @@ struct CallTask {
     stream: Option<AttachedStream>,
     out: Outputs,
     frames: Vec<Bytes>,
+    recorder: CallRecorder,
     store: Arc<RecordingStore>,
     events: Arc<EventPublisher>,
     call_id: String,
-    recording: Option<RecordingWriter>,
-    segments: u32,
     /// The runtime that stores a recording the call's end finishes.
     storage: tokio::runtime::Handle,
 }
 
 impl CallTask {
-    async fn run(mut self) {
+    async fn run(mut self, sockets: CallSockets) {
         info!("call started");
         let mut rtp_in = udp::Received::default();
         let mut rtcp_buf = vec![0u8; 2048];
@@ -223,7 +250,7 @@ impl CallTask {
                     Some(CallCommand::Shutdown) | None => break,
                     Some(cmd) => self.on_command(cmd),
                 },
-                r = udp::recv(&self.sockets.rtp, &mut rtp_in) => match r {
+                r = udp::recv(&sockets.rtp, &mut rtp_in) => match r {
                     Ok(_) => {
                         for (from, data, arrived) in rtp_in.iter() {
                             self.session.handle_datagram(arrived, from, data, &mut self.out);
@@ -231,7 +258,7 @@ impl CallTask {
                     }
                     Err(e) => debug!(error = %e, "rtp receive error"),
                 },
-                r = self.sockets.rtcp.recv_from(&mut rtcp_buf) => {
+                r = sockets.rtcp.recv_from(&mut rtcp_buf) => {
                     if r.is_ok() {
                         self.metrics.rtcp.inc();
                     }
@@ -251,15 +278,15 @@ impl CallTask {
                     }
                 },
             }
-            self.flush().await;
+            self.flush(&sockets.rtp).await;
         }
         if let Some(j) = self.session.interarrival_jitter() {
             self.metrics.interarrival_jitter.observe(j);
         }
         self.session.close(&mut self.out);
-        self.flush().await;
+        self.flush(&sockets.rtp).await;
         // The end of the call finalises an active recording by itself.
-        if let Some(job) = self.finish_recording() {
+        if let Some(job) = self.recorder.finish(self.now_pos()) {
             let store = self.store.clone();
             self.storage.spawn(async move {
                 store.deliver(job).await;
@@ -284,11 +311,11 @@ impl CallTask {
                 self.waiters.insert(id, (uri, done));
                 self.session.handle_command(Command::Play { id, pcm }, &mut self.out);
             }
-            CallCommand::Session { cmd, applied } => {
-                if matches!(cmd, Command::Stop) {
+            CallCommand::Control { control, applied } => {
+                if control == Control::Stop {
                     self.interrupt_stream();
                 }
-                self.session.handle_command(cmd, &mut self.out);
+                self.session.handle_command(control.into(), &mut self.out);
                 let _ = applied.send(());
             }
             CallCommand::Listen { rate, frames } => {
@@ -300,77 +327,19 @@ impl CallTask {
                     let _ = old.done.send(StreamEnd::Replaced);
                 }
             }
-            CallCommand::StartRecording { mut spec, reply } => {
-                let result = if self.recording.is_some() {
-                    Err("a recording is already running on this call".to_string())
-                } else {
-                    self.segments += 1;
-                    spec.segment = self.segments;
-                    let start = self.now_pos();
-                    match RecordingWriter::create(spec, &self.store.config.spool_dir, start) {
-                        Ok(w) => {
-                            info!(format = ?w.spec().channels, rate = w.spec().rate, "recording started");
-                            self.metrics.recordings_in_flight.inc();
-                            self.recording = Some(w);
-                            Ok(())
-                        }
-                        Err(e) => Err(format!("cannot open the recording spool: {e}")),
-                    }
-                };
-                let _ = reply.send(result);
+            CallCommand::StartRecording { spec, reply } => {
+                let _ = reply.send(self.recorder.start(spec, self.now_pos()));
             }
             CallCommand::StopRecording { reply } => {
-                let result = if self.recording.is_none() {
-                    Err("no recording is running on this call".to_string())
-                } else {
-                    self.finish_recording().ok_or_else(|| "the recording could not be finalised".to_string())
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.recorder.stop(self.now_pos()));
             }
             CallCommand::Shutdown => {}
         }
     }
 
-    /// Samples of the call's clock elapsed now.
+    /// The call's timeline position now.
     fn now_pos(&self) -> u64 {
-        (Instant::now().saturating_duration_since(self.session.started()).as_micros() as u64) * 8 / 1000
-    }
-
-    fn finish_recording(&mut self) -> Option<RecordingJob> {
-        let w = self.recording.take()?;
-        self.metrics.recordings_in_flight.dec();
-        let end = self.now_pos();
-        match w.finish(end) {
-            Ok(job) => {
-                info!(uri = %job.uri(), seconds = job.seconds, "recording finished");
-                Some(job)
-            }
-            Err(e) => {
-                self.metrics.recording_errors.inc();
-                tracing::error!(error = %e, "recording could not be finalised");
-                None
-            }
-        }
-    }
-
-    fn record(&mut self) {
-        let upto = self.now_pos().saturating_sub(RECORDING_LAG);
-        let Some(w) = self.recording.as_mut() else { return };
-        for h in &self.out.heard {
-            w.add_caller(h.wall_pos, &h.pcm);
-        }
-        for p in &self.out.played {
-            w.add_bot(p.pos, &p.pcm);
-        }
-        // Mixing and writing run every 100 ms of audio, not on every packet and tick:
-        // the per-call cost of recording was mostly this bookkeeping.
-        if upto < w.flushed_until() + RECORDING_BATCH {
-            return;
-        }
-        if let Err(e) = w.flush_until(upto) {
-            self.metrics.recording_errors.inc();
-            tracing::error!(error = %e, "writing the recording to the spool failed");
-        }
+        timeline_position(self.session.started(), Instant::now())
     }
 
     /// Barge-in ends the attached TTS stream: what it queued is dropped with the
@@ -382,10 +351,10 @@ impl CallTask {
         }
     }
 
-    async fn flush(&mut self) {
-        self.record();
+    async fn flush(&mut self, rtp: &UdpSocket) {
+        self.recorder.record(&self.out, self.now_pos());
         for t in self.out.transmit.drain(..) {
-            if let Err(e) = self.sockets.rtp.send_to(&t.data, t.to).await {
+            if let Err(e) = rtp.send_to(&t.data, t.to).await {
                 debug!(to = %t.to, error = %e, "rtp send failed");
             }
             self.metrics.send_lateness.observe(Instant::now().saturating_duration_since(t.due).as_secs_f64());
@@ -411,9 +380,9 @@ impl CallTask {
         for e in self.out.events.drain(..) {
             match e {
                 Event::PlaybackEnded { id, outcome } => {
-                    self.metrics.playbacks.with_label_values(&[outcome_label(outcome)]).inc();
+                    self.metrics.playbacks.with_label_values(&[outcome.label()]).inc();
                     if let Some((uri, w)) = self.waiters.remove(&id) {
-                        self.events.playback_finished(&self.call_id, &uri, outcome_label(outcome));
+                        self.events.playback_finished(&self.call_id, &uri, outcome.label());
                         let _ = w.send(outcome);
                     }
                 }
@@ -437,14 +406,5 @@ async fn recv_stream(stream: &mut Option<AttachedStream>) -> Option<Vec<i16>> {
     match stream.as_mut().and_then(|s| s.chunks.as_mut()) {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-fn outcome_label(o: PlaybackOutcome) -> &'static str {
-    match o {
-        PlaybackOutcome::Finished => "finished",
-        PlaybackOutcome::Interrupted => "interrupted",
-        PlaybackOutcome::Stopped => "stopped",
-        PlaybackOutcome::CallEnded => "call_ended",
     }
 }

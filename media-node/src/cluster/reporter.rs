@@ -17,14 +17,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::report::{report_due, Snapshot};
 use crate::node::Node;
 
 pub const FIELD_MANAGER: &str = "media-node";
 const TICK: Duration = Duration::from_millis(250);
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
-const HEARTBEAT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
+/// Parsed and validated with the rest of the node's settings (`config`).
 pub struct ReporterConfig {
     pub name: String,
     pub namespace: String,
@@ -37,33 +37,6 @@ pub struct ReporterConfig {
     pub advertise_address: Option<String>,
     /// The pod IP (with hostNetwork, the host's), used when the Node cannot be read.
     pub pod_ip: Option<IpAddr>,
-}
-
-impl ReporterConfig {
-    /// From the environment the operator gives node pods; None outside a pool.
-    pub fn from_env() -> Option<ReporterConfig> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Some(ReporterConfig {
-            name: var("MEDIA_NODE_NAME")?,
-            namespace: var("MEDIA_NODE_NAMESPACE").or_else(|| var("POD_NAMESPACE")).unwrap_or_else(|| "default".into()),
-            pool: var("MEDIA_POOL_NAME"),
-            kube_node: var("NODE_NAME"),
-            advertise_source: var("MEDIA_ADVERTISE_SOURCE").unwrap_or_else(|| "ExternalIP".into()),
-            advertise_address: var("MEDIA_ADVERTISE_ADDRESS"),
-            pod_ip: var("POD_IP").and_then(|s| s.parse().ok()),
-        })
-    }
-}
-
-/// What the node reports, without the heartbeat (so changes can be detected).
-#[derive(Debug, Clone, PartialEq)]
-struct Snapshot {
-    ports: PortCounts,
-    sessions: i64,
-    recordings: i64,
-    ready: bool,
-    draining: bool,
-    address: String,
 }
 
 fn snapshot(node: &Node) -> Snapshot {
@@ -132,15 +105,8 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
                 None => api.get(&cfg.name).await.ok().map(|mn| mn.spec.pool),
             };
             if let Some(pool) = pool {
-                match node.config.tls.as_ref().map(crate::fleet::peer_tls) {
-                    None => node.fleet.join(&cfg.name),
-                    Some(Ok(Some(tls))) => {
-                        node.fleet.use_tls(tls);
-                        node.fleet.join(&cfg.name);
-                    }
-                    Some(Ok(None)) => warn!("gRPC TLS without a client CA: nodes cannot authenticate each other, so they do not forward; each serves what reaches it"),
-                    Some(Err(e)) => warn!(error = %e, "cannot read the TLS files for forwarding to peers; this node serves what reaches it"),
-                }
+                // (A node that cannot authenticate its peers stays out; see server.rs.)
+                node.fleet.join(&cfg.name);
                 tokio::spawn(super::watch::run(
                     node.clone(),
                     client.clone(),
@@ -153,15 +119,7 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
             }
         }
         let snap = snapshot(&node);
-        let due = match &last {
-            None => true,
-            Some((prev, at)) => {
-                let meaningful = prev.draining != snap.draining || prev.ready != snap.ready || prev.address != snap.address;
-                // Occupancy feeds placement on the other nodes: report it promptly.
-                meaningful || (prev != &snap && at.elapsed() >= MIN_INTERVAL) || at.elapsed() >= HEARTBEAT
-            }
-        };
-        if due {
+        if report_due(last.as_ref().map(|(prev, at)| (prev, at.elapsed())), &snap) {
             let body = json!({
                 "apiVersion": "media.sentiric.cloud/v1alpha1",
                 "kind": "MediaNode",

@@ -21,13 +21,26 @@ pub enum PlaybackOutcome {
     CallEnded,
 }
 
+/// The one place a playback's end is named: the message PlayAudio replies with (what
+/// callers already match on), and the label of metrics and events.
 impl PlaybackOutcome {
-    pub fn as_str(self) -> &'static str {
+    /// PlayAudioResponse.message.
+    pub fn message(self) -> &'static str {
         match self {
             PlaybackOutcome::Finished => "finished",
             PlaybackOutcome::Interrupted => "interrupted by a new prompt",
             PlaybackOutcome::Stopped => "stopped",
             PlaybackOutcome::CallEnded => "call ended",
+        }
+    }
+
+    /// `media_playbacks_total{outcome}` and the `outcome` of `call.media.playback.finished`.
+    pub fn label(self) -> &'static str {
+        match self {
+            PlaybackOutcome::Finished => "finished",
+            PlaybackOutcome::Interrupted => "interrupted",
+            PlaybackOutcome::Stopped => "stopped",
+            PlaybackOutcome::CallEnded => "call_ended",
         }
     }
 }

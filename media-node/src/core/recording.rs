@@ -5,6 +5,41 @@
 //! memory: everything older than the flush point is handed out to be written, so an
 //! hour costs what a minute does.
 
+use std::time::Instant;
+
+/// Samples per second of the call's timeline.
+pub const TIMELINE_RATE: u64 = 8000;
+
+/// The call's timeline position at `now`: samples of its clock since `started`.
+pub fn timeline_position(started: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(started).as_micros() as u64 * TIMELINE_RATE / 1_000_000
+}
+
+/// When a recording is written out. It stays `lag` samples behind the present, so late
+/// caller audio still lands in its place, and is written a `batch` at a time: mixing
+/// and writing on every packet and tick was most of recording's per-call cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushSchedule {
+    pub lag: u64,
+    pub batch: u64,
+}
+
+impl Default for FlushSchedule {
+    /// 500 ms behind, 100 ms at a time.
+    fn default() -> Self {
+        FlushSchedule { lag: TIMELINE_RATE / 2, batch: TIMELINE_RATE / 10 }
+    }
+}
+
+impl FlushSchedule {
+    /// The position to flush up to at timeline position `now`, when a whole batch lies
+    /// between what was flushed and the lagged present; None until then.
+    pub fn due(&self, now: u64, flushed: u64) -> Option<u64> {
+        let upto = now.saturating_sub(self.lag);
+        (upto >= flushed.saturating_add(self.batch)).then_some(upto)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channels {
     /// Caller and bot mixed into one channel.
@@ -155,6 +190,34 @@ impl RecordingTimeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recording_is_written_half_a_second_behind_in_100_ms_batches() {
+        let schedule = FlushSchedule::default();
+        let started = Instant::now();
+        let mut flushed = 0;
+        let mut flushes = Vec::new();
+        // Ten seconds of a call, polled every 20 ms as the call's ticks do.
+        for ms in (0..=10_000u64).step_by(20) {
+            let now = timeline_position(started, started + Duration::from_millis(ms));
+            if let Some(upto) = schedule.due(now, flushed) {
+                assert!(upto + schedule.lag <= now, "never closer to the present than the lag");
+                assert!(upto - flushed >= schedule.batch, "never less than a batch");
+                flushed = upto;
+                flushes.push(ms);
+            }
+        }
+        // The first write once 500 ms of lag and 100 ms of audio have passed, then one
+        // every 100 ms.
+        assert_eq!(flushes[0], 600);
+        assert!(flushes.windows(2).all(|w| w[1] - w[0] == 100), "{flushes:?}");
+        assert_eq!(flushed, timeline_position(started, started + Duration::from_millis(9_500)));
+        // A recording started late in the call is measured from its own start.
+        assert_eq!(schedule.due(40_000, 36_000), None);
+        assert_eq!(schedule.due(40_800, 36_000), Some(36_800));
+        // A clock read before the start (or at it) is position 0, never a panic.
+        assert_eq!(timeline_position(started + Duration::from_secs(1), started), 0);
+    }
     use crate::core::jitter::{Heard, JitterBuffer, JitterConfig};
     use std::time::{Duration, Instant};
 

@@ -30,9 +30,10 @@ struct Filter {
 
 /// Coefficients are shared by every resampler of the same rate pair.
 fn filter_for(up: usize, down: usize) -> Arc<Filter> {
-    static CACHE: OnceLock<Mutex<HashMap<(usize, usize), Arc<Filter>>>> = OnceLock::new();
+    type Filters = HashMap<(usize, usize), Arc<Filter>>;
+    static CACHE: OnceLock<Mutex<Filters>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache = crate::sync::lock(cache);
     cache.entry((up, down)).or_insert_with(|| Arc::new(design(up, down))).clone()
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 pub const EXCHANGE: &str = "sentiric_events";
 pub const PLAYBACK_FINISHED: &str = "call.media.playback.finished";
@@ -62,14 +63,14 @@ impl EventPublisher {
     }
 
     pub fn queued(&self) -> usize {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.outbox).len()
     }
 
     fn enqueue(&self, routing_key: &str, body: Vec<u8>) {
         if !self.enabled {
             return;
         }
-        let mut q = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.outbox);
         if q.len() >= self.capacity {
             if let Some(old) = q.pop_front() {
                 self.metrics.events_dropped.inc();
@@ -138,7 +139,7 @@ impl EventPublisher {
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         info!("connected to RabbitMQ");
         loop {
-            let next = self.outbox.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
+            let next = lock(&self.outbox).front().cloned();
             let Some(ev) = next else {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -158,7 +159,7 @@ impl EventPublisher {
                 .await?;
             if confirm.is_ack() {
                 // Only a confirmed event leaves the outbox.
-                let mut q = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = lock(&self.outbox);
                 if q.front() == Some(&ev) {
                     q.pop_front();
                 }

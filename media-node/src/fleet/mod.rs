@@ -3,34 +3,27 @@
 //! that, any node can place a new call on the best node of the pool and route a
 //! request for a port or a call it does not hold to the node that does.
 //!
-//! A forwarded request carries `x-media-forwarded-by`; a node never forwards such a
-//! request again, so forwarding takes at most one hop and cannot loop.
+//! This is the fleet's state only, with no transport in it: the peer table, what peers
+//! told us directly, and where this node placed calls. The gRPC side (clients to
+//! peers, their TLS, the headers between nodes) is `grpc::peers`; the MediaNode watch
+//! that fills the table is `cluster::watch`.
 
-pub mod placement;
+pub(crate) mod placement;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use media_proto::pb::media_service_client::MediaServiceClient;
-use tonic::metadata::MetadataMap;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Request, Status};
 
-/// Set on a forwarded request: the name of the node that forwarded it.
-pub const FORWARDED_HEADER: &str = "x-media-forwarded-by";
-/// Set on every AllocatePort reply: the node that holds the call.
-pub const NODE_HEADER: &str = "x-media-node";
-/// Set on every AllocatePort reply: `used/total` RTP ports of that node just after.
-pub const OCCUPANCY_HEADER: &str = "x-media-occupancy";
+use crate::sync::{lock, read, write};
+
 /// A peer whose last report is older than this takes no new calls from placement.
 pub const PEER_STALE: Duration = Duration::from_secs(30);
 /// Placements remembered per call_id, so a retried AllocatePort and a
 /// StreamAudioToCall by call_id find the node the call went to.
 const PLACED_MEMORY: usize = 65_536;
-/// A forwarded unary request that does not wait for playback gives up after this.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Another node of the pool, as its MediaNode says.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,30 +114,12 @@ pub struct Fleet {
     /// This node's MediaNode name, set when it joins a pool; until then (and on a
     /// standalone node) every request is served here and nothing is forwarded.
     self_name: std::sync::OnceLock<String>,
+    /// False when the node cannot authenticate its peers (TLS without a client CA):
+    /// it then never joins, and serves what reaches it.
+    may_join: AtomicBool,
     peers: RwLock<(Vec<Peer>, Instant)>,
     direct: Mutex<HashMap<String, Direct>>,
     placed: Mutex<PlacedMap>,
-    clients: Mutex<HashMap<String, MediaServiceClient<Channel>>>,
-    /// mTLS to peers, when the node serves gRPC over mTLS.
-    tls: std::sync::OnceLock<ClientTlsConfig>,
-}
-
-/// The client side of mTLS between nodes: the pool's CA as the root, the node's own
-/// certificate as its identity. None without a CA (plain TLS cannot authenticate the
-/// forwarding node, so nodes do not forward then).
-pub fn peer_tls(files: &crate::config::TlsFiles) -> std::io::Result<Option<ClientTlsConfig>> {
-    let Some(ca) = &files.client_ca else { return Ok(None) };
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
-        .identity(Identity::from_pem(std::fs::read(&files.cert)?, std::fs::read(&files.key)?));
-    if let Some(d) = &files.peer_domain {
-        tls = tls.domain_name(d.clone());
-    }
-    Ok(Some(tls))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Default for Fleet {
@@ -157,22 +132,23 @@ impl Fleet {
     pub fn new() -> Fleet {
         Fleet {
             self_name: std::sync::OnceLock::new(),
+            may_join: AtomicBool::new(true),
             peers: RwLock::new((Vec::new(), Instant::now())),
             direct: Mutex::new(HashMap::new()),
             placed: Mutex::new(PlacedMap::default()),
-            clients: Mutex::new(HashMap::new()),
-            tls: std::sync::OnceLock::new(),
         }
     }
 
-    /// Forward over mTLS (call before `join`).
-    pub fn use_tls(&self, tls: ClientTlsConfig) {
-        let _ = self.tls.set(tls);
+    /// Keeps this node out of the pool's forwarding for good (see `may_join`).
+    pub fn never_join(&self) {
+        self.may_join.store(false, Ordering::SeqCst);
     }
 
     /// Joins the pool under this node's MediaNode name: placement and forwarding start.
     pub fn join(&self, name: &str) {
-        let _ = self.self_name.set(name.to_string());
+        if self.may_join.load(Ordering::SeqCst) {
+            let _ = self.self_name.set(name.to_string());
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -185,22 +161,22 @@ impl Fleet {
 
     /// Replaces the peer table (from the watch of the pool's MediaNodes).
     pub fn set_peers(&self, peers: Vec<Peer>) {
-        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = (peers, Instant::now());
+        *write(&self.peers) = (peers, Instant::now());
     }
 
     pub fn peers(&self) -> Vec<Peer> {
-        self.peers.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+        read(&self.peers).0.clone()
     }
 
     /// The peer whose slot holds `port`.
     pub fn owner_of(&self, port: u32) -> Option<Peer> {
-        self.peers.read().unwrap_or_else(|e| e.into_inner()).0.iter().find(|p| p.owns_port(port)).cloned()
+        read(&self.peers).0.iter().find(|p| p.owns_port(port)).cloned()
     }
 
     /// Ready peers able to take a call, each with its best-known occupancy: its last
     /// report, or what it told us in a reply since, whichever is newer.
     pub fn candidates(&self, now: Timestamp) -> Vec<(Peer, i64, i64)> {
-        let guard = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let guard = read(&self.peers);
         let (peers, reported_at) = (&guard.0, guard.1);
         let direct = lock(&self.direct);
         peers
@@ -213,11 +189,8 @@ impl Fleet {
             .collect()
     }
 
-    /// Records a peer's occupancy from its AllocatePort reply.
-    pub fn observed(&self, peer: &str, meta: &MetadataMap) {
-        let Some((used, total)) = meta.get(OCCUPANCY_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_occupancy) else {
-            return;
-        };
+    /// Records a peer's occupancy as it told us in an AllocatePort reply.
+    pub fn observed(&self, peer: &str, used: i64, total: i64) {
         lock(&self.direct).insert(peer.to_string(), Direct { used, total, at: Instant::now() });
     }
 
@@ -235,49 +208,9 @@ impl Fleet {
     pub fn forget_port(&self, port: u32) {
         lock(&self.placed).forget_port(port);
     }
-
-    /// A client for a peer, made once per endpoint. The channel connects lazily and
-    /// reconnects by itself; requests to a peer that is away fail with UNAVAILABLE.
-    pub fn client(&self, endpoint: &str) -> Result<MediaServiceClient<Channel>, Status> {
-        let mut clients = lock(&self.clients);
-        if let Some(c) = clients.get(endpoint) {
-            return Ok(c.clone());
-        }
-        let scheme = if self.tls.get().is_some() { "https" } else { "http" };
-        let mut ep = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
-            .map_err(|e| Status::internal(format!("bad peer endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20));
-        if let Some(tls) = self.tls.get() {
-            ep = ep.tls_config(tls.clone()).map_err(|e| Status::internal(format!("peer TLS: {e}")))?;
-        }
-        let c = MediaServiceClient::new(ep.connect_lazy());
-        clients.insert(endpoint.to_string(), c.clone());
-        Ok(c)
-    }
-
-    /// The request to send to a peer: the message, the caller's trace id, and the
-    /// mark that stops the peer from forwarding it again.
-    pub fn outbound<T>(&self, msg: T, from: &MetadataMap, timeout: Option<Duration>) -> Request<T> {
-        let mut req = Request::new(msg);
-        if let Some(t) = from.get("x-trace-id") {
-            req.metadata_mut().insert("x-trace-id", t.clone());
-        }
-        if let Ok(v) = self.name().parse() {
-            req.metadata_mut().insert(FORWARDED_HEADER, v);
-        }
-        if let Some(t) = timeout {
-            req.set_timeout(t);
-        }
-        req
-    }
 }
 
-pub fn is_forwarded(meta: &MetadataMap) -> bool {
-    meta.contains_key(FORWARDED_HEADER)
-}
-
+/// `used/total`, as a node writes its occupancy in an AllocatePort reply.
 pub fn parse_occupancy(s: &str) -> Option<(i64, i64)> {
     let (u, t) = s.split_once('/')?;
     Some((u.trim().parse().ok()?, t.trim().parse().ok()?))
@@ -319,9 +252,7 @@ mod tests {
     fn a_direct_reply_overrides_an_older_report_until_the_next_one() {
         let f = joined();
         f.set_peers(vec![peer("a", 30100, 3)]);
-        let mut meta = MetadataMap::new();
-        meta.insert(OCCUPANCY_HEADER, "9/50".parse().unwrap());
-        f.observed("a", &meta);
+        f.observed("a", 9, 50);
         assert_eq!(f.candidates(Timestamp::now())[0].1, 9);
         f.set_peers(vec![peer("a", 30100, 10)]);
         assert_eq!(f.candidates(Timestamp::now())[0].1, 10, "a newer report wins");

@@ -12,9 +12,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::service::{status, BoxStream, MediaSvc};
+use super::peers::{is_forwarded, occupancy, outbound, FORWARD_TIMEOUT, NODE_HEADER, OCCUPANCY_HEADER};
+use super::service::{BoxStream, MediaSvc};
 use crate::fleet::placement::{rank, Candidate};
-use crate::fleet::{is_forwarded, Peer, Placed, FORWARD_TIMEOUT, NODE_HEADER, OCCUPANCY_HEADER};
+use crate::fleet::{Peer, Placed};
 use crate::node::NodeError;
 
 impl MediaSvc {
@@ -46,14 +47,17 @@ impl MediaSvc {
         F: FnOnce(MediaServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
-        let fleet = &self.node.fleet;
-        let result = match fleet.client(&peer.endpoint) {
-            Ok(client) => send(client, fleet.outbound(req.get_ref().clone(), req.metadata(), timeout)).await,
+        let result = match self.peers.client(&peer.endpoint) {
+            Ok(client) => send(client, self.outbound(req.get_ref().clone(), req.metadata(), timeout)).await,
             Err(e) => Err(e),
         };
         let result = self.counted(method, result.map(|r| Response::new(r.into_inner())));
         self.observe(method, started, &result);
         result
+    }
+
+    fn outbound<T>(&self, msg: T, from: &MetadataMap, timeout: Option<std::time::Duration>) -> Request<T> {
+        outbound(msg, from, self.node.fleet.name(), timeout)
     }
 
     pub(crate) fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<T, Status> {
@@ -67,9 +71,9 @@ impl MediaSvc {
 
     /// Allocates on this node; the reply names the node and its occupancy after, so a
     /// node that placed the call here knows it at once.
-    pub(crate) async fn allocate_here(&self, trace: &str, call_id: &str) -> Result<Response<AllocatePortResponse>, Status> {
-        let a = self.node.allocate(call_id).await.map_err(status)?;
-        info!(trace_id = %trace, call_id = %call_id, port = a.port, "port allocated");
+    pub(crate) async fn allocate_here(&self, call_id: &str) -> Result<Response<AllocatePortResponse>, Status> {
+        let a = self.node.allocate(call_id).await?;
+        info!(call_id = %call_id, port = a.port, "port allocated");
         let mut resp = Response::new(AllocatePortResponse { rtp_port: a.port as u32, advertised_ip: a.advertised_ip.to_string() });
         let (used, total) = self.node.occupancy();
         if let Ok(v) = format!("{used}/{total}").parse() {
@@ -84,12 +88,12 @@ impl MediaSvc {
     /// AllocatePort at the pool level: the least occupied ready node takes the call
     /// (this one on a tie); if it cannot, the next one; with no node able, the answer
     /// is this node's own (UNAVAILABLE while draining, RESOURCE_EXHAUSTED when full).
-    pub(crate) async fn place(&self, trace: &str, meta: &MetadataMap, call_id: String) -> Result<Response<AllocatePortResponse>, Status> {
+    pub(crate) async fn place(&self, meta: &MetadataMap, call_id: String) -> Result<Response<AllocatePortResponse>, Status> {
         let fleet = &self.node.fleet;
         if !call_id.is_empty() {
             // A retry: the call already has a node.
             if self.node.call_by_id(&call_id).is_ok() {
-                return self.allocate_here(trace, &call_id).await;
+                return self.allocate_here(&call_id).await;
             }
             if let Some(p) = fleet.placed(&call_id) {
                 if let Ok(resp) = self.allocate_on(&p.peer, &p.endpoint, meta, &call_id).await {
@@ -109,7 +113,7 @@ impl MediaSvc {
         let mut last_err = None;
         for key in rank(&cands) {
             let result = if key == 0 {
-                self.allocate_here(trace, &call_id).await
+                self.allocate_here(&call_id).await
             } else {
                 let peer = &peers[key - 1].0;
                 self.allocate_on(&peer.name, &peer.endpoint, meta, &call_id).await
@@ -124,7 +128,7 @@ impl MediaSvc {
         }
         match last_err {
             Some(e) => Err(e),
-            None => self.allocate_here(trace, &call_id).await,
+            None => self.allocate_here(&call_id).await,
         }
     }
 
@@ -136,13 +140,15 @@ impl MediaSvc {
         call_id: &str,
     ) -> Result<Response<AllocatePortResponse>, Status> {
         let fleet = &self.node.fleet;
-        let mut client = fleet.client(endpoint)?;
+        let mut client = self.peers.client(endpoint)?;
         let result =
-            client.allocate_port(fleet.outbound(AllocatePortRequest { call_id: call_id.to_string() }, meta, Some(FORWARD_TIMEOUT))).await;
+            client.allocate_port(self.outbound(AllocatePortRequest { call_id: call_id.to_string() }, meta, Some(FORWARD_TIMEOUT))).await;
         let result = self.counted("AllocatePort", result);
         match result {
             Ok(resp) => {
-                fleet.observed(peer, resp.metadata());
+                if let Some((used, total)) = occupancy(resp.metadata()) {
+                    fleet.observed(peer, used, total);
+                }
                 let body = resp.into_inner();
                 fleet.remember(call_id, Placed { peer: peer.to_string(), endpoint: endpoint.to_string(), port: body.rtp_port });
                 info!(call_id = %call_id, peer, port = body.rtp_port, "call placed on a peer");
@@ -182,8 +188,8 @@ impl MediaSvc {
         for (peer, endpoint) in targets {
             let (tx, rx) = mpsc::channel::<StreamAudioToCallRequest>(4);
             let _ = tx.send(first.clone()).await;
-            let mut client = fleet.client(&endpoint)?;
-            match client.stream_audio_to_call(fleet.outbound(ReceiverStream::new(rx), meta, None)).await {
+            let mut client = self.peers.client(&endpoint)?;
+            match client.stream_audio_to_call(self.outbound(ReceiverStream::new(rx), meta, None)).await {
                 Ok(resp) => {
                     self.counted("StreamAudioToCall", Ok(()))?;
                     info!(call_id = %first.call_id, peer = %peer, "TTS stream forwarded");
@@ -205,6 +211,6 @@ impl MediaSvc {
                 }
             }
         }
-        Err(status(NodeError::UnknownCall(first.call_id)))
+        Err(NodeError::UnknownCall(first.call_id).into())
     }
 }

@@ -1,7 +1,10 @@
 //! The `sentiric.media.v1.MediaService` server: requests in, node operations out,
-//! errors as gRPC status codes a caller can act on. `forward` makes the pool answer
-//! as one service (placement and forwarding between nodes).
-pub mod conn;
+//! errors as gRPC status codes a caller can act on (`service`). The pool answers as
+//! one service through `forward` (placement and forwarding between nodes) and `peers`
+//! (clients to the other nodes, their TLS, the headers nodes exchange). `conn` lets
+//! HTTP/2 gather frames into one write.
+pub(crate) mod conn;
 mod forward;
-pub mod service;
-pub use service::MediaSvc;
+pub mod peers;
+pub(crate) mod service;
+pub(crate) use service::MediaSvc;

@@ -76,15 +76,6 @@ impl PortPool {
         Ok(())
     }
 
-    pub fn is_allocated(&self, port: u16) -> bool {
-        self.allocated.contains(&port)
-    }
-
-    /// When the earliest quarantined port becomes free again.
-    pub fn next_release(&self) -> Option<Instant> {
-        self.quarantined.front().map(|&(_, at)| at + self.quarantine)
-    }
-
     pub fn counts(&mut self, now: Instant) -> PoolCounts {
         self.expire(now);
         PoolCounts { total: self.total, allocated: self.allocated.len(), quarantined: self.quarantined.len(), free: self.free.len() }

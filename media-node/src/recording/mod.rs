@@ -8,3 +8,19 @@ pub mod writer;
 pub use destination::{Destination, DestinationError};
 pub use store::{RecordingStore, StoreConfig};
 pub use writer::{RecordingJob, RecordingSpec, RecordingWriter};
+
+/// Why StartRecording or StopRecording failed on a call, each with the status a caller
+/// can act on (see `grpc::status`): the call's state is FAILED_PRECONDITION, a spool
+/// the node cannot write is UNAVAILABLE (another node may take the call's next one),
+/// a recording that could not be finalised is INTERNAL.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("a recording is already running on this call")]
+    AlreadyRunning,
+    #[error("no recording is running on this call")]
+    NotRunning,
+    #[error("the recording spool cannot be written: {0}")]
+    Spool(std::io::Error),
+    #[error("the recording could not be finalised: {0}")]
+    Finalise(std::io::Error),
+}

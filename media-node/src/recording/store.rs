@@ -20,6 +20,7 @@ use super::destination::Destination;
 use super::writer::RecordingJob;
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// Files larger than this go up as multipart uploads, in parts of this size.
 const PART_SIZE: u64 = 8 * 1024 * 1024;
@@ -100,7 +101,7 @@ impl RecordingStore {
     }
 
     pub fn pending(&self) -> usize {
-        self.retries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.retries).len()
     }
 
     /// One attempt to store a finished recording; on failure it stays spooled and is
@@ -123,7 +124,7 @@ impl RecordingStore {
     }
 
     fn schedule(&self, manifest: PathBuf, delay: Duration) {
-        let mut r = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.retries);
         r.entry(manifest).or_insert(Retry { next: Instant::now() + delay, delay });
         self.metrics.uploads_pending.set(r.len() as i64);
         drop(r);
@@ -132,17 +133,17 @@ impl RecordingStore {
 
     async fn attempt(&self, job: &RecordingJob) -> anyhow::Result<()> {
         let manifest = job.manifest_path();
-        if !self.busy.lock().unwrap_or_else(|e| e.into_inner()).insert(manifest.clone()) {
+        if !lock(&self.busy).insert(manifest.clone()) {
             anyhow::bail!("another attempt is under way");
         }
         let result = self.store(job).await;
-        self.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&manifest);
+        lock(&self.busy).remove(&manifest);
         match &result {
             Ok(()) => {
                 // Only now that the store confirmed it does the spool copy go.
                 let _ = std::fs::remove_file(&job.wav);
                 let _ = std::fs::remove_file(&manifest);
-                let mut r = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+                let mut r = lock(&self.retries);
                 r.remove(&manifest);
                 self.metrics.uploads_pending.set(r.len() as i64);
                 self.metrics.recording_bytes.inc_by(job.bytes);
@@ -259,7 +260,7 @@ impl RecordingStore {
         }
         loop {
             let due: Vec<PathBuf> = {
-                let r = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+                let r = lock(&self.retries);
                 let now = Instant::now();
                 r.iter().filter(|(_, v)| v.next <= now).map(|(k, _)| k.clone()).collect()
             };
@@ -267,12 +268,12 @@ impl RecordingStore {
                 let job: Option<RecordingJob> = std::fs::read(&manifest).ok().and_then(|b| serde_json::from_slice(&b).ok());
                 let Some(job) = job else {
                     warn!(manifest = %manifest.display(), "unreadable recording manifest left in spool");
-                    self.retries.lock().unwrap_or_else(|e| e.into_inner()).remove(&manifest);
+                    lock(&self.retries).remove(&manifest);
                     continue;
                 };
                 let ok = matches!(tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(&job)).await, Ok(Ok(())));
                 if !ok {
-                    let mut r = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut r = lock(&self.retries);
                     if let Some(entry) = r.get_mut(&manifest) {
                         entry.delay = (entry.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
                         entry.next = Instant::now() + entry.delay;

@@ -171,9 +171,9 @@ mod tests {
                         }
                     }
                     Op::Wait(s) => {
-                        now = now + SignedDuration::from_secs(s);
+                        now += SignedDuration::from_secs(s);
                         // Released nodes past quarantine are garbage-collected.
-                        cluster.retain(|n| n.released_at.map_or(true, |r| now < r + quarantine));
+                        cluster.retain(|n| n.released_at.is_none_or(|r| now < r + quarantine));
                     }
                     Op::Resize(size) => layout = Layout { size, ..layout },
                     Op::Restart => {}

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use media_node::tools::demo::{self, DemoOptions};
 use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
+use media_tools::demo::{self, DemoOptions};
 
 #[derive(Parser)]
 #[command(name = "mediactl", about = "Operate media nodes: allocate, release, play, listen, stats, demo")]
@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
             allocate_rate,
             allocations,
         } => {
-            use media_node::tools::load::{self, CallParts, Engine, LoadOptions};
+            use media_tools::load::{self, CallParts, Engine, LoadOptions};
             let parts = CallParts { listen: !no_listen, record: !no_record };
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
             let mut engines = Vec::new();
@@ -169,13 +169,11 @@ async fn main() -> anyhow::Result<()> {
             if let [ours, theirs] = all.as_slice() {
                 for (a, b) in ours.iter().zip(theirs) {
                     if let (Some(x), Some(y)) = (a.cpu_ms_per_call_second(), b.cpu_ms_per_call_second()) {
-                        println!(
-                            "{} calls: CPU per call media-node/rtpengine = {:.3}/{:.3} ms per call-second = {:.2}",
-                            a.calls,
-                            x,
-                            y,
-                            x / y
-                        );
+                        println!("{} calls: CPU per call media-node/rtpengine = {x:.3}/{y:.3} ms per call-second = {:.2}", a.calls, x / y);
+                    }
+                    // User space alone: what a real NIC leaves of each engine's cost.
+                    if let (Some(x), Some(y)) = (a.user_ms_per_call_second(), b.user_ms_per_call_second()) {
+                        println!("{} calls: user-space CPU per call media-node/rtpengine = {x:.3}/{y:.3} ms = {:.2}", a.calls, x / y);
                     }
                 }
             }
@@ -221,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
 async fn stats(url: &str) -> anyhow::Result<()> {
     let rest = url.strip_prefix("http://").context("metrics URL must start with http://")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/metrics".into()));
-    let (_, body) = media_node::tools::http::get(host, &path).await.with_context(|| format!("reading {url}"))?;
+    let (_, body) = media_tools::http::get(host, &path).await.with_context(|| format!("reading {url}"))?;
     let wanted = [
         "media_sessions_active",
         "media_ports",

@@ -6,13 +6,13 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use media_node::audio::analysis::synth_speech;
 use media_node::audio::listener::ListenerFormat;
 use media_node::core::g711::Codec;
 use media_node::core::recording::{Channels, RecordingTimeline};
 use media_node::core::resample::Resampler;
 use media_node::recording::destination::Destination;
 use media_node::recording::writer::{RecordingSpec, RecordingWriter};
+use media_tools::analysis::synth_speech;
 
 /// Runs `f` over `secs` seconds of 20 ms frames, repeated, and prints the cost per
 /// call-second of audio.
@@ -69,7 +69,7 @@ fn main() {
         timeline.add_caller(pos, f);
         timeline.add_bot(pos, f);
         pos += f.len() as u64;
-        if pos % 800 == 0 && pos >= 4000 {
+        if pos.is_multiple_of(800) && pos >= 4000 {
             mixed.clear();
             timeline.flush_until(pos - 4000, &mut mixed);
             black_box(&mixed);
@@ -93,7 +93,7 @@ fn main() {
         writer.add_caller(pos, f);
         writer.add_bot(pos, f);
         pos += f.len() as u64;
-        if pos % 800 == 0 && pos >= 4000 {
+        if pos.is_multiple_of(800) && pos >= 4000 {
             writer.flush_until(pos - 4000).unwrap();
         }
     });

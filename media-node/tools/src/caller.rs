@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::call::udp;
-use crate::core::g711::Codec;
-use crate::core::rtp::{self, RtpHeader};
+use media_node::call::udp;
+use media_node::core::g711::Codec;
+use media_node::core::rtp::{self, RtpHeader};
 
 #[derive(Debug, Clone)]
 pub struct ReceivedPacket {

@@ -13,12 +13,12 @@ use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use tonic::transport::Channel;
 
-use crate::audio::analysis::{best_correlation, rms, synth_prompt, synth_speech};
-use crate::audio::decode::{wav_bytes, wav_to_call_pcm};
-use crate::config::NodeConfig;
-use crate::core::g711::Codec;
-use crate::core::resample;
-use crate::tools::caller::{timeline, RtpCaller};
+use crate::analysis::{best_correlation, rms, synth_prompt, synth_speech};
+use crate::caller::{timeline, RtpCaller};
+use media_node::audio::decode::{wav_bytes, wav_to_call_pcm};
+use media_node::config::NodeConfig;
+use media_node::core::g711::Codec;
+use media_node::core::resample;
 
 pub struct DemoOptions {
     /// gRPC URL of a running node; None starts one on loopback.
@@ -80,7 +80,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
             let mut cfg = NodeConfig::loopback(assets.clone(), 21000, 21999);
             cfg.recording.recordings_root = opts.out_dir.join("recordings");
             cfg.recording.spool_dir = opts.out_dir.join("spool");
-            let node = crate::server::start(cfg).await?;
+            let node = media_node::server::start(cfg).await?;
             (format!("http://{}", node.grpc_addr), Some(node))
         }
     };

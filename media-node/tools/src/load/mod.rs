@@ -1,0 +1,63 @@
+//! A load run: N concurrent calls against a media engine, each with a caller sending
+//! 20 ms PCMU speech, a prompt played back to the caller, a live listener on the
+//! caller's audio and a recording. Measures what decides a fleet's cost: loss both
+//! ways, pacing jitter of what the engine sends, latency from an RTP packet in to its
+//! audio out to the listener, AllocatePort latency, and the engine's CPU seconds and
+//! peak RSS (from /proc, for a process this tool started).
+//!
+//! The engine is a media node, or rtpengine (Debian's `rtpengine-daemon`, userspace,
+//! driven over its ng protocol: offer/answer between the caller and an "agent" socket
+//! that stands in for the listener, `play media` for the prompt, `start recording`,
+//! `delete`), so both are measured the same way in one run. The figures go to
+//! BENCHMARKS.md; nothing here asserts a speed.
+
+mod media_node;
+pub mod options;
+pub mod procfs;
+pub mod report;
+mod rtpengine;
+
+pub use options::{CallParts, Engine, LoadOptions};
+pub use report::{EngineUsage, LoadReport, MAX_JITTER_P99_MS, MAX_LOSS};
+
+/// Speech with a low noise floor, so every packet carries audio a listener can tell
+/// from the silence a node plays while no packet is due.
+pub(crate) fn never_silent(mut pcm: Vec<i16>) -> Vec<i16> {
+    for (i, s) in pcm.iter_mut().enumerate() {
+        *s = s.saturating_add(if i % 2 == 0 { 64 } else { -64 });
+    }
+    pcm
+}
+
+pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
+    match opts.engine {
+        Engine::MediaNode => media_node::run(opts).await,
+        Engine::Rtpengine => rtpengine::run(opts).await,
+    }
+}
+
+/// Runs each level in turn (a fresh engine each time) and returns every report and the
+/// largest level that held.
+pub async fn ramp(opts: LoadOptions, levels: &[usize]) -> anyhow::Result<(Vec<LoadReport>, Option<usize>)> {
+    let mut reports = Vec::new();
+    let mut best = None;
+    for &calls in levels {
+        let r = match run(LoadOptions { calls, work_dir: opts.work_dir.join(format!("{}-{calls}", opts.engine.name())), ..opts.clone() })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // A saturated engine stops answering: that level did not hold, and no
+                // larger one will.
+                println!("{}: {calls} calls failed: {e:#}\n", opts.engine.name());
+                break;
+            }
+        };
+        println!("{r}");
+        if r.holds() {
+            best = Some(calls);
+        }
+        reports.push(r);
+    }
+    Ok((reports, best))
+}
