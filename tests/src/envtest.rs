@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
+use serde_json::json;
 
 pub struct ControlPlane {
     pub url: String,
@@ -220,7 +221,8 @@ impl Drop for ControlPlane {
 
 /// Plays the kubelet for a pool's pods: runs the real `media-node` binary for each pod
 /// with the pod's own environment (downward API fields filled in as a kubelet would),
-/// and stops it with SIGTERM when the pod is deleted.
+/// runs the pod's gRPC readiness probe and writes the pod's Ready condition from it,
+/// and stops the process with SIGTERM when the pod is deleted.
 pub struct FakeKubelet {
     pub processes: Arc<Mutex<HashMap<String, Child>>>,
     stop: tokio_util::sync::CancellationToken,
@@ -245,52 +247,72 @@ impl FakeKubelet {
             loop {
                 if let Ok(list) = pods.list(&ListParams::default().labels(media_crds::POOL_LABEL)).await {
                     let live: Vec<&Pod> = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
-                    let mut running = procs.lock().unwrap();
-                    for pod in &live {
-                        let name = pod.name_any();
-                        if running.contains_key(&name) {
-                            continue;
-                        }
-                        let mut cmd = Command::new(&bin);
-                        let c = &pod.spec.as_ref().unwrap().containers[0];
-                        for e in c.env.iter().flatten() {
-                            let value = match (&e.value, &e.value_from) {
-                                (Some(v), _) => Some(v.clone()),
-                                (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                                    Some("metadata.namespace") => Some(ns.clone()),
-                                    Some("spec.nodeName") => Some(node.clone()),
-                                    Some("status.podIP") => Some("127.0.0.1".into()),
+                    // The lock is held for the process table only, never across an await.
+                    let probes = {
+                        let mut running = procs.lock().unwrap();
+                        for pod in &live {
+                            let name = pod.name_any();
+                            if running.contains_key(&name) {
+                                continue;
+                            }
+                            let mut cmd = Command::new(&bin);
+                            let c = &pod.spec.as_ref().unwrap().containers[0];
+                            for e in c.env.iter().flatten() {
+                                let value = match (&e.value, &e.value_from) {
+                                    (Some(v), _) => Some(v.clone()),
+                                    (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                                        Some("metadata.namespace") => Some(ns.clone()),
+                                        Some("spec.nodeName") => Some(node.clone()),
+                                        Some("status.podIP") => Some("127.0.0.1".into()),
+                                        _ => None,
+                                    },
                                     _ => None,
-                                },
-                                _ => None,
-                            };
-                            if let Some(v) = value {
-                                cmd.env(&e.name, v);
+                                };
+                                if let Some(v) = value {
+                                    cmd.env(&e.name, v);
+                                }
+                            }
+                            // Loopback stands in for the host network; the pod's spool
+                            // volume is a folder of its own.
+                            cmd.env("RECORDINGS_SPOOL_DIR", assets.join(format!("{name}-spool")));
+                            cmd.env("KUBECONFIG", &kubeconfig)
+                                .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+                                .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+                                .env("ASSETS_BASE_PATH", &assets)
+                                .env("RUST_LOG", "info")
+                                .stdout(Stdio::null());
+                            if let Ok(f) = std::fs::File::create(assets.join(format!("{name}.log"))) {
+                                cmd.stderr(f);
+                            }
+                            if let Ok(child) = cmd.spawn() {
+                                running.insert(name, child);
                             }
                         }
-                        // Loopback stands in for the host network; the pod's spool
-                        // volume is a folder of its own.
-                        cmd.env("RECORDINGS_SPOOL_DIR", assets.join(format!("{name}-spool")));
-                        cmd.env("KUBECONFIG", &kubeconfig)
-                            .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-                            .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-                            .env("ASSETS_BASE_PATH", &assets)
-                            .env("RUST_LOG", "info")
-                            .stdout(Stdio::null());
-                        if let Ok(f) = std::fs::File::create(assets.join(format!("{name}.log"))) {
-                            cmd.stderr(f);
+                        let gone: Vec<String> = running.keys().filter(|k| !live.iter().any(|p| &p.name_any() == *k)).cloned().collect();
+                        for name in gone {
+                            if let Some(mut child) = running.remove(&name) {
+                                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                                std::thread::spawn(move || {
+                                    let _ = child.wait();
+                                });
+                            }
                         }
-                        if let Ok(child) = cmd.spawn() {
-                            running.insert(name, child);
-                        }
-                    }
-                    let gone: Vec<String> = running.keys().filter(|k| !live.iter().any(|p| &p.name_any() == *k)).cloned().collect();
-                    for name in gone {
-                        if let Some(mut child) = running.remove(&name) {
-                            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-                            std::thread::spawn(move || {
-                                let _ = child.wait();
-                            });
+                        live.iter()
+                            .filter(|p| running.contains_key(&p.name_any()))
+                            .map(|p| (p.name_any(), grpc_probe_port(p), pod_ready(p)))
+                            .collect::<Vec<(String, Option<i32>, bool)>>()
+                    };
+                    for (name, port, was_ready) in probes {
+                        let ready = match port {
+                            Some(port) => grpc_serving(port).await,
+                            None => true, // no readiness probe: Ready once running, as a kubelet does
+                        };
+                        if ready != was_ready {
+                            let status = json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [
+                                {"type": "Ready", "status": if ready { "True" } else { "False" }},
+                                {"type": "ContainersReady", "status": if ready { "True" } else { "False" }},
+                            ]}});
+                            let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
                         }
                     }
                 }
@@ -313,6 +335,24 @@ impl FakeKubelet {
         self.stop.cancel();
         self.task.abort();
     }
+}
+
+fn grpc_probe_port(pod: &Pod) -> Option<i32> {
+    pod.spec.as_ref()?.containers.first()?.readiness_probe.as_ref()?.grpc.as_ref().map(|g| g.port)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The kubelet's gRPC probe: grpc.health.v1 Check of the empty service, plaintext.
+async fn grpc_serving(port: i32) -> bool {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else { return false };
+    let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_millis(500));
+    let Ok(channel) = endpoint.connect().await else { return false };
+    let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+    answer.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32)
 }
 
 impl Drop for FakeKubelet {

@@ -464,4 +464,16 @@ async fn autoscaler(client: &Client) {
         (pool(client).await.spec.replicas == 1 && live_pods(client).await.len() == 1).then_some(())
     })
     .await;
+    // The scale-down is an event of its own that says so, not the scale-up's event
+    // with its count bumped (how the client library folds by reason).
+    let notes = eventually("a scale-up and a scale-down event, each saying what happened", 20, || async {
+        let events = Api::<Event>::namespaced(client.clone(), NS).list(&ListParams::default()).await.ok()?.items;
+        let notes: Vec<String> =
+            events.into_iter().filter(|e| e.reason.as_deref() == Some("Autoscaled")).filter_map(|e| e.message).collect();
+        let up = notes.iter().any(|m| m.starts_with("replicas 1 -> 2"));
+        let down = notes.iter().any(|m| m.starts_with("replicas 2 -> 1"));
+        (up && down).then_some(notes)
+    })
+    .await;
+    assert_eq!(notes.len(), 2, "{notes:?}");
 }

@@ -37,11 +37,20 @@ pub fn peer_of(mn: &MediaNode, me: &str) -> Option<Peer> {
     })
 }
 
+/// Whether the reflector's store changed with this event. The objects of a (re)list
+/// reach the store all at once when the list ends (InitDone), not one by one as they
+/// arrive: reading the store at each InitApply, or only at later changes, left a node
+/// that started into a reporting pool without its peers (or its drain flag) until the
+/// next change, in an idle pool the next heartbeat some 10 s later.
+fn store_changed<K>(event: &watcher::Event<K>) -> bool {
+    matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+}
+
 pub async fn run(node: Arc<Node>, client: Client, namespace: String, name: String, pool: String, shutdown: CancellationToken) {
     let api: Api<MediaNode> = Api::namespaced(client, &namespace);
     let (reader, writer) = reflector::store::<MediaNode>();
     let cfg = watcher::Config::default().labels(&format!("{POOL_LABEL}={pool}"));
-    let stream = reflector(writer, watcher(api, cfg)).default_backoff().touched_objects();
+    let stream = reflector(writer, watcher(api, cfg)).default_backoff();
     futures::pin_mut!(stream);
     let mut failing = false;
     loop {
@@ -50,10 +59,13 @@ pub async fn run(node: Arc<Node>, client: Client, namespace: String, name: Strin
             item = stream.next() => item,
         };
         match item {
-            Some(Ok(_)) => {
+            Some(Ok(event)) => {
                 if failing {
                     info!("watching the pool's nodes again");
                     failing = false;
+                }
+                if !store_changed(&event) {
+                    continue;
                 }
                 let all = reader.state();
                 if let Some(me) = all.iter().find(|m| m.name_any() == name) {
@@ -77,5 +89,19 @@ pub async fn run(node: Arc<Node>, client: Client, namespace: String, name: Strin
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_table_is_read_when_the_initial_list_is_in_and_at_every_change() {
+        assert!(store_changed::<()>(&watcher::Event::InitDone));
+        assert!(store_changed(&watcher::Event::Apply(())));
+        assert!(store_changed(&watcher::Event::Delete(())));
+        assert!(!store_changed::<()>(&watcher::Event::Init), "the store still holds the old list");
+        assert!(!store_changed(&watcher::Event::InitApply(())), "buffered until InitDone");
     }
 }

@@ -20,6 +20,9 @@ pub struct PoolObs {
 pub struct PodObs {
     pub name: String,
     pub terminating: bool,
+    /// The pod's Ready condition (its kubelet's readiness probe): what decides
+    /// whether the pool's Service sends it callers.
+    pub ready: bool,
 }
 
 /// What a node last reported in its MediaNode status.
@@ -143,6 +146,14 @@ impl NodeObs {
         self.report.as_ref().is_some_and(|r| r.ready) && !self.stale(now)
     }
 
+    /// Ready by both counts: its own report and its pod's Ready condition. A new node
+    /// reports ready a moment before its kubelet's probe marks the pod Ready, and
+    /// counting it then let a rollout drain an old node while fewer than the wanted
+    /// pods were behind the Service.
+    pub fn serves(&self, pods: &[PodObs], now: Timestamp) -> bool {
+        self.ready(now) && pods.iter().any(|p| p.name == self.name && p.ready && !p.terminating)
+    }
+
     /// True when the node confirmed its drain and has nothing left in flight.
     fn drained(&self) -> bool {
         self.report.as_ref().is_some_and(|r| r.draining && r.sessions == 0 && r.recordings == 0)
@@ -231,7 +242,7 @@ pub fn plan(pool: &PoolObs, pods: &[PodObs], nodes: &[NodeObs], now: Timestamp) 
 
     // Drain: every old node, and current nodes beyond `desired`, emptiest first; a
     // ready node only while the ready ones left stay at desired - maxUnavailable.
-    let mut available = new.iter().chain(old.iter()).filter(|n| n.ready(now)).count() as i64;
+    let mut available = new.iter().chain(old.iter()).filter(|n| n.serves(pods, now)).count() as i64;
     let min_available = desired as i64 - pool.max_unavailable.max(0) as i64;
     old.sort_by_key(|n| n.emptiness_key());
     new.sort_by_key(|n| n.emptiness_key());
@@ -240,7 +251,7 @@ pub fn plan(pool: &PoolObs, pods: &[PodObs], nodes: &[NodeObs], now: Timestamp) 
         old.iter().map(|n| (*n, DrainReason::Rollout)).chain(new.iter().take(excess_new).map(|n| (*n, DrainReason::ScaleDown))).collect();
     let mut drained: Vec<&str> = Vec::new();
     for (n, reason) in candidates {
-        if n.ready(now) {
+        if n.serves(pods, now) {
             if available - 1 < min_available {
                 continue;
             }
@@ -313,7 +324,7 @@ mod tests {
     }
 
     fn pod(name: &str) -> PodObs {
-        PodObs { name: name.into(), terminating: false }
+        PodObs { name: name.into(), terminating: false, ready: true }
     }
 
     fn creates(p: &Plan) -> Vec<i32> {
@@ -484,6 +495,25 @@ mod tests {
         }
         let done = plan(&changed, &pods, &nodes, t(100));
         assert_eq!(done.actions.iter().filter(|a| matches!(a, Action::DeletePod { .. })).count(), 3, "removed at the drain deadline");
+    }
+
+    #[test]
+    fn a_new_node_counts_as_serving_only_once_its_pod_is_ready_too() {
+        let mut pods: Vec<PodObs> = ["a", "b"].iter().map(|n| pod(n)).collect();
+        let mut nodes = vec![node("a", 0, 5), node("b", 1, 1)];
+        let mut changed = pool(2);
+        changed.layout.max = 30999;
+        changed.template_hash = "h2".into();
+        let p = plan(&changed, &pods, &nodes, t(1));
+        apply(&p, &mut pods, &mut nodes, "h2", t(1), true);
+        // The new node reports ready at once, but its pod's probe has not passed yet.
+        let new = nodes.iter().find(|n| n.template_hash.as_deref() == Some("h2")).unwrap().name.clone();
+        pods.iter_mut().find(|p| p.name == new).unwrap().ready = false;
+        let p = plan(&changed, &pods, &nodes, t(2));
+        assert!(drains(&p).is_empty(), "no old node drains while the new pod is not Ready: {:?}", p.actions);
+        pods.iter_mut().find(|p| p.name == new).unwrap().ready = true;
+        let p = plan(&changed, &pods, &nodes, t(3));
+        assert_eq!(drains(&p).len(), 1, "then the rollout goes on: {:?}", p.actions);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn pool_status(i: StatusInput<'_>) -> MediaPoolStatus {
         MediaPoolStatus { selector: format!("{POOL_LABEL}={}", i.pool_name), observed_generation: i.generation, ..Default::default() };
     s.replicas = live.len() as i32;
     s.draining_replicas = live.iter().filter(|n| n.draining).count() as i32;
-    s.ready_replicas = live.iter().filter(|n| !n.draining && n.ready(i.now)).count() as i32;
+    s.ready_replicas = live.iter().filter(|n| !n.draining && n.serves(i.pods, i.now)).count() as i32;
     s.updated_replicas = live.iter().filter(|n| !n.draining && n.template_hash.as_deref() == Some(i.template_hash)).count() as i32;
     s.unhealthy_replicas = live.iter().filter(|n| n.stale(i.now)).count() as i32;
     s.template_hash = Some(i.template_hash.to_string());

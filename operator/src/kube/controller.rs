@@ -12,7 +12,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use media_crds::{AutoscalingStatus, MediaNode, MediaPool, POOL_LABEL, RELEASED_AT_ANNOTATION, TEMPLATE_HASH_LABEL};
@@ -20,6 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::events::{EventRecorder, EventType};
 use super::resources;
 use crate::decide::autoscale::{self, Limit};
 use crate::decide::plan::{live_nodes, plan, Action, NodeObs, NodeReport, PodObs, PoolObs};
@@ -44,7 +44,7 @@ pub enum Error {
 
 pub struct Ctx {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     pub metrics: Arc<OperatorMetrics>,
     /// Namespaces whose node ServiceAccount and bindings were applied, and when: they
     /// are applied again after ACCESS_REFRESH, so one deleted by hand comes back.
@@ -53,8 +53,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(client: Client, identity: &str, metrics: Arc<OperatorMetrics>) -> Ctx {
-        let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.into()) };
-        Ctx { recorder: Recorder::new(client.clone(), reporter), client, metrics, ensured: Mutex::new(HashMap::new()) }
+        Ctx { recorder: EventRecorder::new(client.clone(), MANAGER, identity), client, metrics, ensured: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -64,6 +63,10 @@ fn apply() -> PatchParams {
 
 fn parse_time(s: &str) -> Option<Timestamp> {
     s.parse().ok()
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn observe_node(n: &MediaNode) -> NodeObs {
@@ -92,8 +95,7 @@ fn observe_node(n: &MediaNode) -> NodeObs {
 }
 
 async fn publish(ctx: &Ctx, pool: &MediaPool, type_: EventType, reason: &str, note: String) {
-    let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&pool.object_ref(&()), type_, reason, &note).await {
         warn!(error = %e, "could not publish event");
     }
 }
@@ -149,8 +151,10 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
     let selector = ListParams::default().labels(&format!("{POOL_LABEL}={name}"));
     let pods = pods_api.list(&selector).await?.items;
     let nodes = nodes_api.list(&selector).await?.items;
-    let pod_obs: Vec<PodObs> =
-        pods.iter().map(|p| PodObs { name: p.name_any(), terminating: p.metadata.deletion_timestamp.is_some() }).collect();
+    let pod_obs: Vec<PodObs> = pods
+        .iter()
+        .map(|p| PodObs { name: p.name_any(), terminating: p.metadata.deletion_timestamp.is_some(), ready: pod_ready(p) })
+        .collect();
     let node_obs: Vec<NodeObs> = nodes.iter().map(observe_node).collect();
     let spec = &pool.spec;
     let layout = Layout { min: spec.ports.min, max: spec.ports.max, size: spec.ports.slot_size };
