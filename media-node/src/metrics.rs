@@ -20,6 +20,7 @@ pub struct Metrics {
     pub late: IntCounter,
     pub lost_samples: IntCounter,
     pub recovered_samples: IntCounter,
+    pub discontinuities: IntCounter,
     pub frames_skipped: IntCounter,
     pub cache_lookups: IntCounterVec,
     pub cache_bytes: IntGauge,
@@ -34,6 +35,8 @@ pub struct Metrics {
     pub upload_failures: IntCounter,
     pub recording_bytes: IntCounter,
     pub recording_errors: IntCounter,
+    pub recordings_recovered: IntCounter,
+    pub spool_orphans: IntGauge,
     pub events_published: IntCounter,
     pub events_dropped: IntCounter,
     pub events_outbox: IntGauge,
@@ -70,6 +73,10 @@ impl Metrics {
             recovered_samples: counter(
                 "media_rtp_recovered_samples_total",
                 "8 kHz samples that came too late for the live stream and were handed to the recording in place of the silence",
+            ),
+            discontinuities: counter(
+                "media_rtp_timestamp_discontinuities_total",
+                "RTP timestamps that jumped back or far ahead within one SSRC while the sequence numbers ran on; re-anchored",
             ),
             frames_skipped: counter("media_pacer_frames_skipped_total", "Outbound frames skipped after a scheduling stall"),
             cache_lookups: reg(
@@ -113,6 +120,18 @@ impl Metrics {
             ),
             recording_bytes: counter("media_recording_bytes_total", "Bytes of recordings stored"),
             recording_errors: counter("media_recording_write_errors_total", "Errors writing a recording to the spool"),
+            recordings_recovered: counter(
+                "media_recordings_recovered_total",
+                "Recordings a hard stop (kill -9, OOM) left unfinished, recovered cut short at the next start",
+            ),
+            spool_orphans: reg(
+                &r,
+                IntGauge::new(
+                    "media_recording_spool_orphans",
+                    "Unfinished recordings in the spool with no destination beside them (left in place)",
+                )
+                .unwrap(),
+            ),
             events_published: counter("media_events_published_total", "Events confirmed by RabbitMQ"),
             events_dropped: counter("media_events_dropped_total", "Events dropped because the outbox was full while the broker was away"),
             events_outbox: reg(&r, IntGauge::new("media_events_outbox", "Events waiting for the broker").unwrap()),
@@ -162,6 +181,7 @@ impl Metrics {
         self.late.inc_by(c.late);
         self.lost_samples.inc_by(c.lost_samples);
         self.recovered_samples.inc_by(c.recovered_samples);
+        self.discontinuities.inc_by(c.discontinuities);
         self.frames_skipped.inc_by(c.frames_skipped);
     }
 

@@ -212,7 +212,11 @@ impl Node {
 
     pub fn call_by_id(&self, call_id: &str) -> Result<Arc<CallHandle>, NodeError> {
         let calls = lock(&self.calls);
-        calls.by_call_id.get(call_id).and_then(|p| calls.by_port.get(p).cloned()).ok_or_else(|| NodeError::UnknownCall(call_id.to_string()))
+        calls
+            .by_call_id
+            .get(call_id)
+            .and_then(|p| calls.by_port.get(p).cloned())
+            .ok_or_else(|| NodeError::UnknownCall(crate::echo::clip(call_id)))
     }
 
     /// Ends the call: its task stops, its sockets close, and only then does the port

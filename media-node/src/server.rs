@@ -54,7 +54,14 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let mut builder = Server::builder();
+    // HTTP/2 streams one connection may hold open at once: a client carries each of its
+    // calls' RecordAudio, PlayAudio and StreamAudioToCall on one connection, so the cap
+    // follows the node's capacity (four per call, plus room for health and control),
+    // and a client that opens streams without end is refused them instead of holding
+    // the node's memory.
+    let ports = u32::from(cfg.port_max) - u32::from(cfg.port_min) + 1;
+    let calls = ports / 2;
+    let mut builder = Server::builder().max_concurrent_streams(Some(calls.saturating_mul(4).saturating_add(64)));
     if let Some(tls) = &cfg.tls {
         let cert = std::fs::read(&tls.cert).with_context(|| format!("reading {:?}", tls.cert))?;
         let key = std::fs::read(&tls.key).with_context(|| format!("reading {:?}", tls.key))?;
@@ -92,6 +99,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let servers_stop = CancellationToken::new();
     // Spooled recordings (also from before a restart) are stored in the background
     // until the node stops.
+    // Before serving: recovery renames unfinished `.part` files, which must be the
+    // last process's, never one a call of this process has begun.
+    let recovered = node.recordings.recover_spool();
+    if recovered > 0 {
+        info!(recovered, "recordings left unfinished by the last stop are back in the spool");
+    }
     tokio::spawn(node.recordings.clone().run_retries(servers_stop.clone()));
     if let Some(url) = cfg.rabbitmq_url.clone() {
         tokio::spawn(node.events.clone().run(url, servers_stop.clone()));

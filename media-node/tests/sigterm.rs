@@ -17,7 +17,7 @@ async fn sigterm_drains_then_exits() {
     let assets = std::env::temp_dir().join(format!("sigterm-assets-{}", std::process::id()));
     std::fs::create_dir_all(&assets).unwrap();
     let (grpc, http) = (22531u16, 22532u16);
-    let mut child = Command::new(fleet_tests::envtest::media_node_binary())
+    let mut child = Command::new(env!("CARGO_BIN_EXE_media-node"))
         .env("MEDIA_SERVICE_GRPC_PORT", grpc.to_string())
         .env("MEDIA_SERVICE_METRICS_PORT", http.to_string())
         .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")

@@ -48,6 +48,9 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
         .stdin(Stdio::null())
         .spawn()
         .expect("ffmpeg receiver starts");
+    // Ready once its RTP socket is bound: what the node plays before that would be lost,
+    // and a busy machine can take a second or more to start ffmpeg.
+    fleet_tests::envtest::eventually("ffmpeg's RTP socket is bound", 30, || async { udp_port_bound(recv_port).then_some(()) }).await;
 
     let listen = collect_listen(
         node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await.unwrap().into_inner(),
@@ -92,6 +95,15 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
     assert!(got.len() >= 8000, "ffmpeg recorded {} samples", got.len());
     let (c, _) = best_correlation(&got[..8000], &prompt, 16000);
     assert!(c > 0.9, "ffmpeg heard the prompt: {c}");
+}
+
+/// Whether some socket on this machine is bound to UDP `port` (from /proc/net/udp).
+fn udp_port_bound(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|table| table.lines().skip(1).any(|l| l.split_whitespace().nth(1).is_some_and(|local| local.ends_with(&want))))
 }
 
 fn which_ffmpeg() -> Option<std::path::PathBuf> {

@@ -35,6 +35,48 @@ async fn listeners_hear_what_the_caller_said() {
     assert!(pcm_of(&f16).len() >= speech.len() * 2, "no gaps: {} samples", pcm_of(&f16).len());
 }
 
+/// What an SBC or a PBX does when it switches media sources without a new SSRC: the
+/// sequence numbers run on, the timestamps start again. The second talkspurt must
+/// reach the listener, not be taken for audio already played.
+#[tokio::test]
+async fn a_timestamp_restart_within_one_ssrc_is_heard() {
+    use media_node::core::rtp::{self, RtpHeader};
+    let mut node = TestNode::start(22520, 10).await;
+    let (port, node_rtp, caller) = node.call("restart-1").await;
+    let l8 =
+        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner();
+    let heard = collect_listen(l8);
+    let first = synth_speech(8000, 0.5, 21);
+    let second = synth_speech(8000, 0.3, 22);
+    let mut payload = Vec::new();
+    let mut seq = 4000u16;
+    let start = tokio::time::Instant::now();
+    let mut send = |frames: Vec<&[i16]>, ts0: u32, at0: u64| {
+        let mut packets = Vec::new();
+        for (k, f) in frames.into_iter().enumerate() {
+            Codec::Pcmu.encode_into(f, &mut payload);
+            let h = RtpHeader { marker: k == 0, payload_type: 0, sequence: seq, timestamp: ts0 + k as u32 * 160, ssrc: 99 };
+            seq = seq.wrapping_add(1);
+            packets.push((at0 + 20 * k as u64, rtp::build(h, &payload)));
+        }
+        packets
+    };
+    let mut packets = send(first.chunks(160).collect(), 90_000, 0);
+    // 0.6 s of silence, then timestamps back at where the first talkspurt began.
+    packets.extend(send(second.chunks(160).collect(), 90_000, 500 + 600));
+    for (at, p) in packets {
+        tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+        caller.socket.send_to(&p, node_rtp).await.unwrap();
+    }
+    sleep_ms(300).await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let (frames, _) = heard.await.unwrap();
+    let pcm = pcm_of(&frames);
+    let (c, _) = best_correlation(&second, &pcm, 8000 * 2);
+    assert!(c > 0.9, "the second talkspurt reached the listener: correlation {c}");
+    assert_eq!(node.metric("media_rtp_timestamp_discontinuities_total").await, 1.0);
+}
+
 #[tokio::test]
 async fn prompt_plays_as_paced_continuous_rtp() {
     let mut node = TestNode::start(22020, 20).await;
@@ -176,6 +218,47 @@ async fn unknown_call_id_for_tts_is_not_found() {
 }
 
 #[tokio::test]
+async fn a_tts_stream_of_keep_alives_ends_when_its_call_is_released() {
+    let mut node = TestNode::start(22460, 10).await;
+    let (port, _, _caller) = node.call("tts-idle").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(StreamAudioToCallRequest { call_id: "tts-idle".into(), audio_chunk: Vec::new() }).await.unwrap();
+    let mut resp = node.client.stream_audio_to_call(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(StreamAudioToCallRequest { call_id: "tts-idle".into(), audio_chunk: Vec::new() }).await.unwrap();
+    sleep_ms(200).await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    // The client keeps its side open and sends nothing more; the node answers anyway.
+    let end = tokio::time::timeout(Duration::from_secs(5), resp.message())
+        .await
+        .expect("the stream is answered when the call goes, not at the next chunk")
+        .unwrap()
+        .expect("a final response");
+    assert!(!end.success);
+    assert_eq!(end.error_message, "the call ended");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn listeners_per_call_are_capped_and_a_closed_one_frees_its_place() {
+    let mut node = TestNode::start(22480, 10).await;
+    let (port, _, _caller) = node.call("many-ears").await;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(48000) }).await.unwrap());
+    }
+    let err = node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(48000) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert_eq!(node.metric("media_listeners_active").await, 16.0);
+    drop(held.pop());
+    let again = fleet_tests::envtest::eventually("a closed listener's place is free again", 10, || {
+        let mut c = node.client.clone();
+        async move { c.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.ok() }
+    })
+    .await;
+    drop(again);
+}
+
+#[tokio::test]
 async fn quarantine_exhaustion_and_release_rules() {
     // Two RTP ports, one second of quarantine.
     let mut node = TestNode::start_with(22100, 4, |c| c.quarantine = Duration::from_secs(1)).await;
@@ -258,6 +341,48 @@ async fn bad_requests_get_clear_statuses() {
     let r = node.play(port, &format!("data:audio/pcm;base64,{silence}")).await.unwrap();
     assert_eq!(r.message, "finished");
     assert!(node.metric("media_grpc_requests_total{code=\"InvalidArgument\",method=\"PlayAudio\"}").await >= 6.0);
+}
+
+/// Errors echo at most a short piece of the input: a status message travels in a
+/// header, and a client refuses one past 16 KB as RESOURCE_EXHAUSTED ("node full"),
+/// which would send the caller elsewhere instead of telling it what it got wrong.
+#[tokio::test]
+async fn huge_inputs_get_their_own_status_with_a_short_message() {
+    let mut node = TestNode::start(22440, 10).await;
+    let (port, _, _caller) = node.call("huge-1").await;
+    let long_name = "a".repeat(100_000);
+    let cases = [
+        (format!("file://{long_name}.wav"), Code::NotFound),
+        (format!("file://../{long_name}"), Code::InvalidArgument),
+        (format!("control://{long_name}"), Code::InvalidArgument),
+        (format!("gopher://{long_name}"), Code::InvalidArgument),
+        (format!("data:audio/{long_name};base64,AAAA"), Code::InvalidArgument),
+    ];
+    for (uri, code) in cases {
+        let err = node.play(port, &uri).await.unwrap_err();
+        assert_eq!(err.code(), code, "{}", &uri[..20]);
+        assert!(err.message().len() < 1024, "{} bytes echoed for {}", err.message().len(), &uri[..20]);
+    }
+    let call_id = "c".repeat(1_000_000);
+    let msgs = vec![StreamAudioToCallRequest { call_id, audio_chunk: vec![0u8; 640] }];
+    let err = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().len() < 1024, "{} bytes echoed", err.message().len());
+    let err = node
+        .client
+        .start_recording(StartRecordingRequest {
+            server_rtp_port: port,
+            output_uri: format!("s3://bucket/{}", "../".repeat(30_000)),
+            call_id: "huge-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 1024, "{} bytes echoed", err.message().len());
+    // The call is still served.
+    node.write_prompt("ok.wav", &[0; 800], 8000);
+    assert_eq!(node.play(port, "file://ok.wav").await.unwrap().message, "finished");
 }
 
 fn base64_encode(b: &[u8]) -> String {

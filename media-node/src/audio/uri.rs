@@ -5,6 +5,8 @@ use std::path::{Component, Path, PathBuf};
 use base64::Engine;
 use thiserror::Error;
 
+use crate::echo::clip;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum UriError {
     #[error("audio_uri is empty")]
@@ -54,7 +56,7 @@ pub fn parse(uri: &str) -> Result<AudioUri, UriError> {
             "enable_echo" => Ok(AudioUri::Control(Control::EnableEcho)),
             "disable_echo" => Ok(AudioUri::Control(Control::DisableEcho)),
             "stop_audio" | "stop" => Ok(AudioUri::Control(Control::StopAudio)),
-            other => Err(UriError::Control(other.to_string())),
+            other => Err(UriError::Control(clip(other))),
         };
     }
     if let Some(rest) = uri.strip_prefix("file://") {
@@ -63,25 +65,25 @@ pub fn parse(uri: &str) -> Result<AudioUri, UriError> {
     if let Some(rest) = uri.strip_prefix("data:") {
         return parse_data(rest);
     }
-    Err(UriError::Scheme(uri.chars().take(40).collect()))
+    Err(UriError::Scheme(clip(uri)))
 }
 
 /// A path that stays inside whatever root it is joined to: no `..`, no prefix, no NUL.
 /// A leading `/` is taken as the root itself, as callers send `file:///prompts/x.wav`.
 pub fn relative_prompt_path(raw: &str) -> Result<PathBuf, UriError> {
     if raw.contains('\0') {
-        return Err(UriError::Escapes(raw.replace('\0', "\\0")));
+        return Err(UriError::Escapes(clip(&raw.replace('\0', "\\0"))));
     }
     let mut out = PathBuf::new();
     for c in Path::new(raw).components() {
         match c {
             Component::Normal(part) => out.push(part),
             Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => return Err(UriError::Escapes(raw.to_string())),
+            Component::ParentDir | Component::Prefix(_) => return Err(UriError::Escapes(clip(raw))),
         }
     }
     if out.as_os_str().is_empty() {
-        return Err(UriError::NotFound(raw.to_string()));
+        return Err(UriError::NotFound(clip(raw)));
     }
     Ok(out)
 }
@@ -89,7 +91,7 @@ pub fn relative_prompt_path(raw: &str) -> Result<PathBuf, UriError> {
 /// Joins a relative path to a root and proves, after resolving symlinks, that the
 /// result is still inside the root.
 pub fn resolve_under(root: &Path, relative: &Path) -> Result<PathBuf, UriError> {
-    let shown = relative.display().to_string();
+    let shown = clip(&relative.display().to_string());
     let root = root.canonicalize().map_err(|_| UriError::NotFound(shown.clone()))?;
     let full = root.join(relative).canonicalize().map_err(|_| UriError::NotFound(shown.clone()))?;
     if !full.starts_with(&root) {
@@ -109,7 +111,7 @@ fn parse_data(rest: &str) -> Result<AudioUri, UriError> {
         if p.eq_ignore_ascii_case("base64") {
             base64 = true;
         } else if let Some(r) = p.strip_prefix("rate=") {
-            rate = Some(r.parse::<u32>().map_err(|_| UriError::Data(format!("bad rate {r:?}")))?);
+            rate = Some(r.parse::<u32>().map_err(|_| UriError::Data(format!("bad rate {:?}", clip(r))))?);
         }
     }
     if !base64 {
@@ -129,7 +131,7 @@ fn parse_data(rest: &str) -> Result<AudioUri, UriError> {
             }
             Ok(AudioUri::Pcm { rate, bytes })
         }
-        other => Err(UriError::Data(format!("unsupported media type {other:?}"))),
+        other => Err(UriError::Data(format!("unsupported media type {:?}", clip(other)))),
     }
 }
 

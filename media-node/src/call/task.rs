@@ -31,6 +31,11 @@ use crate::recording::{RecordingError, RecordingJob, RecordingSpec, RecordingSto
 const STREAM_HIGH_WATER: usize = 8000 / 2;
 /// Frames a listener may fall behind before its frames are dropped (and counted).
 pub const LISTENER_QUEUE: usize = 100;
+/// Listeners one call takes at most. Each one that stalls holds up to LISTENER_QUEUE
+/// frames (about 190 KB at 48 kHz), so without a cap ten thousand RecordAudio streams
+/// on one call would hold 2 GB. An agent, a recorder of its own and a supervisor or
+/// two need far fewer.
+pub const MAX_LISTENERS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -90,9 +95,11 @@ pub enum CallCommand {
         control: Control,
         applied: oneshot::Sender<()>,
     },
+    /// `attached` says whether the call took the listener (false: MAX_LISTENERS).
     Listen {
         rate: u32,
         frames: mpsc::Sender<Bytes>,
+        attached: oneshot::Sender<bool>,
     },
     /// Attach a TTS stream (8 kHz chunks); `done` fires when it has played out.
     Stream {
@@ -318,9 +325,18 @@ impl CallTask {
                 self.session.handle_command(control.into(), &mut self.out);
                 let _ = applied.send(());
             }
-            CallCommand::Listen { rate, frames } => {
+            CallCommand::Listen { rate, frames, attached } => {
+                // Listeners that went away since the last frame do not count.
+                let before = self.listeners.len();
+                self.listeners.retain(|l| !l.frames.is_closed());
+                self.metrics.listeners.sub((before - self.listeners.len()) as i64);
+                if self.listeners.len() >= MAX_LISTENERS {
+                    let _ = attached.send(false);
+                    return;
+                }
                 self.metrics.listeners.inc();
                 self.listeners.push(Listener { format: ListenerFormat::new(rate), frames });
+                let _ = attached.send(true);
             }
             CallCommand::Stream { chunks, done } => {
                 if let Some(old) = self.stream.replace(AttachedStream { chunks: Some(chunks), done }) {

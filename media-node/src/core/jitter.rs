@@ -60,6 +60,9 @@ pub struct JitterStats {
     pub lost_samples: u64,
     pub reordered: u64,
     pub resyncs: u64,
+    /// Timestamp discontinuities inside one SSRC (sequence numbers run on, the
+    /// timestamps jump back or far ahead): re-anchored like a new stream.
+    pub discontinuities: u64,
     pub overflow: u64,
     /// Times the wall-clock placement was corrected for the caller's clock drift.
     pub realigned: u64,
@@ -80,8 +83,28 @@ const DRIFT_TOLERANCE: i64 = 40;
 /// half a second behind the call, so older audio would find its place closed anyway.
 const RECOVERY_WINDOW: u64 = 8000;
 
+/// Which packet of which stream: the jitter buffer orders by timestamp, and checks the
+/// timestamps against the sequence numbers and arrival times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpId {
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+}
+
+/// A packet up to this many sequence numbers ahead of the newest continues the stream
+/// (RFC 3550 A.1's MAX_DROPOUT); further is a jump the timestamps are left to judge.
+const MAX_DROPOUT: i16 = 3000;
+/// A next packet whose timestamp runs ahead of the time since the newest one by more
+/// than this (8 kHz samples, 1 s) restarted its clock: network delay varies by far less.
+const FORWARD_JUMP: i64 = 8000;
+
 struct StreamMap {
     ssrc: u32,
+    /// The newest packet so far (highest sequence number) and when it came.
+    newest_seq: u16,
+    newest_ts: u32,
+    newest_at: Instant,
     last_ts: u32,
     last_ext: i64,
     /// timeline position = extended timestamp + offset
@@ -168,9 +191,29 @@ impl JitterBuffer {
         }
     }
 
-    fn map(&mut self, now: Instant, ssrc: u32, ts: u32) -> i64 {
+    fn map(&mut self, now: Instant, id: RtpId) -> i64 {
+        let RtpId { ssrc, seq, ts } = id;
         match &mut self.stream {
             Some(s) if s.ssrc == ssrc => {
+                let seq_ahead = seq.wrapping_sub(s.newest_seq) as i16;
+                if (1..=MAX_DROPOUT).contains(&seq_ahead) {
+                    // The next packets of the stream: their timestamps must move on about
+                    // as time did. A source switch behind an SBC or a PBX (or a resume
+                    // after hold) that keeps the SSRC and the sequence numbers but
+                    // restarts the timestamps would otherwise land on audio already
+                    // played: lost live, and laid over the past in the recording.
+                    let ts_ahead = ts.wrapping_sub(s.newest_ts) as i32 as i64;
+                    let elapsed = samples(now.saturating_duration_since(s.newest_at)) as i64;
+                    if ts_ahead < 0 || ts_ahead > elapsed + FORWARD_JUMP {
+                        self.stats.discontinuities += 1;
+                        self.stats.resyncs += 1;
+                        self.resync(now, id);
+                        return self.next_pos as i64;
+                    }
+                    s.newest_seq = seq;
+                    s.newest_ts = ts;
+                    s.newest_at = now;
+                }
                 let delta = ts.wrapping_sub(s.last_ts) as i32 as i64;
                 s.last_ts = ts;
                 s.last_ext += delta;
@@ -180,7 +223,7 @@ impl JitterBuffer {
                 if self.stream.is_some() {
                     self.stats.resyncs += 1;
                 }
-                self.resync(now, ssrc, ts);
+                self.resync(now, id);
                 self.next_pos as i64
             }
         }
@@ -188,13 +231,21 @@ impl JitterBuffer {
 
     /// Starts mapping a (new) stream so that `ts` lands at the current playout position,
     /// and on the wall clock at its arrival.
-    fn resync(&mut self, now: Instant, ssrc: u32, ts: u32) {
+    fn resync(&mut self, now: Instant, RtpId { ssrc, seq, ts }: RtpId) {
         self.give_up_buffer();
         self.wall_delta = self.arrival_pos(now) - self.next_pos as i64;
         self.window_min = i64::MAX;
         self.window_count = 0;
         self.window_len = FIRST_DRIFT_WINDOW;
-        self.stream = Some(StreamMap { ssrc, last_ts: ts, last_ext: ts as i64, offset: self.next_pos as i64 - ts as i64 });
+        self.stream = Some(StreamMap {
+            ssrc,
+            newest_seq: seq,
+            newest_ts: ts,
+            newest_at: now,
+            last_ts: ts,
+            last_ext: ts as i64,
+            offset: self.next_pos as i64 - ts as i64,
+        });
     }
 
     fn give_up_buffer(&mut self) {
@@ -203,16 +254,16 @@ impl JitterBuffer {
         self.buffer.clear();
     }
 
-    pub fn on_packet(&mut self, now: Instant, ssrc: u32, ts: u32, pcm: Vec<i16>, out: &mut Vec<Heard>) {
+    pub fn on_packet(&mut self, now: Instant, id: RtpId, pcm: Vec<i16>, out: &mut Vec<Heard>) {
         if pcm.is_empty() {
             return;
         }
-        let mut pos = self.map(now, ssrc, ts);
+        let mut pos = self.map(now, id);
         let window = samples(self.cfg.resync_after) as i64;
         if (pos - self.next_pos as i64).abs() > window {
             // A timestamp jump (sender restart, hold/resume): treat as a new stream.
             self.stats.resyncs += 1;
-            self.resync(now, ssrc, ts);
+            self.resync(now, id);
             pos = self.next_pos as i64;
         }
         let mut pcm = pcm;
@@ -246,6 +297,18 @@ impl JitterBuffer {
         self.drain(out);
         while self.buffer.len() > self.cfg.capacity {
             self.stats.overflow += 1;
+            let head_due = self.buffer.keys().next().is_some_and(|&head| self.due(head) <= now);
+            if !head_due {
+                // Audio from the future past what the buffer holds: a sender running
+                // ahead of real time, or one forging timestamps. Dropping its farthest
+                // packet costs what it sent too early; giving up the gap instead would
+                // invent silence ahead of the clock, as much as its timestamps claim,
+                // for every listener and the recording.
+                if let Some((_, dropped)) = self.buffer.pop_last() {
+                    self.stats.lost_samples += dropped.len() as u64;
+                }
+                continue;
+            }
             self.conceal_gap(out);
             self.drain(out);
         }
@@ -363,6 +426,11 @@ mod tests {
 
     const MS20: Duration = Duration::from_millis(20);
 
+    /// A packet of 20 ms frames: its sequence number follows from its timestamp.
+    fn id(ssrc: u32, ts: u32) -> RtpId {
+        RtpId { ssrc, seq: (ts / 160) as u16, ts }
+    }
+
     fn frame(tag: i16) -> Vec<i16> {
         vec![tag; FRAME_SAMPLES]
     }
@@ -385,9 +453,9 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 1, 1000, frame(1), &mut out);
+        jb.on_packet(t0, id(1, 1000), frame(1), &mut out);
         assert_eq!(out.len(), 1, "no added latency for in-order audio");
-        jb.on_packet(t0 + MS20, 1, 1160, frame(2), &mut out);
+        jb.on_packet(t0 + MS20, id(1, 1160), frame(2), &mut out);
         assert_eq!(flatten(&out), [frame(1), frame(2)].concat());
         assert_continuous(&out);
     }
@@ -397,11 +465,11 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 7, 0, frame(1), &mut out);
-        jb.on_packet(t0 + MS20, 7, 320, frame(3), &mut out);
-        jb.on_packet(t0 + MS20 * 2, 7, 480, frame(4), &mut out);
+        jb.on_packet(t0, id(7, 0), frame(1), &mut out);
+        jb.on_packet(t0 + MS20, id(7, 320), frame(3), &mut out);
+        jb.on_packet(t0 + MS20 * 2, id(7, 480), frame(4), &mut out);
         assert_eq!(out.len(), 1, "held while 160 is missing");
-        jb.on_packet(t0 + MS20 * 2, 7, 160, frame(2), &mut out);
+        jb.on_packet(t0 + MS20 * 2, id(7, 160), frame(2), &mut out);
         assert_eq!(flatten(&out), [frame(1), frame(2), frame(3), frame(4)].concat());
         assert_eq!(jb.stats.reordered, 1);
         assert_eq!(jb.stats.lost_samples, 0);
@@ -412,8 +480,8 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 7, 0, frame(1), &mut out);
-        jb.on_packet(t0 + MS20 * 2, 7, 320, frame(3), &mut out);
+        jb.on_packet(t0, id(7, 0), frame(1), &mut out);
+        jb.on_packet(t0 + MS20 * 2, id(7, 320), frame(3), &mut out);
         jb.on_tick(t0 + MS20 + Duration::from_millis(39), &mut out);
         assert_eq!(out.len(), 1, "still within hold");
         jb.on_tick(t0 + MS20 + Duration::from_millis(40), &mut out);
@@ -422,14 +490,14 @@ mod tests {
         assert_continuous(&out);
         // The lost packet turning up afterwards is late for the live stream: it comes
         // out once more, marked late, for the recording, where the silence was.
-        jb.on_packet(t0 + MS20 * 4, 7, 160, frame(2), &mut out);
+        jb.on_packet(t0 + MS20 * 4, id(7, 160), frame(2), &mut out);
         assert_eq!(jb.stats.late, 1);
         assert_eq!(out.len(), 4);
         assert_eq!((out[3].pos, out[3].late, &out[3].pcm), (160, true, &frame(2)));
         assert_eq!(out[3].wall_pos, out[1].wall_pos, "where the silence stood");
         assert_eq!(jb.stats.recovered_samples, 160);
         // A second copy of it finds no silence left to fill.
-        jb.on_packet(t0 + MS20 * 4, 7, 160, frame(2), &mut out);
+        jb.on_packet(t0 + MS20 * 4, id(7, 160), frame(2), &mut out);
         assert_eq!(out.len(), 4);
         assert_continuous(&out[..3]);
     }
@@ -439,7 +507,7 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        jb.on_packet(t0, id(7, 0), frame(1), &mut out);
         // The sender stalls for 200 ms: the live stream fills the frames due by then.
         jb.on_tick(t0 + MS20 * 10, &mut out);
         let filled: u64 = out.iter().filter(|h| h.concealed).map(|h| h.pcm.len() as u64).sum();
@@ -449,7 +517,7 @@ mod tests {
         assert_ne!(filled % 60, 0);
         out.clear();
         for k in 0..((filled + 320) / 60) {
-            jb.on_packet(t0 + MS20 * 10, 7, (160 + k * 60) as u32, vec![k as i16 + 1; 60], &mut out);
+            jb.on_packet(t0 + MS20 * 10, id(7, (160 + k * 60) as u32), vec![k as i16 + 1; 60], &mut out);
         }
         let recovered: Vec<i16> = out.iter().filter(|h| h.late).flat_map(|h| h.pcm.iter().copied()).collect();
         assert_eq!(recovered.len() as u64, filled, "exactly the filled part is recovered");
@@ -464,15 +532,15 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 7, 0, frame(1), &mut out);
+        jb.on_packet(t0, id(7, 0), frame(1), &mut out);
         // A gap at 160, then 1.5 s of audio, then the gap's packet (still within the
         // 2 s that would make it a new stream).
         for k in 2..77u32 {
             jb.on_tick(t0 + MS20 * k, &mut out);
-            jb.on_packet(t0 + MS20 * k, 7, k * 160, frame(1), &mut out);
+            jb.on_packet(t0 + MS20 * k, id(7, k * 160), frame(1), &mut out);
         }
         out.clear();
-        jb.on_packet(t0 + MS20 * 77, 7, 160, frame(2), &mut out);
+        jb.on_packet(t0 + MS20 * 77, id(7, 160), frame(2), &mut out);
         assert_eq!(jb.stats.resyncs, 0);
         assert!(out.is_empty(), "the recording has long closed that place");
         assert!(jb.concealed.len() <= 1);
@@ -483,10 +551,10 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 7, 0, frame(1), &mut out);
-        jb.on_packet(t0, 7, 0, frame(1), &mut out);
-        jb.on_packet(t0, 7, 320, frame(3), &mut out);
-        jb.on_packet(t0, 7, 320, frame(3), &mut out);
+        jb.on_packet(t0, id(7, 0), frame(1), &mut out);
+        jb.on_packet(t0, id(7, 0), frame(1), &mut out);
+        jb.on_packet(t0, id(7, 320), frame(3), &mut out);
+        jb.on_packet(t0, id(7, 320), frame(3), &mut out);
         assert_eq!(jb.stats.late + jb.stats.duplicate, 2);
         assert_eq!(out.len(), 1);
     }
@@ -501,7 +569,7 @@ mod tests {
         }
         // At 200 ms with a 40 ms hold, the frames due at 0..=160 ms are filled.
         assert_eq!(flatten(&out).len(), 9 * FRAME_SAMPLES);
-        jb.on_packet(t0 + MS20 * 10, 99, 5000, frame(5), &mut out);
+        jb.on_packet(t0 + MS20 * 10, id(99, 5000), frame(5), &mut out);
         assert_eq!(out.last().unwrap().pcm, frame(5));
         assert_continuous(&out);
     }
@@ -513,7 +581,7 @@ mod tests {
         let mut out = Vec::new();
         let start = u32::MAX - 159;
         for k in 0..4u32 {
-            jb.on_packet(t0 + MS20 * k, 3, start.wrapping_add(k * 160), frame(k as i16 + 1), &mut out);
+            jb.on_packet(t0 + MS20 * k, id(3, start.wrapping_add(k * 160)), frame(k as i16 + 1), &mut out);
         }
         assert_eq!(flatten(&out), [frame(1), frame(2), frame(3), frame(4)].concat());
         assert_eq!(jb.stats.resyncs, 0);
@@ -524,11 +592,69 @@ mod tests {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 1, 0, frame(1), &mut out);
-        jb.on_packet(t0 + MS20, 2, 777_777, frame(2), &mut out);
-        jb.on_packet(t0 + MS20 * 2, 2, 777_777 + 8000 * 60, frame(3), &mut out);
+        jb.on_packet(t0, id(1, 0), frame(1), &mut out);
+        jb.on_packet(t0 + MS20, id(2, 777_777), frame(2), &mut out);
+        jb.on_packet(t0 + MS20 * 2, id(2, 777_777 + 8000 * 60), frame(3), &mut out);
         assert_eq!(flatten(&out), [frame(1), frame(2), frame(3)].concat());
         assert_eq!(jb.stats.resyncs, 2);
+        assert_continuous(&out);
+    }
+
+    /// Two talkspurts of one SSRC, 0.6 s apart, sequence numbers running on; the second
+    /// starts its timestamps at `second_ts`. Returns what came out, ticked at 20 ms.
+    fn two_talkspurts(jb: &mut JitterBuffer, t0: Instant, second_ts: u32) -> Vec<Heard> {
+        let mut out = Vec::new();
+        let mut at = t0;
+        for k in 0..25u32 {
+            at = t0 + MS20 * k;
+            jb.on_tick(at, &mut out);
+            jb.on_packet(at, RtpId { ssrc: 4, seq: 100 + k as u16, ts: 8000 + k * 160 }, frame(1), &mut out);
+        }
+        for _ in 0..30 {
+            at += MS20;
+            jb.on_tick(at, &mut out);
+        }
+        for k in 0..15u32 {
+            at += MS20;
+            jb.on_tick(at, &mut out);
+            jb.on_packet(at, RtpId { ssrc: 4, seq: 125 + k as u16, ts: second_ts.wrapping_add(k * 160) }, frame(2), &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn timestamps_restarted_within_one_ssrc_are_reanchored() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        // The second talkspurt restarts its timestamps where the first began.
+        let out = two_talkspurts(&mut jb, t0, 8000);
+        let live: Vec<&Heard> = out.iter().filter(|h| !h.late).collect();
+        let heard: usize = live.iter().filter(|h| h.pcm.first() == Some(&2)).map(|h| h.pcm.len()).sum();
+        assert_eq!(heard, 15 * 160, "all 0.3 s of the second talkspurt reach the listener");
+        assert!(out.iter().all(|h| !h.late), "nothing of it is taken for late audio (it would overlay the past in the recording)");
+        let second = out.iter().find(|h| h.pcm.first() == Some(&2)).unwrap();
+        assert!(second.wall_pos >= 8000 * 11 / 10, "placed at its arrival (1.1 s), not over the first talkspurt: {}", second.wall_pos);
+        assert_eq!(jb.stats.discontinuities, 1);
+        assert_continuous(&out);
+    }
+
+    #[test]
+    fn a_timestamp_leap_ahead_of_time_is_reanchored_and_a_real_pause_is_not() {
+        let t0 = Instant::now();
+        // A pause of 0.6 s: the timestamps move on by 0.6 s (DTX), as they should.
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let out = two_talkspurts(&mut jb, t0, 8000 + 25 * 160 + 31 * 160);
+        assert_eq!(jb.stats.discontinuities, 0);
+        assert_eq!(jb.stats.resyncs, 0);
+        assert_eq!(out.iter().filter(|h| h.pcm.first() == Some(&2)).map(|h| h.pcm.len()).sum::<usize>(), 15 * 160);
+        // Timestamps 2 s on while 0.6 s passed (more than FORWARD_JUMP ahead, less than
+        // resync_after): re-anchored, no 1.4 s of invented silence before the second
+        // talkspurt.
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let out = two_talkspurts(&mut jb, t0, 8000 + 25 * 160 + 8000 * 2);
+        assert_eq!(jb.stats.discontinuities, 1);
+        let total: usize = out.iter().map(|h| h.pcm.len()).sum();
+        assert!(total <= (25 + 31 + 15) * 160 + 320, "{total} samples out for 1.42 s of call");
         assert_continuous(&out);
     }
 
@@ -538,9 +664,9 @@ mod tests {
         let cfg = JitterConfig { capacity: 4, ..Default::default() };
         let mut jb = JitterBuffer::new(cfg, t0);
         let mut out = Vec::new();
-        jb.on_packet(t0, 1, 0, frame(1), &mut out);
+        jb.on_packet(t0, id(1, 0), frame(1), &mut out);
         for k in 2..8u32 {
-            jb.on_packet(t0, 1, k * 160, frame(k as i16), &mut out);
+            jb.on_packet(t0, id(1, k * 160), frame(k as i16), &mut out);
         }
         assert!(jb.buffered_packets() <= 4);
         assert!(jb.stats.overflow > 0);
@@ -563,7 +689,7 @@ mod tests {
             let at = t0 + Duration::from_micros(sent_us + 5_000 + jitter_us);
             jb.on_tick(at, &mut out);
             out.clear();
-            jb.on_packet(at, 42, (k * 160) as u32, frame(1), &mut out);
+            jb.on_packet(at, id(42, (k * 160) as u32), frame(1), &mut out);
             for h in out.iter().filter(|h| !h.concealed) {
                 let true_pos = (sent_us * 8 / 1000) as i64;
                 worst = worst.max((h.wall_pos as i64 - true_pos).abs());
@@ -581,7 +707,7 @@ mod tests {
         for k in 0..20u64 {
             // The first packet is 30 ms late; the rest arrive 1 ms after sending.
             let delay = if k == 0 { 30_000 } else { 1_000 };
-            jb.on_packet(t0 + Duration::from_micros(k * 20_000 + delay), 1, (k * 160) as u32, frame(1), &mut out);
+            jb.on_packet(t0 + Duration::from_micros(k * 20_000 + delay), id(1, (k * 160) as u32), frame(1), &mut out);
         }
         let last = out.last().unwrap();
         let true_pos = 19 * 160 + 8; // sent at 380 ms, heard 1 ms later
@@ -598,7 +724,7 @@ mod tests {
         for k in 0..30_000u64 {
             let at = t0 + Duration::from_micros(k * 20_020);
             jb.on_tick(at, &mut out);
-            jb.on_packet(at, 5, (k * 160) as u32, frame(1), &mut out);
+            jb.on_packet(at, id(5, (k * 160) as u32), frame(1), &mut out);
         }
         assert_eq!(jb.stats.late, 0);
         assert_eq!(jb.stats.lost_samples, 0);

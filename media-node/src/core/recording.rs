@@ -218,7 +218,7 @@ mod tests {
         // A clock read before the start (or at it) is position 0, never a panic.
         assert_eq!(timeline_position(started + Duration::from_secs(1), started), 0);
     }
-    use crate::core::jitter::{Heard, JitterBuffer, JitterConfig};
+    use crate::core::jitter::{Heard, JitterBuffer, JitterConfig, RtpId};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -363,7 +363,7 @@ mod tests {
                 next_tick += 1;
             }
             let pcm = if speaking(k) { vec![20000; 160] } else { vec![0; 160] };
-            jb.on_packet(t0 + Duration::from_micros(arrive_us), 9, (k * 160) as u32, pcm, &mut heard);
+            jb.on_packet(t0 + Duration::from_micros(arrive_us), RtpId { ssrc: 9, seq: k as u16, ts: (k * 160) as u32 }, pcm, &mut heard);
         }
         assert!(max_held < 8000 * 2, "memory held stays bounded: {max_held} samples");
         assert!(left_onsets.len() >= 350, "found {} caller bursts", left_onsets.len());

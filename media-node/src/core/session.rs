@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::g711::Codec;
-use super::jitter::{Heard, JitterBuffer, JitterConfig, FRAME_SAMPLES};
+use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
 use super::playback::{FrameSource, Playback, PlaybackId, PlaybackOutcome};
@@ -105,6 +105,7 @@ pub struct Counters {
     pub late: u64,
     pub lost_samples: u64,
     pub recovered_samples: u64,
+    pub discontinuities: u64,
     pub frames_skipped: u64,
 }
 
@@ -187,6 +188,7 @@ impl Session {
         self.counters.late += (j.late + j.duplicate) - (self.reported_jitter.late + self.reported_jitter.duplicate);
         self.counters.lost_samples += j.lost_samples - self.reported_jitter.lost_samples;
         self.counters.recovered_samples += j.recovered_samples - self.reported_jitter.recovered_samples;
+        self.counters.discontinuities += j.discontinuities - self.reported_jitter.discontinuities;
         self.counters.frames_skipped += self.pacer.skipped - self.reported_skips;
         self.reported_jitter = j;
         self.reported_skips = self.pacer.skipped;
@@ -235,7 +237,7 @@ impl Session {
             self.playback.push_echo(&pcm);
         }
         self.interarrival.on_packet(now, packet.ssrc, packet.timestamp);
-        self.jitter.on_packet(now, packet.ssrc, packet.timestamp, pcm, &mut out.heard);
+        self.jitter.on_packet(now, RtpId { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp }, pcm, &mut out.heard);
     }
 
     /// RFC 3550 interarrival jitter of the caller's RTP so far, in seconds (None before

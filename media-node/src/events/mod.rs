@@ -95,7 +95,7 @@ impl EventPublisher {
         self.enqueue(PLAYBACK_FINISHED, ev.encode_to_vec());
     }
 
-    pub fn recording_available(&self, call_id: &str, trace_id: &str, recording_uri: &str, public_url: &str) {
+    pub fn recording_available(&self, call_id: &str, trace_id: &str, recording_uri: &str, public_url: &str, cut_short: bool) {
         let ev = CallRecordingAvailableEvent {
             event_type: RECORDING_AVAILABLE.into(),
             trace_id: trace_id.into(),
@@ -103,6 +103,7 @@ impl EventPublisher {
             timestamp: Some(now()),
             recording_uri: recording_uri.into(),
             public_url: public_url.into(),
+            cut_short,
         };
         self.enqueue(RECORDING_AVAILABLE, ev.encode_to_vec());
     }
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn nothing_is_kept_without_a_broker() {
         let p = EventPublisher::new(false, String::new(), 10, Arc::new(Metrics::new()));
-        p.recording_available("c", "t", "s3://b/k", "");
+        p.recording_available("c", "t", "s3://b/k", "", false);
         assert_eq!(p.queued(), 0);
     }
 }

@@ -211,6 +211,6 @@ impl MediaSvc {
                 }
             }
         }
-        Err(NodeError::UnknownCall(first.call_id).into())
+        Err(NodeError::UnknownCall(crate::echo::clip(&first.call_id)).into())
     }
 }

@@ -26,8 +26,10 @@ use crate::audio::decode;
 use crate::audio::listener::{media_type, LISTEN_RATES};
 use crate::audio::tts::TtsDecoder;
 use crate::audio::uri::{self, AudioUri, Control as UriControl};
+use crate::call::task::MAX_LISTENERS;
 use crate::call::{CallCommand, CallHandle, Control, StreamEnd};
 use crate::core::recording::Channels;
+use crate::echo::{bounded, clip};
 use crate::node::{Node, NodeError};
 use crate::recording::store::Delivered;
 use crate::recording::{Destination, RecordingSpec};
@@ -77,7 +79,7 @@ impl MediaSvc {
             if let Some(peer) = self.route(req.metadata(), port) {
                 return self.forward(method, started, &peer, &req, timeout, forward).await;
             }
-            let result = local(req.into_inner()).await.map(Response::new);
+            let result = local(req.into_inner()).await.map(Response::new).map_err(bounded);
             self.observe(method, started, &result);
             result
         }
@@ -91,7 +93,7 @@ impl MediaSvc {
         F: Future<Output = Result<Response<T>, Status>>,
     {
         let started = Instant::now();
-        let result = serve.instrument(tracing::info_span!("rpc", method, trace_id = %trace)).await;
+        let result = serve.instrument(tracing::info_span!("rpc", method, trace_id = %trace)).await.map_err(bounded);
         self.observe(method, started, &result);
         result
     }
@@ -129,7 +131,10 @@ fn parse_target(raw: &str) -> Result<Option<SocketAddr>, Status> {
     if raw.trim().is_empty() {
         return Ok(None);
     }
-    raw.trim().parse::<SocketAddr>().map(Some).map_err(|_| Status::invalid_argument(format!("rtp_target_addr {raw:?} is not ip:port")))
+    raw.trim()
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| Status::invalid_argument(format!("rtp_target_addr {:?} is not ip:port", clip(raw))))
 }
 
 /// Sends the call a command that carries a reply channel and waits for the reply; a
@@ -207,7 +212,11 @@ impl MediaService for MediaSvc {
                 }
                 let call = self.node.call(r.server_rtp_port)?;
                 let (tx, rx) = mpsc::channel(crate::call::task::LISTENER_QUEUE);
-                call.commands.send(CallCommand::Listen { rate, frames: tx }).await.map_err(|_| NodeError::CallGone)?;
+                if !ask(&call, |attached| CallCommand::Listen { rate, frames: tx, attached }).await? {
+                    return Err(Status::resource_exhausted(format!(
+                        "this call has {MAX_LISTENERS} listeners already (the most one call takes): close one first"
+                    )));
+                }
                 info!(rate, "listener attached");
                 let mt = media_type(rate);
                 let stream = ReceiverStream::new(rx).map(move |audio_data| Ok(RecordAudioResponse { audio_data, media_type: mt.clone() }));
@@ -230,6 +239,9 @@ impl MediaService for MediaSvc {
                 let call = self.node.call(r.server_rtp_port)?;
                 let destination =
                     Destination::parse(&r.output_uri, self.node.config.recording.default_destination.as_ref()).map_err(NodeError::from)?;
+                if let Destination::File { dir } = &destination {
+                    crate::recording::destination::contained(&self.node.config.recording.recordings_root, dir).map_err(NodeError::from)?;
+                }
                 let rate = r.sample_rate.unwrap_or(8000);
                 if rate != 8000 && rate != 16000 {
                     return Err(Status::invalid_argument(format!("sample_rate {rate} is not 8000 or 16000")));
@@ -237,7 +249,7 @@ impl MediaService for MediaSvc {
                 let channels = match r.format.as_deref().map(|f| f.trim().to_ascii_lowercase()).as_deref() {
                     None | Some("") | Some("wav") | Some("mono") | Some("mixed") => Channels::Mono,
                     Some("stereo") => Channels::Stereo,
-                    Some(other) => return Err(Status::invalid_argument(format!("format {other:?} is not mono or stereo"))),
+                    Some(other) => return Err(Status::invalid_argument(format!("format {:?} is not mono or stereo", clip(other)))),
                 };
                 let call_id = if r.call_id.is_empty() { call.call_id.clone() } else { r.call_id.clone() };
                 let trace_id = if r.trace_id.is_empty() { trace } else { r.trace_id.clone() };
@@ -380,7 +392,13 @@ async fn pump_tts(
         if !pcm.is_empty() && chunks.send(pcm).await.is_err() {
             break; // the call ended
         }
-        match inbound.message().await {
+        // A client that only sends keep-alives learns at once that its call ended or that
+        // a newer prompt took over, not at its next chunk.
+        let next = tokio::select! {
+            next = inbound.message() => next,
+            _ = chunks.closed() => break,
+        };
+        match next {
             Ok(next) => msg = next,
             Err(e) => {
                 warn!(error = %e, "TTS stream broke off");

@@ -1,11 +1,12 @@
 //! Parsing a StartRecording `output_uri` into a place that cannot escape its bucket or
 //! directory, and naming the object: `<prefix>/YYYY/MM/DD/<call_id>.wav`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::audio::uri::relative_prompt_path;
+use crate::echo::clip;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -29,7 +30,13 @@ pub enum DestinationError {
     Bucket(String),
     #[error("output_uri {0:?} leaves its bucket or folder")]
     Escapes(String),
+    #[error("output_uri prefix or folder is {0} bytes; at most {MAX_PREFIX} (S3 keys end at 1024 bytes with the date and call id)")]
+    TooLong(usize),
 }
+
+/// The longest prefix or folder a destination may have: an S3 key is at most 1024
+/// bytes, and `/YYYY/MM/DD/<call_id up to 128>-<segment>.wav` takes up to about 160.
+pub const MAX_PREFIX: usize = 512;
 
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
@@ -48,25 +55,54 @@ impl Destination {
         if let Some(rest) = uri.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if !valid_bucket(bucket) {
-                return Err(DestinationError::Bucket(bucket.to_string()));
+                return Err(DestinationError::Bucket(clip(bucket)));
             }
             let mut parts = Vec::new();
             for seg in prefix.split('/').filter(|s| !s.is_empty()) {
                 if seg == ".." || seg == "." || seg.contains('\\') || seg.chars().any(|c| c.is_control()) {
-                    return Err(DestinationError::Escapes(uri.to_string()));
+                    return Err(DestinationError::Escapes(clip(uri)));
                 }
                 parts.push(seg);
             }
-            return Ok(Destination::S3 { bucket: bucket.to_string(), prefix: parts.join("/") });
+            let prefix = parts.join("/");
+            if prefix.len() > MAX_PREFIX {
+                return Err(DestinationError::TooLong(prefix.len()));
+            }
+            return Ok(Destination::S3 { bucket: bucket.to_string(), prefix });
         }
         if let Some(rest) = uri.strip_prefix("file://") {
             if rest.trim_matches('/').is_empty() {
                 return Ok(Destination::File { dir: PathBuf::new() });
             }
-            return relative_prompt_path(rest).map(|dir| Destination::File { dir }).map_err(|_| DestinationError::Escapes(uri.to_string()));
+            let dir = relative_prompt_path(rest).map_err(|_| DestinationError::Escapes(clip(uri)))?;
+            if dir.as_os_str().len() > MAX_PREFIX {
+                return Err(DestinationError::TooLong(dir.as_os_str().len()));
+            }
+            return Ok(Destination::File { dir });
         }
-        Err(DestinationError::Scheme(uri.chars().take(60).collect()))
+        Err(DestinationError::Scheme(clip(uri)))
     }
+}
+
+/// Where a file recording under `root` would be written, proved to stay inside `root`
+/// once symlinks are followed: the deepest part of `root/relative` that exists is
+/// resolved and must still be under the resolved root. The parser already refuses
+/// `..`; this stops a symlink inside the recordings root (planted by whoever can write
+/// there) from carrying a recording elsewhere.
+pub fn contained(root: &Path, relative: &Path) -> Result<PathBuf, DestinationError> {
+    let escapes = || DestinationError::Escapes(clip(&relative.display().to_string()));
+    std::fs::create_dir_all(root).map_err(|_| escapes())?;
+    let real_root = root.canonicalize().map_err(|_| escapes())?;
+    let full = root.join(relative);
+    let mut existing = full.as_path();
+    while !existing.exists() {
+        existing = existing.parent().ok_or_else(escapes)?;
+    }
+    let real = existing.canonicalize().map_err(|_| escapes())?;
+    if !real.starts_with(&real_root) {
+        return Err(escapes());
+    }
+    Ok(full)
 }
 
 /// A call id made safe as a file or object name.
@@ -93,6 +129,18 @@ pub fn object_key(prefix: &str, date: (i16, i8, i8), call_id: &str, segment: u32
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_symlink_inside_the_recordings_root_does_not_carry_a_recording_out() {
+        let base = std::env::temp_dir().join(format!("contained-{}-{}", std::process::id(), rand::random::<u32>()));
+        let root = base.join("recordings");
+        std::fs::create_dir_all(root.join("tenant")).unwrap();
+        std::os::unix::fs::symlink(&base, root.join("out")).unwrap();
+        assert_eq!(contained(&root, Path::new("tenant/a/b")).unwrap(), root.join("tenant/a/b"), "new folders under the root are fine");
+        assert!(matches!(contained(&root, Path::new("out/x")), Err(DestinationError::Escapes(_))));
+        assert!(matches!(contained(&root, Path::new("out")), Err(DestinationError::Escapes(_))));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     use super::*;
 
     #[test]
@@ -116,6 +164,10 @@ mod tests {
         assert!(matches!(Destination::parse("s3://Bad_Bucket/x", None), Err(DestinationError::Bucket(_))));
         assert!(matches!(Destination::parse("s3://a/x", None), Err(DestinationError::Bucket(_))));
         assert!(matches!(Destination::parse("http://x/y", None), Err(DestinationError::Scheme(_))));
+        // A prefix that no S3 key could hold is refused now, not retried forever later.
+        let long = format!("s3://calls/{}", "x/".repeat(300));
+        assert_eq!(Destination::parse(&long, None), Err(DestinationError::TooLong(599)));
+        assert!(matches!(Destination::parse(&format!("file://{}", "d/".repeat(300)), None), Err(DestinationError::TooLong(_))));
     }
 
     #[test]

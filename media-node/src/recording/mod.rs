@@ -1,7 +1,9 @@
 //! Call recordings: where they go (`destination`), how a finished recording becomes
 //! durable (`store`: local spool first, then S3 or the local recordings root, retried
-//! until it succeeds, also across restarts), and the per-call writer (`writer`).
+//! until it succeeds, also across restarts), the per-call writer (`writer`), and the
+//! recordings a hard stop left unfinished, recovered at the next start (`recover`).
 pub mod destination;
+pub mod recover;
 pub mod store;
 pub mod writer;
 

@@ -4,7 +4,8 @@
 //! tries to store it (S3, or the local recordings root); if storage is down it stays in
 //! the spool and a background loop retries with backoff until it succeeds, also after
 //! a restart, since the loop starts by picking up every manifest it finds. Nothing is
-//! deleted from the spool before the store has confirmed the object.
+//! deleted from the spool before the store has confirmed the object. Recordings a hard
+//! stop left unfinished are recovered first (`recover`), flagged cut short.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -148,7 +149,7 @@ impl RecordingStore {
                 self.metrics.uploads_pending.set(r.len() as i64);
                 self.metrics.recording_bytes.inc_by(job.bytes);
                 info!(call_id = %job.call_id, uri = %job.uri(), bytes = job.bytes, "recording stored");
-                self.events.recording_available(&job.call_id, &job.trace_id, &job.uri(), &self.public_url(job));
+                self.events.recording_available(&job.call_id, &job.trace_id, &job.uri(), &self.public_url(job), job.cut_short);
             }
             Err(_) => self.metrics.upload_failures.inc(),
         }
@@ -174,7 +175,8 @@ impl RecordingStore {
             "file" => {
                 let dir = crate::audio::uri::relative_prompt_path(&format!("{}/{}", job.target, job.key))
                     .map_err(|e| anyhow::anyhow!("recording path: {e}"))?;
-                let dest = self.config.recordings_root.join(dir);
+                // Checked again here: a symlink may have appeared since StartRecording.
+                let dest = super::destination::contained(&self.config.recordings_root, &dir).map_err(|e| anyhow::anyhow!("{e}"))?;
                 if let Some(parent) = dest.parent() {
                     tokio::fs::create_dir_all(parent).await?;
                 }
@@ -235,6 +237,25 @@ impl RecordingStore {
             let _ = self.s3.abort_multipart_upload().bucket(&job.target).key(&job.key).upload_id(&id).send().await;
         }
         result
+    }
+
+    /// Turns what a hard stop left unfinished in the spool into recordings to store
+    /// (see `recover`). Call before the node serves: it renames `.part` files, which
+    /// must not be ones this process is writing.
+    pub fn recover_spool(&self) -> usize {
+        let got = super::recover::recover_spool(&self.config.spool_dir);
+        for job in &got.cut_short {
+            self.metrics.recordings_recovered.inc();
+            warn!(call_id = %job.call_id, uri = %job.uri(), seconds = job.seconds, "recording cut short by the node's last stop recovered; storing it");
+        }
+        for job in &got.finished {
+            info!(call_id = %job.call_id, uri = %job.uri(), "finished recording without manifest recovered");
+        }
+        for part in &got.orphaned {
+            warn!(part = %part.display(), "unfinished recording with no destination left in the spool");
+        }
+        self.metrics.spool_orphans.set(got.orphaned.len() as i64);
+        got.cut_short.len() + got.finished.len()
     }
 
     /// Picks up every spooled recording (from before a restart too).

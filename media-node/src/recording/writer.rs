@@ -2,6 +2,11 @@
 //! as the call goes (so memory stays bounded whatever the length). Finishing it
 //! finalises the WAV and leaves a manifest beside it: from then on the recording is
 //! durable on local disk, whatever happens to storage or to this process.
+//!
+//! Before the first sample, the recording's destination is written beside the
+//! `.wav.part` (`.wav.part.meta`), so that a node killed mid-call (kill -9, an OOM
+//! kill, SIGKILL after the grace period) finds at its next start what it was writing
+//! and where it was to go (`recover`).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -39,6 +44,9 @@ pub struct RecordingJob {
     pub trace_id: String,
     pub bytes: u64,
     pub seconds: f64,
+    /// The node stopped before finishing it; this is what reached its disk.
+    #[serde(default)]
+    pub cut_short: bool,
 }
 
 impl RecordingJob {
@@ -61,10 +69,23 @@ impl RecordingJob {
     }
 
     pub fn write_manifest(&self) -> std::io::Result<()> {
-        let tmp = self.wav.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("manifest serialises"))?;
-        std::fs::rename(tmp, self.manifest_path())
+        write_json(&self.manifest_path(), self)
     }
+}
+
+/// The destination of a recording still being written: `<name>.wav.part.meta`.
+pub fn meta_path(part: &Path) -> PathBuf {
+    let mut name = part.as_os_str().to_owned();
+    name.push(".meta");
+    PathBuf::from(name)
+}
+
+/// Written whole or not at all: to a temporary name, then renamed over.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).expect("manifest serialises"))?;
+    std::fs::rename(tmp, path)
 }
 
 pub struct RecordingWriter {
@@ -73,7 +94,8 @@ pub struct RecordingWriter {
     resamplers: Vec<Resampler>,
     wav: hound::WavWriter<BufWriter<File>>,
     part: PathBuf,
-    started: Timestamp,
+    /// The manifest it will have, sizes still 0; also in the `.meta` file.
+    job: RecordingJob,
     frames_written: u64,
     mixed: Vec<i16>,
     channel_buf: Vec<Vec<i16>>,
@@ -86,6 +108,24 @@ impl RecordingWriter {
         std::fs::create_dir_all(spool)?;
         let started = Timestamp::now();
         let part = spool.join(format!("{}-{}-{:08x}.wav.part", safe_name(&spec.call_id), started.as_millisecond(), rand::random::<u32>()));
+        let date = started.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
+        let (kind, target, prefix) = match &spec.destination {
+            Destination::S3 { bucket, prefix } => ("s3", bucket.clone(), prefix.clone()),
+            Destination::File { dir } => ("file", dir.display().to_string(), String::new()),
+        };
+        let job = RecordingJob {
+            wav: part.with_extension(""),
+            kind: kind.into(),
+            target,
+            key: object_key(&prefix, (date.year(), date.month(), date.day()), &spec.call_id, spec.segment),
+            call_id: spec.call_id.clone(),
+            trace_id: spec.trace_id.clone(),
+            bytes: 0,
+            seconds: 0.0,
+            cut_short: false,
+        };
+        // The destination first: a `.part` is never on disk without it.
+        write_json(&meta_path(&part), &job)?;
         let wav_spec = hound::WavSpec {
             channels: spec.channels.count(),
             sample_rate: spec.rate,
@@ -100,7 +140,7 @@ impl RecordingWriter {
             spec,
             wav,
             part,
-            started,
+            job,
             frames_written: 0,
             mixed: Vec::new(),
             channel_buf: vec![Vec::new(); n],
@@ -184,24 +224,12 @@ impl RecordingWriter {
         self.timeline.finish(end_pos, &mut self.mixed);
         self.write_mixed()?;
         self.wav.finalize().map_err(std::io::Error::other)?;
-        let wav = self.part.with_extension("");
-        std::fs::rename(&self.part, &wav)?;
-        let date = self.started.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
-        let (kind, target, prefix) = match &self.spec.destination {
-            Destination::S3 { bucket, prefix } => ("s3", bucket.clone(), prefix.clone()),
-            Destination::File { dir } => ("file", dir.display().to_string(), String::new()),
-        };
-        let job = RecordingJob {
-            bytes: std::fs::metadata(&wav)?.len(),
-            seconds: self.frames_written as f64 / self.spec.rate as f64,
-            wav,
-            kind: kind.into(),
-            target,
-            key: object_key(&prefix, (date.year(), date.month(), date.day()), &self.spec.call_id, self.spec.segment),
-            call_id: self.spec.call_id.clone(),
-            trace_id: self.spec.trace_id.clone(),
-        };
+        let mut job = self.job;
+        std::fs::rename(&self.part, &job.wav)?;
+        job.bytes = std::fs::metadata(&job.wav)?.len();
+        job.seconds = self.frames_written as f64 / self.spec.rate as f64;
         job.write_manifest()?;
+        let _ = std::fs::remove_file(meta_path(&self.part));
         Ok(job)
     }
 }

@@ -1,0 +1,390 @@
+//! Fuzz targets for every parser that takes input from outside the node: RTP and RTCP
+//! datagrams, the jitter buffer and the whole call core fed arbitrary packet
+//! sequences, audio URIs, WAV prompts, TTS chunks and recording destinations. Each
+//! target is a `fn(&[u8])` (the shape libFuzzer and cargo-fuzz use) that asserts
+//! invariants: no panic, bounded output and memory, a round trip where one exists.
+//!
+//! They run under plain `cargo test` on the stable toolchain: each first replays its
+//! committed corpus (`media-node/fuzz/corpus/<target>/`, one file per input; an input
+//! that once found a bug stays there as its regression test), then tries mutations of
+//! the corpus (bit flips, byte runs, splices, cuts, random bytes) for
+//! `MEDIA_FUZZ_SECONDS` (default 20). The seed is printed and `MEDIA_FUZZ_SEED`
+//! replays it; an input that fails is written out to be added to the corpus.
+//!
+//! This is a mutation fuzzer without coverage feedback: it finds what random and
+//! near-valid inputs find, not what needs a long chain of coverage. bolero, the
+//! front-end we would have used for libFuzzer, pins `indexmap =2.11.2` in its derive
+//! crate and would downgrade the whole workspace's indexmap (h2, tonic, kube) for a
+//! test tool; the targets keep libFuzzer's shape so they can move to it later.
+
+#[cfg(test)]
+mod driver {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use rand::{Rng, SeedableRng};
+
+    /// Inputs are kept at most this long: memory stays bounded, and every parser here
+    /// rejects far less than this long before it matters.
+    const MAX_INPUT: usize = 64 * 1024;
+
+    fn corpus_dir(target: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("corpus").join(target)
+    }
+
+    pub fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir(target))
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.into_iter().filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b))).collect()
+    }
+
+    fn budget() -> Duration {
+        Duration::from_secs_f64(std::env::var("MEDIA_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20.0))
+    }
+
+    fn mutate(rng: &mut impl Rng, base: &[u8], others: &[(PathBuf, Vec<u8>)]) -> Vec<u8> {
+        let mut v = base.to_vec();
+        for _ in 0..rng.random_range(1..=8) {
+            match rng.random_range(0..8) {
+                0 if !v.is_empty() => {
+                    let i = rng.random_range(0..v.len());
+                    v[i] ^= 1 << rng.random_range(0..8);
+                }
+                1 if !v.is_empty() => {
+                    let i = rng.random_range(0..v.len());
+                    v[i] = [0, 0xff, 0x7f, 0x80, b'/', b'.', b'%', b','][rng.random_range(0..8)];
+                }
+                2 => {
+                    let i = rng.random_range(0..=v.len());
+                    let n = rng.random_range(1..64);
+                    let b: u8 = rng.random();
+                    v.splice(i..i, std::iter::repeat_n(b, n));
+                }
+                3 if !v.is_empty() => {
+                    let i = rng.random_range(0..v.len());
+                    let n = rng.random_range(1..=(v.len() - i).min(64));
+                    v.drain(i..i + n);
+                }
+                4 => v.truncate(rng.random_range(0..=v.len())),
+                5 if !others.is_empty() => {
+                    let other = &others[rng.random_range(0..others.len())].1;
+                    let i = rng.random_range(0..=v.len());
+                    let j = rng.random_range(0..=other.len());
+                    v.truncate(i);
+                    v.extend_from_slice(&other[j..]);
+                }
+                6 => {
+                    let n = rng.random_range(0..256);
+                    v.extend((0..n).map(|_| rng.random::<u8>()));
+                }
+                _ if v.len() >= 4 => {
+                    // An interesting number into a length or rate field.
+                    let i = rng.random_range(0..v.len() - 3);
+                    let n: u32 = [0, 1, 0x7fff_ffff, 0xffff_ffff, 8000, 16000, 48000, 65535][rng.random_range(0..8)];
+                    v[i..i + 4].copy_from_slice(&n.to_le_bytes());
+                }
+                _ => {}
+            }
+        }
+        v.truncate(MAX_INPUT);
+        v
+    }
+
+    /// Replays the corpus, then tries mutations until the time budget is spent.
+    pub fn fuzz(target: &str, run: impl Fn(&[u8])) {
+        let corpus = corpus(target);
+        for (path, input) in &corpus {
+            if catch_unwind(AssertUnwindSafe(|| run(input))).is_err() {
+                panic!("{target}: corpus input {} fails", path.display());
+            }
+        }
+        let seed: u64 = std::env::var("MEDIA_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+        eprintln!("fuzz {target}: {} corpus inputs, MEDIA_FUZZ_SEED={seed}", corpus.len());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let deadline = Instant::now() + budget();
+        let mut tried = 0u64;
+        while Instant::now() < deadline {
+            let base: &[u8] =
+                if corpus.is_empty() || rng.random_range(0..10) == 0 { &[] } else { &corpus[rng.random_range(0..corpus.len())].1 };
+            let input = mutate(&mut rng, base, &corpus);
+            if catch_unwind(AssertUnwindSafe(|| run(&input))).is_err() {
+                let dir = std::env::temp_dir().join("media-fuzz-crashes");
+                let _ = std::fs::create_dir_all(&dir);
+                let file = dir.join(format!("{target}-{seed}-{tried}"));
+                let _ = std::fs::write(&file, &input);
+                panic!(
+                    "{target}: input {tried} of MEDIA_FUZZ_SEED={seed} fails; written to {} (copy it into {} as a regression input)",
+                    file.display(),
+                    corpus_dir(target).display()
+                );
+            }
+            tried += 1;
+        }
+        eprintln!("fuzz {target}: {tried} inputs tried");
+    }
+
+    /// Reads structure out of fuzz bytes (zeros once they run out).
+    pub struct Bytes<'a>(pub &'a [u8]);
+
+    impl Bytes<'_> {
+        pub fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+        pub fn u8(&mut self) -> u8 {
+            let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
+            self.0 = rest;
+            b
+        }
+        pub fn u16(&mut self) -> u16 {
+            u16::from_le_bytes([self.u8(), self.u8()])
+        }
+        pub fn u32(&mut self) -> u32 {
+            u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+        }
+        pub fn take(&mut self, n: usize) -> &[u8] {
+            let (head, rest) = self.0.split_at(n.min(self.0.len()));
+            self.0 = rest;
+            head
+        }
+    }
+}
+
+#[cfg(test)]
+mod targets {
+    use std::net::SocketAddr;
+    use std::path::Component;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::driver::{fuzz, Bytes};
+    use crate::audio::decode::{self, MAX_PROMPT_SECONDS};
+    use crate::audio::tts::TtsDecoder;
+    use crate::audio::uri::{self, AudioUri};
+    use crate::core::jitter::{JitterBuffer, JitterConfig, RtpId};
+    use crate::core::rtp::{self, Datagram, RtpHeader};
+    use crate::core::session::{Command, Outputs, Session, SessionConfig};
+    use crate::recording::Destination;
+
+    pub fn rtp_datagram(data: &[u8]) {
+        match rtp::classify(data) {
+            Ok(Datagram::Rtp(p)) => {
+                assert!(p.payload.len() + 12 <= data.len(), "the payload lies inside the datagram");
+                // What we would send for it parses back to the same header and payload.
+                let h = RtpHeader {
+                    marker: p.marker,
+                    payload_type: p.payload_type,
+                    sequence: p.sequence,
+                    timestamp: p.timestamp,
+                    ssrc: p.ssrc,
+                };
+                let again = rtp::build(h, p.payload);
+                let q = rtp::parse(&again).expect("our own packet parses");
+                assert_eq!(
+                    (q.marker, q.payload_type, q.sequence, q.timestamp, q.ssrc),
+                    (p.marker, p.payload_type, p.sequence, p.timestamp, p.ssrc)
+                );
+                assert_eq!(q.payload, p.payload);
+            }
+            Ok(Datagram::Rtcp) => assert!(rtp::is_rtcp(data)),
+            Err(_) => {}
+        }
+    }
+
+    /// Packets as a caller or an attacker might send them: any SSRC, sequence and
+    /// timestamp steps, payload lengths and arrival gaps, with ticks between.
+    pub fn jitter_buffer(data: &[u8]) {
+        let mut b = Bytes(data);
+        let t0 = Instant::now();
+        let cfg = JitterConfig::default();
+        let mut jb = JitterBuffer::new(cfg, t0);
+        let mut out = Vec::new();
+        let (mut now, mut seq, mut ts) = (t0, 0u16, 0u32);
+        let (mut live_end, mut invented) = (None::<u64>, 0u64);
+        while !b.is_empty() {
+            now += Duration::from_millis(b.u8() as u64);
+            let ssrc = (b.u8() % 3) as u32;
+            seq = seq.wrapping_add(b.u16());
+            ts = ts.wrapping_add(b.u32());
+            let len = (b.u16() % 1200) as usize;
+            jb.on_packet(now, RtpId { ssrc, seq, ts }, vec![1; len], &mut out);
+            jb.on_tick(now, &mut out);
+            assert!(jb.buffered_packets() <= cfg.capacity, "the buffer stays bounded");
+            for h in out.drain(..) {
+                if h.late {
+                    continue;
+                }
+                if let Some(end) = live_end {
+                    assert_eq!(h.pos, end, "the live stream has no hole or overlap");
+                }
+                live_end = Some(h.pos + h.pcm.len() as u64);
+                if h.concealed {
+                    invented += h.pcm.len() as u64;
+                }
+            }
+        }
+        // Silence is only filled in for time that passed: whatever its timestamps
+        // claim, a sender cannot make the node invent audio ahead of the clock (for
+        // every listener and the recording).
+        let elapsed = now.duration_since(t0).as_millis() as u64 * 8;
+        assert!(invented <= elapsed + 160, "{invented} samples of silence invented in {elapsed}");
+    }
+
+    /// The whole call core: datagrams from one of a few addresses, ticks, barge-ins.
+    pub fn session(data: &[u8]) {
+        let mut b = Bytes(data);
+        let t0 = Instant::now();
+        let cfg =
+            SessionConfig { ssrc: 1, initial_sequence: 2, initial_timestamp: 3, symmetric_rtp: true, jitter: JitterConfig::default() };
+        let mut s = Session::new(cfg, t0);
+        let mut out = Outputs::default();
+        let peers: [SocketAddr; 3] = ["127.0.0.1:4000".parse().unwrap(), "127.0.0.2:4000".parse().unwrap(), "[::1]:4002".parse().unwrap()];
+        let mut now = t0;
+        s.handle_command(Command::Play { id: 1, pcm: Arc::from(vec![100i16; 800]) }, &mut out);
+        while !b.is_empty() {
+            now += Duration::from_millis(b.u8() as u64);
+            let from = b.u8();
+            if from == 255 {
+                s.handle_command(Command::Stop, &mut out);
+            }
+            let len = b.u8() as usize * 2;
+            let datagram = b.take(len).to_vec();
+            s.handle_datagram(now, peers[from as usize % 3], &datagram, &mut out);
+            s.handle_tick(now, &mut out);
+            assert!(out.transmit.len() <= 300, "a tick sends at most its catch-up");
+            out.clear();
+        }
+    }
+
+    pub fn audio_uri(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else { return };
+        match uri::parse(text) {
+            Ok(AudioUri::File(path)) => {
+                assert!(!path.as_os_str().is_empty());
+                assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{path:?} stays under the root");
+                assert!(!path.to_string_lossy().contains('\0'));
+            }
+            Ok(AudioUri::Pcm { rate, bytes }) => {
+                assert!((4000..=192_000).contains(&rate));
+                assert!(bytes.len() <= text.len(), "base64 only shrinks");
+                assert_eq!(bytes.len() % 2, 0);
+            }
+            Ok(AudioUri::Wav(bytes)) => assert!(bytes.len() <= text.len()),
+            Ok(AudioUri::Control(_)) => assert!(text.trim().starts_with("control://")),
+            Err(e) => assert!(e.to_string().len() < 400, "an error echoes little of the input"),
+        }
+    }
+
+    /// WAV prompts as they come, and behind a header whose fields come from the input
+    /// (lying lengths, 0 channels, absurd rates, 0 or odd bit depths, float): either an
+    /// error, or at most the prompt length limit.
+    pub fn wav_prompt(data: &[u8]) {
+        let _ = decode::wav_to_call_pcm(data);
+        let mut b = Bytes(data);
+        let channels = b.u16() % 8;
+        let rate = b.u32();
+        let bits = [8u16, 16, 24, 32, 0, 12, 64][b.u8() as usize % 7];
+        let float = b.u8() & 1 == 1;
+        let lie = b.u8();
+        let wav = handmade_wav(channels, rate, bits, float, lie, b.0);
+        if let Ok(pcm) = decode::wav_to_call_pcm(&wav) {
+            assert!(pcm.len() as u64 <= (MAX_PROMPT_SECONDS + 1) * 8000);
+        }
+    }
+
+    /// A WAV header that says what it is told, truthfully or not, then `payload`.
+    fn handmade_wav(channels: u16, rate: u32, bits: u16, float: bool, lie: u8, payload: &[u8]) -> Vec<u8> {
+        let block = channels.wrapping_mul(bits / 8);
+        let data_len = match lie % 3 {
+            0 => payload.len() as u32,
+            1 => u32::MAX,
+            _ => (payload.len() as u32).wrapping_mul(1000),
+        };
+        let mut w = Vec::new();
+        w.extend_from_slice(b"RIFF");
+        w.extend_from_slice(&(36u32.wrapping_add(data_len)).to_le_bytes());
+        w.extend_from_slice(b"WAVEfmt ");
+        w.extend_from_slice(&16u32.to_le_bytes());
+        w.extend_from_slice(&(if float { 3u16 } else { 1u16 }).to_le_bytes());
+        w.extend_from_slice(&channels.to_le_bytes());
+        w.extend_from_slice(&rate.to_le_bytes());
+        w.extend_from_slice(&rate.wrapping_mul(block as u32).to_le_bytes());
+        w.extend_from_slice(&block.to_le_bytes());
+        w.extend_from_slice(&bits.to_le_bytes());
+        w.extend_from_slice(b"data");
+        w.extend_from_slice(&data_len.to_le_bytes());
+        w.extend_from_slice(payload);
+        w
+    }
+
+    /// TTS chunks cut anywhere: the audio is the same however the sender cut it.
+    pub fn tts_chunks(data: &[u8]) {
+        let mut b = Bytes(data);
+        let cuts: Vec<usize> = b.take(16).iter().map(|&c| c as usize * 7).collect();
+        let audio = b.0;
+        let whole = TtsDecoder::new().decode(audio);
+        let mut d = TtsDecoder::new();
+        let mut pieces = Vec::new();
+        let mut rest = audio;
+        for c in cuts {
+            let (head, tail) = rest.split_at(c.min(rest.len()));
+            pieces.extend(d.decode(head));
+            rest = tail;
+        }
+        pieces.extend(d.decode(rest));
+        assert_eq!(pieces, whole, "chunking does not change the audio");
+        assert!(whole.len() <= audio.len() / 4 + 2, "16 kHz s16le to 8 kHz: a quarter of the bytes in samples");
+    }
+
+    pub fn recording_destination(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else { return };
+        match Destination::parse(text, None) {
+            Ok(Destination::S3 { bucket, prefix }) => {
+                assert!((3..=63).contains(&bucket.len()));
+                let ok = |seg: &str| !seg.is_empty() && seg != ".." && seg != "." && !seg.contains('\\');
+                assert!(prefix.is_empty() || prefix.split('/').all(ok), "{prefix:?}");
+            }
+            Ok(Destination::File { dir }) => {
+                assert!(dir.components().all(|c| matches!(c, Component::Normal(_))), "{dir:?} stays under the recordings root");
+            }
+            Err(e) => assert!(e.to_string().len() < 400),
+        }
+    }
+
+    #[test]
+    fn fuzz_rtp_datagram() {
+        fuzz("rtp_datagram", rtp_datagram);
+    }
+
+    #[test]
+    fn fuzz_jitter_buffer() {
+        fuzz("jitter_buffer", jitter_buffer);
+    }
+
+    #[test]
+    fn fuzz_session() {
+        fuzz("session", session);
+    }
+
+    #[test]
+    fn fuzz_audio_uri() {
+        fuzz("audio_uri", audio_uri);
+    }
+
+    #[test]
+    fn fuzz_wav_prompt() {
+        fuzz("wav_prompt", wav_prompt);
+    }
+
+    #[test]
+    fn fuzz_tts_chunks() {
+        fuzz("tts_chunks", tts_chunks);
+    }
+
+    #[test]
+    fn fuzz_recording_destination() {
+        fuzz("recording_destination", recording_destination);
+    }
+}
