@@ -167,6 +167,7 @@ mod targets {
     use crate::core::rtp::{self, Datagram, RtpHeader};
     use crate::core::session::{Command, Outputs, Session, SessionConfig};
     use crate::recording::Destination;
+    use media_tools::wav::Header;
 
     pub fn rtp_datagram(data: &[u8]) {
         match rtp::classify(data) {
@@ -288,35 +289,16 @@ mod targets {
         let bits = [8u16, 16, 24, 32, 0, 12, 64][b.u8() as usize % 7];
         let float = b.u8() & 1 == 1;
         let lie = b.u8();
-        let wav = handmade_wav(channels, rate, bits, float, lie, b.0);
-        if let Ok(pcm) = decode::wav_to_call_pcm(&wav) {
-            assert!(pcm.len() as u64 <= (MAX_PROMPT_SECONDS + 1) * 8000);
-        }
-    }
-
-    /// A WAV header that says what it is told, truthfully or not, then `payload`.
-    fn handmade_wav(channels: u16, rate: u32, bits: u16, float: bool, lie: u8, payload: &[u8]) -> Vec<u8> {
-        let block = channels.wrapping_mul(bits / 8);
+        let payload = b.0;
         let data_len = match lie % 3 {
             0 => payload.len() as u32,
             1 => u32::MAX,
             _ => (payload.len() as u32).wrapping_mul(1000),
         };
-        let mut w = Vec::new();
-        w.extend_from_slice(b"RIFF");
-        w.extend_from_slice(&(36u32.wrapping_add(data_len)).to_le_bytes());
-        w.extend_from_slice(b"WAVEfmt ");
-        w.extend_from_slice(&16u32.to_le_bytes());
-        w.extend_from_slice(&(if float { 3u16 } else { 1u16 }).to_le_bytes());
-        w.extend_from_slice(&channels.to_le_bytes());
-        w.extend_from_slice(&rate.to_le_bytes());
-        w.extend_from_slice(&rate.wrapping_mul(block as u32).to_le_bytes());
-        w.extend_from_slice(&block.to_le_bytes());
-        w.extend_from_slice(&bits.to_le_bytes());
-        w.extend_from_slice(b"data");
-        w.extend_from_slice(&data_len.to_le_bytes());
-        w.extend_from_slice(payload);
-        w
+        let wav = media_tools::wav::with_header(Header { channels, rate, bits, float, data_len }, payload);
+        if let Ok(pcm) = decode::wav_to_call_pcm(&wav) {
+            assert!(pcm.len() as u64 <= (MAX_PROMPT_SECONDS + 1) * 8000);
+        }
     }
 
     /// TTS chunks cut anywhere: the audio is the same however the sender cut it.

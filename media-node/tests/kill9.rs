@@ -4,8 +4,10 @@
 //! flagged as cut short.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
+
+mod common;
 
 use media_node::core::g711::Codec;
 use media_proto::pb::media_service_client::MediaServiceClient;
@@ -18,18 +20,10 @@ const GRPC: u16 = 22571;
 const HTTP: u16 = 22572;
 
 fn start_node(root: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_media-node"))
-        .env("MEDIA_SERVICE_GRPC_PORT", GRPC.to_string())
-        .env("MEDIA_SERVICE_METRICS_PORT", HTTP.to_string())
-        .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-        .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-        .env("RTP_SERVICE_PORT_MIN", "22550")
-        .env("RTP_SERVICE_PORT_MAX", "22560")
+    common::node_command(GRPC, HTTP, 22550, 22560)
         .env("ASSETS_BASE_PATH", root.join("assets"))
         .env("RECORDINGS_SPOOL_DIR", root.join("spool"))
         .env("RECORDINGS_ROOT", root.join("recordings"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("media-node starts")
 }

@@ -2,8 +2,10 @@
 //! uses, drains on SIGTERM: it turns unready and refuses new calls, keeps the call in
 //! flight, and exits cleanly once that call is released.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+mod common;
 
 use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
@@ -17,17 +19,9 @@ async fn sigterm_drains_then_exits() {
     let assets = std::env::temp_dir().join(format!("sigterm-assets-{}", std::process::id()));
     std::fs::create_dir_all(&assets).unwrap();
     let (grpc, http) = (22531u16, 22532u16);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_media-node"))
-        .env("MEDIA_SERVICE_GRPC_PORT", grpc.to_string())
-        .env("MEDIA_SERVICE_METRICS_PORT", http.to_string())
-        .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-        .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-        .env("RTP_SERVICE_PORT_MIN", "22500")
-        .env("RTP_SERVICE_PORT_MAX", "22510")
+    let mut child = common::node_command(grpc, http, 22500, 22510)
         .env("ASSETS_BASE_PATH", &assets)
         .env("MEDIA_SERVICE_DRAIN_SECONDS", "60")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("media-node starts");
     let mut ready = false;

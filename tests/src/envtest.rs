@@ -367,6 +367,13 @@ impl Drop for FakeKubelet {
     }
 }
 
+/// The pods of the media pools in `namespace` that are not being deleted.
+pub async fn live_pods(client: &Client, namespace: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = api.list(&ListParams::default().labels(media_crds::POOL_LABEL)).await.unwrap().items;
+    pods.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect()
+}
+
 /// Polls `f` four times a second until it yields, or panics naming what never came.
 pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
 where

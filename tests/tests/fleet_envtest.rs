@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use media_crds::{MediaNode, MediaPool, POOL_LABEL, TEMPLATE_HASH_LABEL};
+use media_crds::{MediaNode, MediaPool, TEMPLATE_HASH_LABEL};
 use media_node::core::g711::Codec;
 use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
@@ -64,14 +64,7 @@ async fn pool(client: &Client) -> MediaPool {
 }
 
 async fn live_pods(client: &Client) -> Vec<Pod> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    api.list(&ListParams::default().labels(POOL_LABEL))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
+    fleet_tests::envtest::live_pods(client, NS).await
 }
 
 async fn media_nodes(client: &Client) -> Vec<MediaNode> {

@@ -175,22 +175,7 @@ async fn every_path_escape_spelling_is_refused_and_nothing_is_written_outside() 
 
 /// A WAV whose header says whatever it is told.
 fn lying_wav(channels: u16, rate: u32, bits: u16, format: u16, data_len: u32, payload: &[u8]) -> Vec<u8> {
-    let block = channels.wrapping_mul(bits / 8);
-    let mut w = b"RIFF".to_vec();
-    w.extend_from_slice(&36u32.wrapping_add(data_len).to_le_bytes());
-    w.extend_from_slice(b"WAVEfmt ");
-    w.extend_from_slice(&16u32.to_le_bytes());
-    for v in [format, channels] {
-        w.extend_from_slice(&v.to_le_bytes());
-    }
-    w.extend_from_slice(&rate.to_le_bytes());
-    w.extend_from_slice(&rate.wrapping_mul(block as u32).to_le_bytes());
-    w.extend_from_slice(&block.to_le_bytes());
-    w.extend_from_slice(&bits.to_le_bytes());
-    w.extend_from_slice(b"data");
-    w.extend_from_slice(&data_len.to_le_bytes());
-    w.extend_from_slice(payload);
-    w
+    media_tools::wav::with_header(media_tools::wav::Header { channels, rate, bits, float: format == 3, data_len }, payload)
 }
 
 #[tokio::test]

@@ -21,14 +21,7 @@ use serde_json::json;
 const NS: &str = "fleet";
 
 async fn pods(client: &Client) -> Vec<Pod> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-    api.list(&ListParams::default().labels(POOL_LABEL))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
+    fleet_tests::envtest::live_pods(client, NS).await
 }
 
 async fn nodes(client: &Client) -> Vec<MediaNode> {

@@ -8,6 +8,7 @@
 //! - `load`: N concurrent calls against a media node or rtpengine, measured side by side.
 //! - `ng`: the rtpengine ng protocol (bencode over UDP) and the SDP it needs.
 //! - `http`, `prometheus`: a node's /metrics and health read without a client library.
+//! - `wav`: WAV files with headers that lie, as a hostile caller sends them.
 pub mod analysis;
 pub mod caller;
 pub mod demo;
@@ -15,3 +16,4 @@ pub mod http;
 pub mod load;
 pub mod ng;
 pub mod prometheus;
+pub mod wav;
