@@ -1,6 +1,6 @@
 //! Fuzz targets for every parser that takes input from outside the node: RTP and RTCP
 //! datagrams, the jitter buffer and the whole call core fed arbitrary packet
-//! sequences, audio URIs, WAV prompts, TTS chunks and recording destinations. Each
+//! sequences, SDP offers, audio URIs, WAV prompts, TTS chunks and recording destinations. Each
 //! target is a `fn(&[u8])` (the shape libFuzzer and cargo-fuzz use) that asserts
 //! invariants: no panic, bounded output and memory, a round trip where one exists.
 //!
@@ -165,6 +165,7 @@ mod targets {
     use crate::audio::uri::{self, AudioUri};
     use crate::core::jitter::{JitterBuffer, JitterConfig, RtpId};
     use crate::core::rtp::{self, Datagram, RtpHeader};
+    use crate::core::sdp::{self, SessionDescription};
     use crate::core::session::{Command, Outputs, Session, SessionConfig};
     use crate::recording::Destination;
     use media_tools::wav::Header;
@@ -333,6 +334,23 @@ mod targets {
             }
             Err(e) => assert!(e.to_string().len() < 400),
         }
+    }
+
+    /// SDP offers from anyone who can reach the signalling: parse, negotiate, answer;
+    /// an answer the node writes always parses back and negotiates the same codec.
+    pub fn sdp_offer(data: &[u8]) {
+        let Ok(offer) = SessionDescription::parse(data) else { return };
+        let Ok(agreed) = sdp::negotiate(&offer, &["PCMU", "PCMA"]) else { return };
+        let text = sdp::answer(&offer, &agreed, "192.0.2.1".parse().unwrap(), 30000, 1);
+        let back = SessionDescription::parse(text.as_bytes()).expect("our answer parses");
+        assert_eq!(back.media.len(), offer.media.len(), "one m-line per offered m-line");
+        let again = sdp::negotiate(&back, &["PCMU", "PCMA"]).expect("our answer negotiates");
+        assert_eq!((again.payload_type, again.codec), (agreed.payload_type, agreed.codec));
+    }
+
+    #[test]
+    fn fuzz_sdp_offer() {
+        fuzz("sdp_offer", sdp_offer);
     }
 
     #[test]

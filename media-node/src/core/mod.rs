@@ -8,4 +8,5 @@ pub mod playback;
 pub mod recording;
 pub mod resample;
 pub mod rtp;
+pub mod sdp;
 pub mod session;

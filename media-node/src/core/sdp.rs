@@ -1,0 +1,506 @@
+//! SDP (RFC 8866) for a call's audio, and offer/answer (RFC 3264) over it: parse what
+//! a trunk, a PBX, an SBC or a WebRTC gateway offers, pick the codec by the node's
+//! preference, and write the answer carrying the node's address and port. Pure: text in,
+//! text out, no sockets and no clock.
+//!
+//! The parser is strict about structure (every line `x=value`, `v=0` first, an `m=` for
+//! media, a `c=` for every media section that is not refused) and lenient about what real
+//! offers do within it: CRLF, bare LF or a mix, trailing blanks, attributes it does not
+//! know, static payload types with no rtpmap, several m-lines of which only one audio
+//! line is taken. Input is bounded before it is read.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use thiserror::Error;
+
+/// Larger SDP is refused before parsing: real offers are 300 bytes to a few KB.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+/// Payload types one m-line may list (RTP has 128).
+const MAX_FORMATS: usize = 128;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SdpError {
+    #[error("SDP is empty")]
+    Empty,
+    #[error("SDP is {0} bytes; at most {MAX_SDP_BYTES}")]
+    TooLarge(usize),
+    #[error("SDP is not UTF-8 text")]
+    NotText,
+    #[error("SDP line {line}: {what}")]
+    Line { line: usize, what: String },
+    #[error("SDP must start with v=0")]
+    NoVersion,
+    #[error("SDP has no m= line")]
+    NoMedia,
+    #[error("the audio m-line (line {0}) has no c= address, neither its own nor the session's")]
+    NoConnection(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribute {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    /// `audio`, `video`, `application`, ...
+    pub kind: String,
+    pub port: u16,
+    /// `RTP/AVP`, `RTP/SAVP`, `UDP/TLS/RTP/SAVPF`, ...
+    pub proto: String,
+    pub formats: Vec<String>,
+    /// This section's own c= address, if it has one.
+    pub connection: Option<IpAddr>,
+    pub attributes: Vec<Attribute>,
+    /// Line number of the m= line (1-based), for errors.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDescription {
+    pub origin: String,
+    pub connection: Option<IpAddr>,
+    pub attributes: Vec<Attribute>,
+    pub media: Vec<Media>,
+}
+
+/// `line` of the text as it was sent, with its number, for errors.
+fn bad(line: usize, what: impl Into<String>) -> SdpError {
+    SdpError::Line { line, what: what.into() }
+}
+
+/// At most this much of an offending line goes into an error.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(60).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    if s.chars().count() > 60 {
+        out.push('…');
+    }
+    out
+}
+
+fn parse_connection(line: usize, value: &str) -> Result<IpAddr, SdpError> {
+    // c=IN IP4 192.0.2.1[/ttl[/n]]
+    let mut parts = value.split_whitespace();
+    let (net, family, addr) = (parts.next(), parts.next(), parts.next());
+    if net != Some("IN") {
+        return Err(bad(line, format!("c= network type must be IN: {:?}", shown(value))));
+    }
+    let addr = addr.ok_or_else(|| bad(line, "c= has no address"))?;
+    let addr = addr.split('/').next().unwrap_or(addr);
+    let ip: IpAddr =
+        addr.parse().map_err(|_| bad(line, format!("c= address {:?} is not an IP address (names are not resolved)", shown(addr))))?;
+    match (family, ip) {
+        (Some("IP4"), IpAddr::V4(_)) | (Some("IP6"), IpAddr::V6(_)) => Ok(ip),
+        _ => Err(bad(line, format!("c= address family does not match: {:?}", shown(value)))),
+    }
+}
+
+fn parse_attribute(value: &str) -> Attribute {
+    match value.split_once(':') {
+        Some((name, v)) => Attribute { name: name.trim().to_ascii_lowercase(), value: Some(v.trim().to_string()) },
+        None => Attribute { name: value.trim().to_ascii_lowercase(), value: None },
+    }
+}
+
+impl SessionDescription {
+    pub fn parse(bytes: &[u8]) -> Result<SessionDescription, SdpError> {
+        if bytes.len() > MAX_SDP_BYTES {
+            return Err(SdpError::TooLarge(bytes.len()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| SdpError::NotText)?;
+        if text.trim().is_empty() {
+            return Err(SdpError::Empty);
+        }
+        let mut sd = SessionDescription { origin: String::new(), connection: None, attributes: Vec::new(), media: Vec::new() };
+        let mut first = true;
+        for (i, raw) in text.split('\n').enumerate() {
+            let n = i + 1;
+            let line = raw.trim_end_matches(['\r', ' ', '\t']);
+            if line.is_empty() {
+                continue;
+            }
+            let (kind, value) = line.split_once('=').ok_or_else(|| bad(n, format!("not a type=value line: {:?}", shown(line))))?;
+            if kind.len() != 1 || !kind.as_bytes()[0].is_ascii_lowercase() {
+                return Err(bad(n, format!("type {:?} is not one lower-case letter", shown(kind))));
+            }
+            if first {
+                if line.trim() != "v=0" {
+                    return Err(SdpError::NoVersion);
+                }
+                first = false;
+                continue;
+            }
+            match (kind, sd.media.last_mut()) {
+                ("m", _) => {
+                    let mut parts = value.split_whitespace();
+                    let kind = parts.next().ok_or_else(|| bad(n, "m= has no media type"))?.to_ascii_lowercase();
+                    let port = parts.next().ok_or_else(|| bad(n, "m= has no port"))?;
+                    // m=audio 49170/2 RTP/AVP ...: a port count we do not use.
+                    let port: u16 = port
+                        .split('/')
+                        .next()
+                        .unwrap_or("")
+                        .parse()
+                        .map_err(|_| bad(n, format!("m= port {:?} is not a port", shown(port))))?;
+                    let proto = parts.next().ok_or_else(|| bad(n, "m= has no transport protocol"))?.to_string();
+                    let formats: Vec<String> = parts.map(str::to_string).collect();
+                    if formats.is_empty() {
+                        return Err(bad(n, "m= lists no formats"));
+                    }
+                    if formats.len() > MAX_FORMATS {
+                        return Err(bad(n, format!("m= lists {} formats; at most {MAX_FORMATS}", formats.len())));
+                    }
+                    sd.media.push(Media { kind, port, proto, formats, connection: None, attributes: Vec::new(), line: n });
+                }
+                ("c", Some(m)) => m.connection = Some(parse_connection(n, value)?),
+                ("c", None) => sd.connection = Some(parse_connection(n, value)?),
+                ("a", Some(m)) => m.attributes.push(parse_attribute(value)),
+                ("a", None) => sd.attributes.push(parse_attribute(value)),
+                ("o", None) => sd.origin = value.to_string(),
+                // s=, t=, b=, i=, u=, e=, p=, z=, r=, k=: nothing the audio path needs.
+                _ => {}
+            }
+        }
+        if first {
+            return Err(SdpError::NoVersion);
+        }
+        if sd.media.is_empty() {
+            return Err(SdpError::NoMedia);
+        }
+        Ok(sd)
+    }
+}
+
+impl Media {
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.iter().find(|a| a.name == name).and_then(|a| a.value.as_deref())
+    }
+
+    fn has_flag(&self, name: &str) -> bool {
+        self.attributes.iter().any(|a| a.name == name)
+    }
+
+    /// The encoding of payload type `pt`: its rtpmap, or the static assignment of RFC 3551.
+    pub fn encoding(&self, pt: u8) -> Option<Encoding> {
+        let prefix = format!("{pt} ");
+        let mapped =
+            self.attributes.iter().filter(|a| a.name == "rtpmap").filter_map(|a| a.value.as_deref()).find(|v| v.starts_with(&prefix));
+        if let Some(v) = mapped {
+            let mut parts = v[prefix.len()..].trim().split('/');
+            let name = parts.next()?.trim().to_ascii_uppercase();
+            let clock: u32 = parts.next()?.trim().parse().ok()?;
+            let channels: u8 = parts.next().map_or(Some(1), |c| c.trim().parse().ok())?;
+            return Some(Encoding { name, clock, channels });
+        }
+        let (name, clock) = match pt {
+            0 => ("PCMU", 8000),
+            3 => ("GSM", 8000),
+            4 => ("G723", 8000),
+            8 => ("PCMA", 8000),
+            9 => ("G722", 8000),
+            13 => ("CN", 8000),
+            18 => ("G729", 8000),
+            _ => return None,
+        };
+        Some(Encoding { name: name.into(), clock, channels: 1 })
+    }
+
+    pub fn fmtp(&self, pt: u8) -> Option<&str> {
+        let prefix = format!("{pt} ");
+        self.attributes
+            .iter()
+            .filter(|a| a.name == "fmtp")
+            .filter_map(|a| a.value.as_deref())
+            .find(|v| v.starts_with(&prefix))
+            .map(|v| v[prefix.len()..].trim())
+    }
+
+    pub fn direction(&self, session: &[Attribute]) -> Direction {
+        let of = |attrs: &[Attribute]| attrs.iter().find_map(|a| Direction::from_attribute(&a.name));
+        of(&self.attributes).or_else(|| of(session)).unwrap_or(Direction::SendRecv)
+    }
+
+    /// The offer's packet time in ms, within what the node paces (10 to 60).
+    pub fn ptime(&self) -> u32 {
+        self.attribute("ptime").and_then(|p| p.trim().parse::<f64>().ok()).map_or(20, |p| (p.round() as u32).clamp(10, 60))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoding {
+    /// Upper case, as matched: `PCMU`, `OPUS`, `TELEPHONE-EVENT`.
+    pub name: String,
+    /// The RTP clock rate (8000 for G.722, as RFC 3551 keeps it).
+    pub clock: u32,
+    pub channels: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn from_attribute(name: &str) -> Option<Direction> {
+        Some(match name {
+            "sendrecv" => Direction::SendRecv,
+            "sendonly" => Direction::SendOnly,
+            "recvonly" => Direction::RecvOnly,
+            "inactive" => Direction::Inactive,
+            _ => return None,
+        })
+    }
+
+    /// What the answer says to an offer of `self` (RFC 3264 §6.1).
+    pub fn answer(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// Whether the node sends media under this (its own) direction.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+}
+
+/// A codec the node can run, as SDP names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecSpec {
+    pub name: &'static str,
+    pub clock: u32,
+    pub channels: u8,
+}
+
+/// What the node runs today, in its default order of preference.
+pub const SUPPORTED: &[CodecSpec] =
+    &[CodecSpec { name: "PCMU", clock: 8000, channels: 1 }, CodecSpec { name: "PCMA", clock: 8000, channels: 1 }];
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NegotiationError {
+    #[error(transparent)]
+    Sdp(#[from] SdpError),
+    #[error("the offer has no audio m-line (it offers {0})")]
+    NoAudio(String),
+    #[error("the audio m-line's profile {0} is not supported (RTP/AVP or RTP/AVPF)")]
+    Profile(String),
+    #[error("no common audio codec: the offer has {offered}; this node takes {supported}")]
+    NoCommonCodec { offered: String, supported: String },
+}
+
+/// What an offer and the node agreed on for the call's audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The payload type the codec has in this call (the offer's numbering).
+    pub payload_type: u8,
+    pub codec: CodecSpec,
+    /// RFC 4733 events at the codec's clock rate, when offered.
+    pub telephone_event: Option<u8>,
+    pub ptime: u32,
+    /// The node's own direction (the answer's).
+    pub direction: Direction,
+    /// Where to send; None on hold by `c=0.0.0.0` or a refused stream.
+    pub remote: Option<SocketAddr>,
+    /// Which m-line is the call's audio.
+    pub audio_index: usize,
+}
+
+/// Answers `offer` by the node's preferences (`prefer`, names like `PCMU`, case
+/// insensitive, first preferred; those the node does not run are passed over).
+pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiated, NegotiationError> {
+    let audio_index = offer.media.iter().position(|m| m.kind == "audio" && m.port != 0).ok_or_else(|| {
+        NegotiationError::NoAudio(offer.media.iter().map(|m| format!("{} port {}", m.kind, m.port)).collect::<Vec<_>>().join(", "))
+    })?;
+    let m = &offer.media[audio_index];
+    if !matches!(m.proto.to_ascii_uppercase().as_str(), "RTP/AVP" | "RTP/AVPF") {
+        return Err(NegotiationError::Profile(shown(&m.proto)));
+    }
+    let connection = m.connection.or(offer.connection).ok_or(SdpError::NoConnection(m.line))?;
+    let offered: Vec<(u8, Encoding)> = m
+        .formats
+        .iter()
+        .filter_map(|f| f.parse::<u8>().ok().filter(|pt| *pt < 128))
+        .filter_map(|pt| m.encoding(pt).map(|e| (pt, e)))
+        .collect();
+    let mut order: Vec<&CodecSpec> =
+        prefer.iter().filter_map(|p| SUPPORTED.iter().find(|c| c.name.eq_ignore_ascii_case(p.trim()))).collect();
+    for c in SUPPORTED {
+        if !order.contains(&c) {
+            order.push(c);
+        }
+    }
+    let chosen = order.iter().find_map(|c| {
+        offered.iter().find(|(_, e)| e.name == c.name && e.clock == c.clock && e.channels == c.channels).map(|(pt, _)| (*pt, (*c).clone()))
+    });
+    let Some((payload_type, codec)) = chosen else {
+        let names: Vec<String> = m
+            .formats
+            .iter()
+            .map(|f| match f.parse::<u8>().ok().and_then(|pt| m.encoding(pt)) {
+                Some(e) => format!("{}/{} ({f})", e.name, e.clock),
+                None => format!("unknown ({})", shown(f)),
+            })
+            .collect();
+        return Err(NegotiationError::NoCommonCodec {
+            offered: names.join(", "),
+            supported: SUPPORTED.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+        });
+    };
+    let telephone_event = offered.iter().find(|(_, e)| e.name == "TELEPHONE-EVENT" && e.clock == codec.clock).map(|(pt, _)| *pt);
+    let on_hold = connection.is_unspecified();
+    let remote = (!on_hold).then_some(SocketAddr::new(connection, m.port));
+    let mut direction = m.direction(&offer.attributes).answer();
+    if on_hold && direction == Direction::SendRecv {
+        // RFC 2543's hold: c=0.0.0.0 means "do not send to me".
+        direction = Direction::RecvOnly;
+    }
+    Ok(Negotiated { payload_type, codec, telephone_event, ptime: m.ptime(), direction, remote, audio_index })
+}
+
+/// The answer's SDP: every m-line of the offer in its order (RFC 3264 §6), all but the
+/// call's audio refused with port 0; the audio line with the node's address and port,
+/// the agreed codec and telephone-event.
+pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port: u16, session_id: u64) -> String {
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut s = String::new();
+    let _ = write!(s, "v=0\r\no=- {session_id} {session_id} IN {family} {ip}\r\ns=media-node\r\nc=IN {family} {ip}\r\nt=0 0\r\n");
+    for (i, m) in offer.media.iter().enumerate() {
+        if i != agreed.audio_index {
+            let _ = write!(s, "m={} 0 {} {}\r\n", m.kind, m.proto, m.formats.first().map_or("0", String::as_str));
+            continue;
+        }
+        let mut formats = agreed.payload_type.to_string();
+        if let Some(te) = agreed.telephone_event {
+            let _ = write!(formats, " {te}");
+        }
+        let _ = write!(s, "m=audio {port} {} {formats}\r\n", m.proto);
+        let _ = write!(s, "a=rtpmap:{} {}/{}\r\n", agreed.payload_type, agreed.codec.name, agreed.codec.clock);
+        if let Some(te) = agreed.telephone_event {
+            let _ = write!(s, "a=rtpmap:{te} telephone-event/{}\r\na=fmtp:{te} 0-16\r\n", agreed.codec.clock);
+        }
+        let _ = write!(s, "a=ptime:{}\r\n", agreed.ptime);
+        if m.has_flag("rtcp-mux") {
+            s.push_str("a=rtcp-mux\r\n");
+        }
+        let _ = write!(s, "a={}\r\n", agreed.direction.as_str());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(text: &str) -> SessionDescription {
+        SessionDescription::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// A carrier SIP trunk: static types, no rtpmap for them, telephone-event.
+    const TRUNK: &str = "v=0\r\no=- 3785529617 3785529617 IN IP4 203.0.113.10\r\ns=SIP Call\r\nc=IN IP4 203.0.113.10\r\nt=0 0\r\nm=audio 18232 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n";
+    /// Asterisk: G.722 first, rtpmaps for everything, maxptime.
+    const ASTERISK: &str = "v=0\r\no=- 1680177843 1680177843 IN IP4 192.0.2.20\r\ns=Asterisk\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\nm=audio 11850 RTP/AVP 9 8 0 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=maxptime:150\r\na=sendrecv\r\n";
+    /// FreeSWITCH: session-level c= after o=, many codecs, rtcp attribute.
+    const FREESWITCH: &str = "v=0\no=FreeSWITCH 1700000000 1700000001 IN IP4 198.51.100.7\ns=FreeSWITCH\nc=IN IP4 198.51.100.7\nt=0 0\nm=audio 24554 RTP/AVP 102 9 0 8 18 101 13\na=rtpmap:102 opus/48000/2\na=fmtp:102 useinbandfec=1; maxaveragebitrate=30000; maxplaybackrate=48000; ptime=20; minptime=10; maxptime=40\na=rtpmap:9 G722/8000\na=rtpmap:0 PCMU/8000\na=rtpmap:8 PCMA/8000\na=rtpmap:18 G729/8000\na=fmtp:18 annexb=no\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na=rtpmap:13 CN/8000\na=ptime:20\na=rtcp:24555 IN IP4 198.51.100.7\n";
+    /// A WebRTC gateway: Opus only at 48 kHz with telephone-event/48000, video too,
+    /// media-level c=, odd spacing.
+    const WEBRTC: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 126\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:126 telephone-event/48000\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\n";
+    /// An SBC with video refused to us later, PCMA and two telephone-events, LF and
+    /// trailing blanks.
+    const SBC: &str = "v=0  \no=SBC 1 1 IN IP4 10.0.0.5\ns=-\nt=0 0\nm=audio 40000 RTP/AVP 8 0 96 97\nc=IN IP4 10.0.0.5\na=rtpmap:96 telephone-event/16000\na=rtpmap:97 telephone-event/8000 \na=sendonly\nm=video 40002 RTP/AVP 31\nc=IN IP4 10.0.0.5\n";
+
+    #[test]
+    fn vendors_offers_are_answered_by_the_nodes_preference() {
+        let n = negotiate(&offer(TRUNK), &["PCMU", "PCMA"]).unwrap();
+        assert_eq!((n.payload_type, n.codec.name, n.telephone_event), (0, "PCMU", Some(101)));
+        assert_eq!(n.remote, Some("203.0.113.10:18232".parse().unwrap()));
+        let n = negotiate(&offer(ASTERISK), &["PCMA"]).unwrap();
+        assert_eq!((n.payload_type, n.codec.name), (8, "PCMA"), "the node's order, not the offer's");
+        let n = negotiate(&offer(FREESWITCH), &[]).unwrap();
+        assert_eq!((n.payload_type, n.codec.name, n.telephone_event), (0, "PCMU", Some(101)));
+        let n = negotiate(&offer(SBC), &["pcmu"]).unwrap();
+        assert_eq!((n.payload_type, n.telephone_event), (0, Some(97)), "telephone-event at the codec's clock, not 16000");
+        assert_eq!(n.direction, Direction::RecvOnly, "their sendonly is our recvonly");
+    }
+
+    #[test]
+    fn the_answer_keeps_every_m_line_and_refuses_all_but_the_audio() {
+        let o = offer(SBC);
+        let n = negotiate(&o, &["PCMA"]).unwrap();
+        let a = answer(&o, &n, "192.0.2.99".parse().unwrap(), 31000, 7);
+        let back = offer(&a);
+        assert_eq!(back.media.len(), 2);
+        assert_eq!((back.media[0].port, back.media[1].kind.as_str(), back.media[1].port), (31000, "video", 0));
+        assert_eq!(back.connection, Some("192.0.2.99".parse().unwrap()));
+        assert_eq!(back.media[0].formats, ["8", "97"]);
+        assert_eq!(back.media[0].encoding(97).unwrap().name, "TELEPHONE-EVENT");
+        assert_eq!(back.media[0].direction(&back.attributes), Direction::RecvOnly);
+        // And the answer, offered back to us, negotiates the same codec.
+        let again = negotiate(&back, &["PCMU"]).unwrap();
+        assert_eq!((again.payload_type, again.codec.name), (8, "PCMA"));
+    }
+
+    #[test]
+    fn no_common_codec_names_what_was_offered() {
+        let e = negotiate(&offer(&FREESWITCH.replace(" 0 8 18", " 18")), &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("OPUS/48000 (102)") && text.contains("G722/8000 (9)") && text.contains("G729/8000 (18)"), "{text}");
+        assert!(text.contains("PCMU, PCMA"), "{text}");
+        assert!(matches!(negotiate(&offer(WEBRTC), &[]), Err(NegotiationError::Profile(_))), "SRTP profiles wait for SRTP");
+    }
+
+    #[test]
+    fn hold_by_zero_address_and_by_direction() {
+        let held = offer(&TRUNK.replace("c=IN IP4 203.0.113.10", "c=IN IP4 0.0.0.0"));
+        let n = negotiate(&held, &[]).unwrap();
+        assert_eq!((n.remote, n.direction), (None, Direction::RecvOnly));
+        let n = negotiate(&offer(&TRUNK.replace("a=sendrecv", "a=inactive")), &[]).unwrap();
+        assert_eq!(n.direction, Direction::Inactive);
+        assert!(!n.direction.sends());
+    }
+
+    #[test]
+    fn ptime_is_taken_within_what_the_node_paces() {
+        assert_eq!(negotiate(&offer(&TRUNK.replace("ptime:20", "ptime:30")), &[]).unwrap().ptime, 30);
+        assert_eq!(negotiate(&offer(&TRUNK.replace("ptime:20", "ptime:5")), &[]).unwrap().ptime, 10);
+        assert_eq!(negotiate(&offer(&TRUNK.replace("ptime:20", "ptime:120")), &[]).unwrap().ptime, 60);
+        assert_eq!(negotiate(&offer(&TRUNK.replace("a=ptime:20\r\n", "")), &[]).unwrap().ptime, 20);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_that_says_what_is_wrong() {
+        let err = |b: &[u8]| SessionDescription::parse(b).unwrap_err().to_string();
+        assert_eq!(err(b""), "SDP is empty");
+        assert!(err(&vec![b'a'; 1 << 20]).contains("at most 65536"));
+        assert_eq!(err(&[0xff, 0xfe, 0, 1]), "SDP is not UTF-8 text");
+        assert_eq!(err(b"o=- 1 1 IN IP4 1.2.3.4\r\nv=0\r\n"), "SDP must start with v=0");
+        assert_eq!(err(b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\n"), "SDP has no m= line");
+        assert!(err(b"v=0\r\nm=audio 1234 RTP/AVP 0\r\nc=IN IP4 example.com\r\n").contains("not an IP address"));
+        assert!(err(b"v=0\r\nm=audio 99999 RTP/AVP 0\r\n").contains("line 2: m= port"));
+        assert!(err(b"v=0\r\nm=audio 4000 RTP/AVP\r\n").contains("lists no formats"));
+        assert!(err(b"v=0\r\nthis is not sdp\r\n").contains("line 2: not a type=value line"));
+        // Truncated in the middle of the audio line's attributes: still parses what is there.
+        let cut = &TRUNK[..TRUNK.find("a=fmtp").unwrap() + 4];
+        assert!(SessionDescription::parse(cut.as_bytes()).is_ok());
+        // Missing c=: parses, but cannot be answered.
+        let no_c = offer(&TRUNK.replace("c=IN IP4 203.0.113.10\r\n", ""));
+        assert_eq!(negotiate(&no_c, &[]).unwrap_err(), NegotiationError::Sdp(SdpError::NoConnection(5)));
+        let video_only = offer("v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 5000 RTP/AVP 96\r\n");
+        assert_eq!(negotiate(&video_only, &[]).unwrap_err().to_string(), "the offer has no audio m-line (it offers video port 5000)");
+    }
+}
