@@ -63,6 +63,8 @@ pub fn recover_spool(spool: &Path) -> Recovered {
         }
         let job: Option<RecordingJob> = std::fs::read(&meta).ok().and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(mut job) = job {
+            // The WAV beside the part's name, never a path read from a file.
+            job.wav = part.with_extension("");
             if job.wav.exists() && !job.manifest_path().exists() {
                 if let Ok((bytes, seconds)) = wav_size(&job.wav) {
                     job.bytes = bytes;
