@@ -59,8 +59,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     // follows the node's capacity (four per call, plus room for health and control),
     // and a client that opens streams without end is refused them instead of holding
     // the node's memory.
-    let ports = u32::from(cfg.port_max) - u32::from(cfg.port_min) + 1;
-    let calls = ports / 2;
+    let calls = u32::try_from(node.port_counts().total).unwrap_or(u32::MAX);
     let mut builder = Server::builder().max_concurrent_streams(Some(calls.saturating_mul(4).saturating_add(64)));
     if let Some(tls) = &cfg.tls {
         let cert = std::fs::read(&tls.cert).with_context(|| format!("reading {:?}", tls.cert))?;
