@@ -41,8 +41,7 @@ pub fn recover_spool(spool: &Path) -> Recovered {
     }
     for part in parts {
         let meta = meta_path(&part);
-        let job: Option<RecordingJob> = std::fs::read(&meta).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        match job.map(|job| recover_part(&part, job)) {
+        match RecordingJob::read(&meta).map(|job| recover_part(&part, job)) {
             Some(Ok(job)) => {
                 let _ = std::fs::remove_file(&meta);
                 out.cut_short.push(job);
@@ -61,8 +60,7 @@ pub fn recover_spool(spool: &Path) -> Recovered {
         if part.exists() {
             continue; // handled above (orphaned if it could not be read)
         }
-        let job: Option<RecordingJob> = std::fs::read(&meta).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(mut job) = job {
+        if let Some(mut job) = RecordingJob::read(&meta) {
             // The WAV beside the part's name, never a path read from a file.
             job.wav = part.with_extension("");
             if job.wav.exists() && !job.manifest_path().exists() {

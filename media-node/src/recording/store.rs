@@ -286,8 +286,7 @@ impl RecordingStore {
                 r.iter().filter(|(_, v)| v.next <= now).map(|(k, _)| k.clone()).collect()
             };
             for manifest in due {
-                let job: Option<RecordingJob> = std::fs::read(&manifest).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                let Some(job) = job else {
+                let Some(job) = RecordingJob::read(&manifest) else {
                     warn!(manifest = %manifest.display(), "unreadable recording manifest left in spool");
                     lock(&self.retries).remove(&manifest);
                     continue;

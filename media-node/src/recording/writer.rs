@@ -71,6 +71,11 @@ impl RecordingJob {
     pub fn write_manifest(&self) -> std::io::Result<()> {
         write_json(&self.manifest_path(), self)
     }
+
+    /// A manifest (or a part's `.meta`) as written; None when missing or unreadable.
+    pub fn read(path: &Path) -> Option<RecordingJob> {
+        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
 }
 
 /// The destination of a recording still being written: `<name>.wav.part.meta`.
