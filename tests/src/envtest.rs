@@ -299,7 +299,7 @@ impl FakeKubelet {
                         }
                         live.iter()
                             .filter(|p| running.contains_key(&p.name_any()))
-                            .map(|p| (p.name_any(), grpc_probe_port(p), pod_ready(p)))
+                            .map(|p| (p.name_any(), grpc_probe_port(p), media_operator::kube::controller::pod_ready(p)))
                             .collect::<Vec<(String, Option<i32>, bool)>>()
                     };
                     for (name, port, was_ready) in probes {
@@ -339,10 +339,6 @@ impl FakeKubelet {
 
 fn grpc_probe_port(pod: &Pod) -> Option<i32> {
     pod.spec.as_ref()?.containers.first()?.readiness_probe.as_ref()?.grpc.as_ref().map(|g| g.port)
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The kubelet's gRPC probe: grpc.health.v1 Check of the empty service, plaintext.

@@ -65,7 +65,8 @@ fn parse_time(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }
 
-fn pod_ready(p: &Pod) -> bool {
+/// The pod's Ready condition, as its kubelet's readiness probe last set it.
+pub fn pod_ready(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
