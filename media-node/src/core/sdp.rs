@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
+use crate::echo::clip;
+
 /// Larger SDP is refused before parsing: real offers are 300 bytes to a few KB.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// Payload types one m-line may list (RTP has 128).
@@ -71,29 +73,20 @@ fn bad(line: usize, what: impl Into<String>) -> SdpError {
     SdpError::Line { line, what: what.into() }
 }
 
-/// At most this much of an offending line goes into an error.
-fn shown(s: &str) -> String {
-    let mut out: String = s.chars().take(60).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
-    if s.chars().count() > 60 {
-        out.push('…');
-    }
-    out
-}
-
 fn parse_connection(line: usize, value: &str) -> Result<IpAddr, SdpError> {
     // c=IN IP4 192.0.2.1[/ttl[/n]]
     let mut parts = value.split_whitespace();
     let (net, family, addr) = (parts.next(), parts.next(), parts.next());
     if net != Some("IN") {
-        return Err(bad(line, format!("c= network type must be IN: {:?}", shown(value))));
+        return Err(bad(line, format!("c= network type must be IN: {:?}", clip(value))));
     }
     let addr = addr.ok_or_else(|| bad(line, "c= has no address"))?;
     let addr = addr.split('/').next().unwrap_or(addr);
     let ip: IpAddr =
-        addr.parse().map_err(|_| bad(line, format!("c= address {:?} is not an IP address (names are not resolved)", shown(addr))))?;
+        addr.parse().map_err(|_| bad(line, format!("c= address {:?} is not an IP address (names are not resolved)", clip(addr))))?;
     match (family, ip) {
         (Some("IP4"), IpAddr::V4(_)) | (Some("IP6"), IpAddr::V6(_)) => Ok(ip),
-        _ => Err(bad(line, format!("c= address family does not match: {:?}", shown(value)))),
+        _ => Err(bad(line, format!("c= address family does not match: {:?}", clip(value)))),
     }
 }
 
@@ -121,9 +114,9 @@ impl SessionDescription {
             if line.is_empty() {
                 continue;
             }
-            let (kind, value) = line.split_once('=').ok_or_else(|| bad(n, format!("not a type=value line: {:?}", shown(line))))?;
+            let (kind, value) = line.split_once('=').ok_or_else(|| bad(n, format!("not a type=value line: {:?}", clip(line))))?;
             if kind.len() != 1 || !kind.as_bytes()[0].is_ascii_lowercase() {
-                return Err(bad(n, format!("type {:?} is not one lower-case letter", shown(kind))));
+                return Err(bad(n, format!("type {:?} is not one lower-case letter", clip(kind))));
             }
             if first {
                 if line.trim() != "v=0" {
@@ -143,7 +136,7 @@ impl SessionDescription {
                         .next()
                         .unwrap_or("")
                         .parse()
-                        .map_err(|_| bad(n, format!("m= port {:?} is not a port", shown(port))))?;
+                        .map_err(|_| bad(n, format!("m= port {:?} is not a port", clip(port))))?;
                     let proto = parts.next().ok_or_else(|| bad(n, "m= has no transport protocol"))?.to_string();
                     let formats: Vec<String> = parts.map(str::to_string).collect();
                     if formats.is_empty() {
@@ -329,7 +322,7 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiat
     })?;
     let m = &offer.media[audio_index];
     if !matches!(m.proto.to_ascii_uppercase().as_str(), "RTP/AVP" | "RTP/AVPF") {
-        return Err(NegotiationError::Profile(shown(&m.proto)));
+        return Err(NegotiationError::Profile(clip(&m.proto)));
     }
     let connection = m.connection.or(offer.connection).ok_or(SdpError::NoConnection(m.line))?;
     let offered: Vec<(u8, Encoding)> = m
@@ -354,7 +347,7 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiat
             .iter()
             .map(|f| match f.parse::<u8>().ok().and_then(|pt| m.encoding(pt)) {
                 Some(e) => format!("{}/{} ({f})", e.name, e.clock),
-                None => format!("unknown ({})", shown(f)),
+                None => format!("unknown ({})", clip(f)),
             })
             .collect();
         return Err(NegotiationError::NoCommonCodec {
