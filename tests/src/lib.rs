@@ -82,6 +82,16 @@ impl TestNode {
             .map(|r| r.into_inner())
     }
 
+    /// A RecordAudio listener on `port` at `rate`, collected in the background.
+    pub async fn listen(&mut self, port: u32, rate: u32) -> tokio::task::JoinHandle<(Vec<Vec<u8>>, Vec<String>)> {
+        let stream = self
+            .client
+            .record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(rate) })
+            .await
+            .expect("RecordAudio");
+        collect_listen(stream.into_inner())
+    }
+
     pub async fn metrics(&self) -> String {
         http_get(self.running.http_addr, "/metrics").await.1
     }

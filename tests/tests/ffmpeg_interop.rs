@@ -52,9 +52,7 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
     // and a busy machine can take a second or more to start ffmpeg.
     fleet_tests::envtest::eventually("ffmpeg's RTP socket is bound", 30, || async { udp_port_bound(recv_port).then_some(()) }).await;
 
-    let listen = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await.unwrap().into_inner(),
-    );
+    let listen = node.listen(port, 16000).await;
     // ffmpeg as the sending far end: a 440 Hz tone as PCMU RTP, paced in real time.
     let sender = Command::new(&ffmpeg)
         .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "sine=frequency=440:duration=2:sample_rate=8000"])

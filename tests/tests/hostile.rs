@@ -25,9 +25,7 @@ fn b64(b: &[u8]) -> String {
 /// still heard.
 async fn still_serves(node: &mut TestNode, call_id: &str) {
     let (port, node_rtp, caller) = node.call(call_id).await;
-    let listen = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
-    );
+    let listen = node.listen(port, 8000).await;
     let speech = synth_speech(8000, 1.0, 8);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 5).await.unwrap();
     node.write_prompt("after.wav", &synth_prompt(8000, 0.3), 8000);
@@ -44,9 +42,7 @@ async fn still_serves(node: &mut TestNode, call_id: &str) {
 async fn a_flood_of_random_and_forged_datagrams_moves_nothing() {
     let mut node = TestNode::start(26000, 10).await;
     let (port, node_rtp, caller) = node.call("flood-1").await;
-    let listen = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
-    );
+    let listen = node.listen(port, 8000).await;
     // The caller speaks first: its address is latched.
     let speech = synth_speech(8000, 0.5, 2);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 7).await.unwrap();
@@ -294,9 +290,7 @@ async fn listeners_that_never_read_and_abandoned_or_oversized_tts_streams() {
         let s = c.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(48000) }).await.unwrap();
         stalled.push((c, s));
     }
-    let listen = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
-    );
+    let listen = node.listen(port, 8000).await;
     let speech = synth_speech(8000, 4.0, 4);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 3).await.unwrap();
     // TTS: a 10 MB chunk (past the message limit), odd lengths, an unknown call, an

@@ -43,9 +43,7 @@ async fn a_timestamp_restart_within_one_ssrc_is_heard() {
     use media_node::core::rtp::{self, RtpHeader};
     let mut node = TestNode::start(22520, 10).await;
     let (port, node_rtp, caller) = node.call("restart-1").await;
-    let l8 =
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner();
-    let heard = collect_listen(l8);
+    let heard = node.listen(port, 8000).await;
     let first = synth_speech(8000, 0.5, 21);
     let second = synth_speech(8000, 0.3, 22);
     let mut payload = Vec::new();
@@ -394,9 +392,7 @@ fn base64_encode(b: &[u8]) -> String {
 async fn malformed_datagrams_are_counted_and_the_call_survives() {
     let mut node = TestNode::start(22160, 10).await;
     let (port, node_rtp, caller) = node.call("junk-1").await;
-    let listen = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
-    );
+    let listen = node.listen(port, 8000).await;
     let junk: Vec<Vec<u8>> = vec![
         vec![],
         vec![0xff],
@@ -435,9 +431,7 @@ async fn malformed_datagrams_are_counted_and_the_call_survives() {
 async fn foreign_rtp_is_not_adopted_mid_call() {
     let mut node = TestNode::start(22180, 10).await;
     let (port, node_rtp, caller) = node.call("bleed-1").await;
-    let listen = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
-    );
+    let listen = node.listen(port, 8000).await;
     let speech = synth_speech(8000, 0.5, 1);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 1).await.unwrap();
     let intruder = RtpCaller::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -547,9 +541,7 @@ async fn a_stalled_listener_never_stalls_the_call() {
     let mut slow_client = media_proto::pb::media_service_client::MediaServiceClient::new(channel);
     let _stalled =
         slow_client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(48000) }).await.unwrap().into_inner();
-    let healthy = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
-    );
+    let healthy = node.listen(port, 8000).await;
     let speech = synth_speech(8000, 10.0, 8);
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 3).await.unwrap();
     sleep_ms(200).await;

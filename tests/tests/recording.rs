@@ -200,9 +200,7 @@ async fn recording_requests_are_validated() {
 async fn audio_held_up_on_the_way_still_reaches_the_recording() {
     let mut node = TestNode::start(22720, 10).await;
     let (port, node_rtp, caller) = node.call("held-up").await;
-    let listen = collect_listen(
-        node.client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
-    );
+    let listen = node.listen(port, 8000).await;
     node.client
         .start_recording(StartRecordingRequest {
             server_rtp_port: port,
