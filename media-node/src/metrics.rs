@@ -36,6 +36,7 @@ pub struct Metrics {
     pub recording_bytes: IntCounter,
     pub recording_errors: IntCounter,
     pub recordings_recovered: IntCounter,
+    pub recordings_failed: IntCounter,
     pub spool_orphans: IntGauge,
     pub events_published: IntCounter,
     pub events_dropped: IntCounter,
@@ -120,6 +121,10 @@ impl Metrics {
             ),
             recording_bytes: counter("media_recording_bytes_total", "Bytes of recordings stored"),
             recording_errors: counter("media_recording_write_errors_total", "Errors writing a recording to the spool"),
+            recordings_failed: counter(
+                "media_recordings_failed_total",
+                "Recordings whose spool file could not be written (full disk): the call went on, what was kept is stored cut short",
+            ),
             recordings_recovered: counter(
                 "media_recordings_recovered_total",
                 "Recordings a hard stop (kill -9, OOM) left unfinished, recovered cut short at the next start",

@@ -2,16 +2,23 @@
 //! in order, written on the core's flush schedule as the call goes, finished on
 //! StopRecording or by the call's end. The timeline rules themselves are in
 //! `core::recording`; the spool file in `recording::writer`.
+//!
+//! A recording whose spool file cannot be written (a full disk, a file-size limit)
+//! fails loudly and alone: the call goes on, the error is logged once, counted, and
+//! published as `call.media.recording.failed`; what reached the disk is salvaged at
+//! once as a recording flagged cut short and stored as usual; StopRecording then
+//! answers DATA_LOSS saying so.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::core::recording::FlushSchedule;
 use crate::core::session::Outputs;
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
-use crate::recording::{RecordingError, RecordingJob, RecordingSpec, RecordingWriter};
+use crate::recording::{recover, RecordingError, RecordingJob, RecordingSpec, RecordingWriter};
 
 pub(crate) struct CallRecorder {
     writer: Option<RecordingWriter>,
@@ -20,11 +27,31 @@ pub(crate) struct CallRecorder {
     schedule: FlushSchedule,
     spool: PathBuf,
     metrics: Arc<Metrics>,
+    events: Arc<EventPublisher>,
+    /// The running recording failed: StopRecording answers with this.
+    failed: Option<RecordingError>,
+    /// What failed recordings kept, to be stored (`take_salvaged`).
+    salvaged: Vec<RecordingJob>,
 }
 
 impl CallRecorder {
-    pub(crate) fn new(spool: PathBuf, metrics: Arc<Metrics>) -> CallRecorder {
-        CallRecorder { writer: None, segments: 0, schedule: FlushSchedule::default(), spool, metrics }
+    pub(crate) fn new(spool: PathBuf, metrics: Arc<Metrics>, events: Arc<EventPublisher>) -> CallRecorder {
+        CallRecorder {
+            writer: None,
+            segments: 0,
+            schedule: FlushSchedule::default(),
+            spool,
+            metrics,
+            events,
+            failed: None,
+            salvaged: Vec::new(),
+        }
+    }
+
+    /// Recordings that failed while being written, salvaged cut short: the caller
+    /// stores them like finished ones.
+    pub(crate) fn take_salvaged(&mut self) -> Vec<RecordingJob> {
+        std::mem::take(&mut self.salvaged)
     }
 
     /// Starts a recording at timeline position `now` (the segment number is the call's).
@@ -32,6 +59,8 @@ impl CallRecorder {
         if self.writer.is_some() {
             return Err(RecordingError::AlreadyRunning);
         }
+        // A new recording after a failed one: the failure was the previous one's.
+        self.failed = None;
         self.segments += 1;
         spec.segment = self.segments;
         let w = RecordingWriter::create(spec, &self.spool, now).map_err(RecordingError::Spool)?;
@@ -43,17 +72,20 @@ impl CallRecorder {
 
     /// Finishes the running recording at `now`; the job is in the spool, to be stored.
     pub(crate) fn stop(&mut self, now: u64) -> Result<RecordingJob, RecordingError> {
-        let w = self.writer.take().ok_or(RecordingError::NotRunning)?;
+        let Some(w) = self.writer.take() else {
+            return Err(self.failed.take().unwrap_or(RecordingError::NotRunning));
+        };
         self.metrics.recordings_in_flight.dec();
+        let (call_id, trace_id, uri) = (w.spec().call_id.clone(), w.spec().trace_id.clone(), w.uri());
         match w.finish(now) {
             Ok(job) => {
                 info!(uri = %job.uri(), seconds = job.seconds, "recording finished");
                 Ok(job)
             }
-            Err(e) => {
-                self.metrics.recording_errors.inc();
-                error!(error = %e, "recording could not be finalised");
-                Err(RecordingError::Finalise(e))
+            Err((e, part)) => {
+                let reason = format!("finalising: {e}");
+                let seconds = self.failed_at(&call_id, &trace_id, &uri, &reason, part);
+                Err(RecordingError::Failed { seconds, reason })
             }
         }
     }
@@ -76,8 +108,40 @@ impl CallRecorder {
         }
         let Some(upto) = self.schedule.due(now, w.flushed_until()) else { return };
         if let Err(e) = w.flush_until(upto) {
-            self.metrics.recording_errors.inc();
-            error!(error = %e, "writing the recording to the spool failed");
+            let Some(w) = self.writer.take() else { return };
+            self.metrics.recordings_in_flight.dec();
+            let (call_id, trace_id, uri) = (w.spec().call_id.clone(), w.spec().trace_id.clone(), w.uri());
+            let reason = e.to_string();
+            let part = w.abandon();
+            let seconds = self.failed_at(&call_id, &trace_id, &uri, &reason, part);
+            self.failed = Some(RecordingError::Failed { seconds, reason });
         }
+    }
+
+    /// A recording could not be written: what reached the disk is salvaged to be
+    /// stored cut short, and the failure said once (log, metrics, event) with the
+    /// seconds really kept. Returns those seconds.
+    fn failed_at(&mut self, call_id: &str, trace_id: &str, uri: &str, reason: &str, part: PathBuf) -> f64 {
+        self.metrics.recording_errors.inc();
+        self.metrics.recordings_failed.inc();
+        let kept = match recover::salvage(&part) {
+            Ok(Some(job)) => {
+                let seconds = job.seconds;
+                self.salvaged.push(job);
+                seconds
+            }
+            // Left for the recovery at the next start (counted there if it cannot be).
+            Ok(None) => {
+                warn!(part = %part.display(), "failed recording has no destination beside it; left in the spool");
+                0.0
+            }
+            Err(e) => {
+                warn!(part = %part.display(), error = %e, "failed recording left in the spool; recovered at the next start");
+                0.0
+            }
+        };
+        error!(%uri, seconds_kept = kept, error = %reason, "recording failed: the spool cannot be written; the call goes on, what was written is stored flagged cut short");
+        self.events.recording_failed(call_id, trace_id, uri, reason, kept);
+        kept
     }
 }

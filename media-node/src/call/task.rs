@@ -193,7 +193,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         stream: None,
         out: Outputs::default(),
         frames: Vec::new(),
-        recorder: CallRecorder::new(ctx.store.config.spool_dir.clone(), ctx.metrics.clone()),
+        recorder: CallRecorder::new(ctx.store.config.spool_dir.clone(), ctx.metrics.clone(), ctx.events.clone()),
         store: ctx.store.clone(),
         events: ctx.events.clone(),
         call_id: call_id.clone(),
@@ -294,11 +294,9 @@ impl CallTask {
         self.flush(&sockets.rtp).await;
         // The end of the call finalises an active recording by itself.
         if let Some(job) = self.recorder.finish(self.now_pos()) {
-            let store = self.store.clone();
-            self.storage.spawn(async move {
-                store.deliver(job).await;
-            });
+            self.store_later(job);
         }
+        self.store_salvaged();
         if let Some(s) = self.stream.take() {
             let _ = s.done.send(StreamEnd::CallEnded);
         }
@@ -348,6 +346,7 @@ impl CallTask {
             }
             CallCommand::StopRecording { reply } => {
                 let _ = reply.send(self.recorder.stop(self.now_pos()));
+                self.store_salvaged();
             }
             CallCommand::Shutdown => {}
         }
@@ -367,8 +366,24 @@ impl CallTask {
         }
     }
 
+    /// Stores a recording in the background, on the serving runtime.
+    fn store_later(&self, job: RecordingJob) {
+        let store = self.store.clone();
+        self.storage.spawn(async move {
+            store.deliver(job).await;
+        });
+    }
+
+    /// What failed recordings kept (a full spool) is stored like a finished one.
+    fn store_salvaged(&mut self) {
+        for job in self.recorder.take_salvaged() {
+            self.store_later(job);
+        }
+    }
+
     async fn flush(&mut self, rtp: &UdpSocket) {
         self.recorder.record(&self.out, self.now_pos());
+        self.store_salvaged();
         for t in self.out.transmit.drain(..) {
             if let Err(e) = rtp.send_to(&t.data, t.to).await {
                 debug!(to = %t.to, error = %e, "rtp send failed");

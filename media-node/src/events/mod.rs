@@ -22,6 +22,9 @@ use crate::sync::lock;
 pub const EXCHANGE: &str = "sentiric_events";
 pub const PLAYBACK_FINISHED: &str = "call.media.playback.finished";
 pub const RECORDING_AVAILABLE: &str = "call.recording.available";
+/// A recording could not be written (a full spool): an extension, in the style of
+/// `call.media.playback.finished`.
+pub const RECORDING_FAILED: &str = "call.media.recording.failed";
 /// Events kept while the broker is away.
 pub const OUTBOX_CAPACITY: usize = 10_000;
 
@@ -106,6 +109,26 @@ impl EventPublisher {
             cut_short,
         };
         self.enqueue(RECORDING_AVAILABLE, ev.encode_to_vec());
+    }
+
+    /// `{"callId","traceId","uri","reason","secondsKept"}`: what was kept is stored
+    /// (a `call.recording.available` with cut_short follows once it is).
+    pub fn recording_failed(&self, call_id: &str, trace_id: &str, uri: &str, reason: &str, seconds_kept: f64) {
+        let payload = serde_json::json!({
+            "callId": call_id,
+            "traceId": trace_id,
+            "uri": uri,
+            "reason": reason,
+            "secondsKept": (seconds_kept * 1000.0).round() / 1000.0,
+        });
+        let ev = GenericEvent {
+            event_type: RECORDING_FAILED.into(),
+            trace_id: call_id.into(),
+            timestamp: Some(now()),
+            tenant_id: self.tenant_id.clone(),
+            payload_json: payload.to_string(),
+        };
+        self.enqueue(RECORDING_FAILED, ev.encode_to_vec());
     }
 
     /// Connects (and reconnects, with backoff) and drains the outbox with confirms.

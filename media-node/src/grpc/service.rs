@@ -118,7 +118,7 @@ impl From<NodeError> for Status {
             NodeError::Read(_) => Status::internal(message),
             NodeError::Recording(RecordingError::AlreadyRunning | RecordingError::NotRunning) => Status::failed_precondition(message),
             NodeError::Recording(RecordingError::Spool(_)) => Status::unavailable(message),
-            NodeError::Recording(RecordingError::Finalise(_)) => Status::internal(message),
+            NodeError::Recording(RecordingError::Failed { .. }) => Status::data_loss(message),
         }
     }
 }

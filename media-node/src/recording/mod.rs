@@ -14,7 +14,8 @@ pub use writer::{RecordingJob, RecordingSpec, RecordingWriter};
 /// Why StartRecording or StopRecording failed on a call, each with the status a caller
 /// can act on (see `grpc::status`): the call's state is FAILED_PRECONDITION, a spool
 /// the node cannot write is UNAVAILABLE (another node may take the call's next one),
-/// a recording that could not be finalised is INTERNAL.
+/// a recording whose writing or finalising failed (what it kept is stored cut short)
+/// is DATA_LOSS.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
     #[error("a recording is already running on this call")]
@@ -23,6 +24,6 @@ pub enum RecordingError {
     NotRunning,
     #[error("the recording spool cannot be written: {0}")]
     Spool(std::io::Error),
-    #[error("the recording could not be finalised: {0}")]
-    Finalise(std::io::Error),
+    #[error("the recording failed after {seconds:.1} s: the spool cannot be written ({reason}); the call went on, what was written is stored flagged cut short")]
+    Failed { seconds: f64, reason: String },
 }

@@ -40,17 +40,13 @@ pub fn recover_spool(spool: &Path) -> Recovered {
         }
     }
     for part in parts {
-        let meta = meta_path(&part);
-        match RecordingJob::read(&meta).map(|job| recover_part(&part, job)) {
-            Some(Ok(job)) => {
-                let _ = std::fs::remove_file(&meta);
-                out.cut_short.push(job);
-            }
-            Some(Err(e)) => {
+        match salvage(&part) {
+            Ok(Some(job)) => out.cut_short.push(job),
+            Ok(None) => out.orphaned.push(part),
+            Err(e) => {
                 tracing::warn!(part = %part.display(), error = %e, "could not recover a recording cut short; left in the spool");
                 out.orphaned.push(part);
             }
-            None => out.orphaned.push(part),
         }
     }
     // A destination without its `.part`: the stop came between the WAV's rename and
@@ -78,6 +74,18 @@ pub fn recover_spool(spool: &Path) -> Recovered {
         }
     }
     out
+}
+
+/// Turns one `.part` into a finished recording flagged cut short: its header set from
+/// what reached the disk, renamed, with its manifest. None when no destination is
+/// beside it. Used at start for what a hard stop left, and at once for a recording
+/// whose writing failed (a full spool), so what it kept is stored without a restart.
+pub fn salvage(part: &Path) -> std::io::Result<Option<RecordingJob>> {
+    let meta = meta_path(part);
+    let Some(job) = RecordingJob::read(&meta) else { return Ok(None) };
+    let job = recover_part(part, job)?;
+    let _ = std::fs::remove_file(&meta);
+    Ok(Some(job))
 }
 
 fn recover_part(part: &Path, mut job: RecordingJob) -> std::io::Result<RecordingJob> {

@@ -25,8 +25,13 @@ use crate::sync::lock;
 
 /// Files larger than this go up as multipart uploads, in parts of this size.
 const PART_SIZE: u64 = 8 * 1024 * 1024;
-/// How long one delivery attempt may take before StopRecording answers "spooled".
+/// How long StopRecording waits for storage before it answers "spooled".
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Spooled recordings stored at once by the retry loop.
+const RETRY_PARALLEL: usize = 4;
+/// Limits on each request to S3 (not on a whole upload, which may take many).
+const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const S3_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
@@ -77,6 +82,12 @@ fn s3_client(s: &S3Settings) -> aws_sdk_s3::Client {
     let mut b = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .http_client(http)
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(S3_CONNECT_TIMEOUT)
+                .operation_attempt_timeout(S3_REQUEST_TIMEOUT)
+                .build(),
+        )
         .region(aws_sdk_s3::config::Region::new(s.region.clone().unwrap_or_else(|| "us-east-1".into())));
     if let (Some(ak), Some(sk)) = (&s.access_key_id, &s.secret_access_key) {
         b = b.credentials_provider(aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "media-node-config"));
@@ -105,20 +116,30 @@ impl RecordingStore {
         lock(&self.retries).len()
     }
 
-    /// One attempt to store a finished recording; on failure it stays spooled and is
-    /// retried in the background.
-    pub async fn deliver(&self, job: RecordingJob) -> Delivered {
+    /// One attempt to store a finished recording, waited for at most ATTEMPT_TIMEOUT:
+    /// on failure it stays spooled and is retried in the background; an attempt that
+    /// is only slow (slow storage) is answered "spooled" and goes on by itself, never
+    /// cancelled and started over.
+    pub async fn deliver(self: &Arc<Self>, job: RecordingJob) -> Delivered {
         let uri = job.uri();
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(&job)).await {
-            Ok(Ok(())) => Delivered::Stored(uri),
-            Ok(Err(e)) => {
-                warn!(call_id = %job.call_id, %uri, error = %e, "recording storage failed; kept in spool, will retry");
-                self.schedule(job.manifest_path(), Duration::from_secs(1));
-                Delivered::Spooled(uri)
+        let me = self.clone();
+        let manifest = job.manifest_path();
+        let (call_id, for_log) = (job.call_id.clone(), uri.clone());
+        let attempt = tokio::spawn(async move {
+            let result = me.attempt(&job).await;
+            if let Err(e) = &result {
+                warn!(call_id = %job.call_id, uri = %job.uri(), error = %e, "recording storage failed; kept in spool, will retry");
+                me.schedule(job.manifest_path(), Duration::from_secs(1));
             }
+            result.is_ok()
+        });
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+            Ok(Ok(true)) => Delivered::Stored(uri),
+            Ok(_) => Delivered::Spooled(uri),
             Err(_) => {
-                warn!(call_id = %job.call_id, %uri, "recording storage timed out; kept in spool, will retry");
-                self.schedule(job.manifest_path(), Duration::from_secs(1));
+                warn!(%call_id, uri = %for_log, "recording storage is slow; answered as spooled, the upload goes on");
+                // Should the slow attempt fail, the retry loop has it (it skips it while busy).
+                self.schedule(manifest, Duration::from_secs(1));
                 Delivered::Spooled(uri)
             }
         }
@@ -133,10 +154,15 @@ impl RecordingStore {
     }
 
     async fn attempt(&self, job: &RecordingJob) -> anyhow::Result<()> {
-        let manifest = job.manifest_path();
-        if !lock(&self.busy).insert(manifest.clone()) {
+        if !lock(&self.busy).insert(job.manifest_path()) {
             anyhow::bail!("another attempt is under way");
         }
+        self.store_marked(job).await
+    }
+
+    /// Stores a job already marked busy, and unmarks it.
+    async fn store_marked(&self, job: &RecordingJob) -> anyhow::Result<()> {
+        let manifest = job.manifest_path();
         let result = self.store(job).await;
         lock(&self.busy).remove(&manifest);
         match &result {
@@ -273,36 +299,49 @@ impl RecordingStore {
     }
 
     /// Retries spooled recordings with exponential backoff (1 s up to 60 s) until each
-    /// is stored.
+    /// is stored, up to RETRY_PARALLEL at once: one slow upload does not hold back the
+    /// rest. An attempt has no deadline of its own; each request to storage has
+    /// (`s3_client`), so a large upload to slow storage is never cut and started over.
     pub async fn run_retries(self: Arc<Self>, shutdown: CancellationToken) {
         let found = self.scan_spool();
         if found > 0 {
             info!(found, "spooled recordings found; storing them");
         }
+        let mut running = tokio::task::JoinSet::new();
         loop {
+            while running.try_join_next().is_some() {}
             let due: Vec<PathBuf> = {
                 let r = lock(&self.retries);
+                let busy = lock(&self.busy);
                 let now = Instant::now();
-                r.iter().filter(|(_, v)| v.next <= now).map(|(k, _)| k.clone()).collect()
+                r.iter().filter(|(k, v)| v.next <= now && !busy.contains(*k)).map(|(k, _)| k.clone()).collect()
             };
-            for manifest in due {
+            for manifest in due.into_iter().take(RETRY_PARALLEL.saturating_sub(running.len())) {
                 let Some(job) = RecordingJob::read(&manifest) else {
                     warn!(manifest = %manifest.display(), "unreadable recording manifest left in spool");
                     lock(&self.retries).remove(&manifest);
                     continue;
                 };
-                let ok = matches!(tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(&job)).await, Ok(Ok(())));
-                if !ok {
-                    let mut r = lock(&self.retries);
-                    if let Some(entry) = r.get_mut(&manifest) {
-                        entry.delay = (entry.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-                        entry.next = Instant::now() + entry.delay;
-                    }
+                // Marked busy before the task runs, so the next round does not pick it again.
+                if !lock(&self.busy).insert(manifest.clone()) {
+                    continue;
                 }
+                let me = self.clone();
+                running.spawn(async move {
+                    let ok = me.store_marked(&job).await.is_ok();
+                    if !ok {
+                        let mut r = lock(&me.retries);
+                        if let Some(entry) = r.get_mut(&manifest) {
+                            entry.delay = (entry.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                            entry.next = Instant::now() + entry.delay;
+                        }
+                    }
+                });
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }

@@ -223,18 +223,39 @@ impl RecordingWriter {
         Ok(())
     }
 
+    /// Where the recording is to be stored.
+    pub fn uri(&self) -> String {
+        self.job.uri()
+    }
+
+    /// Gives up writing after an error: the file is closed as it is (whatever its
+    /// writer could still put out) and its `.part` path returned, for `recover::salvage`.
+    pub fn abandon(self) -> PathBuf {
+        let part = self.part.clone();
+        // hound finalises on drop, ignoring errors: what is buffered goes out if it can.
+        drop(self);
+        part
+    }
+
     /// Ends the recording at `end_pos`, finalises the WAV and writes its manifest.
-    pub fn finish(mut self, end_pos: u64) -> std::io::Result<RecordingJob> {
+    /// On an error, the `.part` is left as it is for `recover::salvage`, with the error.
+    pub fn finish(mut self, end_pos: u64) -> Result<RecordingJob, (std::io::Error, PathBuf)> {
         self.mixed.clear();
         self.timeline.finish(end_pos, &mut self.mixed);
-        self.write_mixed()?;
-        self.wav.finalize().map_err(std::io::Error::other)?;
-        let mut job = self.job;
-        std::fs::rename(&self.part, &job.wav)?;
-        job.bytes = std::fs::metadata(&job.wav)?.len();
-        job.seconds = self.frames_written as f64 / self.spec.rate as f64;
-        job.write_manifest()?;
-        let _ = std::fs::remove_file(meta_path(&self.part));
+        if let Err(e) = self.write_mixed() {
+            return Err((e, self.abandon()));
+        }
+        let RecordingWriter { wav, part, mut job, frames_written, spec, .. } = self;
+        if let Err(e) = wav.finalize() {
+            return Err((std::io::Error::other(e), part));
+        }
+        // From the rename on, the WAV is whole: a failure after it is recovered from
+        // the `.meta` left beside the part's name (at the next start).
+        std::fs::rename(&part, &job.wav).map_err(|e| (e, part.clone()))?;
+        job.bytes = std::fs::metadata(&job.wav).map_err(|e| (e, part.clone()))?.len();
+        job.seconds = frames_written as f64 / spec.rate as f64;
+        job.write_manifest().map_err(|e| (e, part.clone()))?;
+        let _ = std::fs::remove_file(meta_path(&part));
         Ok(job)
     }
 }
