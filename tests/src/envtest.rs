@@ -342,7 +342,7 @@ fn grpc_probe_port(pod: &Pod) -> Option<i32> {
 }
 
 /// The kubelet's gRPC probe: grpc.health.v1 Check of the empty service, plaintext.
-async fn grpc_serving(port: i32) -> bool {
+pub async fn grpc_serving(port: i32) -> bool {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else { return false };
     let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_millis(500));

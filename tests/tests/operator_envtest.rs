@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use media_crds::{MediaNode, MediaPool, POOL_LABEL};
 use media_proto::pb::media_service_client::MediaServiceClient;
-use media_proto::pb::AllocatePortRequest;
+use media_proto::pb::{AllocatePortRequest, PlayAudioRequest, ReleasePortRequest};
 use serde_json::json;
 
 const NS: &str = "fleet";
@@ -43,6 +43,7 @@ async fn operator_against_a_real_apiserver() {
     install_crds(&client).await;
     create_namespace(&client, NS).await;
     invalid_pools_are_rejected(&client).await;
+    a_new_node_knows_its_peers_from_the_first_list(&client, &cp).await;
 
     // The Kubernetes Node the fake pods run on: ExternalIP is what nodes advertise.
     let node: Node = serde_json::from_value(json!({
@@ -60,7 +61,7 @@ async fn operator_against_a_real_apiserver() {
     let call_port = node_reports_are_aggregated(&client).await;
     scale_subresource_drains_the_emptiest(&client, call_port).await;
     deleted_pod_is_replaced_without_clash(&client).await;
-    reporter_rides_out_an_api_outage(&client, &mut cp).await;
+    reporter_rides_out_an_api_outage(&client, &mut cp, assets.path()).await;
 
     // Operator restart: a new instance keeps every slot and pod.
     let before: BTreeSet<(String, i32)> = pods(&client).await.iter().map(|p| (p.name_any(), slot_of(p))).collect();
@@ -71,10 +72,102 @@ async fn operator_against_a_real_apiserver() {
     let after: BTreeSet<(String, i32)> = pods(&client).await.iter().map(|p| (p.name_any(), slot_of(p))).collect();
     assert_eq!(before, after, "an operator restart changes no pod and no slot");
 
-    only_the_lease_holder_writes(&client, &cp, op_b).await;
+    only_the_lease_holder_writes(&client, &cp, op_b, assets.path()).await;
 
     kubelet.stop().await;
     drop(cp);
+}
+
+/// A node that starts into a pool whose peers reported long ago knows them as soon as
+/// its first list of the pool's MediaNodes is in, not at the next change. Here nothing
+/// ever changes: the two peers are objects written once (no process heartbeats them)
+/// and the newcomer has no MediaNode of its own (its reports fail), so the first list
+/// is all it gets. Before the fix it never knew them: every per-port request for a
+/// peer's call was answered NOT_FOUND.
+async fn a_new_node_knows_its_peers_from_the_first_list(client: &Client, cp: &ControlPlane) {
+    const GHOSTS: &str = "ghost-town";
+    create_namespace(client, GHOSTS).await;
+    let api: Api<MediaNode> = Api::namespaced(client.clone(), GHOSTS);
+    for (i, name) in ["peer-a", "peer-b"].into_iter().enumerate() {
+        let base = 27200 + i as i32 * 100;
+        let mn: MediaNode = serde_json::from_value(json!({
+            "apiVersion": "media.sentiric.cloud/v1alpha1", "kind": "MediaNode",
+            "metadata": {"name": name, "labels": {POOL_LABEL: "ghosts"}},
+            "spec": {"pool": "ghosts", "slot": i + 1, "udpMin": base, "udpMax": base + 99, "grpcPort": 27290 + i as i32,
+                     "metricsPort": 27295 + i as i32, "podName": name},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &mn).await.unwrap();
+        let status = json!({"status": {
+            "ports": {"total": 50, "allocated": 1, "quarantined": 0, "free": 49},
+            "sessions": 1, "grpcEndpoint": format!("127.0.0.1:{}", 27290 + i), "advertisedAddress": "127.0.0.1",
+            "heartbeatTime": k8s_openapi::jiff::Timestamp::now().to_string(), "ready": true, "draining": false,
+        }});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    }
+    let log = cp.log_dir().join("newcomer.log");
+    let mut node = std::process::Command::new(fleet_tests::envtest::media_node_binary())
+        .env("MEDIA_SERVICE_GRPC_PORT", "27198")
+        .env("MEDIA_SERVICE_METRICS_PORT", "27199")
+        .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+        .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
+        .env("RTP_SERVICE_PORT_MIN", "27100")
+        .env("RTP_SERVICE_PORT_MAX", "27199")
+        .env("RECORDINGS_SPOOL_DIR", cp.log_dir().join("newcomer-spool"))
+        .env("RECORDINGS_ROOT", cp.log_dir().join("newcomer-recordings"))
+        .env("ASSETS_BASE_PATH", cp.log_dir())
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("MEDIA_NODE_NAME", "newcomer")
+        .env("MEDIA_NODE_NAMESPACE", GHOSTS)
+        .env("MEDIA_POOL_NAME", "ghosts")
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut peers = 0.0;
+    while started.elapsed() < Duration::from_secs(30) && peers != 2.0 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Ok((_, text)) = media_tools::http::get("127.0.0.1:27199", "/metrics").await {
+            peers = fleet_tests::metric_value(&text, "media_fleet_peers");
+        }
+    }
+    assert_eq!(
+        peers,
+        2.0,
+        "the newcomer knows both peers from its first list; its log:\n{}{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+    );
+    println!("the newcomer knew its {peers} peers {:.1} s after it started", started.elapsed().as_secs_f64());
+    // A per-port request for a peer's call goes to that peer (here gone: UNAVAILABLE),
+    // not answered NOT_FOUND as a call this node has never heard of.
+    let mut grpc = MediaServiceClient::connect("http://127.0.0.1:27198").await.unwrap();
+    let err = grpc
+        .play_audio(PlayAudioRequest { audio_uri: "file://x.wav".into(), server_rtp_port: 27210, rtp_target_addr: String::new() })
+        .await
+        .expect_err("the peer is not there");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "forwarded to the port's owner: {err:?}");
+    let _ = node.kill();
+    let _ = node.wait();
+    for name in ["peer-a", "peer-b"] {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+}
+
+/// What a failed wait shows: the pool's pods, MediaNodes and the nodes' own logs.
+async fn pool_state(client: &Client, assets: &std::path::Path) -> String {
+    let pods: Vec<String> = pods(client).await.iter().map(|p| p.name_any()).collect();
+    let nodes: Vec<String> =
+        nodes(client).await.iter().map(|n| format!("{}: draining={} status={:?}", n.name_any(), n.spec.draining, n.status)).collect();
+    let mut logs = String::new();
+    for e in std::fs::read_dir(assets).into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "log")) {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let last: Vec<&str> = text.lines().rev().take(30).collect();
+        logs.push_str(&format!("\n--- {} (last lines)\n{}", e.path().display(), last.into_iter().rev().collect::<Vec<_>>().join("\n")));
+    }
+    format!("pods {pods:?}\nnodes {nodes:#?}{logs}")
 }
 
 fn pool_json(replicas: i32, min: i32, max: i32, slot: i32, image: &str) -> serde_json::Value {
@@ -212,8 +305,22 @@ async fn deleted_pod_is_replaced_without_clash(client: &Client) {
 }
 
 /// With the API server away, calls go on; when it is back, the node catches up.
-async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane) {
+/// The API server gone for minutes (an upgrade of the control plane, etcd lost its
+/// quorum): the node serves calls all along, stays Ready to its probe, and its report
+/// and the pool's status catch up once the API server is back.
+async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane, assets: &std::path::Path) {
+    const OUTAGE: Duration = Duration::from_secs(120);
+    let prompt = media_tools::analysis::synth_speech(8000, 0.4, 8);
+    let mut w = hound::WavWriter::create(
+        assets.join("outage.wav"),
+        hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
+    )
+    .unwrap();
+    prompt.iter().for_each(|s| w.write_sample(*s).unwrap());
+    w.finalize().unwrap();
+
     cp.stop_apiserver();
+    let down = std::time::Instant::now();
     let mut grpc = MediaServiceClient::connect("http://127.0.0.1:23000").await.unwrap();
     // Pinned to this node (marked as forwarded already): the pool would otherwise
     // place it on an emptier peer.
@@ -222,17 +329,56 @@ async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane
         .await
         .expect("calls work without the API server");
     assert!((23000..23100).contains(&alloc.into_inner().rtp_port));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Calls come and go through the whole outage: each is placed, hears a prompt and
+    // is released; the node's readiness probe answers serving every time.
+    let mut calls = 0;
+    while down.elapsed() < OUTAGE {
+        assert!(
+            fleet_tests::envtest::grpc_serving(23000).await,
+            "the node stays ready {:.0} s into the outage",
+            down.elapsed().as_secs_f64()
+        );
+        let caller = media_tools::caller::RtpCaller::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let call_id = format!("outage-{calls}");
+        let port = grpc
+            .allocate_port(fleet_tests::pinned(AllocatePortRequest { call_id: call_id.clone() }))
+            .await
+            .unwrap_or_else(|e| panic!("a call {:.0} s into the outage: {e}", down.elapsed().as_secs_f64()))
+            .into_inner()
+            .rtp_port;
+        let played = grpc
+            .play_audio(fleet_tests::pinned(PlayAudioRequest {
+                audio_uri: "file://outage.wav".into(),
+                server_rtp_port: port,
+                rtp_target_addr: caller.local_addr().to_string(),
+            }))
+            .await
+            .expect("a prompt plays during the outage");
+        assert_eq!(played.into_inner().message, "finished");
+        assert!(caller.received_count() >= 15, "the caller heard the prompt: {} packets", caller.received_count());
+        grpc.release_port(fleet_tests::pinned(ReleasePortRequest { rtp_port: port })).await.expect("release during the outage");
+        calls += 1;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    println!("{calls} calls served during a {} s API server outage", OUTAGE.as_secs());
     cp.start_apiserver().await;
-    eventually("the node reports the call made during the outage", 30, || async {
+    eventually("the node reports the call made during the outage", 60, || async {
         let mn = nodes(client).await.into_iter().find(|n| n.spec.slot == 0)?;
         (mn.status?.sessions == 2).then_some(())
     })
     .await;
-    eventually("the pool status catches up", 30, || async { (pool(client).await.status?.active_sessions == 2).then_some(()) }).await;
+    eventually("the pool status catches up", 60, || async { (pool(client).await.status?.active_sessions == 2).then_some(()) }).await;
+    // A few reconciles later the operator still drains nobody: the heartbeats it could
+    // not see during the outage do not count against the nodes.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let draining: Vec<String> = nodes(client).await.into_iter().filter(|n| n.spec.draining).map(|n| n.name_any()).collect();
+    assert!(draining.is_empty(), "nodes drained as unhealthy after the API server came back: {draining:?}");
+    let p = pool(client).await;
+    let st = p.status.unwrap();
+    assert_eq!(st.ready_replicas, p.spec.replicas, "no node was given up for lost while the API server was away: {st:?}");
 }
 
-async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: Operator) {
+async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: Operator, assets: &std::path::Path) {
     let op_c = start_operator(cp.client().await.unwrap(), "op-c", 28183);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(op_b.role().await, "leader");
@@ -275,6 +421,10 @@ async fn only_the_lease_holder_writes(client: &Client, cp: &ControlPlane, op_b: 
         .patch_scale("voice", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
         .await
         .unwrap();
-    eventually("op-c scales down to 1", 40, || async { (pods(client).await.len() == 1).then_some(()) }).await;
+    let t0 = std::time::Instant::now();
+    while pods(client).await.len() != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(40), "op-c scales down to 1: {}", pool_state(client, assets).await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     op_c.stop().await;
 }

@@ -119,6 +119,21 @@ pub struct Plan {
 /// A heartbeat older than this means the node is not reporting.
 pub const HEARTBEAT_STALE: SignedDuration = SignedDuration::from_secs(30);
 
+/// Heartbeats are judged only over time the operator itself could see the pool: one
+/// older than the moment its view began (its start, its taking the lease, the API
+/// server's return after an outage) counts as given at that moment. Without this an
+/// API server gone for longer than HEARTBEAT_STALE made every node look dead the moment
+/// it came back (their reports could not arrive either), and the operator drained and
+/// replaced a whole healthy pool; seen with the API server gone for 120 s. A node
+/// really gone is still replaced, HEARTBEAT_STALE after the view began.
+pub fn judged_from(nodes: &mut [NodeObs], view_since: Timestamp) {
+    for h in nodes.iter_mut().filter_map(|n| n.report.as_mut()).filter_map(|r| r.heartbeat.as_mut()) {
+        if *h < view_since {
+            *h = view_since;
+        }
+    }
+}
+
 /// Nodes that hold their slot with a pod still running (not released, not terminating).
 pub fn live_nodes<'a>(nodes: &'a [NodeObs], pods: &'a [PodObs]) -> impl Iterator<Item = &'a NodeObs> + 'a {
     nodes.iter().filter(move |n| n.released_at.is_none() && pods.iter().any(|p| p.name == n.name && !p.terminating))
@@ -543,6 +558,28 @@ mod tests {
         fresh.report = None;
         let p = plan(&pool(1), &[pod("c")], &[fresh], t(500));
         assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    #[test]
+    fn heartbeats_that_could_not_arrive_are_not_stale() {
+        // The API server was gone from t(0) to t(120): no report could arrive, and the
+        // operator's view began again at t(120).
+        let mut nodes = vec![node("a", 0, 2), node("b", 1, 0)];
+        for n in &mut nodes {
+            n.report.as_mut().unwrap().heartbeat = Some(t(0));
+        }
+        let pods = vec![pod("a"), pod("b")];
+        assert_eq!(drains(&plan(&pool(2), &pods, &nodes, t(121))).len(), 2, "judged on the stale times, the whole pool goes");
+        judged_from(&mut nodes, t(120));
+        let p = plan(&pool(2), &pods, &nodes, t(121));
+        assert!(p.actions.is_empty(), "a healthy pool after an outage is left alone: {:?}", p.actions);
+        // One node reports again, the other never does: it is replaced, in its time.
+        nodes[1].report.as_mut().unwrap().heartbeat = Some(t(125));
+        assert!(drains(&plan(&pool(2), &pods, &nodes, t(140))).is_empty());
+        assert_eq!(drains(&plan(&pool(2), &pods, &nodes, t(151))), vec![("a".to_string(), DrainReason::Unhealthy)]);
+        // Newer heartbeats are kept as they are.
+        judged_from(&mut nodes, t(100));
+        assert_eq!(nodes[1].report.as_ref().unwrap().heartbeat, Some(t(125)));
     }
 
     #[test]

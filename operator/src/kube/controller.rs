@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::events::{EventRecorder, EventType};
 use super::resources;
 use crate::decide::autoscale::{self, Limit};
-use crate::decide::plan::{live_nodes, plan, Action, NodeObs, NodeReport, PodObs, PoolObs};
+use crate::decide::plan::{judged_from, live_nodes, plan, Action, NodeObs, NodeReport, PodObs, PoolObs};
 use crate::decide::rollout::template_hash;
 use crate::decide::slots::Layout;
 use crate::decide::status::{pool_status, StatusInput};
@@ -49,11 +49,36 @@ pub struct Ctx {
     /// Namespaces whose node ServiceAccount and bindings were applied, and when: they
     /// are applied again after ACCESS_REFRESH, so one deleted by hand comes back.
     ensured: Mutex<HashMap<String, Instant>>,
+    /// Per pool: when this operator last read its nodes, and since when it has read
+    /// them without a gap (`decide::plan::judged_from`).
+    views: Mutex<HashMap<String, (Instant, Timestamp)>>,
 }
 
+/// Reads of a pool's nodes further apart than this (reconciles come every RESYNC) mean
+/// the operator could not see them meanwhile: an API server outage, a lost lease.
+const VIEW_GAP: Duration = Duration::from_secs(15);
+
 impl Ctx {
+    /// Since when this operator has seen the pool `key` without a gap, `now` being
+    /// the time of a read that just succeeded.
+    fn view_since(&self, key: &str, now: Timestamp) -> Timestamp {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        let since = match views.get(key) {
+            Some((last, since)) if last.elapsed() <= VIEW_GAP => *since,
+            _ => now,
+        };
+        views.insert(key.to_string(), (Instant::now(), since));
+        since
+    }
+
     pub fn new(client: Client, identity: &str, metrics: Arc<OperatorMetrics>) -> Ctx {
-        Ctx { recorder: EventRecorder::new(client.clone(), MANAGER, identity), client, metrics, ensured: Mutex::new(HashMap::new()) }
+        Ctx {
+            recorder: EventRecorder::new(client.clone(), MANAGER, identity),
+            client,
+            metrics,
+            ensured: Mutex::new(HashMap::new()),
+            views: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -156,11 +181,12 @@ async fn reconcile_inner(pool: &MediaPool, ctx: &Ctx, ns: &str, name: &str) -> R
         .iter()
         .map(|p| PodObs { name: p.name_any(), terminating: p.metadata.deletion_timestamp.is_some(), ready: pod_ready(p) })
         .collect();
-    let node_obs: Vec<NodeObs> = nodes.iter().map(observe_node).collect();
+    let mut node_obs: Vec<NodeObs> = nodes.iter().map(observe_node).collect();
     let spec = &pool.spec;
     let layout = Layout { min: spec.ports.min, max: spec.ports.max, size: spec.ports.slot_size };
     let hash = template_hash(spec);
     let now = Timestamp::now();
+    judged_from(&mut node_obs, ctx.view_since(&format!("{ns}/{name}"), now));
     let (replicas, autoscaling, autoscale_wake) = autoscale_step(ctx, pool, &pools, &pod_obs, &node_obs, layout, now).await?;
     let obs = PoolObs {
         name: name.to_string(),
