@@ -46,11 +46,26 @@ fn store_changed<K>(event: &watcher::Event<K>) -> bool {
     matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
 }
 
+/// How the watch comes back after an error: from 0.5 s doubling to 5 s (with jitter, at
+/// most 10 s). kube's default is client-go's, up to 30 s and with jitter up to a minute:
+/// after an API server outage of two minutes a node stayed blind to its drain flag for
+/// most of a minute more, and a scale-down waited on it. A node watches only its own
+/// pool's few MediaNodes, so retrying this often costs the API server little.
+fn rewatch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
 pub async fn run(node: Arc<Node>, client: Client, namespace: String, name: String, pool: String, shutdown: CancellationToken) {
     let api: Api<MediaNode> = Api::namespaced(client, &namespace);
     let (reader, writer) = reflector::store::<MediaNode>();
     let cfg = watcher::Config::default().labels(&format!("{POOL_LABEL}={pool}"));
-    let stream = reflector(writer, watcher(api, cfg)).default_backoff();
+    let stream = reflector(writer, watcher(api, cfg)).backoff(rewatch_backoff());
     futures::pin_mut!(stream);
     let mut failing = false;
     loop {
