@@ -3,7 +3,7 @@
 //! the disk is recovered as a valid WAV, stored where the recording was to go, and
 //! flagged as cut short.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use media_tools::analysis::{best_correlation, synth_speech};
 use media_tools::caller::RtpCaller;
+use media_tools::files::files_under;
 use media_tools::prometheus::metric_value;
 
 const GRPC: u16 = 22571;
@@ -45,20 +46,6 @@ async fn ready() {
         (status == 200).then_some(())
     })
     .await;
-}
-
-fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p, suffix));
-        } else if p.to_string_lossy().ends_with(suffix) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -24,6 +24,8 @@ use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use media_tools::analysis::{best_correlation, synth_speech};
 use media_tools::caller::RtpCaller;
+use media_tools::files::files_under;
+use media_tools::wav::Header;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -107,20 +109,6 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p, suffix));
-        } else if p.to_string_lossy().ends_with(suffix) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn events(received: &Received, key: &str) -> Vec<Vec<u8>> {
@@ -309,19 +297,8 @@ async fn slow_proxy(listen: u16, upstream: std::net::SocketAddr, delay: Duration
 fn spool_recording(spool: &Path, name: &str, bytes: usize) -> RecordingJob {
     let wav = spool.join(format!("{name}.wav"));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&wav).unwrap());
-    let data = bytes as u32;
-    f.write_all(b"RIFF").unwrap();
-    f.write_all(&(36 + data).to_le_bytes()).unwrap();
-    f.write_all(b"WAVEfmt ").unwrap();
-    f.write_all(&16u32.to_le_bytes()).unwrap();
-    f.write_all(&1u16.to_le_bytes()).unwrap(); // PCM
-    f.write_all(&1u16.to_le_bytes()).unwrap(); // mono
-    f.write_all(&8000u32.to_le_bytes()).unwrap();
-    f.write_all(&16000u32.to_le_bytes()).unwrap();
-    f.write_all(&2u16.to_le_bytes()).unwrap();
-    f.write_all(&16u16.to_le_bytes()).unwrap();
-    f.write_all(b"data").unwrap();
-    f.write_all(&data.to_le_bytes()).unwrap();
+    let header = Header { channels: 1, rate: 8000, bits: 16, float: false, data_len: bytes as u32 };
+    f.write_all(&media_tools::wav::with_header(header, &[])).unwrap();
     // Not all zeros: a store that compressed or skipped runs would show in the sizes.
     let mut x: u32 = 0x1234_5678;
     let mut block = vec![0u8; 64 * 1024];

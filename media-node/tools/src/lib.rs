@@ -9,9 +9,11 @@
 //! - `ng`: the rtpengine ng protocol (bencode over UDP) and the SDP it needs.
 //! - `http`, `prometheus`: a node's /metrics and health read without a client library.
 //! - `wav`: WAV files with headers that lie, as a hostile caller sends them.
+//! - `files`: what a node left on disk, found from outside.
 pub mod analysis;
 pub mod caller;
 pub mod demo;
+pub mod files;
 pub mod http;
 pub mod load;
 pub mod ng;
