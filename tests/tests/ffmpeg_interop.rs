@@ -126,3 +126,66 @@ fn wait_with_timeout_ref(child: &mut std::process::Child, limit: Duration) -> bo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs ffmpeg over files (no pipes to deadlock on): `args` with `{in}` and `{out}`.
+fn ffmpeg_convert(input: &[u8], args: &[&str]) -> Vec<u8> {
+    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::write(&src, input).unwrap();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{in}", src.to_str().unwrap()).replace("{out}", dst.to_str().unwrap())).collect();
+    let out = Command::new(ffmpeg).args(["-hide_banner", "-loglevel", "error", "-y"]).args(&args).output().unwrap();
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(dst).unwrap()
+}
+
+/// Power of `x` (16 kHz) at `freq` (Goertzel), per sample squared.
+fn power_at(x: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 16000.0;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s = v as f64 + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (x.len() as f64).powi(2)
+}
+
+/// Our G.722 (libg722 through ezk-g722) against a second implementation, ffmpeg's own
+/// encoder and decoder: each decodes what the other encoded, speech correlates, and a
+/// 6 kHz tone (gone on any 8 kHz path) survives both ways.
+#[test]
+fn g722_matches_ffmpegs_implementation_both_ways() {
+    use media_node::core::g722::{G722Decoder, G722Encoder};
+    let speech = synth_speech(16000, 2.0, 21);
+    let high = tone(6000.0, 16000, 32000);
+    let source: Vec<i16> = speech.iter().zip(&high).map(|(s, h)| (*s as i32 / 2 + *h as i32 / 4) as i16).collect();
+    let raw: Vec<u8> = source.iter().flat_map(|s| s.to_le_bytes()).collect();
+
+    // ffmpeg encodes, we decode (packet by packet, as RTP would bring it).
+    let g722 = ffmpeg_convert(&raw, &["-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "{in}", "-c:a", "g722", "-f", "g722", "{out}"]);
+    assert_eq!(g722.len(), source.len() / 2, "64 kbit/s: a byte for two samples");
+    let mut dec = G722Decoder::new();
+    let (mut heard, mut out) = (Vec::new(), Vec::new());
+    for packet in g722.chunks(160) {
+        dec.decode_into(packet, &mut out);
+        heard.extend_from_slice(&out);
+    }
+    let (c, lag) = best_correlation(&source[..16000], &heard, 200);
+    assert!(c > 0.9, "we decode ffmpeg's G.722: correlation {c} at lag {lag}");
+    let tone_only = &high[8000..24000];
+    assert!(power_at(&heard[8000..24000], 6000.0) > 0.1 * power_at(tone_only, 6000.0) / 16.0, "6 kHz survives ffmpeg -> us");
+
+    // We encode, ffmpeg decodes.
+    let mut enc = G722Encoder::new();
+    let (mut ours, mut bytes) = (Vec::new(), Vec::new());
+    for frame in source.chunks(320) {
+        enc.encode_into(frame, &mut bytes);
+        ours.extend_from_slice(&bytes);
+    }
+    let pcm = ffmpeg_convert(&ours, &["-f", "g722", "-i", "{in}", "-f", "s16le", "-ar", "16000", "-ac", "1", "{out}"]);
+    let theirs: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let (c, lag) = best_correlation(&source[..16000], &theirs, 200);
+    assert!(c > 0.9, "ffmpeg decodes our G.722: correlation {c} at lag {lag}");
+    assert!(power_at(&theirs[8000..24000], 6000.0) > 0.1 * power_at(tone_only, 6000.0) / 16.0, "6 kHz survives us -> ffmpeg");
+}
