@@ -139,24 +139,13 @@ fn ffmpeg_convert(input: &[u8], args: &[&str]) -> Vec<u8> {
     std::fs::read(dst).unwrap()
 }
 
-/// Power of `x` (16 kHz) at `freq` (Goertzel), per sample squared.
-fn power_at(x: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 16000.0;
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &v in x {
-        let s = v as f64 + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (x.len() as f64).powi(2)
-}
-
 /// Our G.722 (libg722 through ezk-g722) against a second implementation, ffmpeg's own
 /// encoder and decoder: each decodes what the other encoded, speech correlates, and a
 /// 6 kHz tone (gone on any 8 kHz path) survives both ways.
 #[test]
 fn g722_matches_ffmpegs_implementation_both_ways() {
     use media_node::core::g722::{G722Decoder, G722Encoder};
+    use media_node::core::goertzel::power_at;
     let speech = synth_speech(16000, 2.0, 21);
     let high = tone(6000.0, 16000, 32000);
     let source: Vec<i16> = speech.iter().zip(&high).map(|(s, h)| (*s as i32 / 2 + *h as i32 / 4) as i16).collect();
@@ -174,7 +163,7 @@ fn g722_matches_ffmpegs_implementation_both_ways() {
     let (c, lag) = best_correlation(&source[..16000], &heard, 200);
     assert!(c > 0.9, "we decode ffmpeg's G.722: correlation {c} at lag {lag}");
     let tone_only = &high[8000..24000];
-    assert!(power_at(&heard[8000..24000], 6000.0) > 0.1 * power_at(tone_only, 6000.0) / 16.0, "6 kHz survives ffmpeg -> us");
+    assert!(power_at(&heard[8000..24000], 16000, 6000.0) > 0.1 * power_at(tone_only, 16000, 6000.0) / 16.0, "6 kHz survives ffmpeg -> us");
 
     // We encode, ffmpeg decodes.
     let mut enc = G722Encoder::new();
@@ -187,5 +176,5 @@ fn g722_matches_ffmpegs_implementation_both_ways() {
     let theirs: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
     let (c, lag) = best_correlation(&source[..16000], &theirs, 200);
     assert!(c > 0.9, "ffmpeg decodes our G.722: correlation {c} at lag {lag}");
-    assert!(power_at(&theirs[8000..24000], 6000.0) > 0.1 * power_at(tone_only, 6000.0) / 16.0, "6 kHz survives us -> ffmpeg");
+    assert!(power_at(&theirs[8000..24000], 16000, 6000.0) > 0.1 * power_at(tone_only, 16000, 6000.0) / 16.0, "6 kHz survives us -> ffmpeg");
 }

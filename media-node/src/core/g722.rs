@@ -66,21 +66,10 @@ impl G722Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::goertzel::power_at;
 
     fn tone(freq: f64, amp: f64, n: usize) -> Vec<f64> {
         (0..n).map(|i| amp * (2.0 * std::f64::consts::PI * freq * i as f64 / SAMPLE_RATE as f64).sin()).collect()
-    }
-
-    /// Power of `x` at `freq` (Goertzel), normalised by length.
-    fn power_at(x: &[i16], freq: f64) -> f64 {
-        let w = 2.0 * std::f64::consts::PI * freq / SAMPLE_RATE as f64;
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &v in x {
-            let s = v as f64 + 2.0 * w.cos() * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (x.len() as f64).powi(2)
     }
 
     /// Best normalised correlation of `b` against `a` over lags 0..max_lag (the codec's
@@ -130,7 +119,7 @@ mod tests {
         let c = correlation(&mix, &heard, 64);
         assert!(c > 0.95, "the signal comes back: correlation {c}");
         let six = tone(6000.0, 3000.0, n).iter().map(|v| *v as i16).collect::<Vec<_>>();
-        let (before, after) = (power_at(&six, 6000.0), power_at(&heard[1600..], 6000.0));
+        let (before, after) = (power_at(&six, SAMPLE_RATE, 6000.0), power_at(&heard[1600..], SAMPLE_RATE, 6000.0));
         assert!(after > before * 0.5, "6 kHz survives: {after:.0} of {before:.0}");
     }
 

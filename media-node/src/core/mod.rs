@@ -1,6 +1,7 @@
 //! The sans-IO core: every audio rule of a call, with time passed in.
 pub mod g711;
 pub mod g722;
+pub mod goertzel;
 pub mod interarrival;
 pub mod jitter;
 pub mod latch;
