@@ -111,6 +111,11 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The node's environment for S3 at `endpoint`, with the test server's credentials.
+fn storage_env(endpoint: String) -> Vec<(&'static str, String)> {
+    vec![("BUCKET_ENDPOINT_URL", endpoint), ("BUCKET_ACCESS_KEY_ID", ACCESS_KEY.into()), ("BUCKET_SECRET_ACCESS_KEY", SECRET_KEY.into())]
+}
+
 fn events(received: &Received, key: &str) -> Vec<Vec<u8>> {
     received.lock().unwrap().iter().filter(|(k, _)| k == key).map(|(_, b)| b.clone()).collect()
 }
@@ -139,12 +144,7 @@ async fn a_full_spool_fails_the_recording_loudly_and_the_call_goes_on() {
         27091,
         (27000, 27010),
         root,
-        &[
-            ("RABBITMQ_URL", broker.url()),
-            ("BUCKET_ENDPOINT_URL", s3.endpoint()),
-            ("BUCKET_ACCESS_KEY_ID", ACCESS_KEY.into()),
-            ("BUCKET_SECRET_ACCESS_KEY", SECRET_KEY.into()),
-        ],
+        &[vec![("RABBITMQ_URL", broker.url())], storage_env(s3.endpoint())].concat(),
     );
     node.ready().await;
     let mut client = node.client().await;
@@ -219,13 +219,7 @@ async fn a_full_spool_fails_the_recording_loudly_and_the_call_goes_on() {
 
     // And the node takes the next call (a prompt played to a new caller).
     let prompt = synth_speech(8000, 0.5, 3);
-    let mut w = hound::WavWriter::create(
-        root.join("assets").join("hi.wav"),
-        hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
-    )
-    .unwrap();
-    prompt.iter().for_each(|s| w.write_sample(*s).unwrap());
-    w.finalize().unwrap();
+    std::fs::write(root.join("assets").join("hi.wav"), fleet_tests::wav_bytes(&prompt, 8000)).unwrap();
     let port = client.allocate_port(AllocatePortRequest { call_id: "after".into() }).await.unwrap().into_inner().rtp_port;
     let caller = RtpCaller::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let played = client
@@ -353,11 +347,7 @@ async fn slow_storage_gets_every_recording_with_bounded_memory() {
         27093,
         (27020, 27030),
         root,
-        &[
-            ("BUCKET_ENDPOINT_URL", "http://127.0.0.1:27095".into()),
-            ("BUCKET_ACCESS_KEY_ID", ACCESS_KEY.into()),
-            ("BUCKET_SECRET_ACCESS_KEY", SECRET_KEY.into()),
-        ],
+        &storage_env("http://127.0.0.1:27095".into()),
     );
     node.ready().await;
     let rss_at_start = node.memory_kib("VmRSS:");

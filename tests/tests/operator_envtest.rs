@@ -311,13 +311,7 @@ async fn deleted_pod_is_replaced_without_clash(client: &Client) {
 async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane, assets: &std::path::Path) {
     const OUTAGE: Duration = Duration::from_secs(120);
     let prompt = media_tools::analysis::synth_speech(8000, 0.4, 8);
-    let mut w = hound::WavWriter::create(
-        assets.join("outage.wav"),
-        hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
-    )
-    .unwrap();
-    prompt.iter().for_each(|s| w.write_sample(*s).unwrap());
-    w.finalize().unwrap();
+    std::fs::write(assets.join("outage.wav"), fleet_tests::wav_bytes(&prompt, 8000)).unwrap();
 
     cp.stop_apiserver();
     let down = std::time::Instant::now();

@@ -124,7 +124,7 @@ impl RecordingStore {
         let uri = job.uri();
         let me = self.clone();
         let manifest = job.manifest_path();
-        let (call_id, for_log) = (job.call_id.clone(), uri.clone());
+        let call_id = job.call_id.clone();
         let attempt = tokio::spawn(async move {
             let result = me.attempt(&job).await;
             if let Err(e) = &result {
@@ -137,7 +137,7 @@ impl RecordingStore {
             Ok(Ok(true)) => Delivered::Stored(uri),
             Ok(_) => Delivered::Spooled(uri),
             Err(_) => {
-                warn!(%call_id, uri = %for_log, "recording storage is slow; answered as spooled, the upload goes on");
+                warn!(%call_id, %uri, "recording storage is slow; answered as spooled, the upload goes on");
                 // Should the slow attempt fail, the retry loop has it (it skips it while busy).
                 self.schedule(manifest, Duration::from_secs(1));
                 Delivered::Spooled(uri)
