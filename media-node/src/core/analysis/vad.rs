@@ -1,0 +1,226 @@
+//! Is the caller speaking: earshot's voice detector (a small neural network in pure
+//! Rust, its weights compiled in) scores each 16 ms of audio, and a gate with minimum
+//! durations turns scores into speech_started / speech_stopped.
+//!
+//! earshot takes 16 kHz; the call's 8 kHz audio is upsampled for it (the network was
+//! trained on 16 kHz speech, and telephone-band speech upsampled is what it hears from
+//! every narrowband call). Onsets and offsets are reported at the position where the
+//! speech began or ended, not where the gate became sure: the gate's delay (the
+//! minimum durations) is the event's latency, not an error in its time.
+
+use std::time::Duration;
+
+use crate::core::resample::Resampler;
+
+/// Samples per detector frame at 16 kHz (16 ms).
+const CHUNK16: usize = 256;
+/// The same frame in the call's 8 kHz samples.
+pub const CHUNK8: u64 = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VadConfig {
+    /// Score (0..1) at or above which a frame is voice. 0.6 rather than earshot's 0.5:
+    /// band-limited white noise (an 8 kHz call upsampled) scores about 0.5, speech 0.6-0.95.
+    pub threshold: f32,
+    /// Voice must last this long to be speech (a cough, a click is not).
+    pub min_speech: Duration,
+    /// Speech ends after this much non-voice (the pauses between words do not end it).
+    pub min_silence: Duration,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        VadConfig { threshold: 0.6, min_speech: Duration::from_millis(64), min_silence: Duration::from_millis(400) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speech {
+    /// 8 kHz sample positions (in the positions fed) where speech began / ended.
+    Started {
+        pos: u64,
+    },
+    Stopped {
+        pos: u64,
+    },
+}
+
+fn frames(d: Duration) -> u32 {
+    (d.as_micros() as u64).div_ceil(16_000).max(1) as u32
+}
+
+/// The hysteresis on the scores, apart from the network so its rules test alone.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    threshold: f32,
+    min_speech: u32,
+    min_silence: u32,
+    speaking: bool,
+    /// Frames in a row on the other side of the threshold, and where that run began.
+    run: u32,
+    run_start: u64,
+    /// Where the current speech began (while speaking).
+    onset: u64,
+}
+
+impl Gate {
+    pub fn new(cfg: VadConfig) -> Gate {
+        Gate {
+            threshold: cfg.threshold,
+            min_speech: frames(cfg.min_speech),
+            min_silence: frames(cfg.min_silence),
+            speaking: false,
+            run: 0,
+            run_start: 0,
+            onset: 0,
+        }
+    }
+
+    /// One frame's score at `pos` (8 kHz samples).
+    pub fn on_score(&mut self, pos: u64, score: f32) -> Option<Speech> {
+        let voice = score >= self.threshold;
+        if voice == self.speaking {
+            self.run = 0;
+            return None;
+        }
+        if self.run == 0 {
+            self.run_start = pos;
+        }
+        self.run += 1;
+        if !self.speaking && self.run >= self.min_speech {
+            self.speaking = true;
+            self.run = 0;
+            self.onset = self.run_start;
+            return Some(Speech::Started { pos: self.run_start });
+        }
+        if self.speaking && self.run >= self.min_silence {
+            self.speaking = false;
+            self.run = 0;
+            return Some(Speech::Stopped { pos: self.run_start });
+        }
+        None
+    }
+
+    pub fn speaking(&self) -> bool {
+        self.speaking
+    }
+
+    /// Where the current speech began, while speaking.
+    pub fn onset(&self) -> Option<u64> {
+        self.speaking.then_some(self.onset)
+    }
+}
+
+pub struct VoiceDetector {
+    net: Box<earshot::Detector>,
+    up: Resampler,
+    wide: Vec<i16>,
+    /// 16 kHz samples handed to the network so far (its frames' positions).
+    consumed16: u64,
+    /// 8 kHz position of the first sample fed since the last restart.
+    origin: u64,
+    next_pos: Option<u64>,
+    pub gate: Gate,
+    /// The last frame's score, for tests and the quality event.
+    pub last_score: f32,
+}
+
+impl VoiceDetector {
+    pub fn new(cfg: VadConfig) -> VoiceDetector {
+        VoiceDetector {
+            net: earshot::Detector::default_boxed(),
+            up: Resampler::new(8000, 16000),
+            wide: Vec::with_capacity(2 * CHUNK16),
+            consumed16: 0,
+            origin: 0,
+            next_pos: None,
+            gate: Gate::new(cfg),
+            last_score: 0.0,
+        }
+    }
+
+    /// Feeds 8 kHz audio that starts at `pos`; a gap in positions restarts the
+    /// resampler's alignment (the network keeps its context).
+    pub fn push(&mut self, pos: u64, pcm: &[i16], out: &mut Vec<Speech>) {
+        if self.next_pos != Some(pos) {
+            self.up = Resampler::new(8000, 16000);
+            self.wide.clear();
+            self.consumed16 = 0;
+            self.origin = pos;
+        }
+        self.next_pos = Some(pos + pcm.len() as u64);
+        self.up.process_into(pcm, &mut self.wide);
+        let delay = self.up.delay_out() as u64;
+        let mut taken = 0;
+        while self.wide.len() - taken >= CHUNK16 {
+            let chunk = &self.wide[taken..taken + CHUNK16];
+            taken += CHUNK16;
+            let score = self.net.predict_i16(chunk);
+            self.last_score = score;
+            let pos8 = self.origin + self.consumed16.saturating_sub(delay) / 2;
+            self.consumed16 += CHUNK16 as u64;
+            if let Some(ev) = self.gate.on_score(pos8, score) {
+                out.push(ev);
+            }
+        }
+        self.wide.drain(..taken);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(gate: &mut Gate, scores: &[f32]) -> Vec<Speech> {
+        scores.iter().enumerate().filter_map(|(i, &s)| gate.on_score(i as u64 * CHUNK8, s)).collect()
+    }
+
+    #[test]
+    fn the_gate_needs_minimum_speech_and_silence_and_dates_events_back() {
+        let cfg = VadConfig { threshold: 0.5, min_speech: Duration::from_millis(48), min_silence: Duration::from_millis(160) };
+        let mut g = Gate::new(cfg);
+        // 2 voice frames (32 ms, a click): nothing. Then 10 voice frames: speech from
+        // the first of them. Pauses of 5 frames (80 ms) do not end it; 10 do.
+        let mut s = vec![0.0, 0.9, 0.9, 0.1, 0.1];
+        s.extend([0.8; 10]);
+        s.extend([0.2; 5]);
+        s.extend([0.7; 4]);
+        s.extend([0.0; 12]);
+        let ev = run(&mut g, &s);
+        assert_eq!(ev, vec![Speech::Started { pos: 5 * CHUNK8 }, Speech::Stopped { pos: 24 * CHUNK8 }]);
+        assert!(!g.speaking());
+    }
+
+    #[test]
+    fn the_threshold_is_the_config_s() {
+        let strict = VadConfig { threshold: 0.95, ..VadConfig::default() };
+        let mut g = Gate::new(strict);
+        assert!(run(&mut g, &[0.9; 50]).is_empty());
+        let mut g = Gate::new(VadConfig::default());
+        assert_eq!(run(&mut g, &[0.9; 50]), vec![Speech::Started { pos: 0 }]);
+        assert_eq!(g.onset(), Some(0));
+    }
+
+    #[test]
+    fn silence_and_steady_noise_are_not_speech() {
+        let mut v = VoiceDetector::new(VadConfig::default());
+        let mut out = Vec::new();
+        let mut x: u32 = 7;
+        for k in 0..250u64 {
+            let frame: Vec<i16> = (0..160)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    if k < 100 {
+                        0
+                    } else {
+                        (x as i32 >> 22) as i16
+                    }
+                })
+                .collect();
+            v.push(k * 160, &frame, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+    }
+}
