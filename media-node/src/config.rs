@@ -1,6 +1,8 @@
 //! The node's one configuration: flags and environment (the names the platform's
 //! deployments already set), validated at start with errors that say what to fix.
 
+use crate::core::analysis::vad::VadConfig;
+use crate::core::analysis::AnalysisConfig;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +53,22 @@ pub struct NodeArgs {
     /// How long a missing RTP packet is waited for, in milliseconds.
     #[arg(long, env = "RTP_SERVICE_JITTER_MS", default_value_t = 40)]
     pub jitter_ms: u64,
+    /// No RTP from a caller for this many seconds (after its first packet) is a
+    /// media_timeout event (the signalling side hangs up dead calls on it); 0 turns it off.
+    #[arg(long, env = "MEDIA_RTP_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub media_timeout_seconds: f64,
+    /// Voice-activity score (0 to 1) from which the caller's audio counts as voice.
+    #[arg(long, env = "MEDIA_VAD_THRESHOLD", default_value_t = 0.6)]
+    pub vad_threshold: f32,
+    /// Voice must last this long to be speech_started (and to count for barge-in).
+    #[arg(long, env = "MEDIA_VAD_MIN_SPEECH_MS", default_value_t = 64)]
+    pub vad_min_speech_ms: u64,
+    /// Non-voice this long ends speech (speech_stopped); pauses between words are shorter.
+    #[arg(long, env = "MEDIA_VAD_MIN_SILENCE_MS", default_value_t = 400)]
+    pub vad_min_silence_ms: u64,
+    /// Look for DTMF tones in the caller's audio (for trunks that send digits in-band).
+    #[arg(long, env = "MEDIA_INBAND_DTMF", default_value_t = true, action = clap::ArgAction::Set)]
+    pub inband_dtmf: bool,
     /// On SIGTERM, how long calls in flight may go on before the node closes.
     #[arg(long, env = "MEDIA_SERVICE_DRAIN_SECONDS", default_value_t = 300)]
     pub drain_seconds: u64,
@@ -156,6 +174,7 @@ pub struct NodeConfig {
     pub prompt_cache_bytes: usize,
     pub symmetric_rtp: bool,
     pub jitter_hold: Duration,
+    pub analysis: AnalysisConfig,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
     pub recording: StoreConfig,
@@ -185,6 +204,18 @@ impl NodeConfig {
         }
         if !(10..=1000).contains(&a.jitter_ms) {
             return bad(format!("RTP_SERVICE_JITTER_MS ({}) must be between 10 and 1000", a.jitter_ms));
+        }
+        if !(0.0..=86_400.0).contains(&a.media_timeout_seconds) || a.media_timeout_seconds.is_nan() {
+            return bad(format!("MEDIA_RTP_TIMEOUT_SECONDS ({}) must be between 0 (off) and 86400", a.media_timeout_seconds));
+        }
+        if !(0.0..=1.0).contains(&a.vad_threshold) || a.vad_threshold.is_nan() {
+            return bad(format!("MEDIA_VAD_THRESHOLD ({}) must be between 0 and 1", a.vad_threshold));
+        }
+        if !(16..=5000).contains(&a.vad_min_speech_ms) || !(16..=10_000).contains(&a.vad_min_silence_ms) {
+            return bad(format!(
+                "MEDIA_VAD_MIN_SPEECH_MS ({}) must be 16 to 5000 and MEDIA_VAD_MIN_SILENCE_MS ({}) 16 to 10000",
+                a.vad_min_speech_ms, a.vad_min_silence_ms
+            ));
         }
         if !a.assets_base_path.is_dir() {
             return bad(format!(
@@ -269,6 +300,15 @@ impl NodeConfig {
             prompt_cache_bytes: a.prompt_cache_bytes,
             symmetric_rtp: a.symmetric_rtp,
             jitter_hold: Duration::from_millis(a.jitter_ms),
+            analysis: AnalysisConfig {
+                vad: VadConfig {
+                    threshold: a.vad_threshold,
+                    min_speech: Duration::from_millis(a.vad_min_speech_ms),
+                    min_silence: Duration::from_millis(a.vad_min_silence_ms),
+                },
+                media_timeout: (a.media_timeout_seconds > 0.0).then(|| Duration::from_secs_f64(a.media_timeout_seconds)),
+                inband_dtmf: a.inband_dtmf,
+            },
             drain_timeout: Duration::from_secs(a.drain_seconds),
             tls,
             recording,
@@ -293,6 +333,7 @@ impl NodeConfig {
             prompt_cache_bytes: 16 * 1024 * 1024,
             symmetric_rtp: true,
             jitter_hold: Duration::from_millis(40),
+            analysis: AnalysisConfig::default(),
             drain_timeout: Duration::from_secs(30),
             tls: None,
             recording: StoreConfig {

@@ -238,13 +238,20 @@ mod targets {
     pub fn session(data: &[u8]) {
         let mut b = Bytes(data);
         let t0 = Instant::now();
-        let cfg =
-            SessionConfig { ssrc: 1, initial_sequence: 2, initial_timestamp: 3, symmetric_rtp: true, jitter: JitterConfig::default() };
+        let cfg = SessionConfig {
+            ssrc: 1,
+            initial_sequence: 2,
+            initial_timestamp: 3,
+            symmetric_rtp: true,
+            jitter: JitterConfig::default(),
+            analysis: Default::default(),
+            telephone_event_pt: crate::core::session::TELEPHONE_EVENT_PT,
+        };
         let mut s = Session::new(cfg, t0);
         let mut out = Outputs::default();
         let peers: [SocketAddr; 3] = ["127.0.0.1:4000".parse().unwrap(), "127.0.0.2:4000".parse().unwrap(), "[::1]:4002".parse().unwrap()];
         let mut now = t0;
-        s.handle_command(Command::Play { id: 1, pcm: Arc::from(vec![100i16; 800]) }, &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: Arc::from(vec![100i16; 800]), barge_in: None }, &mut out);
         while !b.is_empty() {
             now += Duration::from_millis(b.u8() as u64);
             let from = b.u8();

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub fleet_peers: IntGauge,
     pub interarrival_jitter: Histogram,
     pub send_lateness: Histogram,
+    pub call_events: IntCounterVec,
+    pub call_events_lost: IntCounter,
+    pub call_event_subscribers: IntGauge,
+    pub dtmf_digits: IntCounterVec,
+    pub telephone_event_duplicates: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -68,6 +73,28 @@ impl Metrics {
             malformed: counter("media_rtp_malformed_total", "Datagrams dropped because they were not valid RTP"),
             rtcp: counter("media_rtcp_packets_total", "RTCP packets received (counted, not played)"),
             foreign: counter("media_rtp_foreign_total", "RTP from an address other than the call's latched peer, dropped"),
+            call_events: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("media_call_events_total", "Call events found (speech, dtmf, playback, media timeout), by kind"),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            call_events_lost: counter(
+                "media_call_events_lost_total",
+                "Call events a slow StreamCallEvents subscriber did not take in time (its own loss, never the call's)",
+            ),
+            call_event_subscribers: reg(&r, IntGauge::new("media_call_event_subscribers", "Open StreamCallEvents streams").unwrap()),
+            dtmf_digits: reg(
+                &r,
+                IntCounterVec::new(Opts::new("media_dtmf_digits_total", "DTMF digits received, by source (rfc4733, inband)"), &["source"])
+                    .unwrap(),
+            ),
+            telephone_event_duplicates: counter(
+                "media_rtp_telephone_event_duplicates_total",
+                "RFC 4733 packets that repeated a known event (redundant end packets), counted once as a digit",
+            ),
             unsupported_payload: counter("media_rtp_unsupported_payload_total", "RTP with a payload type we do not decode, dropped"),
             late: counter("media_rtp_late_packets_total", "RTP packets that arrived after their audio was due, or twice"),
             lost_samples: counter("media_rtp_lost_samples_total", "8 kHz samples concealed with silence because their packet never came"),
@@ -183,6 +210,7 @@ impl Metrics {
         self.rtcp.inc_by(c.rtcp);
         self.foreign.inc_by(c.foreign);
         self.unsupported_payload.inc_by(c.unsupported_payload);
+        self.telephone_event_duplicates.inc_by(c.telephone_event_duplicates);
         self.late.inc_by(c.late);
         self.lost_samples.inc_by(c.lost_samples);
         self.recovered_samples.inc_by(c.recovered_samples);

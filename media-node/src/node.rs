@@ -98,6 +98,7 @@ impl Node {
             post: ListenerPost::start(metrics.clone()),
             store: recordings.clone(),
             events: events.clone(),
+            analysis: config.analysis,
         };
         let node = Node {
             recordings,

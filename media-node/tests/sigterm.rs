@@ -46,7 +46,12 @@ async fn sigterm_drains_then_exits() {
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let silence = "data:audio/pcm;base64,".to_string() + &"AAAA".repeat(400);
     let r = client
-        .play_audio(PlayAudioRequest { audio_uri: silence, server_rtp_port: port, rtp_target_addr: "127.0.0.1:9".into() })
+        .play_audio(PlayAudioRequest {
+            audio_uri: silence,
+            server_rtp_port: port,
+            rtp_target_addr: "127.0.0.1:9".into(),
+            barge_in_ms: None,
+        })
         .await
         .unwrap();
     assert_eq!(r.into_inner().message, "finished", "the call in flight still works");

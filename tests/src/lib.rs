@@ -68,6 +68,7 @@ impl TestNode {
                 audio_uri: "control://set_target".into(),
                 server_rtp_port: alloc.rtp_port,
                 rtp_target_addr: caller.local_addr().to_string(),
+                barge_in_ms: None,
             })
             .await
             .expect("set_target");
@@ -77,7 +78,12 @@ impl TestNode {
 
     pub async fn play(&mut self, port: u32, uri: &str) -> Result<PlayAudioResponse, tonic::Status> {
         self.client
-            .play_audio(PlayAudioRequest { audio_uri: uri.into(), server_rtp_port: port, rtp_target_addr: String::new() })
+            .play_audio(PlayAudioRequest {
+                audio_uri: uri.into(),
+                server_rtp_port: port,
+                rtp_target_addr: String::new(),
+                barge_in_ms: None,
+            })
             .await
             .map(|r| r.into_inner())
     }

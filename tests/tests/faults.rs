@@ -227,6 +227,7 @@ async fn a_full_spool_fails_the_recording_loudly_and_the_call_goes_on() {
             audio_uri: "file://hi.wav".into(),
             server_rtp_port: port,
             rtp_target_addr: caller.local_addr().to_string(),
+            barge_in_ms: None,
         })
         .await
         .expect("PlayAudio on the next call");

@@ -27,6 +27,7 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
             audio_uri: "control://set_target".into(),
             server_rtp_port: port,
             rtp_target_addr: format!("127.0.0.1:{recv_port}"),
+            barge_in_ms: None,
         })
         .await
         .unwrap();
@@ -65,7 +66,12 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
     sleep_ms(500).await;
     let played = node
         .client
-        .play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
+        .play_audio(PlayAudioRequest {
+            audio_uri: "file://prompt.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -105,6 +105,7 @@ async fn set_target(g: &mut Grpc, port: u32, caller: &RtpCaller) {
         audio_uri: "control://set_target".into(),
         server_rtp_port: port,
         rtp_target_addr: caller.local_addr().to_string(),
+        barge_in_ms: None,
     })
     .await
     .expect("set_target");
@@ -119,6 +120,7 @@ async fn prompt_reaches_caller(via: &mut Grpc, port: u32, caller: &RtpCaller, pr
             audio_uri: "file://prompts/hello.wav".into(),
             server_rtp_port: port,
             rtp_target_addr: String::new(),
+            barge_in_ms: None,
         })
         .await
         .expect("PlayAudio")
@@ -219,6 +221,7 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
             audio_uri: "control://stop_audio".into(),
             server_rtp_port: port1,
             rtp_target_addr: String::new(),
+            barge_in_ms: None,
         }))
         .await
         .unwrap_err();

@@ -157,7 +157,12 @@ async fn nodes_forward_to_each_other_over_mtls() {
     assert!((22420..22430).contains(&port));
     // Node a does not hold the port: it forwards to b over mTLS.
     let r = to_a
-        .play_audio(PlayAudioRequest { audio_uri: "control://stop_audio".into(), server_rtp_port: port, rtp_target_addr: String::new() })
+        .play_audio(PlayAudioRequest {
+            audio_uri: "control://stop_audio".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
         .await
         .expect("forwarded to the owner over mTLS")
         .into_inner();

@@ -258,8 +258,13 @@ async fn a_storm_of_prompts_on_one_call_ends_with_the_last_and_none_hangs() {
     let plays = (0..200).map(|_| {
         let mut c = node.client.clone();
         tokio::spawn(async move {
-            c.play_audio(PlayAudioRequest { audio_uri: "file://one.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
-                .await
+            c.play_audio(PlayAudioRequest {
+                audio_uri: "file://one.wav".into(),
+                server_rtp_port: port,
+                rtp_target_addr: String::new(),
+                barge_in_ms: None,
+            })
+            .await
         })
     });
     let answers = tokio::time::timeout(Duration::from_secs(30), futures_join(plays)).await.expect("every PlayAudio is answered");

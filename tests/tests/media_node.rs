@@ -127,13 +127,25 @@ async fn barge_in_cuts_the_prompt_at_once() {
     let (port, _, caller) = node.call("barge-1").await;
     let mut c2 = node.client.clone();
     let first = tokio::spawn(async move {
-        c2.play_audio(PlayAudioRequest { audio_uri: "file://a.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() }).await
+        c2.play_audio(PlayAudioRequest {
+            audio_uri: "file://a.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
+        .await
     });
     sleep_ms(600).await;
     let mut c3 = node.client.clone();
     let cut_at = Instant::now();
     let second = tokio::spawn(async move {
-        c3.play_audio(PlayAudioRequest { audio_uri: "file://b.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() }).await
+        c3.play_audio(PlayAudioRequest {
+            audio_uri: "file://b.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
+        .await
     });
     let r1 = first.await.unwrap().unwrap().into_inner();
     assert_eq!(r1.message, "interrupted by a new prompt");
@@ -328,6 +340,7 @@ async fn bad_requests_get_clear_statuses() {
             audio_uri: "control://set_target".into(),
             server_rtp_port: port,
             rtp_target_addr: "nonsense".into(),
+            barge_in_ms: None,
         })
         .await
         .unwrap_err();
@@ -508,6 +521,7 @@ async fn a_client_deadline_does_not_stop_the_prompt() {
         audio_uri: "file://one-second.wav".into(),
         server_rtp_port: port,
         rtp_target_addr: String::new(),
+        barge_in_ms: None,
     });
     req.set_timeout(Duration::from_millis(200));
     let err = node.client.play_audio(req).await.unwrap_err();

@@ -145,7 +145,12 @@ async fn a_new_node_knows_its_peers_from_the_first_list(client: &Client, cp: &Co
     // not answered NOT_FOUND as a call this node has never heard of.
     let mut grpc = MediaServiceClient::connect("http://127.0.0.1:27198").await.unwrap();
     let err = grpc
-        .play_audio(PlayAudioRequest { audio_uri: "file://x.wav".into(), server_rtp_port: 27210, rtp_target_addr: String::new() })
+        .play_audio(PlayAudioRequest {
+            audio_uri: "file://x.wav".into(),
+            server_rtp_port: 27210,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
         .await
         .expect_err("the peer is not there");
     assert_eq!(err.code(), tonic::Code::Unavailable, "forwarded to the port's owner: {err:?}");
@@ -345,6 +350,7 @@ async fn reporter_rides_out_an_api_outage(client: &Client, cp: &mut ControlPlane
                 audio_uri: "file://outage.wav".into(),
                 server_rtp_port: port,
                 rtp_target_addr: caller.local_addr().to_string(),
+                barge_in_ms: None,
             }))
             .await
             .expect("a prompt plays during the outage");

@@ -33,13 +33,23 @@ async fn scripted_call(node: &mut TestNode, port: u32, node_rtp: SocketAddr, cal
     let mut c2 = node.client.clone();
     let bot = async move {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        c1.play_audio(PlayAudioRequest { audio_uri: "file://bot1.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
-            .await
-            .unwrap();
+        c1.play_audio(PlayAudioRequest {
+            audio_uri: "file://bot1.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
+        .await
+        .unwrap();
         tokio::time::sleep_until((start + Duration::from_millis(1800)).into()).await;
-        c2.play_audio(PlayAudioRequest { audio_uri: "file://bot2.wav".into(), server_rtp_port: port, rtp_target_addr: String::new() })
-            .await
-            .unwrap();
+        c2.play_audio(PlayAudioRequest {
+            audio_uri: "file://bot2.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
+        .await
+        .unwrap();
     };
     let (sent, ()) = tokio::join!(caller.send_speech(node_rtp, &speech, Codec::Pcmu, 77), bot);
     sent.unwrap();

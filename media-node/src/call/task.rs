@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use media_proto::pb;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 use tracing::{debug, info};
 
@@ -18,10 +19,12 @@ use super::listen_post::ListenerPost;
 use super::recording::CallRecorder;
 use super::udp;
 use crate::audio::listener::ListenerFormat;
+use crate::core::analysis::{AnalysisConfig, Signal};
 use crate::core::jitter::JitterConfig;
 use crate::core::playback::{PlaybackId, PlaybackOutcome};
 use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
+use crate::events::call::{to_broker, to_proto, CallClock, Happened};
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::recording::{RecordingError, RecordingJob, RecordingSpec, RecordingStore};
@@ -36,6 +39,10 @@ pub const LISTENER_QUEUE: usize = 100;
 /// on one call would hold 2 GB. An agent, a recorder of its own and a supervisor or
 /// two need far fewer.
 pub const MAX_LISTENERS: usize = 16;
+/// Call events a StreamCallEvents subscriber may fall behind by before it loses the
+/// oldest (and is told how many). Events are rare (a few per turn), so this is
+/// minutes of a call.
+pub const EVENTS_QUEUE: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -87,7 +94,13 @@ pub enum CallCommand {
         uri: String,
         pcm: Arc<[i16]>,
         target: Option<SocketAddr>,
-        done: oneshot::Sender<PlaybackOutcome>,
+        barge_in: Option<Duration>,
+        /// How it ended, and how many ms of it went out.
+        done: oneshot::Sender<(PlaybackOutcome, u64)>,
+    },
+    /// A StreamCallEvents subscriber: its own receiver of the call's events.
+    Subscribe {
+        reply: oneshot::Sender<broadcast::Receiver<pb::CallEvent>>,
     },
     /// `applied` fires once the session has applied it, so a caller told "stopped"
     /// knows no further frame of the old audio will be sent.
@@ -170,13 +183,15 @@ pub struct CallContext {
     pub post: Arc<ListenerPost>,
     pub store: Arc<RecordingStore>,
     pub events: Arc<EventPublisher>,
+    pub analysis: AnalysisConfig,
 }
 
 /// Starts a call's task on the media runtime over its bound sockets.
 pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundSockets) -> Arc<CallHandle> {
     let (tx, rx) = mpsc::channel(64);
     let started = Instant::now();
-    let session = Session::new(SessionConfig::random(ctx.symmetric_rtp, ctx.jitter), started);
+    let clock = CallClock { port, started: SystemTime::now() };
+    let session = Session::new(SessionConfig::random(ctx.symmetric_rtp, ctx.jitter, ctx.analysis), started);
     let span = tracing::info_span!("call", port, call_id = %call_id);
     // Where a recording finished by the call's end is stored: the runtime that asked
     // for the call (the serving one), not the media threads. An upload (file copy, or
@@ -198,6 +213,8 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         events: ctx.events.clone(),
         call_id: call_id.clone(),
         storage,
+        clock,
+        call_events: broadcast::channel(EVENTS_QUEUE).0,
     };
     let run = async move {
         match sockets.register() {
@@ -220,7 +237,7 @@ struct CallTask {
     post: Arc<ListenerPost>,
     listeners: Vec<Listener>,
     /// Prompts playing or queued: their URI (for the event) and who waits for the end.
-    waiters: HashMap<PlaybackId, (String, oneshot::Sender<PlaybackOutcome>)>,
+    waiters: HashMap<PlaybackId, (String, oneshot::Sender<(PlaybackOutcome, u64)>)>,
     stream: Option<AttachedStream>,
     out: Outputs,
     frames: Vec<Bytes>,
@@ -230,6 +247,11 @@ struct CallTask {
     call_id: String,
     /// The runtime that stores a recording the call's end finishes.
     storage: tokio::runtime::Handle,
+    clock: CallClock,
+    /// The call's events to its StreamCallEvents subscribers (each has its own
+    /// receiver; the call never waits for one). Dropped with the task, which ends
+    /// every subscriber's stream.
+    call_events: broadcast::Sender<pb::CallEvent>,
 }
 
 impl CallTask {
@@ -308,13 +330,16 @@ impl CallTask {
 
     fn on_command(&mut self, cmd: CallCommand) {
         match cmd {
-            CallCommand::Play { id, uri, pcm, target, done } => {
+            CallCommand::Play { id, uri, pcm, target, barge_in, done } => {
                 self.interrupt_stream();
                 if let Some(t) = target {
                     self.session.handle_command(Command::SuggestTarget(t), &mut self.out);
                 }
                 self.waiters.insert(id, (uri, done));
-                self.session.handle_command(Command::Play { id, pcm }, &mut self.out);
+                self.session.handle_command(Command::Play { id, pcm, barge_in }, &mut self.out);
+            }
+            CallCommand::Subscribe { reply } => {
+                let _ = reply.send(self.call_events.subscribe());
             }
             CallCommand::Control { control, applied } => {
                 if control == Control::Stop {
@@ -408,19 +433,37 @@ impl CallTask {
             }
             self.out.heard.clear();
         }
-        for e in self.out.events.drain(..) {
+        // Taken out and put back so handling an event may use the task (its vector's
+        // capacity is kept across turns).
+        let mut events = std::mem::take(&mut self.out.events);
+        for e in events.drain(..) {
             match e {
-                Event::PlaybackEnded { id, outcome } => {
+                Event::PlaybackStarted { id, pos } => {
+                    if let Some((uri, _)) = self.waiters.get(&id) {
+                        let h = Happened::PlaybackStarted { uri: uri.clone(), pos };
+                        self.publish(h);
+                    }
+                }
+                Event::PlaybackEnded { id, outcome, played_ms } => {
                     self.metrics.playbacks.with_label_values(&[outcome.label()]).inc();
                     if let Some((uri, w)) = self.waiters.remove(&id) {
-                        self.events.playback_finished(&self.call_id, &uri, outcome.label());
-                        let _ = w.send(outcome);
+                        self.events.playback_finished(&self.call_id, &uri, outcome.label(), played_ms);
+                        let _ = w.send((outcome, played_ms));
+                        let pos = timeline_position(self.session.started(), Instant::now());
+                        self.publish(Happened::PlaybackFinished { uri, pos, played_ms, reason: outcome.label() });
                     }
+                }
+                Event::Signal(s) => {
+                    if let Signal::Dtmf { end: true, source, .. } = s {
+                        self.metrics.dtmf_digits.with_label_values(&[source.label()]).inc();
+                    }
+                    self.publish(Happened::Signal(s));
                 }
                 Event::Latched(addr) => info!(%addr, "media latched to caller's source"),
                 Event::CodecChanged(c) => info!(codec = c.name(), "caller switched codec"),
             }
         }
+        self.out.events = events;
         self.out.played.clear();
         // A finished stream is done once its queued audio has gone out.
         if let Some(s) = &self.stream {
@@ -429,6 +472,19 @@ impl CallTask {
                     let _ = s.done.send(StreamEnd::Played);
                 }
             }
+        }
+    }
+}
+
+impl CallTask {
+    /// To the call's StreamCallEvents subscribers and the broker.
+    fn publish(&self, h: Happened) {
+        self.metrics.call_events.with_label_values(&[h.kind()]).inc();
+        if self.call_events.receiver_count() > 0 {
+            let _ = self.call_events.send(to_proto(self.clock, &self.call_id, &h));
+        }
+        if let Some((key, payload)) = to_broker(&self.call_id, &h) {
+            self.events.media_event(key, &self.call_id, payload);
         }
     }
 }

@@ -19,6 +19,21 @@ pub enum PlaybackOutcome {
     Stopped,
     /// The call ended while it played.
     CallEnded,
+    /// The caller spoke over it for the prompt's barge-in time (the node's own barge-in).
+    BargeIn,
+}
+
+/// A prompt that ended, and how much of it went out (8 kHz samples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub id: PlaybackId,
+    pub played: usize,
+}
+
+impl Cut {
+    pub fn played_ms(&self) -> u64 {
+        self.played as u64 * 1000 / super::jitter::RATE as u64
+    }
 }
 
 /// The one place a playback's end is named: the message PlayAudio replies with (what
@@ -31,6 +46,7 @@ impl PlaybackOutcome {
             PlaybackOutcome::Interrupted => "interrupted by a new prompt",
             PlaybackOutcome::Stopped => "stopped",
             PlaybackOutcome::CallEnded => "call ended",
+            PlaybackOutcome::BargeIn => "interrupted by the caller's speech (barge-in)",
         }
     }
 
@@ -41,6 +57,7 @@ impl PlaybackOutcome {
             PlaybackOutcome::Interrupted => "interrupted",
             PlaybackOutcome::Stopped => "stopped",
             PlaybackOutcome::CallEnded => "call_ended",
+            PlaybackOutcome::BargeIn => "barge_in",
         }
     }
 }
@@ -73,21 +90,26 @@ impl Default for Playback {
 
 impl Playback {
     /// Starts a prompt, cutting whatever plays; returns the one cut, if any.
-    pub fn play(&mut self, id: PlaybackId, pcm: Arc<[i16]>) -> Option<PlaybackId> {
+    pub fn play(&mut self, id: PlaybackId, pcm: Arc<[i16]>) -> Option<Cut> {
         let cut = self.barge_in();
         self.prompt = Some(Prompt { id, pcm, pos: 0 });
         cut
     }
 
     /// Drops the prompt and every queued sample; returns the prompt cut, if any.
-    pub fn barge_in(&mut self) -> Option<PlaybackId> {
+    pub fn barge_in(&mut self) -> Option<Cut> {
         self.stream.clear();
         self.echo.clear();
-        self.prompt.take().map(|p| p.id)
+        self.prompt.take().map(|p| Cut { id: p.id, played: p.pos })
     }
 
     pub fn current(&self) -> Option<PlaybackId> {
         self.prompt.as_ref().map(|p| p.id)
+    }
+
+    /// The prompt whose first frame is next, if one is.
+    pub fn starting(&self) -> Option<PlaybackId> {
+        self.prompt.as_ref().filter(|p| p.pos == 0).map(|p| p.id)
     }
 
     pub fn push_stream(&mut self, pcm: &[i16]) {
@@ -110,13 +132,13 @@ impl Playback {
 
     /// Fills one frame. Returns where it came from (None = nothing to send) and the
     /// prompt that finished in this frame, if one did.
-    pub fn next_frame(&mut self, frame: &mut [i16; FRAME_SAMPLES]) -> (Option<FrameSource>, Option<PlaybackId>) {
+    pub fn next_frame(&mut self, frame: &mut [i16; FRAME_SAMPLES]) -> (Option<FrameSource>, Option<Cut>) {
         if let Some(p) = &mut self.prompt {
             let n = (p.pcm.len() - p.pos).min(FRAME_SAMPLES);
             frame[..n].copy_from_slice(&p.pcm[p.pos..p.pos + n]);
             frame[n..].fill(0);
             p.pos += n;
-            let finished = (p.pos >= p.pcm.len()).then_some(p.id);
+            let finished = (p.pos >= p.pcm.len()).then_some(Cut { id: p.id, played: p.pos });
             if finished.is_some() {
                 self.prompt = None;
             }
@@ -147,7 +169,7 @@ mod tests {
         let mut f = [0i16; FRAME_SAMPLES];
         assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), None));
         assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), None));
-        assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), Some(1)));
+        assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), Some(Cut { id: 1, played: 400 })));
         assert_eq!(&f[..80], &[5; 80]);
         assert_eq!(&f[80..], &[0; 80], "the last partial frame is padded with silence");
         assert_eq!(pb.next_frame(&mut f), (None, None));
@@ -158,10 +180,13 @@ mod tests {
         let mut pb = Playback::default();
         pb.play(1, vec![1i16; 8000].into());
         pb.push_stream(&[2; 1600]);
-        assert_eq!(pb.play(2, vec![3i16; 160].into()), Some(1));
-        assert_eq!(pb.stream_queued(), 0);
         let mut f = [0i16; FRAME_SAMPLES];
         pb.next_frame(&mut f);
+        assert_eq!(pb.play(2, vec![3i16; 160].into()), Some(Cut { id: 1, played: 160 }), "one frame of it went out");
+        assert_eq!(pb.starting(), Some(2));
+        assert_eq!(pb.stream_queued(), 0);
+        pb.next_frame(&mut f);
+        assert_eq!(pb.starting(), None);
         assert_eq!(f, [3; FRAME_SAMPLES], "the very next frame is the new prompt");
     }
 

@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::analysis::{AnalysisConfig, Analyzer, Signal};
 use super::g711::Codec;
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
-use super::playback::{FrameSource, Playback, PlaybackId, PlaybackOutcome};
+use super::playback::{Cut, FrameSource, Playback, PlaybackId, PlaybackOutcome};
 use super::rtp::{self, Datagram, RtpHeader};
 
 #[derive(Debug, Clone)]
@@ -24,12 +25,27 @@ pub struct SessionConfig {
     /// Symmetric RTP latching (see latch.rs); off for asymmetric peers.
     pub symmetric_rtp: bool,
     pub jitter: JitterConfig,
+    pub analysis: AnalysisConfig,
+    /// The payload type of RFC 4733 telephone-events (101 where the B2BUA's SDP says
+    /// so, as nearly all do; negotiation will set it per call).
+    pub telephone_event_pt: u8,
 }
+
+/// The telephone-event payload type SIP stacks offer by custom.
+pub const TELEPHONE_EVENT_PT: u8 = 101;
 
 impl SessionConfig {
     /// Random SSRC, sequence and timestamp origins as RFC 3550 §5.1 asks.
-    pub fn random(symmetric_rtp: bool, jitter: JitterConfig) -> SessionConfig {
-        SessionConfig { ssrc: rand::random(), initial_sequence: rand::random(), initial_timestamp: rand::random(), symmetric_rtp, jitter }
+    pub fn random(symmetric_rtp: bool, jitter: JitterConfig, analysis: AnalysisConfig) -> SessionConfig {
+        SessionConfig {
+            ssrc: rand::random(),
+            initial_sequence: rand::random(),
+            initial_timestamp: rand::random(),
+            symmetric_rtp,
+            jitter,
+            analysis,
+            telephone_event_pt: TELEPHONE_EVENT_PT,
+        }
     }
 }
 
@@ -38,6 +54,9 @@ pub enum Command {
     Play {
         id: PlaybackId,
         pcm: Arc<[i16]>,
+        /// Cut the prompt when the caller speaks over it this long (the node's own
+        /// barge-in); None lets the caller talk over it.
+        barge_in: Option<std::time::Duration>,
     },
     /// Barge-in: cut the prompt and drop all queued audio.
     Stop,
@@ -51,7 +70,17 @@ pub enum Command {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    PlaybackEnded { id: PlaybackId, outcome: PlaybackOutcome },
+    PlaybackStarted {
+        id: PlaybackId,
+        pos: u64,
+    },
+    PlaybackEnded {
+        id: PlaybackId,
+        outcome: PlaybackOutcome,
+        played_ms: u64,
+    },
+    /// What the analysis found in the caller's media.
+    Signal(Signal),
     Latched(SocketAddr),
     CodecChanged(Codec),
 }
@@ -102,6 +131,8 @@ pub struct Counters {
     pub rtcp: u64,
     pub foreign: u64,
     pub unsupported_payload: u64,
+    /// RFC 4733 packets that repeated what was known (redundant end packets).
+    pub telephone_event_duplicates: u64,
     pub late: u64,
     pub lost_samples: u64,
     pub recovered_samples: u64,
@@ -127,6 +158,14 @@ pub struct Session {
     reported_skips: u64,
     interarrival: super::interarrival::Interarrival,
     encode_buf: Vec<u8>,
+    analyzer: Analyzer,
+    telephone_event_pt: u8,
+    /// The barge-in time of the prompt playing, and where on the timeline it started.
+    barge_in: Option<(std::time::Duration, Option<u64>)>,
+    /// The end of the caller's audio analysed so far (timeline position).
+    heard_end: u64,
+    reported_te_duplicates: u64,
+    signals: Vec<Signal>,
 }
 
 impl Session {
@@ -149,6 +188,12 @@ impl Session {
             reported_skips: 0,
             interarrival: Default::default(),
             encode_buf: Vec::with_capacity(FRAME_SAMPLES),
+            analyzer: Analyzer::new(cfg.analysis),
+            telephone_event_pt: cfg.telephone_event_pt,
+            barge_in: None,
+            heard_end: 0,
+            reported_te_duplicates: 0,
+            signals: Vec::new(),
         }
     }
 
@@ -190,6 +235,9 @@ impl Session {
         self.counters.recovered_samples += j.recovered_samples - self.reported_jitter.recovered_samples;
         self.counters.discontinuities += j.discontinuities - self.reported_jitter.discontinuities;
         self.counters.frames_skipped += self.pacer.skipped - self.reported_skips;
+        let dup = self.analyzer.event_counts().0;
+        self.counters.telephone_event_duplicates += dup - self.reported_te_duplicates;
+        self.reported_te_duplicates = dup;
         self.reported_jitter = j;
         self.reported_skips = self.pacer.skipped;
         std::mem::take(&mut self.counters)
@@ -215,6 +263,15 @@ impl Session {
                 return;
             }
         }
+        if packet.payload_type == self.telephone_event_pt {
+            self.counters.packets_in += 1;
+            self.counters.bytes_in += data.len() as u64;
+            let pos = self.jitter.position();
+            self.analyzer.on_rtp(now, pos, &mut self.signals);
+            self.analyzer.on_telephone_event(now, pos, packet.timestamp, packet.payload, &mut self.signals);
+            self.emit_signals(out);
+            return;
+        }
         let Some(codec) = Codec::from_payload_type(packet.payload_type) else {
             // telephone-event, comfort noise, a codec we did not offer: counted, not played.
             self.counters.unsupported_payload += 1;
@@ -222,6 +279,7 @@ impl Session {
         };
         self.counters.packets_in += 1;
         self.counters.bytes_in += data.len() as u64;
+        self.analyzer.on_rtp(now, self.jitter.position(), &mut self.signals);
         if self.inbound_codec != Some(codec) {
             self.inbound_codec = Some(codec);
             if codec != self.outbound_codec {
@@ -237,7 +295,44 @@ impl Session {
             self.playback.push_echo(&pcm);
         }
         self.interarrival.on_packet(now, packet.ssrc, packet.timestamp);
+        let first = out.heard.len();
         self.jitter.on_packet(now, RtpId { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp }, pcm, &mut out.heard);
+        self.analyse_heard(first, out);
+    }
+
+    /// Runs the analysis over the caller's audio the jitter buffer just released, and
+    /// applies the node's barge-in to what it found.
+    fn analyse_heard(&mut self, first: usize, out: &mut Outputs) {
+        for h in out.heard[first..].iter().filter(|h| !h.late) {
+            self.analyzer.on_heard(h.pos, &h.pcm, &mut self.signals);
+            self.heard_end = self.heard_end.max(h.pos + h.pcm.len() as u64);
+        }
+        self.emit_signals(out);
+        self.check_barge_in(out);
+    }
+
+    fn emit_signals(&mut self, out: &mut Outputs) {
+        out.events.extend(self.signals.drain(..).map(Event::Signal));
+    }
+
+    /// Cuts the prompt once the caller has spoken over it for its barge-in time
+    /// (speech from before the prompt began does not count).
+    fn check_barge_in(&mut self, out: &mut Outputs) {
+        let Some((min, Some(started))) = self.barge_in else { return };
+        let Some(onset) = self.analyzer.speech_onset() else { return };
+        let spoken = self.heard_end.saturating_sub(onset.max(started));
+        if spoken * 1000 >= min.as_millis() as u64 * super::jitter::RATE as u64 {
+            if let Some(cut) = self.playback.barge_in() {
+                self.ended(cut, PlaybackOutcome::BargeIn, out);
+            }
+        }
+    }
+
+    fn ended(&mut self, cut: Cut, outcome: PlaybackOutcome, out: &mut Outputs) {
+        if self.barge_in.is_some() && self.playback.current().is_none() {
+            self.barge_in = None;
+        }
+        out.events.push(Event::PlaybackEnded { id: cut.id, outcome, played_ms: cut.played_ms() });
     }
 
     /// RFC 3550 interarrival jitter of the caller's RTP so far, in seconds (None before
@@ -247,7 +342,10 @@ impl Session {
     }
 
     pub fn handle_tick(&mut self, now: Instant, out: &mut Outputs) {
+        let first = out.heard.len();
         self.jitter.on_tick(now, &mut out.heard);
+        self.analyzer.on_tick(now, self.jitter.position(), &mut self.signals);
+        self.analyse_heard(first, out);
         for index in self.pacer.due(now) {
             self.produce_frame(index, out);
         }
@@ -255,14 +353,15 @@ impl Session {
 
     pub fn handle_command(&mut self, cmd: Command, out: &mut Outputs) {
         match cmd {
-            Command::Play { id, pcm } => {
+            Command::Play { id, pcm, barge_in } => {
                 if let Some(cut) = self.playback.play(id, pcm) {
-                    out.events.push(Event::PlaybackEnded { id: cut, outcome: PlaybackOutcome::Interrupted });
+                    self.ended(cut, PlaybackOutcome::Interrupted, out);
                 }
+                self.barge_in = barge_in.map(|d| (d, None));
             }
             Command::Stop => {
                 if let Some(cut) = self.playback.barge_in() {
-                    out.events.push(Event::PlaybackEnded { id: cut, outcome: PlaybackOutcome::Stopped });
+                    self.ended(cut, PlaybackOutcome::Stopped, out);
                 }
             }
             Command::SetTarget(addr) => self.latch.set_target(addr),
@@ -279,16 +378,23 @@ impl Session {
 
     /// Ends the call: whatever plays is reported as cut by the call's end.
     pub fn close(&mut self, out: &mut Outputs) {
-        if let Some(id) = self.playback.barge_in() {
-            out.events.push(Event::PlaybackEnded { id, outcome: PlaybackOutcome::CallEnded });
+        if let Some(cut) = self.playback.barge_in() {
+            self.ended(cut, PlaybackOutcome::CallEnded, out);
         }
     }
 
     fn produce_frame(&mut self, index: u64, out: &mut Outputs) {
         let mut frame = [0i16; FRAME_SAMPLES];
+        let pos = index * FRAME_SAMPLES as u64;
+        if let Some(id) = self.playback.starting() {
+            out.events.push(Event::PlaybackStarted { id, pos });
+            if let Some((_, started)) = &mut self.barge_in {
+                *started = Some(pos);
+            }
+        }
         let (source, finished) = self.playback.next_frame(&mut frame);
-        if let Some(id) = finished {
-            out.events.push(Event::PlaybackEnded { id, outcome: PlaybackOutcome::Finished });
+        if let Some(cut) = finished {
+            self.ended(cut, PlaybackOutcome::Finished, out);
         }
         let Some(source) = source else {
             // Silence is not sent; the timestamp still advances with the clock, and
@@ -296,7 +402,6 @@ impl Session {
             self.in_talkspurt = false;
             return;
         };
-        let pos = index * FRAME_SAMPLES as u64;
         let header = RtpHeader {
             marker: !self.in_talkspurt,
             payload_type: self.outbound_codec.payload_type(),
@@ -336,6 +441,8 @@ mod tests {
             initial_timestamp: u32::MAX - 800,
             symmetric_rtp: true,
             jitter: JitterConfig::default(),
+            analysis: AnalysisConfig::default(),
+            telephone_event_pt: TELEPHONE_EVENT_PT,
         };
         Session::new(cfg, t0)
     }
@@ -360,9 +467,9 @@ mod tests {
         let mut s = session(t0);
         let mut out = Outputs::default();
         s.handle_command(Command::SetTarget(caller()), &mut out);
-        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 480].into() }, &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 480].into(), barge_in: None }, &mut out);
         run_ticks(&mut s, t0, 0, 5, &mut out); // 3 frames of prompt, 2 of silence
-        s.handle_command(Command::Play { id: 2, pcm: vec![2000i16; 320].into() }, &mut out);
+        s.handle_command(Command::Play { id: 2, pcm: vec![2000i16; 320].into(), barge_in: None }, &mut out);
         run_ticks(&mut s, t0, 5, 8, &mut out);
         let packets: Vec<_> = out.transmit.iter().map(|t| rtp::parse(&t.data).unwrap().clone()).collect();
         assert_eq!(packets.len(), 5);
@@ -383,24 +490,24 @@ mod tests {
         let mut s = session(t0);
         let mut out = Outputs::default();
         s.handle_command(Command::SetTarget(caller()), &mut out);
-        s.handle_command(Command::Play { id: 1, pcm: vec![8000i16; 8000].into() }, &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![8000i16; 8000].into(), barge_in: None }, &mut out);
         s.handle_command(Command::Stream(vec![3000; 1600]), &mut out);
         run_ticks(&mut s, t0, 0, 10, &mut out);
         out.clear();
         s.handle_command(Command::Stop, &mut out);
-        assert_eq!(out.events, vec![Event::PlaybackEnded { id: 1, outcome: PlaybackOutcome::Stopped }]);
+        assert_eq!(out.events, vec![Event::PlaybackEnded { id: 1, outcome: PlaybackOutcome::Stopped, played_ms: 200 }]);
         run_ticks(&mut s, t0, 10, 11, &mut out);
         assert!(out.transmit.is_empty(), "the next frame after stop is silent");
         assert_eq!(s.stream_queued(), 0, "queued TTS is flushed too");
 
-        s.handle_command(Command::Play { id: 2, pcm: vec![8000i16; 8000].into() }, &mut out);
+        s.handle_command(Command::Play { id: 2, pcm: vec![8000i16; 8000].into(), barge_in: None }, &mut out);
         run_ticks(&mut s, t0, 11, 12, &mut out);
-        s.handle_command(Command::Play { id: 3, pcm: vec![-8000i16; 8000].into() }, &mut out);
+        s.handle_command(Command::Play { id: 3, pcm: vec![-8000i16; 8000].into(), barge_in: None }, &mut out);
         out.transmit.clear();
         run_ticks(&mut s, t0, 12, 13, &mut out);
         let p = rtp::parse(&out.transmit[0].data).unwrap().payload.to_vec();
         assert_eq!(p, vec![linear_to_ulaw(-8000); 160], "the next frame is the new prompt");
-        assert!(out.events.contains(&Event::PlaybackEnded { id: 2, outcome: PlaybackOutcome::Interrupted }));
+        assert!(out.events.contains(&Event::PlaybackEnded { id: 2, outcome: PlaybackOutcome::Interrupted, played_ms: 20 }));
     }
 
     #[test]
@@ -414,7 +521,7 @@ mod tests {
         assert!((out.heard[0].pcm[0] - 4000).abs() < 200);
         assert!((out.heard[1].pcm[0] + 4000).abs() < 200);
         assert!(out.events.contains(&Event::CodecChanged(Codec::Pcma)));
-        s.handle_command(Command::Play { id: 1, pcm: vec![100i16; 160].into() }, &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![100i16; 160].into(), barge_in: None }, &mut out);
         run_ticks(&mut s, t0, 0, 1, &mut out);
         assert_eq!(rtp::parse(&out.transmit[0].data).unwrap().payload_type, 8, "we answer in PCMA now");
     }
@@ -428,7 +535,7 @@ mod tests {
         s.handle_datagram(t0, caller(), &[0xde, 0xad], &mut out);
         s.handle_datagram(t0, caller(), &[0x81, 200, 0, 6, 0, 0, 0, 1], &mut out);
         s.handle_datagram(t0, "10.9.9.9:1".parse().unwrap(), &rtp_from_caller(0, 2, 160, 1), &mut out);
-        s.handle_datagram(t0, caller(), &rtp_from_caller(101, 3, 320, 1), &mut out);
+        s.handle_datagram(t0, caller(), &rtp_from_caller(13, 3, 320, 1), &mut out);
         let c = s.take_counters();
         assert_eq!((c.packets_in, c.malformed, c.rtcp, c.foreign, c.unsupported_payload), (1, 1, 1, 1, 1));
         assert_eq!(out.heard.len(), 1);
@@ -444,7 +551,7 @@ mod tests {
         let nat: SocketAddr = "203.0.113.1:50000".parse().unwrap();
         s.handle_datagram(t0, nat, &rtp_from_caller(0, 1, 0, 0), &mut out);
         assert!(out.events.contains(&Event::Latched(nat)));
-        s.handle_command(Command::Play { id: 1, pcm: vec![1i16; 160].into() }, &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1i16; 160].into(), barge_in: None }, &mut out);
         run_ticks(&mut s, t0, 0, 1, &mut out);
         assert_eq!(out.transmit[0].to, nat);
     }
@@ -468,12 +575,128 @@ mod tests {
         let mut out = Outputs::default();
         s.handle_command(Command::SetTarget(caller()), &mut out);
         run_ticks(&mut s, t0, 0, 50, &mut out); // one second of nothing
-        s.handle_command(Command::Play { id: 1, pcm: vec![1i16; 160].into() }, &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1i16; 160].into(), barge_in: None }, &mut out);
         s.handle_datagram(t0 + MS20 * 50, caller(), &rtp_from_caller(0, 1, 12345, 0), &mut out);
         run_ticks(&mut s, t0, 50, 51, &mut out);
         assert_eq!(out.played[0].pos, 8000, "sent at 1 s");
         let talk = out.heard.iter().find(|h| !h.concealed).unwrap();
         // Heard at 1 s minus the 40 ms hold the buffer allows for late packets.
         assert!((7680..=8000).contains(&talk.pos), "heard at {}", talk.pos);
+    }
+
+    /// Real speech (espeak-ng, 8 kHz; see testdata/README.md) and where it begins.
+    fn speech() -> (Vec<i16>, usize) {
+        let wav = hound::WavReader::new(&include_bytes!("../../testdata/speech-8k.wav")[..]).unwrap();
+        let pcm: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
+        let onset = pcm.iter().position(|s| s.abs() > 300).unwrap();
+        (pcm, onset)
+    }
+
+    /// The caller sends `pcm` from `from_frame` on, one PCMU packet per tick.
+    fn caller_speaks(s: &mut Session, t0: Instant, from_frame: u64, pcm: &[i16], out: &mut Outputs) {
+        for (k, f) in pcm.chunks(FRAME_SAMPLES).enumerate() {
+            let k = from_frame + k as u64;
+            let mut payload = Vec::new();
+            let mut frame = [0i16; FRAME_SAMPLES];
+            frame[..f.len()].copy_from_slice(f);
+            Codec::Pcmu.encode_into(&frame, &mut payload);
+            let data =
+                rtp::build(RtpHeader { marker: false, payload_type: 0, sequence: k as u16, timestamp: k as u32 * 160, ssrc: 7 }, &payload);
+            s.handle_datagram(t0 + MS20 * k as u32, caller(), &data, out);
+            s.handle_tick(t0 + MS20 * k as u32, out);
+        }
+    }
+
+    fn signals(out: &Outputs) -> Vec<Signal> {
+        out.events.iter().filter_map(|e| if let Event::Signal(s) = e { Some(*s) } else { None }).collect()
+    }
+
+    #[test]
+    fn speech_onset_and_end_are_found_in_real_speech() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let (pcm, onset) = speech();
+        let mut audio = vec![0i16; 8000];
+        audio.extend(&pcm);
+        audio.extend(vec![0i16; 8000]);
+        caller_speaks(&mut s, t0, 0, &audio, &mut out);
+        let sig = signals(&out);
+        let Some(Signal::SpeechStarted { pos }) = sig.first().copied() else { panic!("no speech found: {sig:?}") };
+        let truth = (8000 + onset) as i64;
+        assert!((pos as i64 - truth).abs() <= 800, "onset at {pos}, true onset {truth} (100 ms = 800)");
+        let Some(Signal::SpeechStopped { pos: end, .. }) = sig.last().copied() else { panic!("speech never ended: {sig:?}") };
+        let last_voice = 8000 + pcm.iter().rposition(|s| s.abs() > 300).unwrap() as i64;
+        assert!((end as i64 - last_voice).abs() <= 1600, "end at {end}, last voice at {last_voice}");
+        assert!(!sig.iter().any(|s| matches!(s, Signal::Dtmf { .. })), "speech is no digit: {sig:?}");
+    }
+
+    #[test]
+    fn barge_in_cuts_the_prompt_when_the_caller_speaks_long_enough() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        let barge = std::time::Duration::from_millis(200);
+        s.handle_command(Command::Play { id: 9, pcm: vec![3000i16; 8000 * 10].into(), barge_in: Some(barge) }, &mut out);
+        let (pcm, onset) = speech();
+        let mut audio = vec![0i16; 4000];
+        audio.extend(&pcm);
+        caller_speaks(&mut s, t0, 0, &audio, &mut out);
+        assert!(out.events.contains(&Event::PlaybackStarted { id: 9, pos: 0 }));
+        let (played_ms, at) = out
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::PlaybackEnded { id: 9, outcome: PlaybackOutcome::BargeIn, played_ms } => Some(*played_ms),
+                _ => None,
+            })
+            .map(|ms| (ms, ms))
+            .expect("barge-in");
+        let prompt_frames = out.played.iter().filter(|p| p.source == FrameSource::Prompt).count() as u64;
+        assert_eq!(played_ms, prompt_frames * 20, "played ms is what went out");
+        let onset_ms = (4000 + onset) as u64 / 8;
+        // The cut comes after 200 ms of speech, within the VAD's latency (< 100 ms).
+        assert!(at >= onset_ms + 200 - 20 && at <= onset_ms + 200 + 100, "cut at {at} ms, speech at {onset_ms} ms");
+    }
+
+    #[test]
+    fn without_barge_in_the_caller_talks_over_the_prompt() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![3000i16; 8000 * 10].into(), barge_in: None }, &mut out);
+        caller_speaks(&mut s, t0, 0, &speech().0, &mut out);
+        assert!(signals(&out).iter().any(|s| matches!(s, Signal::SpeechStarted { .. })));
+        assert!(!out.events.iter().any(|e| matches!(e, Event::PlaybackEnded { .. })));
+    }
+
+    #[test]
+    fn telephone_events_become_digits_and_do_not_reach_the_audio() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let mut seq = 0u16;
+        for (n, d) in "19#".chars().enumerate() {
+            let ts = 10_000 + n as u32 * 4000;
+            for (marker, p) in crate::core::analysis::telephone_event::digit_packets(d, 800, 160, 10).unwrap() {
+                seq += 1;
+                let data = rtp::build(RtpHeader { marker, payload_type: TELEPHONE_EVENT_PT, sequence: seq, timestamp: ts, ssrc: 5 }, &p);
+                s.handle_datagram(t0, caller(), &data, &mut out);
+            }
+        }
+        let ends: Vec<_> = signals(&out)
+            .into_iter()
+            .filter_map(|s| match s {
+                Signal::Dtmf { digit, end: true, duration_ms, source, .. } => Some((digit, duration_ms, source)),
+                _ => None,
+            })
+            .collect();
+        use crate::core::analysis::DtmfSource::Rfc4733;
+        assert_eq!(ends, vec![('1', 100, Rfc4733), ('9', 100, Rfc4733), ('#', 100, Rfc4733)]);
+        assert!(out.heard.is_empty(), "events are not audio");
+        let c = s.take_counters();
+        assert_eq!((c.telephone_event_duplicates, c.unsupported_payload), (6, 0));
     }
 }

@@ -19,8 +19,18 @@ use tracing::{info, warn};
 use crate::metrics::Metrics;
 use crate::sync::lock;
 
+pub mod call;
+
 pub const EXCHANGE: &str = "sentiric_events";
 pub const PLAYBACK_FINISHED: &str = "call.media.playback.finished";
+// The call-events stream's events, for the services that take them from the broker
+// (extensions, named in the style of `call.media.playback.finished`; see call.rs).
+pub const PLAYBACK_STARTED: &str = "call.media.playback.started";
+pub const SPEECH_STARTED: &str = "call.media.speech.started";
+pub const SPEECH_STOPPED: &str = "call.media.speech.stopped";
+pub const DTMF: &str = "call.media.dtmf";
+pub const MEDIA_TIMEOUT: &str = "call.media.timeout";
+pub const MEDIA_RESUMED: &str = "call.media.resumed";
 pub const RECORDING_AVAILABLE: &str = "call.recording.available";
 /// A recording could not be written (a full spool): an extension, in the style of
 /// `call.media.playback.finished`.
@@ -46,10 +56,6 @@ pub struct EventPublisher {
 fn now() -> prost_types::Timestamp {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
 }
 
 impl EventPublisher {
@@ -86,16 +92,28 @@ impl EventPublisher {
         self.wake.notify_one();
     }
 
-    pub fn playback_finished(&self, call_id: &str, uri: &str, outcome: &str) {
-        let payload = format!("{{\"callId\":{},\"uri\":{},\"outcome\":{}}}", json_str(call_id), json_str(uri), json_str(outcome));
+    /// `{"callId","uri","outcome","playedMs"}` (playedMs an extension).
+    pub fn playback_finished(&self, call_id: &str, uri: &str, outcome: &str, played_ms: u64) {
+        self.media_event(
+            PLAYBACK_FINISHED,
+            call_id,
+            serde_json::json!({"callId": call_id, "uri": uri, "outcome": outcome, "playedMs": played_ms}),
+        );
+    }
+
+    /// A call event as a GenericEvent: `payload` is its JSON (with `callId`).
+    pub fn media_event(&self, routing_key: &str, call_id: &str, payload: serde_json::Value) {
+        if !self.enabled {
+            return;
+        }
         let ev = GenericEvent {
-            event_type: PLAYBACK_FINISHED.into(),
+            event_type: routing_key.into(),
             trace_id: call_id.into(),
             timestamp: Some(now()),
             tenant_id: self.tenant_id.clone(),
-            payload_json: payload,
+            payload_json: payload.to_string(),
         };
-        self.enqueue(PLAYBACK_FINISHED, ev.encode_to_vec());
+        self.enqueue(routing_key, ev.encode_to_vec());
     }
 
     pub fn recording_available(&self, call_id: &str, trace_id: &str, recording_uri: &str, public_url: &str, cut_short: bool) {
@@ -205,9 +223,9 @@ mod tests {
     fn a_full_outbox_drops_the_oldest_and_counts_it() {
         let metrics = Arc::new(Metrics::new());
         let p = EventPublisher::new(true, "tenant".into(), 2, metrics.clone());
-        p.playback_finished("c1", "file://a.wav", "finished");
-        p.playback_finished("c2", "file://b.wav", "finished");
-        p.playback_finished("c3", "file://c.wav", "finished");
+        p.playback_finished("c1", "file://a.wav", "finished", 100);
+        p.playback_finished("c2", "file://b.wav", "finished", 100);
+        p.playback_finished("c3", "file://c.wav", "finished", 100);
         assert_eq!(p.queued(), 2);
         assert_eq!(metrics.events_dropped.get(), 1);
         let first = p.outbox.lock().unwrap().front().cloned().unwrap();
@@ -217,6 +235,7 @@ mod tests {
         let payload: serde_json::Value = serde_json::from_str(&ev.payload_json).unwrap();
         assert_eq!(payload["callId"], "c2");
         assert_eq!(payload["uri"], "file://b.wav");
+        assert_eq!(payload["playedMs"], 100);
     }
 
     #[test]

@@ -7,4 +7,4 @@ pub(crate) mod conn;
 mod forward;
 pub mod peers;
 pub(crate) mod service;
-pub(crate) use service::MediaSvc;
+pub(crate) use service::{BoxStream, MediaSvc};

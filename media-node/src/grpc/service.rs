@@ -317,13 +317,35 @@ impl MediaService for MediaSvc {
         })
         .await
     }
+
+    type StreamCallEventsStream = BoxStream<CallEvent>;
+
+    async fn stream_call_events(&self, req: Request<StreamCallEventsRequest>) -> Result<Response<Self::StreamCallEventsStream>, Status> {
+        let port = req.get_ref().server_rtp_port;
+        self.per_port(
+            "StreamCallEvents",
+            req,
+            port,
+            None,
+            |mut c, r| async move {
+                c.stream_call_events(r).await.map(|r| Response::new(Box::pin(r.into_inner()) as Self::StreamCallEventsStream))
+            },
+            |r| async move {
+                let call = self.node.call(r.server_rtp_port)?;
+                let rx = ask(&call, |reply| CallCommand::Subscribe { reply }).await?;
+                info!("call events subscriber attached");
+                Ok(crate::call::events_stream::subscriber(rx, self.node.metrics.clone(), call.port, call.call_id.clone()))
+            },
+        )
+        .await
+    }
 }
 
 impl MediaSvc {
     async fn play(&self, r: PlayAudioRequest) -> Result<PlayAudioResponse, Status> {
         let call = self.node.call(r.server_rtp_port)?;
         let target = parse_target(&r.rtp_target_addr)?;
-        let reply = |message: &str| Ok(PlayAudioResponse { success: true, message: message.to_string() });
+        let reply = |message: &str| Ok(PlayAudioResponse { success: true, message: message.to_string(), played_ms: 0 });
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
         let pcm: Arc<[i16]> = match uri::parse(&r.audio_uri).map_err(NodeError::from)? {
             AudioUri::Control(UriControl::SetTarget) => {
@@ -348,20 +370,21 @@ impl MediaSvc {
             AudioUri::Pcm { rate, bytes } => decode::pcm_bytes_to_call_pcm(&bytes, rate).into(),
             AudioUri::Wav(bytes) => decode::wav_to_call_pcm(&bytes).map_err(NodeError::from)?.into(),
         };
+        let barge_in = r.barge_in_ms.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(ms as u64));
         let id = self.node.next_playback_id();
         let (done_tx, done_rx) = oneshot::channel();
         call.commands
-            .send(CallCommand::Play { id, uri: short(&r.audio_uri), pcm, target, done: done_tx })
+            .send(CallCommand::Play { id, uri: short(&r.audio_uri), pcm, target, barge_in, done: done_tx })
             .await
             .map_err(|_| NodeError::CallGone)?;
         // The reply waits for the end of playback. If the client goes away meanwhile,
         // this future is dropped but the call task keeps playing.
         match done_rx.await {
-            Ok(outcome) => {
-                info!(uri = %short(&r.audio_uri), outcome = outcome.label(), "playback ended");
-                reply(outcome.message())
+            Ok((outcome, played_ms)) => {
+                info!(uri = %short(&r.audio_uri), outcome = outcome.label(), played_ms, "playback ended");
+                Ok(PlayAudioResponse { success: true, message: outcome.message().to_string(), played_ms })
             }
-            Err(_) => Ok(PlayAudioResponse { success: false, message: "call ended".into() }),
+            Err(_) => Ok(PlayAudioResponse { success: false, message: "call ended".into(), played_ms: 0 }),
         }
     }
 }

@@ -40,7 +40,12 @@ async fn main() -> anyhow::Result<()> {
     let mut to_a = MediaServiceClient::connect(format!("http://{}", a.grpc_addr)).await?;
     let mut to_b = MediaServiceClient::connect(format!("http://{}", b.grpc_addr)).await?;
     let port = to_b.allocate_port(AllocatePortRequest { call_id: "bench".into() }).await?.into_inner().rtp_port;
-    let req = || PlayAudioRequest { audio_uri: "control://stop_audio".into(), server_rtp_port: port, rtp_target_addr: String::new() };
+    let req = || PlayAudioRequest {
+        audio_uri: "control://stop_audio".into(),
+        server_rtp_port: port,
+        rtp_target_addr: String::new(),
+        barge_in_ms: None,
+    };
     for (name, client) in [("direct to the owner", &mut to_b), ("forwarded by a peer", &mut to_a)] {
         for _ in 0..200 {
             client.play_audio(req()).await?;

@@ -108,6 +108,7 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
             audio_uri: "control://set_target".into(),
             server_rtp_port: alloc.rtp_port,
             rtp_target_addr: caller_addr.to_string(),
+            barge_in_ms: None,
         })
         .await?;
 
@@ -147,7 +148,14 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
     let port = alloc.rtp_port;
     let player = async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        play_client.play_audio(PlayAudioRequest { audio_uri: prompt_uri, server_rtp_port: port, rtp_target_addr: String::new() }).await
+        play_client
+            .play_audio(PlayAudioRequest {
+                audio_uri: prompt_uri,
+                server_rtp_port: port,
+                rtp_target_addr: String::new(),
+                barge_in_ms: None,
+            })
+            .await
     };
     let (sent, played) = tokio::join!(sender, player);
     let packets_sent = sent?;

@@ -37,12 +37,9 @@ impl Default for VadConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Speech {
     /// 8 kHz sample positions (in the positions fed) where speech began / ended.
-    Started {
-        pos: u64,
-    },
-    Stopped {
-        pos: u64,
-    },
+    Started { pos: u64 },
+    /// `onset`: where this speech began.
+    Stopped { pos: u64, onset: u64 },
 }
 
 fn frames(d: Duration) -> u32 {
@@ -96,7 +93,7 @@ impl Gate {
         if self.speaking && self.run >= self.min_silence {
             self.speaking = false;
             self.run = 0;
-            return Some(Speech::Stopped { pos: self.run_start });
+            return Some(Speech::Stopped { pos: self.run_start, onset: self.onset });
         }
         None
     }
@@ -187,7 +184,7 @@ mod tests {
         s.extend([0.7; 4]);
         s.extend([0.0; 12]);
         let ev = run(&mut g, &s);
-        assert_eq!(ev, vec![Speech::Started { pos: 5 * CHUNK8 }, Speech::Stopped { pos: 24 * CHUNK8 }]);
+        assert_eq!(ev, vec![Speech::Started { pos: 5 * CHUNK8 }, Speech::Stopped { pos: 24 * CHUNK8, onset: 5 * CHUNK8 }]);
         assert!(!g.speaking());
     }
 

@@ -192,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Cmd::Play { port, uri, target } => {
                     let r = c
-                        .play_audio(PlayAudioRequest { audio_uri: uri, server_rtp_port: port, rtp_target_addr: target })
+                        .play_audio(PlayAudioRequest { audio_uri: uri, server_rtp_port: port, rtp_target_addr: target, barge_in_ms: None })
                         .await?
                         .into_inner();
                     println!("{}", r.message);

@@ -112,6 +112,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 audio_uri: "control://set_target".into(),
                 server_rtp_port: a.rtp_port,
                 rtp_target_addr: caller.local_addr().to_string(),
+                barge_in_ms: None,
             })
             .await?;
             let listen = if parts.listen {
@@ -146,7 +147,12 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let mut player = c.clone();
             let play = tokio::spawn(async move {
                 player
-                    .play_audio(PlayAudioRequest { audio_uri: prompt_uri, server_rtp_port: a.rtp_port, rtp_target_addr: String::new() })
+                    .play_audio(PlayAudioRequest {
+                        audio_uri: prompt_uri,
+                        server_rtp_port: a.rtp_port,
+                        rtp_target_addr: String::new(),
+                        barge_in_ms: None,
+                    })
                     .await
             });
             let sent_at = caller.send_speech_timed(node_rtp, &speech, Codec::Pcmu, i as u32).await?;
