@@ -5,6 +5,7 @@ pub mod envtest;
 pub mod helm;
 pub mod rabbitmq;
 pub mod s3;
+pub mod voice;
 
 use std::net::SocketAddr;
 use std::path::Path;

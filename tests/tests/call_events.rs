@@ -1,0 +1,269 @@
+//! The call-events stream over real UDP with real audio: espeak-ng speech for the
+//! voice detector and the node's barge-in, RFC 4733 digits sent as RTP, in-band
+//! digits made by sox, a caller that goes silent, and a subscriber too slow to keep up.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use fleet_tests::voice::{espeak_8k, sox_dtmf_8k};
+use fleet_tests::*;
+use media_node::core::analysis::telephone_event::digit_packets;
+use media_node::core::g711::Codec;
+use media_node::core::rtp::{self, RtpHeader};
+use media_proto::pb::call_event::Event as E;
+use media_proto::pb::*;
+
+type Events = Arc<Mutex<Vec<CallEvent>>>;
+
+async fn subscribe(node: &mut TestNode, port: u32) -> (Events, tokio::task::JoinHandle<()>) {
+    let mut stream =
+        node.client.stream_call_events(StreamCallEventsRequest { server_rtp_port: port }).await.expect("StreamCallEvents").into_inner();
+    let events: Events = Default::default();
+    let sink = events.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(e)) = stream.message().await {
+            sink.lock().unwrap().push(e);
+        }
+    });
+    (events, task)
+}
+
+fn wall(e: &CallEvent) -> SystemTime {
+    let t = e.wall_time.unwrap();
+    SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32)
+}
+
+fn digits(events: &[CallEvent], source: &str) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(E::Dtmf(d)) if d.end && d.source == source => Some(d.digit.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    for _ in 0..secs * 20 {
+        if f() {
+            return;
+        }
+        sleep_ms(50).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Converts a moment on the test's monotonic clock to the wall clock.
+struct Clocks {
+    mono: Instant,
+    wall: SystemTime,
+}
+
+impl Clocks {
+    fn now() -> Clocks {
+        Clocks { mono: Instant::now(), wall: SystemTime::now() }
+    }
+    fn wall_of(&self, t: Instant) -> SystemTime {
+        self.wall + t.duration_since(self.mono)
+    }
+}
+
+fn ms_between(a: SystemTime, b: SystemTime) -> i64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_speech_is_found_and_barges_in_on_the_prompt() {
+    let mut node = TestNode::start(30000, 10).await;
+    node.write_prompt("long.wav", &synth_prompt(8000, 8.0), 8000);
+    let (port, node_rtp, caller) = node.call("events-speech").await;
+    let (events, _sub) = subscribe(&mut node, port).await;
+
+    let mut client = node.client.clone();
+    let play = tokio::spawn(async move {
+        client
+            .play_audio(PlayAudioRequest {
+                audio_uri: "file://long.wav".into(),
+                server_rtp_port: port,
+                rtp_target_addr: String::new(),
+                barge_in_ms: Some(100),
+            })
+            .await
+            .map(|r| r.into_inner())
+    });
+    // One second of silence, then a sentence, then silence: what a caller does who
+    // waits for the bot and then talks over it.
+    let speech = espeak_8k("Hello, I would like to check the balance of my account please.");
+    let onset = speech.iter().position(|s| s.abs() > 300).unwrap();
+    let last = speech.iter().rposition(|s| s.abs() > 300).unwrap();
+    let lead = 8000;
+    let mut audio = vec![0i16; lead];
+    audio.extend(&speech);
+    audio.extend(vec![0i16; 8000]);
+    let clocks = Clocks::now();
+    let sent = caller.send_speech_timed(node_rtp, &audio, Codec::Pcmu, 42).await.unwrap();
+    // A frame's send time plus where in the frame the sample is.
+    let truth = |sample: usize| clocks.wall_of(sent[sample / 160]) + Duration::from_micros((sample % 160) as u64 * 125);
+
+    let reply = tokio::time::timeout(Duration::from_secs(10), play).await.expect("PlayAudio answers").unwrap().unwrap();
+    assert_eq!(reply.message, "interrupted by the caller's speech (barge-in)");
+
+    wait_until("speech_stopped", 5, || events.lock().unwrap().iter().any(|e| matches!(e.event, Some(E::SpeechStopped(_))))).await;
+    let ev = events.lock().unwrap().clone();
+    let started = ev.iter().find(|e| matches!(e.event, Some(E::SpeechStarted(_)))).expect("speech_started");
+    let stopped = ev.iter().find(|e| matches!(e.event, Some(E::SpeechStopped(_)))).unwrap();
+    let onset_err = ms_between(truth(lead + onset), wall(started));
+    let end_err = ms_between(truth(lead + last), wall(stopped));
+    println!("speech_started {onset_err:+} ms from the true onset, speech_stopped {end_err:+} ms from the last voiced sample");
+    assert!(onset_err.abs() <= 100, "speech_started {onset_err} ms from the true onset");
+    assert!(end_err.abs() <= 200, "speech_stopped {end_err} ms from the end of speech");
+    assert_eq!(digits(&ev, "inband"), "", "speech is no digit");
+
+    // The cut: what the reply and the event say was played is what the caller got.
+    let finished = ev
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(E::PlaybackFinished(f)) => Some((e, f.clone())),
+            _ => None,
+        })
+        .expect("playback_finished");
+    assert_eq!(finished.1.reason, "barge_in");
+    assert_eq!(finished.1.played_ms, reply.played_ms);
+    assert!(ev.iter().any(|e| matches!(&e.event, Some(E::PlaybackStarted(p)) if p.audio_uri == "file://long.wav")));
+    let got = caller.take_received();
+    let prompt_packets = got.iter().filter(|p| p.pcm.iter().any(|&s| s != 0)).count() as u64;
+    assert!(
+        (prompt_packets * 20).abs_diff(reply.played_ms) <= 20,
+        "the caller received {prompt_packets} packets of the prompt, the node says {} ms",
+        reply.played_ms
+    );
+    // Cut within 100 ms of the caller's speech reaching the barge-in time.
+    let last_prompt = got.iter().filter(|p| p.pcm.iter().any(|&s| s != 0)).map(|p| p.at).max().unwrap();
+    let cut_after_onset = ms_between(truth(lead + onset), clocks.wall_of(last_prompt));
+    println!("barge-in (100 ms of speech asked): the last prompt packet reached the caller {cut_after_onset} ms after the speech onset");
+    assert!(cut_after_onset <= 100 + 100, "the prompt went on {cut_after_onset} ms after the onset");
+    assert!(cut_after_onset >= 50, "cut before the caller had spoken long enough ({cut_after_onset} ms)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4733_and_inband_digits_are_reported() {
+    let mut node = TestNode::start(30010, 10).await;
+    let (port, node_rtp, caller) = node.call("events-dtmf").await;
+    let (events, _sub) = subscribe(&mut node, port).await;
+
+    // RFC 4733: each digit's updates every 50 ms, three end packets, as a trunk sends.
+    let mut seq = 100u16;
+    for (n, d) in "159#".chars().enumerate() {
+        let ts = 80_000 + n as u32 * 8000;
+        for (marker, payload) in digit_packets(d, 1280, 400, 10).unwrap() {
+            seq = seq.wrapping_add(1);
+            let data = rtp::build(RtpHeader { marker, payload_type: 101, sequence: seq, timestamp: ts, ssrc: 77 }, &payload);
+            caller.socket.send_to(&data, node_rtp).await.unwrap();
+            sleep_ms(20).await;
+        }
+        sleep_ms(100).await;
+    }
+    // In-band: sox's tones in the audio, 80 ms each with 80 ms between.
+    let tones = sox_dtmf_8k("2468*0", 80, 80);
+    let mut audio = vec![0i16; 1600];
+    audio.extend(&tones);
+    audio.extend(vec![0i16; 1600]);
+    caller.send_speech(node_rtp, &audio, Codec::Pcmu, 78).await.unwrap();
+
+    wait_until("every digit", 5, || digits(&events.lock().unwrap(), "inband").len() >= 6).await;
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(digits(&ev, "rfc4733"), "159#");
+    assert_eq!(digits(&ev, "inband"), "2468*0");
+    for e in &ev {
+        if let Some(E::Dtmf(d)) = &e.event {
+            if d.end && d.source == "rfc4733" {
+                assert_eq!(d.duration_ms, 160, "1280 timestamp units at 8 kHz");
+            }
+            if d.end && d.source == "inband" {
+                assert!((60..=110).contains(&d.duration_ms), "an 80 ms tone measured {} ms", d.duration_ms);
+            }
+        }
+    }
+    let key_downs = ev.iter().filter(|e| matches!(&e.event, Some(E::Dtmf(d)) if !d.end)).count();
+    assert_eq!(key_downs, 10, "one key-down per digit");
+    assert_eq!(node.metric("media_dtmf_digits_total{source=\"rfc4733\"}").await, 4.0);
+    assert_eq!(node.metric("media_dtmf_digits_total{source=\"inband\"}").await, 6.0);
+    assert_eq!(node.metric("media_rtp_telephone_event_duplicates_total").await, 8.0, "two repeated ends per digit, counted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_caller_times_out_and_resumes() {
+    let mut node = TestNode::start_with(30020, 10, |c| c.analysis.media_timeout = Some(Duration::from_millis(800))).await;
+    let (port, node_rtp, caller) = node.call("events-timeout").await;
+    let (events, sub) = subscribe(&mut node, port).await;
+    caller.send_speech(node_rtp, &vec![0i16; 1600], Codec::Pcmu, 1).await.unwrap();
+    wait_until("media_timeout", 5, || events.lock().unwrap().iter().any(|e| matches!(e.event, Some(E::MediaTimeout(_))))).await;
+    caller.send_speech(node_rtp, &vec![0i16; 800], Codec::Pcmu, 1).await.unwrap();
+    wait_until("media_resumed", 5, || events.lock().unwrap().iter().any(|e| matches!(e.event, Some(E::MediaResumed(_))))).await;
+    let ev = events.lock().unwrap().clone();
+    let timeouts: Vec<u64> =
+        ev.iter().filter_map(|e| if let Some(E::MediaTimeout(t)) = &e.event { Some(t.silent_ms) } else { None }).collect();
+    assert_eq!(timeouts.len(), 1, "reported once: {timeouts:?}");
+    assert!((800..1000).contains(&timeouts[0]), "silent for {} ms", timeouts[0]);
+    // The call's end ends every subscriber's stream.
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sub).await.expect("the events stream ends with the call").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_loses_its_own_events_only() {
+    let mut node = TestNode::start(30030, 10).await;
+    let (port, node_rtp, caller) = node.call("events-slow").await;
+    let (fast, _f) = subscribe(&mut node, port).await;
+    // The slow one asks for the stream and then does not read it for a while; its
+    // small HTTP/2 window makes the node's side of its stream fill up soon.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.running.grpc_addr))
+        .unwrap()
+        .initial_stream_window_size(Some(2048))
+        .initial_connection_window_size(Some(2048))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = media_service_client::MediaServiceClient::new(channel)
+        .stream_call_events(StreamCallEventsRequest { server_rtp_port: port })
+        .await
+        .expect("StreamCallEvents")
+        .into_inner();
+    let digits_sent = 1500u32;
+    let mut seq = 0u16;
+    for n in 0..digits_sent {
+        let d = b"0123456789*#"[n as usize % 12] as char;
+        for (marker, payload) in digit_packets(d, 160, 160, 10).unwrap().into_iter().take(2) {
+            seq = seq.wrapping_add(1);
+            let data = rtp::build(RtpHeader { marker, payload_type: 101, sequence: seq, timestamp: n * 1000, ssrc: 9 }, &payload);
+            caller.socket.send_to(&data, node_rtp).await.unwrap();
+        }
+        if n % 10 == 0 {
+            sleep_ms(5).await;
+        }
+    }
+    let total = 2 * digits_sent as usize;
+    wait_until("the fast subscriber to get every event", 20, || fast.lock().unwrap().len() >= total).await;
+    let f = fast.lock().unwrap().clone();
+    assert!(f.iter().all(|e| !matches!(e.event, Some(E::EventsLost(_)))), "the fast subscriber lost nothing");
+    assert_eq!(digits(&f, "rfc4733").len(), digits_sent as usize);
+
+    let (mut got, mut lost) = (0u64, 0u64);
+    while got + lost < total as u64 {
+        let e = tokio::time::timeout(Duration::from_secs(5), slow.message()).await.expect("the slow stream goes on").unwrap().unwrap();
+        match e.event {
+            Some(E::EventsLost(l)) => lost += l.count,
+            Some(E::Dtmf(_)) => got += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    println!("slow subscriber: {got} events, {lost} lost");
+    assert!(lost > 0, "a subscriber that did not read lost events");
+    assert_eq!(got + lost, total as u64, "every event is either delivered or counted as lost");
+    assert_eq!(node.metric("media_call_events_lost_total").await, lost as f64);
+    // The call went on: it still answers.
+    assert_eq!(node.play(port, "control://stop_audio").await.unwrap().message, "stopped");
+}
