@@ -39,7 +39,7 @@ async fn playback_and_recording_events_reach_the_platform() {
     })
     .await;
     node.write_prompt("hello.wav", &synth_prompt(8000, 0.3), 8000);
-    let (port, _, _caller) = node.call("evt-call-1").await;
+    let (port, node_rtp, _caller) = node.call("evt-call-1").await;
 
     // A prompt ends: call.media.playback.finished, GenericEvent with {"callId","uri"}.
     assert_eq!(node.play(port, "file://hello.wav").await.unwrap().message, "finished");
@@ -52,6 +52,23 @@ async fn playback_and_recording_events_reach_the_platform() {
     let payload: serde_json::Value = serde_json::from_str(&ev.payload_json).unwrap();
     assert_eq!(payload["callId"], "evt-call-1");
     assert_eq!(payload["uri"], "file://hello.wav");
+    assert!(payload["playedMs"].as_u64().is_some_and(|ms| (280..=320).contains(&ms)), "0.3 s played: {payload}");
+    let started = wait_for(&received, "call.media.playback.started", 1, 20).await.remove(0);
+    let started: serde_json::Value = serde_json::from_str(&GenericEvent::decode(started.as_slice()).unwrap().payload_json).unwrap();
+    assert_eq!(started["uri"], "file://hello.wav");
+
+    // A digit the caller presses (RFC 4733): call.media.dtmf once, at its end.
+    for (marker, p) in media_node::core::analysis::telephone_event::digit_packets('4', 800, 400, 10).unwrap() {
+        let header = media_node::core::rtp::RtpHeader { marker, payload_type: 101, sequence: 9, timestamp: 1234, ssrc: 3 };
+        _caller.socket.send_to(&media_node::core::rtp::build(header, &p), node_rtp).await.unwrap();
+    }
+    let dtmf = wait_for(&received, "call.media.dtmf", 1, 20).await;
+    let ev = GenericEvent::decode(dtmf[0].as_slice()).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&ev.payload_json).unwrap();
+    assert_eq!(
+        (ev.trace_id.as_str(), &d["digit"], &d["durationMs"], &d["source"]),
+        ("evt-call-1", &"4".into(), &100.into(), &"rfc4733".into())
+    );
 
     // A recording is stored: call.recording.available with its URI.
     node.client
@@ -82,10 +99,15 @@ async fn playback_and_recording_events_reach_the_platform() {
     assert_eq!(node.play(port, "file://hello.wav").await.unwrap().message, "finished");
     assert_eq!(node.play(port, "file://hello.wav").await.unwrap().message, "finished");
     sleep_ms(500).await;
-    assert_eq!(node.metric("media_events_outbox").await, 2.0, "two events kept while the broker is away");
+    assert_eq!(
+        node.metric("media_events_outbox").await,
+        4.0,
+        "two prompts started and finished: four events kept while the broker is away"
+    );
     broker.restart().await;
     let _consumer = consume(&broker.url(), "media-events-test", received.clone()).await.unwrap();
     wait_for(&received, "call.media.playback.finished", 3, 60).await;
+    wait_for(&received, "call.media.playback.started", 3, 60).await;
     outbox_empties(&node).await;
     assert_eq!(node.metric("media_events_dropped_total").await, 0.0);
     node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();

@@ -234,8 +234,25 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
         .expect("RecordAudio via a non-owner")
         .into_inner();
     let listen = collect_listen(stream);
+    // StreamCallEvents through node 2 for node 1's call: its events come through.
+    let mut events = wrong
+        .stream_call_events(StreamCallEventsRequest { server_rtp_port: port1 })
+        .await
+        .expect("StreamCallEvents via a non-owner")
+        .into_inner();
+    let events = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Ok(Some(e)) = events.message().await {
+            got.push(e);
+        }
+        got
+    });
     let speech = synth_speech(8000, 1.5, 11);
     caller.send_speech(rtp_addr(port1), &speech, Codec::Pcmu, 0x5eed).await.unwrap();
+    for (marker, payload) in media_node::core::analysis::telephone_event::digit_packets('7', 800, 400, 10).unwrap() {
+        let header = media_node::core::rtp::RtpHeader { marker, payload_type: 101, sequence: 1, timestamp: 777, ssrc: 0x5eed };
+        caller.socket.send_to(&media_node::core::rtp::build(header, &payload), rtp_addr(port1)).await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // StreamAudioToCall by call_id through node 1 for a call node 0 placed on node 2:
     // node 1 never saw it, so it finds the holder among its peers.
@@ -262,6 +279,16 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
     let (frames, _) = listen.await.unwrap();
     let (corr, _) = best_correlation(&speech, &pcm_of(&frames), 8000);
     assert!(corr > 0.9, "the listener through node 2 heard node 1's caller (correlation {corr:.3})");
+    let events =
+        tokio::time::timeout(Duration::from_secs(10), events).await.expect("the forwarded events stream ends with the call").unwrap();
+    let digits: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(media_proto::pb::call_event::Event::Dtmf(d)) if d.end => Some((e.server_rtp_port, d.digit.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, vec![(port1, "7".to_string())], "node 1's digit, through node 2");
     eventually("no calls left", 20, || async { (pool(client).await.status?.active_sessions == 0).then_some(()) }).await;
     let text = media_tools::http::get(&members[0].http().to_string(), "/metrics").await.unwrap().1;
     assert!(metric_value(&text, "media_fleet_forwarded_total{method=\"ReleasePort\",result=\"ok\"}") >= 60.0, "{text}");
