@@ -51,6 +51,7 @@ pub struct Metrics {
     pub call_event_subscribers: IntGauge,
     pub dtmf_digits: IntCounterVec,
     pub telephone_event_duplicates: IntCounter,
+    pub barge_in_echo: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -90,6 +91,10 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(Opts::new("media_dtmf_digits_total", "DTMF digits received, by source (rfc4733, inband)"), &["source"])
                     .unwrap(),
+            ),
+            barge_in_echo: counter(
+                "media_barge_in_echo_suppressed_total",
+                "Barge-ins not made because the caller's speech was the prompt's own echo (once per speech segment)",
             ),
             telephone_event_duplicates: counter(
                 "media_rtp_telephone_event_duplicates_total",
@@ -211,6 +216,7 @@ impl Metrics {
         self.foreign.inc_by(c.foreign);
         self.unsupported_payload.inc_by(c.unsupported_payload);
         self.telephone_event_duplicates.inc_by(c.telephone_event_duplicates);
+        self.barge_in_echo.inc_by(c.barge_in_echo);
         self.late.inc_by(c.late);
         self.lost_samples.inc_by(c.lost_samples);
         self.recovered_samples.inc_by(c.recovered_samples);

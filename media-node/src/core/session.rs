@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::analysis::echo_guard::EchoGuard;
 use super::analysis::{AnalysisConfig, Analyzer, Signal};
 use super::g711::Codec;
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
@@ -133,6 +134,9 @@ pub struct Counters {
     pub unsupported_payload: u64,
     /// RFC 4733 packets that repeated what was known (redundant end packets).
     pub telephone_event_duplicates: u64,
+    /// Barge-ins not made because the caller's "speech" was our own audio's echo
+    /// (once per speech segment).
+    pub barge_in_echo: u64,
     pub late: u64,
     pub lost_samples: u64,
     pub recovered_samples: u64,
@@ -166,6 +170,12 @@ pub struct Session {
     heard_end: u64,
     reported_te_duplicates: u64,
     signals: Vec<Signal>,
+    echo_guard: EchoGuard,
+    /// The speech onset whose echo verdict was counted.
+    echo_counted: Option<u64>,
+    /// Where the caller's speech last turned out to be echo: barge-in counts speech
+    /// from there, so it needs its full time of real speech.
+    echo_until: u64,
 }
 
 impl Session {
@@ -194,6 +204,9 @@ impl Session {
             heard_end: 0,
             reported_te_duplicates: 0,
             signals: Vec::new(),
+            echo_guard: EchoGuard::default(),
+            echo_counted: None,
+            echo_until: 0,
         }
     }
 
@@ -305,6 +318,7 @@ impl Session {
     fn analyse_heard(&mut self, first: usize, out: &mut Outputs) {
         for h in out.heard[first..].iter().filter(|h| !h.late) {
             self.analyzer.on_heard(h.pos, &h.pcm, &mut self.signals);
+            self.echo_guard.on_heard(h.pos, &h.pcm);
             self.heard_end = self.heard_end.max(h.pos + h.pcm.len() as u64);
         }
         self.emit_signals(out);
@@ -320,8 +334,19 @@ impl Session {
     fn check_barge_in(&mut self, out: &mut Outputs) {
         let Some((min, Some(started))) = self.barge_in else { return };
         let Some(onset) = self.analyzer.speech_onset() else { return };
-        let spoken = self.heard_end.saturating_sub(onset.max(started));
+        let spoken = self.heard_end.saturating_sub(onset.max(started).max(self.echo_until));
         if spoken * 1000 >= min.as_millis() as u64 * super::jitter::RATE as u64 {
+            // The echo guard judges the speech since the last echo verdict (200 ms at
+            // most): real speech that starts over the echo barges in once it has
+            // lasted the barge-in time on its own.
+            if self.echo_guard.is_echo(self.heard_end, spoken.min(1600)) {
+                self.echo_until = self.heard_end;
+                if self.echo_counted != Some(onset) {
+                    self.echo_counted = Some(onset);
+                    self.counters.barge_in_echo += 1;
+                }
+                return;
+            }
             if let Some(cut) = self.playback.barge_in() {
                 self.ended(cut, PlaybackOutcome::BargeIn, out);
             }
@@ -417,6 +442,9 @@ impl Session {
             self.counters.packets_out += 1;
             self.counters.bytes_out += data.len() as u64;
             out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
+        }
+        if source != FrameSource::Echo {
+            self.echo_guard.on_played(pos, &frame);
         }
         out.played.push(Played { pos, pcm: frame, source });
     }
@@ -698,5 +726,80 @@ mod tests {
         assert!(out.heard.is_empty(), "events are not audio");
         let c = s.take_counters();
         assert_eq!((c.telephone_event_duplicates, c.unsupported_payload), (6, 0));
+    }
+    fn fixture(bytes: &[u8]) -> Vec<i16> {
+        hound::WavReader::new(bytes).unwrap().into_samples::<i16>().map(|s| s.unwrap()).collect()
+    }
+
+    /// The caller's side of a speakerphone: the prompt as it went out, back 150 ms
+    /// later at -10 dB, plus what the caller says.
+    fn echo_call(caller_says: Option<&[i16]>) -> (Outputs, Counters) {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        let prompt = fixture(include_bytes!("../../testdata/speech-8k.wav"));
+        s.handle_command(
+            Command::Play { id: 1, pcm: prompt.clone().into(), barge_in: Some(std::time::Duration::from_millis(200)) },
+            &mut out,
+        );
+        let frames = prompt.len() / FRAME_SAMPLES + 20;
+        let mut sent: Vec<i16> = Vec::new();
+        let gain = 10f64.powf(-10.0 / 20.0);
+        let mut counters = Counters::default();
+        for k in 0..frames as u64 {
+            s.handle_tick(t0 + MS20 * k as u32, &mut out);
+            // What went out this tick (silence when nothing did), decoded as the caller hears it.
+            let mut frame = [0i16; FRAME_SAMPLES];
+            if let Some(t) = out.transmit.pop() {
+                let p = rtp::parse(&t.data).unwrap();
+                let mut pcm = Vec::new();
+                Codec::Pcmu.decode_into(p.payload, &mut pcm);
+                frame.copy_from_slice(&pcm);
+            }
+            out.transmit.clear();
+            sent.extend(frame);
+            let base = k as usize * FRAME_SAMPLES;
+            let back: Vec<i16> = (0..FRAME_SAMPLES)
+                .map(|i| {
+                    let n = base + i;
+                    let echo = if n >= 1200 { sent[n - 1200] as f64 * gain } else { 0.0 };
+                    let talk = caller_says.and_then(|c| c.get(n)).copied().unwrap_or(0) as f64;
+                    (echo + talk).clamp(-32768.0, 32767.0) as i16
+                })
+                .collect();
+            let mut payload = Vec::new();
+            Codec::Pcmu.encode_into(&back, &mut payload);
+            let data =
+                rtp::build(RtpHeader { marker: false, payload_type: 0, sequence: k as u16, timestamp: k as u32 * 160, ssrc: 7 }, &payload);
+            s.handle_datagram(t0 + MS20 * k as u32, caller(), &data, &mut out);
+            counters.barge_in_echo += s.take_counters().barge_in_echo;
+        }
+        (out, counters)
+    }
+
+    #[test]
+    fn the_prompt_s_own_echo_does_not_barge_in_but_speech_over_it_does() {
+        let (out, c) = echo_call(None);
+        assert!(signals(&out).iter().any(|s| matches!(s, Signal::SpeechStarted { .. })), "the detector hears the echo as speech");
+        let ended: Vec<_> = out.events.iter().filter(|e| matches!(e, Event::PlaybackEnded { .. })).collect();
+        assert!(
+            matches!(ended[..], [Event::PlaybackEnded { outcome: PlaybackOutcome::Finished, .. }]),
+            "the echo alone must not cut the prompt: {ended:?}"
+        );
+        assert!(c.barge_in_echo >= 1, "the guard says it held a barge-in back");
+
+        // Someone else's voice over the same echo, from 0.8 s on.
+        let other = fixture(include_bytes!("../../testdata/speech2-8k.wav"));
+        let mut says = vec![0i16; 6400];
+        says.extend(&other);
+        let (out, _) = echo_call(Some(&says));
+        let cut = out.events.iter().find_map(|e| match e {
+            Event::PlaybackEnded { outcome: PlaybackOutcome::BargeIn, played_ms, .. } => Some(*played_ms),
+            _ => None,
+        });
+        let onset_ms = (6400 + other.iter().position(|s| s.abs() > 300).unwrap()) as u64 / 8;
+        let cut = cut.expect("real speech over the echo barges in");
+        assert!(cut >= onset_ms + 180 && cut <= onset_ms + 200 + 150, "cut at {cut} ms, the caller began at {onset_ms} ms");
     }
 }

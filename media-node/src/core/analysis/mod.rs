@@ -2,6 +2,7 @@
 //! presses digits, goes silent), found where the audio is. Pure: positions and times
 //! are passed in. Positions are 8 kHz samples on the call's timeline, the clock the
 //! listener stream, the recording and the outbound audio share.
+pub mod echo_guard;
 pub mod inband_dtmf;
 pub mod telephone_event;
 pub mod vad;
