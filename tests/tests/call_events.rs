@@ -267,3 +267,75 @@ async fn a_slow_subscriber_loses_its_own_events_only() {
     // The call went on: it still answers.
     assert_eq!(node.play(port, "control://stop_audio").await.unwrap().message, "stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tts_marks_are_acknowledged_as_played_and_cleared_by_the_caller_s_barge_in() {
+    let mut node = TestNode::start(30040, 10).await;
+    let (_port, node_rtp, caller) = node.call("events-marks").await;
+    // Eight seconds of TTS (16 kHz), a mark after each half second, sent as fast as the
+    // node takes it; the node's barge-in at 150 ms.
+    let tts = synth_prompt(16000, 8.0);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let feeder = tokio::spawn(async move {
+        for (i, c) in tts.chunks(8000).enumerate() {
+            let req = StreamAudioToCallRequest {
+                call_id: "events-marks".into(),
+                audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                mark: format!("m{i}"),
+                barge_in_ms: Some(150),
+            };
+            if tx.send(req).await.is_err() {
+                break;
+            }
+        }
+        // Keep the stream open until the node ends it.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        drop(tx);
+    });
+    // The node answers the call's headers once it has the first message (the feeder's).
+    let mut replies =
+        node.client.stream_audio_to_call(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("StreamAudioToCall").into_inner();
+    // The caller waits two seconds, then speaks.
+    let mut audio = vec![0i16; 16000];
+    let speech = espeak_8k("No, that is not what I asked for.");
+    let onset = speech.iter().position(|s| s.abs() > 300).unwrap();
+    audio.extend(&speech);
+    let clocks = Clocks::now();
+    let sent = caller.send_speech_timed(node_rtp, &audio, Codec::Pcmu, 5).await.unwrap();
+
+    let mut acks: Vec<(String, bool, u64)> = Vec::new();
+    let last = loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), replies.message()).await.expect("an answer").unwrap().expect("a response");
+        if r.mark.is_empty() {
+            break r;
+        }
+        acks.push((r.mark, r.mark_cleared, r.played_ms));
+    };
+    feeder.abort();
+    assert!(!last.success);
+    assert_eq!(last.error_message, "interrupted by the caller's speech (barge-in)");
+    let names: Vec<&str> = acks.iter().map(|(m, _, _)| m.as_str()).collect();
+    // Marks the node took are acknowledged once each, in order (the chunks it never
+    // took, held back by its flow control, carry marks it never saw).
+    assert_eq!(names, (0..acks.len()).map(|i| format!("m{i}")).collect::<Vec<_>>(), "marks acknowledged once, in order");
+    let played: Vec<_> = acks.iter().take_while(|(_, cleared, _)| !cleared).collect();
+    assert!(acks[played.len()..].iter().all(|(_, cleared, _)| *cleared), "once one is cleared, the rest are");
+    assert!(played.len() >= 3 && acks.len() > played.len(), "marks played before the cut and cleared by it: {acks:?}");
+    // Each played mark came when its half second had gone out.
+    for (i, (_, _, ms)) in played.iter().enumerate() {
+        assert!((*ms as i64 - 500 * (i as i64 + 1)).abs() <= 20, "mark {i} acknowledged at {ms} ms of audio");
+    }
+    // What the node says went out is what the caller got.
+    let got = caller.take_received();
+    let tts_packets = got.iter().filter(|p| p.pcm.iter().any(|&s| s != 0)).count() as u64;
+    assert!((tts_packets * 20).abs_diff(last.played_ms) <= 40, "caller got {tts_packets} packets, the node says {} ms", last.played_ms);
+    let onset_at = clocks.wall_of(sent[(16000 + onset) / 160]);
+    let last_tts = clocks.wall_of(got.iter().filter(|p| p.pcm.iter().any(|&s| s != 0)).map(|p| p.at).max().unwrap());
+    let cut = ms_between(onset_at, last_tts);
+    println!(
+        "TTS barge-in (150 ms asked): cut {cut} ms after the speech onset; {} marks played, {} cleared",
+        played.len(),
+        acks.len() - played.len()
+    );
+    assert!((100..=300).contains(&cut), "cut {cut} ms after the onset");
+}

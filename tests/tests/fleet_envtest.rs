@@ -263,7 +263,11 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
     let tts = synth_prompt(16000, 1.0);
     let chunks: Vec<StreamAudioToCallRequest> = tts
         .chunks(1600)
-        .map(|c| StreamAudioToCallRequest { call_id: call2.clone(), audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect() })
+        .map(|c| StreamAudioToCallRequest {
+            call_id: call2.clone(),
+            audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            ..Default::default()
+        })
         .collect();
     let mut replies = mid.stream_audio_to_call(tokio_stream::iter(chunks)).await.expect("StreamAudioToCall via a non-holder").into_inner();
     let reply = replies.message().await.unwrap().expect("a reply");

@@ -300,7 +300,7 @@ async fn listeners_that_never_read_and_abandoned_or_oversized_tts_streams() {
     caller.send_speech(node_rtp, &speech, Codec::Pcmu, 3).await.unwrap();
     // TTS: a 10 MB chunk (past the message limit), odd lengths, an unknown call, an
     // abandoned stream.
-    let huge = vec![StreamAudioToCallRequest { call_id: "stall-1".into(), audio_chunk: vec![0u8; 10 * 1024 * 1024] }];
+    let huge = vec![StreamAudioToCallRequest { call_id: "stall-1".into(), audio_chunk: vec![0u8; 10 * 1024 * 1024], ..Default::default() }];
     let r = node.client.stream_audio_to_call(tokio_stream::iter(huge)).await;
     let refused = match r {
         Err(e) => Some(e.code()),
@@ -309,15 +309,15 @@ async fn listeners_that_never_read_and_abandoned_or_oversized_tts_streams() {
     assert!(matches!(refused, Some(Code::ResourceExhausted | Code::OutOfRange | Code::Internal | Code::Unknown)), "{refused:?}");
     let odd: Vec<_> = [1usize, 3, 333, 7, 1601]
         .iter()
-        .map(|&n| StreamAudioToCallRequest { call_id: "stall-1".into(), audio_chunk: vec![0x11; n] })
+        .map(|&n| StreamAudioToCallRequest { call_id: "stall-1".into(), audio_chunk: vec![0x11; n], ..Default::default() })
         .collect();
     let end = node.client.stream_audio_to_call(tokio_stream::iter(odd)).await.unwrap().into_inner().message().await.unwrap().unwrap();
     assert!(end.success, "{}", end.error_message);
-    let unknown = vec![StreamAudioToCallRequest { call_id: "nobody".into(), audio_chunk: vec![0; 640] }];
+    let unknown = vec![StreamAudioToCallRequest { call_id: "nobody".into(), audio_chunk: vec![0; 640], ..Default::default() }];
     assert_eq!(node.client.stream_audio_to_call(tokio_stream::iter(unknown)).await.unwrap_err().code(), Code::NotFound);
     for _ in 0..20 {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tx.send(StreamAudioToCallRequest { call_id: "stall-1".into(), audio_chunk: vec![0x22; 640] }).await.unwrap();
+        tx.send(StreamAudioToCallRequest { call_id: "stall-1".into(), audio_chunk: vec![0x22; 640], ..Default::default() }).await.unwrap();
         let r = node.client.stream_audio_to_call(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
         drop((tx, r)); // abandoned mid-stream
     }

@@ -175,13 +175,13 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
     let mut node = TestNode::start(22060, 20).await;
     let (port, _, caller) = node.call("tts-1").await;
     let tts16 = synth_speech(16000, 2.0, 11);
-    let mut msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new() }];
+    let mut msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new(), ..Default::default() }];
     // 100 ms chunks, one of them split mid-sample, plus keep-alives.
     let bytes: Vec<u8> = tts16.iter().flat_map(|s| s.to_le_bytes()).collect();
     for (i, c) in bytes.chunks(3201).enumerate() {
-        msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec() });
+        msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec(), ..Default::default() });
         if i % 5 == 0 {
-            msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new() });
+            msgs.push(StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: Vec::new(), ..Default::default() });
         }
     }
     let mut resp = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
@@ -197,7 +197,10 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
     // Ten seconds of TTS, then stop: the queue is flushed.
     let long = vec![5000i16; 16000 * 10];
     let bytes: Vec<u8> = long.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let msgs: Vec<_> = bytes.chunks(6400).map(|c| StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec() }).collect();
+    let msgs: Vec<_> = bytes
+        .chunks(6400)
+        .map(|c| StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: c.to_vec(), ..Default::default() })
+        .collect();
     let mut c2 = node.client.clone();
     let streaming = tokio::spawn(async move {
         let mut r = c2.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
@@ -213,7 +216,7 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
     assert!(!end.success);
     assert_eq!(end.error_message, "interrupted by barge-in (stop or new prompt)");
     // The next utterance is a new stream and plays.
-    let msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: vec![0x10u8; 3200] }];
+    let msgs = vec![StreamAudioToCallRequest { call_id: "tts-1".into(), audio_chunk: vec![0x10u8; 3200], ..Default::default() }];
     let mut r = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
     assert!(r.message().await.unwrap().unwrap().success);
     assert_eq!(caller.take_received().len(), 5);
@@ -222,7 +225,7 @@ async fn streamed_tts_plays_in_order_and_stop_flushes_it() {
 #[tokio::test]
 async fn unknown_call_id_for_tts_is_not_found() {
     let mut node = TestNode::start(22080, 10).await;
-    let msgs = vec![StreamAudioToCallRequest { call_id: "nobody".into(), audio_chunk: vec![0u8; 640] }];
+    let msgs = vec![StreamAudioToCallRequest { call_id: "nobody".into(), audio_chunk: vec![0u8; 640], ..Default::default() }];
     let err = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
@@ -232,9 +235,9 @@ async fn a_tts_stream_of_keep_alives_ends_when_its_call_is_released() {
     let mut node = TestNode::start(22460, 10).await;
     let (port, _, _caller) = node.call("tts-idle").await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(StreamAudioToCallRequest { call_id: "tts-idle".into(), audio_chunk: Vec::new() }).await.unwrap();
+    tx.send(StreamAudioToCallRequest { call_id: "tts-idle".into(), audio_chunk: Vec::new(), ..Default::default() }).await.unwrap();
     let mut resp = node.client.stream_audio_to_call(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-    tx.send(StreamAudioToCallRequest { call_id: "tts-idle".into(), audio_chunk: Vec::new() }).await.unwrap();
+    tx.send(StreamAudioToCallRequest { call_id: "tts-idle".into(), audio_chunk: Vec::new(), ..Default::default() }).await.unwrap();
     sleep_ms(200).await;
     node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
     // The client keeps its side open and sends nothing more; the node answers anyway.
@@ -375,7 +378,7 @@ async fn huge_inputs_get_their_own_status_with_a_short_message() {
         assert!(err.message().len() < 1024, "{} bytes echoed for {}", err.message().len(), &uri[..20]);
     }
     let call_id = "c".repeat(1_000_000);
-    let msgs = vec![StreamAudioToCallRequest { call_id, audio_chunk: vec![0u8; 640] }];
+    let msgs = vec![StreamAudioToCallRequest { call_id, audio_chunk: vec![0u8; 640], ..Default::default() }];
     let err = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().len() < 1024, "{} bytes echoed", err.message().len());

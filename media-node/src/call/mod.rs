@@ -9,4 +9,4 @@ pub mod runtime;
 pub(crate) mod task;
 pub mod udp;
 pub(crate) use listen_post::ListenerPost;
-pub(crate) use task::{spawn_call, BoundSockets, CallCommand, CallContext, CallHandle, Control, StreamEnd};
+pub(crate) use task::{spawn_call, BoundSockets, CallCommand, CallContext, CallHandle, Control, StreamEnd, TtsChunk};

@@ -21,7 +21,7 @@ use super::udp;
 use crate::audio::listener::ListenerFormat;
 use crate::core::analysis::{AnalysisConfig, Signal};
 use crate::core::jitter::JitterConfig;
-use crate::core::playback::{PlaybackId, PlaybackOutcome};
+use crate::core::playback::{MarkFate, MarkId, PlaybackId, PlaybackOutcome};
 use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
 use crate::events::call::{to_broker, to_proto, CallClock, Happened};
@@ -52,6 +52,8 @@ pub enum StreamEnd {
     Replaced,
     /// Barge-in (a new prompt or a stop) cut it; the rest of that stream is discarded.
     Interrupted,
+    /// The caller spoke over it (the node's own barge-in).
+    BargeIn,
     CallEnded,
 }
 
@@ -62,6 +64,7 @@ impl StreamEnd {
             StreamEnd::Played => "",
             StreamEnd::Replaced => "another StreamAudioToCall took over this call",
             StreamEnd::Interrupted => "interrupted by barge-in (stop or new prompt)",
+            StreamEnd::BargeIn => "interrupted by the caller's speech (barge-in)",
             StreamEnd::CallEnded => "the call ended",
         }
     }
@@ -114,10 +117,13 @@ pub enum CallCommand {
         frames: mpsc::Sender<Bytes>,
         attached: oneshot::Sender<bool>,
     },
-    /// Attach a TTS stream (8 kHz chunks); `done` fires when it has played out.
+    /// Attach a TTS stream (8 kHz chunks); `done` fires when it has ended, with the ms
+    /// of it that went out. Mark acknowledgements go to `acks` as they happen.
     Stream {
-        chunks: mpsc::Receiver<Vec<i16>>,
-        done: oneshot::Sender<StreamEnd>,
+        chunks: mpsc::Receiver<TtsChunk>,
+        barge_in: Option<Duration>,
+        acks: mpsc::Sender<Result<pb::StreamAudioToCallResponse, tonic::Status>>,
+        done: oneshot::Sender<(StreamEnd, u64)>,
     },
     /// Start recording (the segment number is filled in by the call).
     StartRecording {
@@ -168,9 +174,20 @@ struct Listener {
     frames: mpsc::Sender<Bytes>,
 }
 
+/// A piece of streamed TTS at the call's rate, and the agent's mark after it.
+pub struct TtsChunk {
+    pub pcm: Vec<i16>,
+    pub mark: Option<String>,
+}
+
 struct AttachedStream {
-    chunks: Option<mpsc::Receiver<Vec<i16>>>,
-    done: oneshot::Sender<StreamEnd>,
+    chunks: Option<mpsc::Receiver<TtsChunk>>,
+    done: oneshot::Sender<(StreamEnd, u64)>,
+    acks: mpsc::Sender<Result<pb::StreamAudioToCallResponse, tonic::Status>>,
+    /// Its marks not yet acknowledged, in order, by the session's id.
+    marks: Vec<(MarkId, String)>,
+    /// The session's streamed-sample count when it attached.
+    sent_base: u64,
 }
 
 /// What every call of a node shares, built once by the node: the session settings,
@@ -215,6 +232,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         storage,
         clock,
         call_events: broadcast::channel(EVENTS_QUEUE).0,
+        next_mark: 0,
     };
     let run = async move {
         match sockets.register() {
@@ -252,6 +270,7 @@ struct CallTask {
     /// receiver; the call never waits for one). Dropped with the task, which ends
     /// every subscriber's stream.
     call_events: broadcast::Sender<pb::CallEvent>,
+    next_mark: MarkId,
 }
 
 impl CallTask {
@@ -293,7 +312,7 @@ impl CallTask {
                     }
                 },
                 chunk = recv_stream(&mut self.stream), if wants_stream => match chunk {
-                    Some(pcm) => self.session.handle_command(Command::Stream(pcm), &mut self.out),
+                    Some(chunk) => self.on_chunk(chunk),
                     None => if let Some(s) = &mut self.stream { s.chunks = None },
                 },
                 _ = &mut tick => {
@@ -319,9 +338,7 @@ impl CallTask {
             self.store_later(job);
         }
         self.store_salvaged();
-        if let Some(s) = self.stream.take() {
-            let _ = s.done.send(StreamEnd::CallEnded);
-        }
+        self.end_stream(StreamEnd::CallEnded);
         self.metrics.add_session_counters(&self.session.take_counters());
         self.metrics.listeners.sub(self.listeners.len() as i64);
         info!("call ended");
@@ -361,10 +378,13 @@ impl CallTask {
                 self.listeners.push(Listener { format: ListenerFormat::new(rate), frames });
                 let _ = attached.send(true);
             }
-            CallCommand::Stream { chunks, done } => {
-                if let Some(old) = self.stream.replace(AttachedStream { chunks: Some(chunks), done }) {
-                    let _ = old.done.send(StreamEnd::Replaced);
-                }
+            CallCommand::Stream { chunks, barge_in, acks, done } => {
+                // The replaced stream's audio still plays out, but it is over for its
+                // sender: its marks not yet reached are reported cleared.
+                self.end_stream(StreamEnd::Replaced);
+                self.session.handle_command(Command::StreamBargeIn(barge_in), &mut self.out);
+                let sent_base = self.session.stream_sent();
+                self.stream = Some(AttachedStream { chunks: Some(chunks), done, acks, marks: Vec::new(), sent_base });
             }
             CallCommand::StartRecording { spec, reply } => {
                 let _ = reply.send(self.recorder.start(spec, self.now_pos()));
@@ -386,9 +406,32 @@ impl CallTask {
     /// session's queue, and dropping its channel stops the sender's pump, so nothing
     /// more of that utterance plays. A new StreamAudioToCall starts the next one.
     fn interrupt_stream(&mut self) {
+        self.end_stream(StreamEnd::Interrupted);
+    }
+
+    /// Ends the attached stream, if one is: the marks it did not reach are cleared
+    /// (acknowledged before the final answer), and its sender learns how it ended.
+    fn end_stream(&mut self, end: StreamEnd) {
         if let Some(s) = self.stream.take() {
-            let _ = s.done.send(StreamEnd::Interrupted);
+            let played_ms = (self.session.stream_sent() - s.sent_base) / 8;
+            for (_, name) in &s.marks {
+                let _ = s.acks.try_send(Ok(mark_ack(name, true, played_ms)));
+            }
+            let _ = s.done.send((end, played_ms));
         }
+    }
+
+    fn on_chunk(&mut self, chunk: TtsChunk) {
+        let mark = match (chunk.mark, &mut self.stream) {
+            (Some(name), Some(s)) => {
+                let id = self.next_mark;
+                self.next_mark += 1;
+                s.marks.push((id, name));
+                Some(id)
+            }
+            _ => None,
+        };
+        self.session.handle_command(Command::Stream { pcm: chunk.pcm, mark }, &mut self.out);
     }
 
     /// Stores a recording in the background, on the serving runtime.
@@ -461,6 +504,23 @@ impl CallTask {
                 }
                 Event::Latched(addr) => info!(%addr, "media latched to caller's source"),
                 Event::CodecChanged(c) => info!(codec = c.name(), "caller switched codec"),
+                Event::Mark(fate) => {
+                    let (id, cleared) = match fate {
+                        MarkFate::Played(id) => (id, false),
+                        MarkFate::Cleared(id) => (id, true),
+                    };
+                    if let Some(s) = &mut self.stream {
+                        if let Some(i) = s.marks.iter().position(|(m, _)| *m == id) {
+                            let (_, name) = s.marks.remove(i);
+                            let played_ms = (self.session.stream_sent() - s.sent_base) / 8;
+                            // The acks channel is sized for every mark a client can have
+                            // queued (see service.rs); a client that stopped reading
+                            // loses its acks, never the call's time.
+                            let _ = s.acks.try_send(Ok(mark_ack(&name, cleared, played_ms)));
+                        }
+                    }
+                }
+                Event::StreamBargedIn => self.end_stream(StreamEnd::BargeIn),
             }
         }
         self.out.events = events;
@@ -468,9 +528,7 @@ impl CallTask {
         // A finished stream is done once its queued audio has gone out.
         if let Some(s) = &self.stream {
             if s.chunks.is_none() && self.session.stream_queued() == 0 {
-                if let Some(s) = self.stream.take() {
-                    let _ = s.done.send(StreamEnd::Played);
-                }
+                self.end_stream(StreamEnd::Played);
             }
         }
     }
@@ -489,7 +547,11 @@ impl CallTask {
     }
 }
 
-async fn recv_stream(stream: &mut Option<AttachedStream>) -> Option<Vec<i16>> {
+fn mark_ack(name: &str, cleared: bool, played_ms: u64) -> pb::StreamAudioToCallResponse {
+    pb::StreamAudioToCallResponse { success: true, error_message: String::new(), mark: name.to_string(), mark_cleared: cleared, played_ms }
+}
+
+async fn recv_stream(stream: &mut Option<AttachedStream>) -> Option<TtsChunk> {
     match stream.as_mut().and_then(|s| s.chunks.as_mut()) {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

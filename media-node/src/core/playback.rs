@@ -75,16 +75,41 @@ pub enum FrameSource {
     Echo,
 }
 
+/// A point in the streamed audio the agent asked to hear about (its mark), by id.
+pub type MarkId = u64;
+
+/// What became of a mark: its audio went out to the caller, or a barge-in dropped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkFate {
+    Played(MarkId),
+    Cleared(MarkId),
+}
+
 pub struct Playback {
     prompt: Option<Prompt>,
     stream: VecDeque<i16>,
     echo: VecDeque<i16>,
     echo_cap: usize,
+    /// Streamed samples queued and sent so far (the stream's own clock, for marks).
+    stream_pushed: u64,
+    stream_sent: u64,
+    /// Marks waiting for their audio, at their stream position.
+    marks: VecDeque<(u64, MarkId)>,
+    fates: Vec<MarkFate>,
 }
 
 impl Default for Playback {
     fn default() -> Self {
-        Playback { prompt: None, stream: VecDeque::new(), echo: VecDeque::new(), echo_cap: 8000 }
+        Playback {
+            prompt: None,
+            stream: VecDeque::new(),
+            echo: VecDeque::new(),
+            echo_cap: 8000,
+            stream_pushed: 0,
+            stream_sent: 0,
+            marks: VecDeque::new(),
+            fates: Vec::new(),
+        }
     }
 }
 
@@ -98,7 +123,7 @@ impl Playback {
 
     /// Drops the prompt and every queued sample; returns the prompt cut, if any.
     pub fn barge_in(&mut self) -> Option<Cut> {
-        self.stream.clear();
+        self.clear_stream();
         self.echo.clear();
         self.prompt.take().map(|p| Cut { id: p.id, played: p.pos })
     }
@@ -114,6 +139,34 @@ impl Playback {
 
     pub fn push_stream(&mut self, pcm: &[i16]) {
         self.stream.extend(pcm);
+        self.stream_pushed += pcm.len() as u64;
+    }
+
+    /// A mark after everything streamed so far: reported played once that audio has
+    /// gone out (at once when nothing is queued), cleared if a barge-in drops it.
+    pub fn mark(&mut self, id: MarkId) {
+        if self.stream_pushed <= self.stream_sent {
+            self.fates.push(MarkFate::Played(id));
+        } else {
+            self.marks.push_back((self.stream_pushed, id));
+        }
+    }
+
+    /// Drops the queued stream; its marks are cleared.
+    pub fn clear_stream(&mut self) {
+        self.stream.clear();
+        self.stream_pushed = self.stream_sent;
+        self.fates.extend(self.marks.drain(..).map(|(_, id)| MarkFate::Cleared(id)));
+    }
+
+    /// Streamed samples that went out so far (all streams of the call).
+    pub fn stream_sent(&self) -> u64 {
+        self.stream_sent
+    }
+
+    /// What became of marks since the last call.
+    pub fn take_mark_fates(&mut self, out: &mut Vec<MarkFate>) {
+        out.append(&mut self.fates);
     }
 
     pub fn stream_queued(&self) -> usize {
@@ -151,6 +204,13 @@ impl Playback {
                     *slot = s;
                 }
                 frame[n..].fill(0);
+                if source == FrameSource::Stream {
+                    self.stream_sent += n as u64;
+                    while self.marks.front().is_some_and(|&(at, _)| at <= self.stream_sent) {
+                        let (_, id) = self.marks.pop_front().unwrap();
+                        self.fates.push(MarkFate::Played(id));
+                    }
+                }
                 return (Some(source), None);
             }
         }
@@ -199,5 +259,37 @@ mod tests {
         assert_eq!(pb.next_frame(&mut f).0, Some(FrameSource::Stream));
         assert_eq!(&f[..40], &[9; 40]);
         assert_eq!(pb.next_frame(&mut f).0, None);
+    }
+
+    #[test]
+    fn marks_are_played_when_their_audio_goes_out_and_cleared_by_barge_in() {
+        let mut pb = Playback::default();
+        let mut f = [0i16; FRAME_SAMPLES];
+        let mut fates = Vec::new();
+        pb.mark(1); // nothing queued: played at once
+        pb.push_stream(&[1; 200]);
+        pb.mark(2);
+        pb.push_stream(&[1; 100]);
+        pb.mark(3);
+        pb.push_stream(&[1; 400]);
+        pb.mark(4);
+        pb.take_mark_fates(&mut fates);
+        assert_eq!(fates, vec![MarkFate::Played(1)]);
+        pb.next_frame(&mut f); // 160 of 200: mark 2 not yet
+        pb.take_mark_fates(&mut fates);
+        assert_eq!(fates.len(), 1);
+        pb.next_frame(&mut f); // 320: marks 2 (200) and 3 (300)
+        pb.take_mark_fates(&mut fates);
+        assert_eq!(fates[1..], [MarkFate::Played(2), MarkFate::Played(3)]);
+        assert!(pb.barge_in().is_none());
+        pb.take_mark_fates(&mut fates);
+        assert_eq!(fates[3..], [MarkFate::Cleared(4)]);
+        assert_eq!(pb.stream_sent(), 320);
+        // After the clear, a new stream's marks count from where the stream stands.
+        pb.push_stream(&[1; 160]);
+        pb.mark(5);
+        pb.next_frame(&mut f);
+        pb.take_mark_fates(&mut fates);
+        assert_eq!(fates[4..], [MarkFate::Played(5)]);
     }
 }

@@ -15,7 +15,7 @@ use super::g711::Codec;
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
-use super::playback::{Cut, FrameSource, Playback, PlaybackId, PlaybackOutcome};
+use super::playback::{Cut, FrameSource, MarkFate, MarkId, Playback, PlaybackId, PlaybackOutcome};
 use super::rtp::{self, Datagram, RtpHeader};
 
 #[derive(Debug, Clone)]
@@ -65,8 +65,13 @@ pub enum Command {
     /// A target given alongside a prompt: used only while nothing better is known.
     SuggestTarget(SocketAddr),
     SetEcho(bool),
-    /// Streamed TTS, already at 8 kHz.
-    Stream(Vec<i16>),
+    /// Streamed TTS, already at 8 kHz, and the agent's mark after it, if any.
+    Stream {
+        pcm: Vec<i16>,
+        mark: Option<MarkId>,
+    },
+    /// The node's barge-in for the streamed audio (None: the caller may talk over it).
+    StreamBargeIn(Option<std::time::Duration>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +87,10 @@ pub enum Event {
     },
     /// What the analysis found in the caller's media.
     Signal(Signal),
+    /// A mark's audio went out, or a barge-in dropped it.
+    Mark(MarkFate),
+    /// The caller's speech cut the streamed audio (its queue is dropped).
+    StreamBargedIn,
     Latched(SocketAddr),
     CodecChanged(Codec),
 }
@@ -176,6 +185,10 @@ pub struct Session {
     /// Where the caller's speech last turned out to be echo: barge-in counts speech
     /// from there, so it needs its full time of real speech.
     echo_until: u64,
+    stream_barge_in: Option<std::time::Duration>,
+    /// Where the streamed audio playing now began going out.
+    stream_since: Option<u64>,
+    fates: Vec<MarkFate>,
 }
 
 impl Session {
@@ -207,6 +220,9 @@ impl Session {
             echo_guard: EchoGuard::default(),
             echo_counted: None,
             echo_until: 0,
+            stream_barge_in: None,
+            stream_since: None,
+            fates: Vec::new(),
         }
     }
 
@@ -332,7 +348,12 @@ impl Session {
     /// Cuts the prompt once the caller has spoken over it for its barge-in time
     /// (speech from before the prompt began does not count).
     fn check_barge_in(&mut self, out: &mut Outputs) {
-        let Some((min, Some(started))) = self.barge_in else { return };
+        let prompt = self.barge_in.and_then(|(min, started)| started.map(|s| (min, s)));
+        let stream = match (self.stream_barge_in, self.stream_since) {
+            (Some(min), Some(since)) if self.playback.current().is_none() && self.playback.stream_queued() > 0 => Some((min, since)),
+            _ => None,
+        };
+        let Some((min, started)) = prompt.or(stream) else { return };
         let Some(onset) = self.analyzer.speech_onset() else { return };
         let spoken = self.heard_end.saturating_sub(onset.max(started).max(self.echo_until));
         if spoken * 1000 >= min.as_millis() as u64 * super::jitter::RATE as u64 {
@@ -347,10 +368,27 @@ impl Session {
                 }
                 return;
             }
-            if let Some(cut) = self.playback.barge_in() {
-                self.ended(cut, PlaybackOutcome::BargeIn, out);
+            if prompt.is_some() {
+                if let Some(cut) = self.playback.barge_in() {
+                    self.ended(cut, PlaybackOutcome::BargeIn, out);
+                }
+            } else {
+                self.playback.clear_stream();
+                self.stream_since = None;
+                out.events.push(Event::StreamBargedIn);
             }
+            self.emit_marks(out);
         }
+    }
+
+    fn emit_marks(&mut self, out: &mut Outputs) {
+        self.playback.take_mark_fates(&mut self.fates);
+        out.events.extend(self.fates.drain(..).map(Event::Mark));
+    }
+
+    /// Streamed samples that went out so far (for the stream's played ms).
+    pub fn stream_sent(&self) -> u64 {
+        self.playback.stream_sent()
     }
 
     fn ended(&mut self, cut: Cut, outcome: PlaybackOutcome, out: &mut Outputs) {
@@ -388,6 +426,7 @@ impl Session {
                 if let Some(cut) = self.playback.barge_in() {
                     self.ended(cut, PlaybackOutcome::Stopped, out);
                 }
+                self.emit_marks(out);
             }
             Command::SetTarget(addr) => self.latch.set_target(addr),
             Command::SuggestTarget(addr) => self.latch.suggest_target(addr),
@@ -397,7 +436,14 @@ impl Session {
                     self.playback.clear_echo();
                 }
             }
-            Command::Stream(pcm) => self.playback.push_stream(&pcm),
+            Command::Stream { pcm, mark } => {
+                self.playback.push_stream(&pcm);
+                if let Some(id) = mark {
+                    self.playback.mark(id);
+                    self.emit_marks(out);
+                }
+            }
+            Command::StreamBargeIn(b) => self.stream_barge_in = b,
         }
     }
 
@@ -406,6 +452,7 @@ impl Session {
         if let Some(cut) = self.playback.barge_in() {
             self.ended(cut, PlaybackOutcome::CallEnded, out);
         }
+        self.emit_marks(out);
     }
 
     fn produce_frame(&mut self, index: u64, out: &mut Outputs) {
@@ -420,6 +467,13 @@ impl Session {
         let (source, finished) = self.playback.next_frame(&mut frame);
         if let Some(cut) = finished {
             self.ended(cut, PlaybackOutcome::Finished, out);
+        }
+        match source {
+            Some(FrameSource::Stream) => {
+                self.stream_since.get_or_insert(pos);
+                self.emit_marks(out);
+            }
+            _ => self.stream_since = None,
         }
         let Some(source) = source else {
             // Silence is not sent; the timestamp still advances with the clock, and
@@ -519,7 +573,7 @@ mod tests {
         let mut out = Outputs::default();
         s.handle_command(Command::SetTarget(caller()), &mut out);
         s.handle_command(Command::Play { id: 1, pcm: vec![8000i16; 8000].into(), barge_in: None }, &mut out);
-        s.handle_command(Command::Stream(vec![3000; 1600]), &mut out);
+        s.handle_command(Command::Stream { pcm: vec![3000; 1600], mark: None }, &mut out);
         run_ticks(&mut s, t0, 0, 10, &mut out);
         out.clear();
         s.handle_command(Command::Stop, &mut out);
@@ -801,5 +855,33 @@ mod tests {
         let onset_ms = (6400 + other.iter().position(|s| s.abs() > 300).unwrap()) as u64 / 8;
         let cut = cut.expect("real speech over the echo barges in");
         assert!(cut >= onset_ms + 180 && cut <= onset_ms + 200 + 150, "cut at {cut} ms, the caller began at {onset_ms} ms");
+    }
+
+    #[test]
+    fn marks_follow_the_stream_and_a_barge_in_on_it_clears_the_rest() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        s.handle_command(Command::StreamBargeIn(Some(Duration::from_millis(200))), &mut out);
+        // Ten seconds of TTS with a mark after every second.
+        for m in 0..10 {
+            s.handle_command(Command::Stream { pcm: vec![2500; 8000], mark: Some(m) }, &mut out);
+        }
+        let (pcm, onset) = speech();
+        let mut audio = vec![0i16; 16000 + 4000];
+        audio.extend(&pcm);
+        caller_speaks(&mut s, t0, 0, &audio, &mut out);
+        let fates: Vec<MarkFate> = out.events.iter().filter_map(|e| if let Event::Mark(f) = e { Some(*f) } else { None }).collect();
+        let played: Vec<_> = fates.iter().filter_map(|f| if let MarkFate::Played(m) = f { Some(*m) } else { None }).collect();
+        let cleared: Vec<_> = fates.iter().filter_map(|f| if let MarkFate::Cleared(m) = f { Some(*m) } else { None }).collect();
+        let onset_s = (20000 + onset) as f64 / 8000.0;
+        assert!(out.events.contains(&Event::StreamBargedIn), "the caller's speech cut the stream");
+        // Marks played in order up to the cut, every later one cleared, none twice.
+        assert_eq!(played, (0..played.len() as u64).collect::<Vec<_>>());
+        assert_eq!(cleared, (played.len() as u64..10).collect::<Vec<_>>());
+        assert_eq!(played.len(), (onset_s + 0.2).floor() as usize, "marks up to the cut (speech at {onset_s:.2} s)");
+        let sent_ms = s.stream_sent() / 8;
+        assert!(sent_ms as f64 >= (onset_s + 0.18) * 1000.0 && (sent_ms as f64) <= (onset_s + 0.35) * 1000.0, "stream cut at {sent_ms} ms");
     }
 }

@@ -27,7 +27,7 @@ use crate::audio::listener::{media_type, LISTEN_RATES};
 use crate::audio::tts::TtsDecoder;
 use crate::audio::uri::{self, AudioUri, Control as UriControl};
 use crate::call::task::MAX_LISTENERS;
-use crate::call::{CallCommand, CallHandle, Control, StreamEnd};
+use crate::call::{CallCommand, CallHandle, Control, StreamEnd, TtsChunk};
 use crate::core::recording::Channels;
 use crate::echo::{bounded, clip};
 use crate::node::{Node, NodeError};
@@ -144,6 +144,9 @@ async fn ask<T>(call: &CallHandle, make: impl FnOnce(oneshot::Sender<T>) -> Call
     call.commands.send(make(reply)).await.map_err(|_| NodeError::CallGone)?;
     Ok(answer.await.map_err(|_| NodeError::CallGone)?)
 }
+
+/// Mark acknowledgements one TTS stream may have waiting for its client to read.
+const MAX_PENDING_ACKS: usize = 1024;
 
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -307,10 +310,17 @@ impl MediaService for MediaSvc {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<i16>>(4);
+            let (chunk_tx, chunk_rx) = mpsc::channel::<TtsChunk>(4);
             let (done_tx, done_rx) = oneshot::channel();
-            call.commands.send(CallCommand::Stream { chunks: chunk_rx, done: done_tx }).await.map_err(|_| NodeError::CallGone)?;
-            let (resp_tx, resp_rx) = mpsc::channel(2);
+            // Room for every mark acknowledgement a client can have pending: marks
+            // ride on chunks, and at most STREAM_HIGH_WATER samples plus the chunk
+            // channel's few chunks are queued in the call at once.
+            let (resp_tx, resp_rx) = mpsc::channel(MAX_PENDING_ACKS);
+            let barge_in = first.barge_in_ms.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(ms as u64));
+            call.commands
+                .send(CallCommand::Stream { chunks: chunk_rx, barge_in, acks: resp_tx.clone(), done: done_tx })
+                .await
+                .map_err(|_| NodeError::CallGone)?;
             info!(call_id = %first.call_id, "TTS stream attached");
             tokio::spawn(pump_tts(first, inbound, chunk_tx, done_rx, resp_tx).in_current_span());
             Ok(Response::new(Box::pin(ReceiverStream::new(resp_rx)) as Self::StreamAudioToCallStream))
@@ -403,8 +413,8 @@ fn short(uri: &str) -> String {
 async fn pump_tts(
     first: StreamAudioToCallRequest,
     mut inbound: Streaming<StreamAudioToCallRequest>,
-    chunks: mpsc::Sender<Vec<i16>>,
-    done: oneshot::Receiver<StreamEnd>,
+    chunks: mpsc::Sender<TtsChunk>,
+    done: oneshot::Receiver<(StreamEnd, u64)>,
     responses: mpsc::Sender<Result<StreamAudioToCallResponse, Status>>,
 ) {
     let mut decoder = TtsDecoder::new();
@@ -412,7 +422,8 @@ async fn pump_tts(
     let mut failure: Option<Status> = None;
     while let Some(m) = msg.take() {
         let pcm = decoder.decode(&m.audio_chunk);
-        if !pcm.is_empty() && chunks.send(pcm).await.is_err() {
+        let mark = (!m.mark.is_empty()).then(|| clip(&m.mark).to_string());
+        if (!pcm.is_empty() || mark.is_some()) && chunks.send(TtsChunk { pcm, mark }).await.is_err() {
             break; // the call ended
         }
         // A client that only sends keep-alives learns at once that its call ended or that
@@ -430,11 +441,12 @@ async fn pump_tts(
         }
     }
     drop(chunks);
-    let outcome = done.await.unwrap_or(StreamEnd::CallEnded);
+    let (outcome, played_ms) = done.await.unwrap_or((StreamEnd::CallEnded, 0));
+    let end = |success: bool, error_message: String| StreamAudioToCallResponse { success, error_message, played_ms, ..Default::default() };
     let resp = match (failure, outcome) {
-        (Some(e), _) => StreamAudioToCallResponse { success: false, error_message: format!("client stream failed: {}", e.message()) },
-        (None, StreamEnd::Played) => StreamAudioToCallResponse { success: true, error_message: String::new() },
-        (None, end) => StreamAudioToCallResponse { success: false, error_message: end.message().into() },
+        (Some(e), _) => end(false, format!("client stream failed: {}", e.message())),
+        (None, StreamEnd::Played) => end(true, String::new()),
+        (None, outcome) => end(false, outcome.message().into()),
     };
     let _ = responses.send(Ok(resp)).await;
 }
