@@ -57,6 +57,9 @@ pub struct NodeArgs {
     /// media_timeout event (the signalling side hangs up dead calls on it); 0 turns it off.
     #[arg(long, env = "MEDIA_RTP_TIMEOUT_SECONDS", default_value_t = 30.0)]
     pub media_timeout_seconds: f64,
+    /// Detect the caller's speech (speech events, the node's barge-in).
+    #[arg(long, env = "MEDIA_VAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub vad: bool,
     /// Voice-activity score (0 to 1) from which the caller's audio counts as voice.
     #[arg(long, env = "MEDIA_VAD_THRESHOLD", default_value_t = 0.6)]
     pub vad_threshold: f32,
@@ -301,6 +304,7 @@ impl NodeConfig {
             symmetric_rtp: a.symmetric_rtp,
             jitter_hold: Duration::from_millis(a.jitter_ms),
             analysis: AnalysisConfig {
+                vad_enabled: a.vad,
                 vad: VadConfig {
                     threshold: a.vad_threshold,
                     min_speech: Duration::from_millis(a.vad_min_speech_ms),

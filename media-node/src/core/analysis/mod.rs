@@ -17,6 +17,9 @@ use super::jitter::RATE;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AnalysisConfig {
+    /// Run the voice detector (speech events and the node's barge-in need it; it is
+    /// most of the analysis' CPU, see BENCHMARKS.md).
+    pub vad_enabled: bool,
     pub vad: VadConfig,
     /// No RTP from the caller for this long (after the first packet) is a media
     /// timeout; None turns it off.
@@ -27,7 +30,7 @@ pub struct AnalysisConfig {
 
 impl Default for AnalysisConfig {
     fn default() -> Self {
-        AnalysisConfig { vad: VadConfig::default(), media_timeout: Some(Duration::from_secs(30)), inband_dtmf: true }
+        AnalysisConfig { vad_enabled: true, vad: VadConfig::default(), media_timeout: Some(Duration::from_secs(30)), inband_dtmf: true }
     }
 }
 
@@ -140,7 +143,9 @@ impl Analyzer {
 
     /// The caller's audio as the listener hears it (continuous, concealment included).
     pub fn on_heard(&mut self, pos: u64, pcm: &[i16], out: &mut Vec<Signal>) {
-        self.voice.push(pos, pcm, &mut self.speech);
+        if self.cfg.vad_enabled {
+            self.voice.push(pos, pcm, &mut self.speech);
+        }
         for s in self.speech.drain(..) {
             out.push(match s {
                 Speech::Started { pos } => Signal::SpeechStarted { pos },
@@ -241,5 +246,20 @@ mod tests {
             ]
         );
         assert_eq!(a.event_counts(), (2, 0));
+    }
+
+    #[test]
+    fn speech_is_found_only_with_the_detector_on() {
+        let wav = hound::WavReader::new(&include_bytes!("../../../testdata/speech-8k.wav")[..]).unwrap();
+        let pcm: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
+        for on in [true, false] {
+            let mut a = Analyzer::new(AnalysisConfig { vad_enabled: on, ..Default::default() });
+            let mut out = Vec::new();
+            for (k, f) in pcm.chunks(160).chain(std::iter::repeat_n(&[0i16; 160][..], 50)).enumerate() {
+                a.on_heard(k as u64 * 160, f, &mut out);
+            }
+            let speech = out.iter().filter(|s| matches!(s, Signal::SpeechStarted { .. } | Signal::SpeechStopped { .. })).count();
+            assert_eq!(speech, if on { 2 } else { 0 }, "detector {on}: {out:?}");
+        }
     }
 }
