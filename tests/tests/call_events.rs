@@ -339,3 +339,87 @@ async fn tts_marks_are_acknowledged_as_played_and_cleared_by_the_caller_s_barge_
     );
     assert!((100..=300).contains(&cut), "cut {cut} ms after the onset");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_the_node_sends_are_decoded_by_the_far_end() {
+    use media_node::core::analysis::inband_dtmf::{ToneDetector, ToneDigit};
+    use media_node::core::analysis::telephone_event::{EventReceiver, Received};
+    let mut node = TestNode::start(30050, 10).await;
+    let (port, _, caller) = node.call("events-dtmf-out").await;
+
+    // RFC 4733: telephone-events on payload type 101, decoded as a receiver would.
+    let r = node
+        .client
+        .send_dtmf(SendDtmfRequest { server_rtp_port: port, digits: "1234#".into(), duration_ms: 120, inband: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.success, "{}", r.message);
+    sleep_ms(100).await;
+    let got = caller.take_received();
+    let mut rx = EventReceiver::default();
+    let mut out = Vec::new();
+    let seqs: Vec<u16> = got.iter().filter(|p| p.payload_type == 101).map(|p| p.sequence).collect();
+    assert!(!seqs.is_empty(), "telephone-events reached the caller");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "one sequence, no gaps: {seqs:?}");
+    // The caller's collector keeps decoded audio only; re-read the events from the wire.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    node.client
+        .play_audio(PlayAudioRequest {
+            audio_uri: "control://set_target".into(),
+            server_rtp_port: port,
+            rtp_target_addr: sock.local_addr().unwrap().to_string(),
+            barge_in_ms: None,
+        })
+        .await
+        .unwrap();
+    let mut client = node.client.clone();
+    let send = tokio::spawn(async move {
+        client.send_dtmf(SendDtmfRequest { server_rtp_port: port, digits: "90*".into(), duration_ms: 0, inband: false }).await
+    });
+    let mut buf = [0u8; 1500];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await else { break };
+        let p = rtp::parse(&buf[..n]).unwrap();
+        assert_eq!(p.payload_type, 101);
+        rx.on_packet(Instant::now(), p.timestamp, p.payload, &mut out);
+    }
+    assert!(send.await.unwrap().unwrap().into_inner().success);
+    let ends: Vec<_> = out
+        .iter()
+        .filter_map(|e| if let Received::Ended { digit, duration, end_seen, .. } = e { Some((*digit, *duration, *end_seen)) } else { None })
+        .collect();
+    assert_eq!(ends, vec![('9', 800, true), ('0', 800, true), ('*', 800, true)], "100 ms each, ends seen");
+    assert_eq!(rx.duplicates, 6, "each end sent three times");
+
+    // In-band: tones in the audio, found by the Q.24 detector in what the caller heard.
+    node.client
+        .play_audio(PlayAudioRequest {
+            audio_uri: "control://set_target".into(),
+            server_rtp_port: port,
+            rtp_target_addr: caller.local_addr().to_string(),
+            barge_in_ms: None,
+        })
+        .await
+        .unwrap();
+    caller.take_received();
+    let r = node
+        .client
+        .send_dtmf(SendDtmfRequest { server_rtp_port: port, digits: "5A#".into(), duration_ms: 80, inband: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.success, "{}", r.message);
+    sleep_ms(100).await;
+    let heard = timeline(&caller.take_received());
+    let mut d = ToneDetector::default();
+    let mut found = Vec::new();
+    d.push(0, &heard, &mut found);
+    d.push(heard.len() as u64, &[0; 800], &mut found);
+    let digits: String = found.iter().filter_map(|e| if let ToneDigit::Ended { digit, .. } = e { Some(*digit) } else { None }).collect();
+    assert_eq!(digits, "5A#");
+
+    let bad = node.client.send_dtmf(SendDtmfRequest { server_rtp_port: port, digits: "12x".into(), duration_ms: 0, inband: false }).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+}

@@ -3,6 +3,7 @@
 //! of the caller's audio for listeners.
 pub(crate) mod cache;
 pub mod decode;
+pub mod dtmf;
 pub mod listener;
 pub(crate) mod tts;
 pub(crate) mod uri;

@@ -101,6 +101,12 @@ pub enum CallCommand {
         /// How it ended, and how many ms of it went out.
         done: oneshot::Sender<(PlaybackOutcome, u64)>,
     },
+    /// Send DTMF digits as RFC 4733 events; `done` fires when they have gone out
+    /// (false: a newer SendDtmf took over).
+    SendDigits {
+        digits: crate::core::dtmf_out::DigitSender,
+        done: oneshot::Sender<bool>,
+    },
     /// A StreamCallEvents subscriber: its own receiver of the call's events.
     Subscribe {
         reply: oneshot::Sender<broadcast::Receiver<pb::CallEvent>>,
@@ -233,6 +239,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         clock,
         call_events: broadcast::channel(EVENTS_QUEUE).0,
         next_mark: 0,
+        digits_done: None,
     };
     let run = async move {
         match sockets.register() {
@@ -271,6 +278,7 @@ struct CallTask {
     /// every subscriber's stream.
     call_events: broadcast::Sender<pb::CallEvent>,
     next_mark: MarkId,
+    digits_done: Option<oneshot::Sender<bool>>,
 }
 
 impl CallTask {
@@ -354,6 +362,12 @@ impl CallTask {
                 }
                 self.waiters.insert(id, (uri, done));
                 self.session.handle_command(Command::Play { id, pcm, barge_in }, &mut self.out);
+            }
+            CallCommand::SendDigits { digits, done } => {
+                if let Some(old) = self.digits_done.replace(done) {
+                    let _ = old.send(false);
+                }
+                self.session.handle_command(Command::SendDigits(digits), &mut self.out);
             }
             CallCommand::Subscribe { reply } => {
                 let _ = reply.send(self.call_events.subscribe());
@@ -521,6 +535,11 @@ impl CallTask {
                     }
                 }
                 Event::StreamBargedIn => self.end_stream(StreamEnd::BargeIn),
+                Event::DigitsSent => {
+                    if let Some(d) = self.digits_done.take() {
+                        let _ = d.send(true);
+                    }
+                }
             }
         }
         self.out.events = events;

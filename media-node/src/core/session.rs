@@ -70,6 +70,8 @@ pub enum Command {
         pcm: Vec<i16>,
         mark: Option<MarkId>,
     },
+    /// Send DTMF digits as RFC 4733 events (durations in samples); the audio waits.
+    SendDigits(super::dtmf_out::DigitSender),
     /// The node's barge-in for the streamed audio (None: the caller may talk over it).
     StreamBargeIn(Option<std::time::Duration>),
 }
@@ -91,6 +93,8 @@ pub enum Event {
     Mark(MarkFate),
     /// The caller's speech cut the streamed audio (its queue is dropped).
     StreamBargedIn,
+    /// Every digit of the last SendDigits went out.
+    DigitsSent,
     Latched(SocketAddr),
     CodecChanged(Codec),
 }
@@ -189,6 +193,7 @@ pub struct Session {
     /// Where the streamed audio playing now began going out.
     stream_since: Option<u64>,
     fates: Vec<MarkFate>,
+    digits_out: Option<super::dtmf_out::DigitSender>,
 }
 
 impl Session {
@@ -223,6 +228,7 @@ impl Session {
             stream_barge_in: None,
             stream_since: None,
             fates: Vec::new(),
+            digits_out: None,
         }
     }
 
@@ -444,6 +450,11 @@ impl Session {
                 }
             }
             Command::StreamBargeIn(b) => self.stream_barge_in = b,
+            Command::SendDigits(d) => {
+                if self.digits_out.replace(d).is_some() {
+                    out.events.push(Event::DigitsSent);
+                }
+            }
         }
     }
 
@@ -455,9 +466,41 @@ impl Session {
         self.emit_marks(out);
     }
 
+    /// Sends this frame's telephone-event (or its pause); false once the digits are
+    /// done, and the audio takes the frame again.
+    fn send_digit_frame(&mut self, index: u64, pos: u64, out: &mut Outputs) -> bool {
+        use super::dtmf_out::DigitFrame;
+        let Some(frame) = self.digits_out.as_mut().and_then(|d| d.next_frame()) else {
+            self.digits_out = None;
+            out.events.push(Event::DigitsSent);
+            return false;
+        };
+        self.in_talkspurt = false;
+        if let DigitFrame::Event { marker, start_back, payload } = frame {
+            let header = RtpHeader {
+                marker,
+                payload_type: self.telephone_event_pt,
+                sequence: self.sequence,
+                timestamp: self.timestamp_origin.wrapping_add(pos as u32).wrapping_sub(start_back),
+                ssrc: self.ssrc,
+            };
+            self.sequence = self.sequence.wrapping_add(1);
+            if let Some(to) = self.latch.target() {
+                let data = rtp::build(header, &payload);
+                self.counters.packets_out += 1;
+                self.counters.bytes_out += data.len() as u64;
+                out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
+            }
+        }
+        true
+    }
+
     fn produce_frame(&mut self, index: u64, out: &mut Outputs) {
         let mut frame = [0i16; FRAME_SAMPLES];
         let pos = index * FRAME_SAMPLES as u64;
+        if self.digits_out.is_some() && self.send_digit_frame(index, pos, out) {
+            return;
+        }
         if let Some(id) = self.playback.starting() {
             out.events.push(Event::PlaybackStarted { id, pos });
             if let Some((_, started)) = &mut self.barge_in {

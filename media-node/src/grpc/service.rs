@@ -328,6 +328,12 @@ impl MediaService for MediaSvc {
         .await
     }
 
+    async fn send_dtmf(&self, req: Request<SendDtmfRequest>) -> Result<Response<SendDtmfResponse>, Status> {
+        let port = req.get_ref().server_rtp_port;
+        // No deadline of our own when forwarding: the reply waits for the digits.
+        self.per_port("SendDtmf", req, port, None, |mut c, r| async move { c.send_dtmf(r).await }, |r| self.send_digits(r)).await
+    }
+
     type StreamCallEventsStream = BoxStream<CallEvent>;
 
     async fn stream_call_events(&self, req: Request<StreamCallEventsRequest>) -> Result<Response<Self::StreamCallEventsStream>, Status> {
@@ -351,7 +357,41 @@ impl MediaService for MediaSvc {
     }
 }
 
+/// Pause between digits sent (Q.24 receivers need at least 40 ms).
+const DIGIT_GAP_MS: u32 = 60;
+
 impl MediaSvc {
+    async fn send_digits(&self, r: SendDtmfRequest) -> Result<SendDtmfResponse, Status> {
+        let digits = r.digits.to_ascii_uppercase();
+        if digits.is_empty() || digits.len() > 64 {
+            return Err(Status::invalid_argument("digits must be 1 to 64 of 0-9, *, #, A-D"));
+        }
+        if let Some(bad) = digits.chars().find(|&c| crate::core::analysis::telephone_event::event_code(c).is_none()) {
+            return Err(Status::invalid_argument(format!("{:?} is not a DTMF digit (0-9, *, #, A-D)", clip(&bad.to_string()))));
+        }
+        let duration_ms = if r.duration_ms == 0 { 100 } else { r.duration_ms };
+        if !(40..=2000).contains(&duration_ms) {
+            return Err(Status::invalid_argument(format!("duration_ms {duration_ms} must be 40 to 2000")));
+        }
+        let call = self.node.call(r.server_rtp_port)?;
+        let sent = if r.inband {
+            let pcm: Arc<[i16]> = crate::audio::dtmf::tones(&digits, duration_ms, DIGIT_GAP_MS).into();
+            let (done, outcome) = oneshot::channel();
+            let id = self.node.next_playback_id();
+            call.commands
+                .send(CallCommand::Play { id, uri: "dtmf:inband".into(), pcm, target: None, barge_in: None, done })
+                .await
+                .map_err(|_| NodeError::CallGone)?;
+            matches!(outcome.await, Ok((crate::core::playback::PlaybackOutcome::Finished, _)))
+        } else {
+            let sender = crate::core::dtmf_out::DigitSender::new(&digits, duration_ms * 8, DIGIT_GAP_MS * 8)
+                .ok_or_else(|| Status::invalid_argument("not DTMF digits"))?;
+            ask(&call, |done| CallCommand::SendDigits { digits: sender, done }).await?
+        };
+        info!(digits = digits.len(), inband = r.inband, sent, "DTMF sent");
+        Ok(SendDtmfResponse { success: sent, message: if sent { "sent".into() } else { "interrupted before every digit went out".into() } })
+    }
+
     async fn play(&self, r: PlayAudioRequest) -> Result<PlayAudioResponse, Status> {
         let call = self.node.call(r.server_rtp_port)?;
         let target = parse_target(&r.rtp_target_addr)?;

@@ -1,0 +1,110 @@
+//! Digits the agent sends into the call as RFC 4733 telephone-events (IVR navigation):
+//! one event per digit, an update every 20 ms frame with the duration so far, the end
+//! packet three times (RFC 4733 §2.5.1.4), then a pause before the next digit. While
+//! digits go out the session sends them instead of audio (the prompt waits), on its
+//! own sequence numbers and clock.
+
+use std::collections::VecDeque;
+
+use super::analysis::telephone_event::{encode, event_code, ToneEvent};
+use super::jitter::FRAME_SAMPLES;
+
+/// Volume of the events sent, as -dBm0.
+const VOLUME: u8 = 10;
+const END_REPEATS: u8 = 3;
+
+/// What to send in one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigitFrame {
+    /// A telephone-event packet: marker, the event's start offset (samples from the
+    /// frame's own timeline position, 0 or negative), payload.
+    Event { marker: bool, start_back: u32, payload: [u8; 4] },
+    /// The pause between digits: nothing is sent.
+    Pause,
+}
+
+#[derive(Debug, Clone)]
+struct Current {
+    event: u8,
+    /// Samples sent so far of this event.
+    elapsed: u32,
+    ends_sent: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct DigitSender {
+    digits: VecDeque<u8>,
+    duration: u32,
+    gap: u32,
+    current: Option<Current>,
+    pause_left: u32,
+}
+
+impl DigitSender {
+    /// `digits` must all be DTMF keys (checked by the caller); durations in samples.
+    pub fn new(digits: &str, duration: u32, gap: u32) -> Option<DigitSender> {
+        let digits = digits.chars().map(event_code).collect::<Option<VecDeque<u8>>>()?;
+        Some(DigitSender { digits, duration: duration.max(FRAME_SAMPLES as u32), gap, current: None, pause_left: 0 })
+    }
+
+    /// The next frame's packet; None once every digit has gone out.
+    pub fn next_frame(&mut self) -> Option<DigitFrame> {
+        let frame = FRAME_SAMPLES as u32;
+        if self.current.is_none() {
+            if self.pause_left > 0 {
+                self.pause_left = self.pause_left.saturating_sub(frame);
+                return Some(DigitFrame::Pause);
+            }
+            let event = self.digits.pop_front()?;
+            self.current = Some(Current { event, elapsed: 0, ends_sent: 0 });
+        }
+        let c = self.current.as_mut().unwrap();
+        let first = c.elapsed == 0;
+        let start_back = c.elapsed;
+        c.elapsed += frame;
+        let end = c.elapsed >= self.duration;
+        let duration = c.elapsed.min(self.duration) as u16;
+        let payload = encode(ToneEvent { event: c.event, end, volume: VOLUME, duration });
+        if end {
+            c.ends_sent += 1;
+            if c.ends_sent >= END_REPEATS {
+                self.current = None;
+                self.pause_left = self.gap;
+            }
+        }
+        Some(DigitFrame::Event { marker: first, start_back, payload })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::analysis::telephone_event::{EventReceiver, Received};
+    use std::time::Instant;
+
+    #[test]
+    fn digits_go_out_as_events_a_receiver_decodes() {
+        let mut s = DigitSender::new("12#", 800, 480).unwrap();
+        let mut r = EventReceiver::default();
+        let mut out = Vec::new();
+        let mut frames = 0;
+        let mut pos = 10_000u32;
+        while let Some(f) = s.next_frame() {
+            if let DigitFrame::Event { start_back, payload, .. } = f {
+                r.on_packet(Instant::now(), pos - start_back, &payload, &mut out);
+            }
+            pos += 160;
+            frames += 1;
+        }
+        let ends: Vec<_> = out
+            .iter()
+            .filter_map(|e| if let Received::Ended { digit, duration, .. } = e { Some((*digit, *duration)) } else { None })
+            .collect();
+        assert_eq!(ends, vec![('1', 800), ('2', 800), ('#', 800)]);
+        // 5 frames of event (the last the first end) + 2 repeated ends, then 3 of
+        // pause, per digit: the pause after the last keeps audio from following at once.
+        assert_eq!(frames, 3 * (7 + 3));
+        assert_eq!(r.duplicates, 6);
+        assert!(DigitSender::new("1x", 800, 0).is_none());
+    }
+}
