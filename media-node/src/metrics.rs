@@ -52,6 +52,7 @@ pub struct Metrics {
     pub dtmf_digits: IntCounterVec,
     pub telephone_event_duplicates: IntCounter,
     pub barge_in_echo: IntCounter,
+    pub turn_latency: HistogramVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -91,6 +92,18 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(Opts::new("media_dtmf_digits_total", "DTMF digits received, by source (rfc4733, inband)"), &["source"])
                     .unwrap(),
+            ),
+            turn_latency: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "media_turn_latency_seconds",
+                        "Per turn: the caller's speech end to the agent's first audio in (stage=agent), that to its first RTP out (stage=media), and both (stage=total)",
+                    )
+                    .buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]),
+                    &["stage"],
+                )
+                .unwrap(),
             ),
             barge_in_echo: counter(
                 "media_barge_in_echo_suppressed_total",

@@ -423,3 +423,36 @@ async fn digits_the_node_sends_are_decoded_by_the_far_end() {
     let bad = node.client.send_dtmf(SendDtmfRequest { server_rtp_port: port, digits: "12x".into(), duration_ms: 0, inband: false }).await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_s_latency_is_measured_from_the_caller_s_speech_end() {
+    let mut node = TestNode::start(30060, 10).await;
+    node.write_prompt("answer.wav", &synth_prompt(8000, 0.5), 8000);
+    let (port, node_rtp, caller) = node.call("events-turn").await;
+    let (events, _sub) = subscribe(&mut node, port).await;
+    let speech = espeak_8k("What is my balance?");
+    let mut audio = speech.clone();
+    audio.extend(vec![0i16; 8000]);
+    let sender = tokio::spawn(async move { caller.send_speech(node_rtp, &audio, Codec::Pcmu, 8).await.unwrap() });
+    wait_until("speech_stopped", 10, || events.lock().unwrap().iter().any(|e| matches!(e.event, Some(E::SpeechStopped(_))))).await;
+    // The agent thinks for 300 ms after the node said the caller stopped.
+    sleep_ms(300).await;
+    assert_eq!(node.play(port, "file://answer.wav").await.unwrap().message, "finished");
+    let ev = events.lock().unwrap().clone();
+    let stopped = ev.iter().find(|e| matches!(e.event, Some(E::SpeechStopped(_)))).unwrap();
+    let turn = ev
+        .iter()
+        .find_map(|e| if let Some(E::TurnLatency(t)) = &e.event { Some((e.clone(), *t)) } else { None })
+        .expect("a turn_latency event");
+    let t = turn.1;
+    println!("turn: agent {} ms (speech end to prompt in), media {} ms (to first RTP out)", t.agent_ms, t.media_ms);
+    assert_eq!(t.total_ms, t.agent_ms + t.media_ms);
+    // Speech end to the prompt's arrival: the detector's silence time (400 ms) and the
+    // agent's 300 ms at least.
+    assert!(t.agent_ms >= 650, "agent stage {} ms", t.agent_ms);
+    assert!(t.agent_ms <= 400 + 300 + 500, "agent stage {} ms", t.agent_ms);
+    assert!(t.media_ms <= 60, "the first packet goes out on the next frame: {} ms", t.media_ms);
+    assert!(turn.0.media_time_ms > stopped.media_time_ms);
+    sender.await.unwrap();
+    assert!(node.metric("media_turn_latency_seconds_count{stage=\"total\"}").await >= 1.0);
+}

@@ -240,6 +240,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         call_events: broadcast::channel(EVENTS_QUEUE).0,
         next_mark: 0,
         digits_done: None,
+        turn: None,
     };
     let run = async move {
         match sockets.register() {
@@ -279,6 +280,9 @@ struct CallTask {
     call_events: broadcast::Sender<pb::CallEvent>,
     next_mark: MarkId,
     digits_done: Option<oneshot::Sender<bool>>,
+    /// The turn being measured: when the caller's speech ended, and when the agent's
+    /// first audio after it came in.
+    turn: Option<(Instant, Option<Instant>)>,
 }
 
 impl CallTask {
@@ -360,6 +364,7 @@ impl CallTask {
                 if let Some(t) = target {
                     self.session.handle_command(Command::SuggestTarget(t), &mut self.out);
                 }
+                self.agent_audio_in();
                 self.waiters.insert(id, (uri, done));
                 self.session.handle_command(Command::Play { id, pcm, barge_in }, &mut self.out);
             }
@@ -435,7 +440,18 @@ impl CallTask {
         }
     }
 
+    /// The agent's audio arrived: the first after the caller's speech ended closes
+    /// the turn's agent stage.
+    fn agent_audio_in(&mut self) {
+        if let Some((_, agent @ None)) = &mut self.turn {
+            *agent = Some(Instant::now());
+        }
+    }
+
     fn on_chunk(&mut self, chunk: TtsChunk) {
+        if !chunk.pcm.is_empty() {
+            self.agent_audio_in();
+        }
         let mark = match (chunk.mark, &mut self.stream) {
             (Some(name), Some(s)) => {
                 let id = self.next_mark;
@@ -510,6 +526,12 @@ impl CallTask {
                         self.publish(Happened::PlaybackFinished { uri, pos, played_ms, reason: outcome.label() });
                     }
                 }
+                Event::Signal(s @ Signal::SpeechStopped { pos, .. }) => {
+                    // Where the speech really ended (the detector says so later).
+                    let ended = self.session.started() + Duration::from_micros(pos * 125);
+                    self.turn = Some((ended, None));
+                    self.publish(Happened::Signal(s));
+                }
                 Event::Signal(s) => {
                     if let Signal::Dtmf { end: true, source, .. } = s {
                         self.metrics.dtmf_digits.with_label_values(&[source.label()]).inc();
@@ -543,6 +565,19 @@ impl CallTask {
             }
         }
         self.out.events = events;
+        if let Some((ended, Some(agent))) = self.turn {
+            if let Some(p) = self.out.played.iter().find(|p| p.source != crate::core::playback::FrameSource::Echo) {
+                let out_at = Instant::now();
+                let agent_s = agent.saturating_duration_since(ended).as_secs_f64();
+                let media_s = out_at.saturating_duration_since(agent).as_secs_f64();
+                self.metrics.turn_latency.with_label_values(&["agent"]).observe(agent_s);
+                self.metrics.turn_latency.with_label_values(&["media"]).observe(media_s);
+                self.metrics.turn_latency.with_label_values(&["total"]).observe(agent_s + media_s);
+                let (agent_ms, media_ms) = ((agent_s * 1000.0) as u64, (media_s * 1000.0) as u64);
+                self.publish(Happened::Turn { pos: p.pos, agent_ms, media_ms });
+                self.turn = None;
+            }
+        }
         self.out.played.clear();
         // A finished stream is done once its queued audio has gone out.
         if let Some(s) = &self.stream {

@@ -15,13 +15,14 @@ pub enum Happened {
     Signal(Signal),
     PlaybackStarted { uri: String, pos: u64 },
     PlaybackFinished { uri: String, pos: u64, played_ms: u64, reason: &'static str },
+    Turn { pos: u64, agent_ms: u64, media_ms: u64 },
 }
 
 impl Happened {
     pub fn pos(&self) -> u64 {
         match self {
             Happened::Signal(s) => s.pos(),
-            Happened::PlaybackStarted { pos, .. } | Happened::PlaybackFinished { pos, .. } => *pos,
+            Happened::PlaybackStarted { pos, .. } | Happened::PlaybackFinished { pos, .. } | Happened::Turn { pos, .. } => *pos,
         }
     }
 
@@ -35,6 +36,7 @@ impl Happened {
             Happened::Signal(Signal::MediaResumed { .. }) => "media_resumed",
             Happened::PlaybackStarted { .. } => "playback_started",
             Happened::PlaybackFinished { .. } => "playback_finished",
+            Happened::Turn { .. } => "turn_latency",
         }
     }
 }
@@ -64,6 +66,9 @@ pub fn to_proto(clock: CallClock, call_id: &str, h: &Happened) -> pb::CallEvent 
         Happened::PlaybackStarted { uri, .. } => E::PlaybackStarted(pb::PlaybackStarted { audio_uri: uri.clone() }),
         Happened::PlaybackFinished { uri, played_ms, reason, .. } => {
             E::PlaybackFinished(pb::PlaybackFinished { audio_uri: uri.clone(), played_ms: *played_ms, reason: reason.to_string() })
+        }
+        Happened::Turn { agent_ms, media_ms, .. } => {
+            E::TurnLatency(pb::TurnLatency { agent_ms: *agent_ms, media_ms: *media_ms, total_ms: agent_ms + media_ms })
         }
     };
     pb::CallEvent {
@@ -99,7 +104,8 @@ pub fn to_broker(call_id: &str, h: &Happened) -> Option<(&'static str, serde_jso
             (super::MEDIA_RESUMED, json!({"callId": call_id, "mediaTimeMs": ms, "silentMs": silent_ms}))
         }
         Happened::PlaybackStarted { uri, .. } => (super::PLAYBACK_STARTED, json!({"callId": call_id, "mediaTimeMs": ms, "uri": uri})),
-        Happened::PlaybackFinished { .. } => return None,
+        // The turn's latency is for the stream and the histogram metric.
+        Happened::PlaybackFinished { .. } | Happened::Turn { .. } => return None,
     })
 }
 
