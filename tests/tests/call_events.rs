@@ -456,3 +456,34 @@ async fn a_turn_s_latency_is_measured_from_the_caller_s_speech_end() {
     sender.await.unwrap();
     assert!(node.metric("media_turn_latency_seconds_count{stage=\"total\"}").await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quality_reports_the_loss_the_caller_s_network_caused() {
+    let mut node = TestNode::start(30070, 10).await;
+    let (port, node_rtp, caller) = node.call("events-quality").await;
+    let (events, _sub) = subscribe(&mut node, port).await;
+    // 11 s of speech-like audio, every tenth packet lost on the way.
+    let speech = synth_speech(8000, 11.0, 4);
+    let start = tokio::time::Instant::now();
+    let mut payload = Vec::new();
+    for (k, f) in speech.chunks(160).enumerate() {
+        tokio::time::sleep_until(start + Duration::from_millis(20 * k as u64)).await;
+        if k % 10 == 9 {
+            continue;
+        }
+        Codec::Pcmu.encode_into(f, &mut payload);
+        let h = RtpHeader { marker: k == 0, payload_type: 0, sequence: k as u16, timestamp: k as u32 * 160, ssrc: 6 };
+        caller.socket.send_to(&rtp::build(h, &payload), node_rtp).await.unwrap();
+    }
+    wait_until("two quality reports", 8, || events.lock().unwrap().iter().filter(|e| matches!(e.event, Some(E::Quality(_)))).count() >= 2)
+        .await;
+    let q: Vec<Quality> =
+        events.lock().unwrap().iter().filter_map(|e| if let Some(E::Quality(q)) = &e.event { Some(*q) } else { None }).collect();
+    let full = q[1];
+    println!("quality with 10 % loss: {full:?}");
+    assert!((7.0..=13.0).contains(&full.loss_percent), "loss {} %", full.loss_percent);
+    // G.107 with 10 % random loss and no concealment: Ie,eff = 95*10/(10+4.3) = 66 -> MOS about 1.5.
+    assert!(full.r_factor < 35.0 && full.mos < 2.0, "{full:?}");
+    assert!((-40.0..=-6.0).contains(&full.caller_level_dbfs), "caller level {}", full.caller_level_dbfs);
+    assert_eq!(full.bot_level_dbfs, -100.0, "the bot said nothing");
+}

@@ -241,6 +241,8 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         next_mark: 0,
         digits_done: None,
         turn: None,
+        quality: QualityPeriod::default(),
+        jitter_hold: ctx.jitter.hold,
     };
     let run = async move {
         match sockets.register() {
@@ -283,6 +285,19 @@ struct CallTask {
     /// The turn being measured: when the caller's speech ended, and when the agent's
     /// first audio after it came in.
     turn: Option<(Instant, Option<Instant>)>,
+    quality: QualityPeriod,
+    jitter_hold: Duration,
+}
+
+/// What the periodic quality event is computed from, since the last one.
+#[derive(Default)]
+struct QualityPeriod {
+    packets: u64,
+    lost: u64,
+    heard: u64,
+    heard_sq: f64,
+    played: u64,
+    played_sq: f64,
 }
 
 impl CallTask {
@@ -329,12 +344,16 @@ impl CallTask {
                 },
                 _ = &mut tick => {
                     self.session.handle_tick(Instant::now(), &mut self.out);
-                    self.metrics.add_session_counters(&self.session.take_counters());
+                    let counters = self.session.take_counters();
+                    self.metrics.add_session_counters(&counters);
+                    self.quality.packets += counters.packets_in;
+                    self.quality.lost += counters.lost_samples;
                     if jitter_sampled.elapsed() >= JITTER_SAMPLE {
                         jitter_sampled = Instant::now();
                         if let Some(j) = self.session.interarrival_jitter() {
                             self.metrics.interarrival_jitter.observe(j);
                         }
+                        self.report_quality();
                     }
                 },
             }
@@ -440,6 +459,32 @@ impl CallTask {
         }
     }
 
+    /// The period's quality, as a call event (only while the caller sends RTP: a silent
+    /// caller is a media timeout, not bad quality).
+    fn report_quality(&mut self) {
+        use crate::core::analysis::quality::{dbfs, mos, r_factor, Measured};
+        let q = std::mem::take(&mut self.quality);
+        if q.packets == 0 {
+            return;
+        }
+        let jitter_ms = self.session.interarrival_jitter().unwrap_or(0.0) * 1000.0;
+        // The node's own delay: its playout hold and a packet's length.
+        let delay_ms = self.jitter_hold.as_secs_f64() * 1000.0 + 20.0;
+        let loss = q.lost as f64 / q.heard.max(1) as f64;
+        let r = r_factor(Measured { loss, jitter_ms, delay_ms });
+        // Only audio that went out counts for the bot's level; silence is not sent.
+        let h = Happened::Quality {
+            pos: timeline_position(self.session.started(), Instant::now()),
+            loss_percent: loss * 100.0,
+            jitter_ms,
+            r_factor: r,
+            mos: mos(r),
+            caller_dbfs: dbfs(q.heard_sq, q.heard),
+            bot_dbfs: dbfs(q.played_sq, q.played),
+        };
+        self.publish(h);
+    }
+
     /// The agent's audio arrived: the first after the caller's speech ended closes
     /// the turn's agent stage.
     fn agent_audio_in(&mut self) {
@@ -480,6 +525,14 @@ impl CallTask {
     }
 
     async fn flush(&mut self, rtp: &UdpSocket) {
+        for h in self.out.heard.iter().filter(|h| !h.late) {
+            self.quality.heard += h.pcm.len() as u64;
+            self.quality.heard_sq += h.pcm.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        }
+        for p in &self.out.played {
+            self.quality.played += p.pcm.len() as u64;
+            self.quality.played_sq += p.pcm.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        }
         self.recorder.record(&self.out, self.now_pos());
         self.store_salvaged();
         for t in self.out.transmit.drain(..) {

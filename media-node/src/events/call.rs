@@ -16,13 +16,17 @@ pub enum Happened {
     PlaybackStarted { uri: String, pos: u64 },
     PlaybackFinished { uri: String, pos: u64, played_ms: u64, reason: &'static str },
     Turn { pos: u64, agent_ms: u64, media_ms: u64 },
+    Quality { pos: u64, loss_percent: f64, jitter_ms: f64, r_factor: f64, mos: f64, caller_dbfs: f64, bot_dbfs: f64 },
 }
 
 impl Happened {
     pub fn pos(&self) -> u64 {
         match self {
             Happened::Signal(s) => s.pos(),
-            Happened::PlaybackStarted { pos, .. } | Happened::PlaybackFinished { pos, .. } | Happened::Turn { pos, .. } => *pos,
+            Happened::PlaybackStarted { pos, .. }
+            | Happened::PlaybackFinished { pos, .. }
+            | Happened::Turn { pos, .. }
+            | Happened::Quality { pos, .. } => *pos,
         }
     }
 
@@ -37,6 +41,7 @@ impl Happened {
             Happened::PlaybackStarted { .. } => "playback_started",
             Happened::PlaybackFinished { .. } => "playback_finished",
             Happened::Turn { .. } => "turn_latency",
+            Happened::Quality { .. } => "quality",
         }
     }
 }
@@ -70,6 +75,14 @@ pub fn to_proto(clock: CallClock, call_id: &str, h: &Happened) -> pb::CallEvent 
         Happened::Turn { agent_ms, media_ms, .. } => {
             E::TurnLatency(pb::TurnLatency { agent_ms: *agent_ms, media_ms: *media_ms, total_ms: agent_ms + media_ms })
         }
+        Happened::Quality { loss_percent, jitter_ms, r_factor, mos, caller_dbfs, bot_dbfs, .. } => E::Quality(pb::Quality {
+            loss_percent: *loss_percent as f32,
+            jitter_ms: *jitter_ms as f32,
+            r_factor: *r_factor as f32,
+            mos: *mos as f32,
+            caller_level_dbfs: *caller_dbfs as f32,
+            bot_level_dbfs: *bot_dbfs as f32,
+        }),
     };
     pb::CallEvent {
         server_rtp_port: clock.port as u32,
@@ -104,6 +117,11 @@ pub fn to_broker(call_id: &str, h: &Happened) -> Option<(&'static str, serde_jso
             (super::MEDIA_RESUMED, json!({"callId": call_id, "mediaTimeMs": ms, "silentMs": silent_ms}))
         }
         Happened::PlaybackStarted { uri, .. } => (super::PLAYBACK_STARTED, json!({"callId": call_id, "mediaTimeMs": ms, "uri": uri})),
+        Happened::Quality { loss_percent, jitter_ms, r_factor, mos, caller_dbfs, bot_dbfs, .. } => (
+            super::QUALITY,
+            json!({"callId": call_id, "mediaTimeMs": ms, "lossPercent": loss_percent, "jitterMs": jitter_ms, "rFactor": r_factor,
+                   "mos": mos, "callerLevelDbfs": caller_dbfs, "botLevelDbfs": bot_dbfs}),
+        ),
         // The turn's latency is for the stream and the histogram metric.
         Happened::PlaybackFinished { .. } | Happened::Turn { .. } => return None,
     })

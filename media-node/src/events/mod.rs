@@ -31,6 +31,7 @@ pub const SPEECH_STOPPED: &str = "call.media.speech.stopped";
 pub const DTMF: &str = "call.media.dtmf";
 pub const MEDIA_TIMEOUT: &str = "call.media.timeout";
 pub const MEDIA_RESUMED: &str = "call.media.resumed";
+pub const QUALITY: &str = "call.media.quality";
 pub const RECORDING_AVAILABLE: &str = "call.recording.available";
 /// A recording could not be written (a full spool): an extension, in the style of
 /// `call.media.playback.finished`.

@@ -4,6 +4,7 @@
 //! listener stream, the recording and the outbound audio share.
 pub mod echo_guard;
 pub mod inband_dtmf;
+pub mod quality;
 pub mod telephone_event;
 pub mod vad;
 
