@@ -450,11 +450,9 @@ impl Session {
                 }
             }
             Command::StreamBargeIn(b) => self.stream_barge_in = b,
-            Command::SendDigits(d) => {
-                if self.digits_out.replace(d).is_some() {
-                    out.events.push(Event::DigitsSent);
-                }
-            }
+            // Digits still going out are replaced (the I/O layer answers their sender);
+            // DigitsSent then speaks of the new ones only.
+            Command::SendDigits(d) => self.digits_out = Some(d),
         }
     }
 
