@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use media_node::core::analysis::inband_dtmf::frequencies;
 use media_node::core::resample;
 
 fn run(cmd: &mut Command, what: &str) {
@@ -34,7 +35,7 @@ pub fn sox_dtmf_8k(digits: &str, tone_ms: u32, gap_ms: u32) -> Vec<i16> {
     let dir = tempfile::tempdir().unwrap();
     let mut pcm = Vec::new();
     for (i, d) in digits.chars().enumerate() {
-        let (low, high) = dtmf_pair(d).expect("a DTMF digit");
+        let (low, high) = frequencies(d).expect("a DTMF digit");
         let wav = dir.path().join(format!("d{i}.wav"));
         run(
             Command::new("sox")
@@ -47,11 +48,4 @@ pub fn sox_dtmf_8k(digits: &str, tone_ms: u32, gap_ms: u32) -> Vec<i16> {
         pcm.extend(read_wav(&wav).0);
     }
     pcm
-}
-
-pub fn dtmf_pair(d: char) -> Option<(u32, u32)> {
-    const KEYS: [&str; 4] = ["123A", "456B", "789C", "*0#D"];
-    let r = KEYS.iter().position(|row| row.contains(d))?;
-    let c = KEYS[r].find(d)?;
-    Some(([697, 770, 852, 941][r], [1209, 1336, 1477, 1633][c]))
 }

@@ -2,10 +2,7 @@
 //! RFC 4733: each digit's two sines (-10 dBFS each, no twist), then a pause.
 
 use crate::audio::CALL_RATE;
-
-const KEYS: [&str; 4] = ["123A", "456B", "789C", "*0#D"];
-const ROWS: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
-const COLS: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+use crate::core::analysis::inband_dtmf::frequencies;
 
 /// The digits (already checked to be DTMF keys; others are skipped) as PCM.
 pub fn tones(digits: &str, duration_ms: u32, gap_ms: u32) -> Vec<i16> {
@@ -14,11 +11,10 @@ pub fn tones(digits: &str, duration_ms: u32, gap_ms: u32) -> Vec<i16> {
     let gap = (CALL_RATE * gap_ms / 1000) as usize;
     let amp = 32767.0 * 10f64.powf(-10.0 / 20.0);
     let mut out = Vec::new();
-    for d in digits.chars() {
-        let Some((r, c)) = KEYS.iter().enumerate().find_map(|(r, row)| row.find(d).map(|c| (r, c))) else { continue };
+    for (low, high) in digits.chars().filter_map(frequencies) {
         out.extend((0..n).map(|i| {
             let t = i as f64 / rate;
-            (amp * 0.5 * ((std::f64::consts::TAU * ROWS[r] * t).sin() + (std::f64::consts::TAU * COLS[c] * t).sin())) as i16
+            (amp * 0.5 * ((std::f64::consts::TAU * low * t).sin() + (std::f64::consts::TAU * high * t).sin())) as i16
         }));
         out.extend(std::iter::repeat_n(0, gap));
     }

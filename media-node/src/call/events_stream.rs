@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use media_proto::pb::{self, call_event::Event as E};
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use crate::events::timestamp;
 use crate::grpc::BoxStream;
 use crate::metrics::Metrics;
 
@@ -33,12 +34,11 @@ pub fn subscriber(rx: broadcast::Receiver<pb::CallEvent>, metrics: Arc<Metrics>,
                 Ok(ev) => Some((Ok(ev), (rx, guard))),
                 Err(RecvError::Lagged(n)) => {
                     guard.0.call_events_lost.inc_by(n);
-                    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
                     let lost = pb::CallEvent {
                         server_rtp_port: port as u32,
                         call_id,
                         media_time_ms: 0,
-                        wall_time: Some(prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
+                        wall_time: Some(timestamp(SystemTime::now())),
                         event: Some(E::EventsLost(pb::EventsLost { count: n })),
                     };
                     Some((Ok(lost), (rx, guard)))

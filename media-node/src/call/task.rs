@@ -19,7 +19,8 @@ use super::listen_post::ListenerPost;
 use super::recording::CallRecorder;
 use super::udp;
 use crate::audio::listener::ListenerFormat;
-use crate::core::analysis::{AnalysisConfig, Signal};
+use crate::core::analysis::quality::sum_squares;
+use crate::core::analysis::{samples_to_ms, AnalysisConfig, Signal};
 use crate::core::jitter::JitterConfig;
 use crate::core::playback::{MarkFate, MarkId, PlaybackId, PlaybackOutcome};
 use crate::core::recording::timeline_position;
@@ -451,7 +452,7 @@ impl CallTask {
     /// (acknowledged before the final answer), and its sender learns how it ended.
     fn end_stream(&mut self, end: StreamEnd) {
         if let Some(s) = self.stream.take() {
-            let played_ms = (self.session.stream_sent() - s.sent_base) / 8;
+            let played_ms = samples_to_ms(self.session.stream_sent() - s.sent_base);
             for (_, name) in &s.marks {
                 let _ = s.acks.try_send(Ok(mark_ack(name, true, played_ms)));
             }
@@ -474,7 +475,7 @@ impl CallTask {
         let r = r_factor(Measured { loss, jitter_ms, delay_ms });
         // Only audio that went out counts for the bot's level; silence is not sent.
         let h = Happened::Quality {
-            pos: timeline_position(self.session.started(), Instant::now()),
+            pos: self.now_pos(),
             loss_percent: loss * 100.0,
             jitter_ms,
             r_factor: r,
@@ -527,11 +528,11 @@ impl CallTask {
     async fn flush(&mut self, rtp: &UdpSocket) {
         for h in self.out.heard.iter().filter(|h| !h.late) {
             self.quality.heard += h.pcm.len() as u64;
-            self.quality.heard_sq += h.pcm.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+            self.quality.heard_sq += sum_squares(&h.pcm);
         }
         for p in &self.out.played {
             self.quality.played += p.pcm.len() as u64;
-            self.quality.played_sq += p.pcm.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+            self.quality.played_sq += sum_squares(&p.pcm);
         }
         self.recorder.record(&self.out, self.now_pos());
         self.store_salvaged();
@@ -575,7 +576,7 @@ impl CallTask {
                     if let Some((uri, w)) = self.waiters.remove(&id) {
                         self.events.playback_finished(&self.call_id, &uri, outcome.label(), played_ms);
                         let _ = w.send((outcome, played_ms));
-                        let pos = timeline_position(self.session.started(), Instant::now());
+                        let pos = self.now_pos();
                         self.publish(Happened::PlaybackFinished { uri, pos, played_ms, reason: outcome.label() });
                     }
                 }
@@ -601,7 +602,7 @@ impl CallTask {
                     if let Some(s) = &mut self.stream {
                         if let Some(i) = s.marks.iter().position(|(m, _)| *m == id) {
                             let (_, name) = s.marks.remove(i);
-                            let played_ms = (self.session.stream_sent() - s.sent_base) / 8;
+                            let played_ms = samples_to_ms(self.session.stream_sent() - s.sent_base);
                             // The acks channel is sized for every mark a client can have
                             // queued (see service.rs); a client that stopped reading
                             // loses its acks, never the call's time.

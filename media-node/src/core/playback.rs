@@ -32,7 +32,7 @@ pub struct Cut {
 
 impl Cut {
     pub fn played_ms(&self) -> u64 {
-        self.played as u64 * 1000 / super::jitter::RATE as u64
+        super::analysis::samples_to_ms(self.played as u64)
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use media_proto::pb::{self, call_event::Event as E};
 use serde_json::json;
 
+use super::timestamp;
 use crate::core::analysis::{samples_to_ms, Signal};
 
 /// Something that happened in a call, at a timeline position (8 kHz samples).
@@ -51,11 +52,6 @@ impl Happened {
 pub struct CallClock {
     pub port: u16,
     pub started: SystemTime,
-}
-
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 pub fn to_proto(clock: CallClock, call_id: &str, h: &Happened) -> pb::CallEvent {

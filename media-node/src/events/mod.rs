@@ -54,9 +54,14 @@ pub struct EventPublisher {
     enabled: bool,
 }
 
-fn now() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+/// A wall-clock instant as the events' protobuf Timestamp.
+pub fn timestamp(t: std::time::SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+fn now() -> prost_types::Timestamp {
+    timestamp(std::time::SystemTime::now())
 }
 
 impl EventPublisher {

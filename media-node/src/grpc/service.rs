@@ -316,7 +316,7 @@ impl MediaService for MediaSvc {
             // ride on chunks, and at most STREAM_HIGH_WATER samples plus the chunk
             // channel's few chunks are queued in the call at once.
             let (resp_tx, resp_rx) = mpsc::channel(MAX_PENDING_ACKS);
-            let barge_in = first.barge_in_ms.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(ms as u64));
+            let barge_in = barge_in(first.barge_in_ms);
             call.commands
                 .send(CallCommand::Stream { chunks: chunk_rx, barge_in, acks: resp_tx.clone(), done: done_tx })
                 .await
@@ -355,6 +355,11 @@ impl MediaService for MediaSvc {
         )
         .await
     }
+}
+
+/// A request's `barge_in_ms`: absent or 0 is no barge-in.
+fn barge_in(ms: Option<u32>) -> Option<Duration> {
+    ms.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(ms as u64))
 }
 
 /// Pause between digits sent (Q.24 receivers need at least 40 ms).
@@ -420,7 +425,7 @@ impl MediaSvc {
             AudioUri::Pcm { rate, bytes } => decode::pcm_bytes_to_call_pcm(&bytes, rate).into(),
             AudioUri::Wav(bytes) => decode::wav_to_call_pcm(&bytes).map_err(NodeError::from)?.into(),
         };
-        let barge_in = r.barge_in_ms.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(ms as u64));
+        let barge_in = barge_in(r.barge_in_ms);
         let id = self.node.next_playback_id();
         let (done_tx, done_rx) = oneshot::channel();
         call.commands

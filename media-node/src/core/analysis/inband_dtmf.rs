@@ -31,6 +31,11 @@ const MIN_TONE_AMPLITUDE: f64 = 200.0;
 const HITS_TO_START: u32 = 2;
 const MISSES_TO_END: u32 = 2;
 
+/// A key's (low, high) frequencies in Hz; None for what is not a DTMF key.
+pub fn frequencies(digit: char) -> Option<(f64, f64)> {
+    KEYS.iter().enumerate().find_map(|(r, row)| row.iter().position(|&k| k == digit).map(|c| (ROWS[r], COLS[c])))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToneDigit {
     /// `pos`: sample position (in the positions fed) where the tone began.
@@ -52,7 +57,7 @@ fn db(ratio: f64) -> f64 {
 /// The digit one block holds, if it passes every rule.
 pub fn classify_block(block: &[i16]) -> Option<char> {
     let n = block.len() as f64;
-    let mean_sq = block.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / n;
+    let mean_sq = super::quality::sum_squares(block) / n;
     if mean_sq <= 0.0 {
         return None;
     }
@@ -147,11 +152,6 @@ impl ToneDetector {
             (None, _) => self.candidate = None,
         }
     }
-
-    /// True while a digit sounds (the redaction of issue 17 silences these frames).
-    pub fn in_digit(&self) -> bool {
-        self.active.is_some() || self.candidate.is_some()
-    }
 }
 
 #[cfg(test)]
@@ -186,14 +186,7 @@ mod tests {
     }
 
     fn key(d: char) -> (f64, f64) {
-        for (r, row) in KEYS.iter().enumerate() {
-            for (c, &k) in row.iter().enumerate() {
-                if k == d {
-                    return (ROWS[r], COLS[c]);
-                }
-            }
-        }
-        unreachable!()
+        frequencies(d).unwrap()
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub fn mos(r: f64) -> f64 {
     }
 }
 
+/// Σ x² of a block, what levels are computed from.
+pub fn sum_squares(pcm: &[i16]) -> f64 {
+    pcm.iter().map(|&v| (v as f64) * (v as f64)).sum()
+}
+
 /// Level of a block's mean square as dBFS (-100 for silence).
 pub fn dbfs(sum_squares: f64, samples: u64) -> f64 {
     if samples == 0 || sum_squares <= 0.0 {
