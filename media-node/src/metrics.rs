@@ -52,6 +52,8 @@ pub struct Metrics {
     pub dtmf_digits: IntCounterVec,
     pub telephone_event_duplicates: IntCounter,
     pub barge_in_echo: IntCounter,
+    pub telephone_event_ignored: IntCounter,
+    pub dtmf_redacted_seconds: prometheus::Counter,
     pub turn_latency: HistogramVec,
 }
 
@@ -108,6 +110,15 @@ impl Metrics {
             barge_in_echo: counter(
                 "media_barge_in_echo_suppressed_total",
                 "Barge-ins not made because the caller's speech was the prompt's own echo (once per speech segment)",
+            ),
+            telephone_event_ignored: counter(
+                "media_rtp_telephone_event_ignored_total",
+                "RFC 4733 packets dropped as malformed or not a DTMF event (flash, tones), never a digit",
+            ),
+            dtmf_redacted_seconds: reg(
+                &r,
+                prometheus::Counter::new("media_dtmf_redacted_seconds_total", "Caller audio silenced by DTMF redaction, in seconds")
+                    .unwrap(),
             ),
             telephone_event_duplicates: counter(
                 "media_rtp_telephone_event_duplicates_total",
@@ -230,6 +241,10 @@ impl Metrics {
         self.unsupported_payload.inc_by(c.unsupported_payload);
         self.telephone_event_duplicates.inc_by(c.telephone_event_duplicates);
         self.barge_in_echo.inc_by(c.barge_in_echo);
+        self.telephone_event_ignored.inc_by(c.telephone_event_ignored);
+        if c.redacted_samples > 0 {
+            self.dtmf_redacted_seconds.inc_by(c.redacted_samples as f64 / crate::core::jitter::RATE as f64);
+        }
         self.late.inc_by(c.late);
         self.lost_samples.inc_by(c.lost_samples);
         self.recovered_samples.inc_by(c.recovered_samples);

@@ -12,7 +12,7 @@ fn run(cmd: &mut Command, what: &str) {
     assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn read_wav(path: &std::path::Path) -> (Vec<i16>, u32) {
+pub fn read_wav(path: &std::path::Path) -> (Vec<i16>, u32) {
     let r = hound::WavReader::open(path).expect("a WAV");
     let rate = r.spec().sample_rate;
     let channels = r.spec().channels as usize;

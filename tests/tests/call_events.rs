@@ -487,3 +487,78 @@ async fn quality_reports_the_loss_the_caller_s_network_caused() {
     assert!((-40.0..=-6.0).contains(&full.caller_level_dbfs), "caller level {}", full.caller_level_dbfs);
     assert_eq!(full.bot_level_dbfs, -100.0, "the bot said nothing");
 }
+
+/// The strongest DTMF frequency's power in `pcm` (Goertzel, at 8 kHz).
+fn dtmf_power(pcm: &[i16]) -> f64 {
+    use media_node::core::goertzel::power_at;
+    [697.0, 770.0, 852.0, 941.0, 1209.0, 1336.0, 1477.0, 1633.0].iter().map(|&f| power_at(pcm, 8000, f)).fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redaction_silences_the_caller_s_digits_for_the_agent_and_the_recording() {
+    use media_node::core::analysis::inband_dtmf::{ToneDetector, ToneDigit};
+    let mut node = TestNode::start(30100, 10).await;
+    let (port, node_rtp, caller) = node.call("events-redact").await;
+    let (events, _sub) = subscribe(&mut node, port).await;
+    let listen = node.listen(port, 8000).await;
+    node.client
+        .start_recording(StartRecordingRequest {
+            server_rtp_port: port,
+            output_uri: "file://calls".into(),
+            sample_rate: Some(8000),
+            format: Some("mono".into()),
+            call_id: "events-redact".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let on = node.client.set_dtmf_redaction(SetDtmfRedactionRequest { server_rtp_port: port, enabled: true }).await.unwrap().into_inner();
+    assert!(on.success, "{}", on.message);
+    let bad = node.client.set_dtmf_redaction(SetDtmfRedactionRequest { server_rtp_port: port + 2, enabled: true }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound);
+
+    // A caller says something, keys a card number's first digits (sox tones, 100 ms
+    // each with 100 ms between), and goes on speaking.
+    let before = espeak_8k("My card number is");
+    let after = espeak_8k("that is all");
+    let tones = sox_dtmf_8k("4111", 100, 100);
+    let mut audio = vec![0i16; 4000];
+    audio.extend(&before);
+    let tone_at = audio.len();
+    audio.extend(&tones);
+    audio.extend(&after);
+    audio.extend(vec![0i16; 4000]);
+    caller.send_speech(node_rtp, &audio, Codec::Pcmu, 79).await.unwrap();
+    wait_until("the digits", 5, || digits(&events.lock().unwrap(), "inband").len() >= 4).await;
+    assert_eq!(digits(&events.lock().unwrap(), "inband"), "4111", "the events still arrive");
+    let stop = node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.unwrap().into_inner();
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let (frames, _) = listen.await.unwrap();
+    let heard = pcm_of(&frames);
+    let path = node.assets_path().join("recordings").join(stop.recording_uri.trim_start_matches("file://"));
+    let (recorded, rate) = fleet_tests::voice::read_wav(&path);
+    assert_eq!(rate, 8000);
+
+    let onset = |x: &[i16]| x.iter().position(|s| s.abs() > 1000).expect("speech");
+    for (what, out) in [("the agent's stream", &heard), ("the recording", &recorded)] {
+        let lag = onset(out) as i64 - onset(&audio) as i64;
+        let at = |i: usize| (i as i64 + lag) as usize;
+        // Each tone's place holds no DTMF energy, and the detector finds no digit there.
+        for k in 0..4 {
+            let (t0, t1) = (tone_at + k * 1600, tone_at + k * 1600 + 800);
+            let input = dtmf_power(&audio[t0..t1]);
+            let left = dtmf_power(&out[at(t0)..at(t1)]);
+            assert!(input > 1e5 && left <= input * 1e-4, "{what}: digit {k} kept {left:.1} of {input:.1}");
+        }
+        let mut found = Vec::new();
+        ToneDetector::default().push(0, out, &mut found);
+        assert!(found.iter().all(|d| !matches!(d, ToneDigit::Started { .. })), "{what}: {found:?}");
+        // The speech around the digits is all there.
+        for (part, from) in [(&before, 4000usize), (&after, tone_at + tones.len())] {
+            let (corr, _) = best_correlation(part, &out[at(from).saturating_sub(80)..], 160);
+            assert!(corr > 0.9, "{what}: speech kept (correlation {corr:.3})");
+        }
+    }
+    let silenced = node.metric("media_dtmf_redacted_seconds_total").await;
+    assert!((0.5..=0.75).contains(&silenced), "4 tones of 100 ms plus margins: {silenced} s silenced");
+}

@@ -254,6 +254,19 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
         caller.socket.send_to(&media_node::core::rtp::build(header, &payload), rtp_addr(port1)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // SetDtmfRedaction and SendDtmf through node 2 act on node 1's call: the digit
+    // leaves node 1's port as RFC 4733 events.
+    let redact = wrong.set_dtmf_redaction(SetDtmfRedactionRequest { server_rtp_port: port1, enabled: true }).await;
+    assert!(redact.expect("SetDtmfRedaction via a non-owner").into_inner().success);
+    caller.take_received();
+    let sent = wrong
+        .send_dtmf(SendDtmfRequest { server_rtp_port: port1, digits: "5".into(), duration_ms: 60, inband: false })
+        .await
+        .expect("SendDtmf via a non-owner")
+        .into_inner();
+    assert!(sent.success, "{}", sent.message);
+    let events_out = caller.take_received().iter().filter(|p| p.from == rtp_addr(port1) && p.payload_type == 101).count();
+    assert!(events_out >= 3, "node 1 sent the digit's telephone-events ({events_out} packets)");
     // StreamAudioToCall by call_id through node 1 for a call node 0 placed on node 2:
     // node 1 never saw it, so it finds the holder among its peers.
     let (call2, port2) = calls.iter().find(|(_, p)| members[2].owns(*p)).cloned().unwrap();

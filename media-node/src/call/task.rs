@@ -80,6 +80,8 @@ pub enum Control {
     Stop,
     SetTarget(SocketAddr),
     SetEcho(bool),
+    /// DTMF redaction on or off.
+    RedactDtmf(bool),
 }
 
 impl From<Control> for Command {
@@ -88,6 +90,7 @@ impl From<Control> for Command {
             Control::Stop => Command::Stop,
             Control::SetTarget(t) => Command::SetTarget(t),
             Control::SetEcho(on) => Command::SetEcho(on),
+            Control::RedactDtmf(on) => Command::RedactDtmf(on),
         }
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::analysis::echo_guard::EchoGuard;
-use super::analysis::{AnalysisConfig, Analyzer, Signal};
+use super::analysis::redact::Redactor;
+use super::analysis::{AnalysisConfig, Analyzer, DtmfSource, Signal};
 use super::g711::Codec;
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
@@ -74,6 +75,9 @@ pub enum Command {
     SendDigits(super::dtmf_out::DigitSender),
     /// The node's barge-in for the streamed audio (None: the caller may talk over it).
     StreamBargeIn(Option<std::time::Duration>),
+    /// DTMF redaction on or off: digits silenced in the caller's audio for listeners
+    /// and the recording (which then lags by the redactor's delay line).
+    RedactDtmf(bool),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,9 +151,13 @@ pub struct Counters {
     pub unsupported_payload: u64,
     /// RFC 4733 packets that repeated what was known (redundant end packets).
     pub telephone_event_duplicates: u64,
+    /// RFC 4733 packets that were malformed or no DTMF event.
+    pub telephone_event_ignored: u64,
     /// Barge-ins not made because the caller's "speech" was our own audio's echo
     /// (once per speech segment).
     pub barge_in_echo: u64,
+    /// Caller samples silenced by DTMF redaction.
+    pub redacted_samples: u64,
     pub late: u64,
     pub lost_samples: u64,
     pub recovered_samples: u64,
@@ -182,6 +190,7 @@ pub struct Session {
     /// The end of the caller's audio analysed so far (timeline position).
     heard_end: u64,
     reported_te_duplicates: u64,
+    reported_te_ignored: u64,
     signals: Vec<Signal>,
     echo_guard: EchoGuard,
     /// The speech onset whose echo verdict was counted.
@@ -194,6 +203,11 @@ pub struct Session {
     stream_since: Option<u64>,
     fates: Vec<MarkFate>,
     digits_out: Option<super::dtmf_out::DigitSender>,
+    /// Set while DTMF redaction is on.
+    redactor: Option<Redactor>,
+    reported_redacted: u64,
+    /// The jitter buffer's fresh output, on its way through the redactor.
+    redact_buf: Vec<Heard>,
 }
 
 impl Session {
@@ -221,6 +235,7 @@ impl Session {
             barge_in: None,
             heard_end: 0,
             reported_te_duplicates: 0,
+            reported_te_ignored: 0,
             signals: Vec::new(),
             echo_guard: EchoGuard::default(),
             echo_counted: None,
@@ -229,6 +244,9 @@ impl Session {
             stream_since: None,
             fates: Vec::new(),
             digits_out: None,
+            redactor: None,
+            reported_redacted: 0,
+            redact_buf: Vec::new(),
         }
     }
 
@@ -270,9 +288,15 @@ impl Session {
         self.counters.recovered_samples += j.recovered_samples - self.reported_jitter.recovered_samples;
         self.counters.discontinuities += j.discontinuities - self.reported_jitter.discontinuities;
         self.counters.frames_skipped += self.pacer.skipped - self.reported_skips;
-        let dup = self.analyzer.event_counts().0;
+        let (dup, ignored) = self.analyzer.event_counts();
         self.counters.telephone_event_duplicates += dup - self.reported_te_duplicates;
+        self.counters.telephone_event_ignored += ignored - self.reported_te_ignored;
         self.reported_te_duplicates = dup;
+        self.reported_te_ignored = ignored;
+        if let Some(r) = &self.redactor {
+            self.counters.redacted_samples += r.silenced - self.reported_redacted;
+            self.reported_redacted = r.silenced;
+        }
         self.reported_jitter = j;
         self.reported_skips = self.pacer.skipped;
         std::mem::take(&mut self.counters)
@@ -344,10 +368,31 @@ impl Session {
             self.heard_end = self.heard_end.max(h.pos + h.pcm.len() as u64);
         }
         self.emit_signals(out);
+        if let Some(r) = self.redactor.as_mut() {
+            self.redact_buf.extend(out.heard.drain(first..));
+            r.pass(self.redact_buf.drain(..), self.heard_end, &mut out.heard);
+        }
         self.check_barge_in(out);
     }
 
     fn emit_signals(&mut self, out: &mut Outputs) {
+        if let Some(r) = self.redactor.as_mut() {
+            for s in &self.signals {
+                if let Signal::Dtmf { pos, duration_ms, end, source, .. } = *s {
+                    if !end {
+                        r.digit_started(pos);
+                    } else {
+                        let mut until = pos + duration_ms as u64 * super::jitter::RATE as u64 / 1000;
+                        if source == DtmfSource::Rfc4733 {
+                            // The event's duration is the trunk's word for it; the tone
+                            // it may have left in the audio lasts until the end arrived.
+                            until = until.max(self.heard_end);
+                        }
+                        r.digit_ended(pos, until);
+                    }
+                }
+            }
+        }
         out.events.extend(self.signals.drain(..).map(Event::Signal));
     }
 
@@ -453,6 +498,13 @@ impl Session {
             // Digits still going out are replaced (the I/O layer answers their sender);
             // DigitsSent then speaks of the new ones only.
             Command::SendDigits(d) => self.digits_out = Some(d),
+            Command::RedactDtmf(true) => {
+                if self.redactor.is_none() {
+                    self.redactor = Some(Redactor::default());
+                    self.reported_redacted = 0;
+                }
+            }
+            Command::RedactDtmf(false) => self.stop_redacting(out),
         }
     }
 
@@ -462,6 +514,20 @@ impl Session {
             self.ended(cut, PlaybackOutcome::CallEnded, out);
         }
         self.emit_marks(out);
+        self.stop_redacting(out);
+    }
+
+    /// Hands on what the redactor holds (nothing of the caller's audio is lost).
+    fn stop_redacting(&mut self, out: &mut Outputs) {
+        if let Some(mut r) = self.redactor.take() {
+            r.flush(&mut out.heard);
+            self.counters.redacted_samples += r.silenced - self.reported_redacted;
+        }
+    }
+
+    /// True while DTMF redaction is on.
+    pub fn redacting(&self) -> bool {
+        self.redactor.is_some()
     }
 
     /// Sends this frame's telephone-event (or its pause); false once the digits are

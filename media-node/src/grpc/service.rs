@@ -334,6 +334,26 @@ impl MediaService for MediaSvc {
         self.per_port("SendDtmf", req, port, None, |mut c, r| async move { c.send_dtmf(r).await }, |r| self.send_digits(r)).await
     }
 
+    async fn set_dtmf_redaction(&self, req: Request<SetDtmfRedactionRequest>) -> Result<Response<SetDtmfRedactionResponse>, Status> {
+        let port = req.get_ref().server_rtp_port;
+        self.per_port(
+            "SetDtmfRedaction",
+            req,
+            port,
+            Some(FORWARD_TIMEOUT),
+            |mut c, r| async move { c.set_dtmf_redaction(r).await },
+            |r| async move {
+                let call = self.node.call(r.server_rtp_port)?;
+                let control = Control::RedactDtmf(r.enabled);
+                ask(&call, move |applied| CallCommand::Control { control, applied }).await?;
+                info!(enabled = r.enabled, "DTMF redaction set");
+                let message = if r.enabled { "DTMF redaction on" } else { "DTMF redaction off" };
+                Ok(SetDtmfRedactionResponse { success: true, message: message.into() })
+            },
+        )
+        .await
+    }
+
     type StreamCallEventsStream = BoxStream<CallEvent>;
 
     async fn stream_call_events(&self, req: Request<StreamCallEventsRequest>) -> Result<Response<Self::StreamCallEventsStream>, Status> {

@@ -5,6 +5,7 @@
 pub mod echo_guard;
 pub mod inband_dtmf;
 pub mod quality;
+pub mod redact;
 pub mod telephone_event;
 pub mod vad;
 
