@@ -97,7 +97,8 @@ async fn real_speech_is_found_and_barges_in_on_the_prompt() {
     // One second of silence, then a sentence, then silence: what a caller does who
     // waits for the bot and then talks over it.
     let speech = espeak_8k("Hello, I would like to check the balance of my account please.");
-    let onset = speech.iter().position(|s| s.abs() > 300).unwrap();
+    // Where the sound begins (about -56 dBFS), and where the last loud part ends.
+    let onset = speech.iter().position(|s| s.abs() > 50).unwrap();
     let last = speech.iter().rposition(|s| s.abs() > 300).unwrap();
     let lead = 8000;
     let mut audio = vec![0i16; lead];
@@ -140,12 +141,13 @@ async fn real_speech_is_found_and_barges_in_on_the_prompt() {
         "the caller received {prompt_packets} packets of the prompt, the node says {} ms",
         reply.played_ms
     );
-    // Cut within 100 ms of the caller's speech reaching the barge-in time.
+    // The cut comes once the caller has spoken 100 ms, plus a frame or two of
+    // scheduling on a busy machine.
     let last_prompt = got.iter().filter(|p| p.pcm.iter().any(|&s| s != 0)).map(|p| p.at).max().unwrap();
     let cut_after_onset = ms_between(truth(lead + onset), clocks.wall_of(last_prompt));
     println!("barge-in (100 ms of speech asked): the last prompt packet reached the caller {cut_after_onset} ms after the speech onset");
-    assert!(cut_after_onset <= 100 + 100, "the prompt went on {cut_after_onset} ms after the onset");
-    assert!(cut_after_onset >= 50, "cut before the caller had spoken long enough ({cut_after_onset} ms)");
+    assert!(cut_after_onset <= 100 + 50, "the prompt went on {cut_after_onset} ms after the onset");
+    assert!(cut_after_onset >= 60, "cut before the caller had spoken long enough ({cut_after_onset} ms)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +300,8 @@ async fn tts_marks_are_acknowledged_as_played_and_cleared_by_the_caller_s_barge_
     // The caller waits two seconds, then speaks.
     let mut audio = vec![0i16; 16000];
     let speech = espeak_8k("No, that is not what I asked for.");
-    let onset = speech.iter().position(|s| s.abs() > 300).unwrap();
+    // Where the sound begins (about -56 dBFS), and where the last loud part ends.
+    let onset = speech.iter().position(|s| s.abs() > 50).unwrap();
     audio.extend(&speech);
     let clocks = Clocks::now();
     let sent = caller.send_speech_timed(node_rtp, &audio, Codec::Pcmu, 5).await.unwrap();

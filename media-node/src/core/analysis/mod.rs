@@ -198,8 +198,8 @@ impl Analyzer {
     }
 
     /// The caller is speaking now, and since when (for barge-in).
-    pub fn speech_onset(&self) -> Option<u64> {
-        self.voice.gate.onset()
+    pub fn speech_onset(&mut self) -> Option<u64> {
+        self.voice.onset()
     }
 
     /// Telephone-event packets that only repeated what was known, and ones ignored.

@@ -7,6 +7,10 @@
 //! every narrowband call). Onsets and offsets are reported at the position where the
 //! speech began or ended, not where the gate became sure: the gate's delay (the
 //! minimum durations) is the event's latency, not an error in its time.
+//!
+//! The network scores a soft start (an "h", a breath before a vowel) as voice only
+//! some 50 ms in, so an onset is walked back through the short-term energy to where
+//! the level rose clear of the noise floor: that is where the caller began.
 
 use std::time::Duration;
 
@@ -45,6 +49,18 @@ pub enum Speech {
 fn frames(d: Duration) -> u32 {
     (d.as_micros() as u64).div_ceil(16_000).max(1) as u32
 }
+
+/// Energy blocks for walking an onset back (4 ms at 8 kHz).
+const ENERGY_BLOCK: usize = 32;
+/// How far back an onset may move (300 ms of blocks).
+const ENERGY_BLOCKS_KEPT: usize = 75;
+/// A block is part of the speech when it stands this far above the noise floor...
+const ABOVE_FLOOR: f64 = 10.0; // 10 dB
+/// ...and above an absolute level (-60 dBFS), so digital silence is never speech.
+const MIN_LEVEL: f64 = 1073.0;
+/// Voice frames in a row after which barge-in may count the caller as speaking (the
+/// barge-in time is its own minimum duration).
+pub const BARGE_IN_FRAMES: u32 = 2;
 
 /// The hysteresis on the scores, apart from the network so its rules test alone.
 #[derive(Debug, Clone)]
@@ -106,6 +122,77 @@ impl Gate {
     pub fn onset(&self) -> Option<u64> {
         self.speaking.then_some(self.onset)
     }
+
+    /// Where a run of voice frames that is not speech yet began, once it is `frames`
+    /// long.
+    pub fn voice_run(&self, frames: u32) -> Option<u64> {
+        (!self.speaking && self.run >= frames).then_some(self.run_start)
+    }
+
+    fn set_onset(&mut self, pos: u64) {
+        self.onset = pos;
+    }
+}
+
+/// The caller's short-term level (4 ms blocks) and its noise floor, for walking an
+/// onset back to where the level rose.
+#[derive(Debug, Default, Clone)]
+pub struct Energy {
+    /// (position, mean square) of the last blocks.
+    blocks: std::collections::VecDeque<(u64, f64)>,
+    acc: f64,
+    n: usize,
+    acc_pos: u64,
+    /// Minimum statistics: falls to any quieter block at once, rises 1 dB per 100 ms.
+    floor: Option<f64>,
+}
+
+impl Energy {
+    pub fn reset(&mut self) {
+        *self = Energy::default();
+    }
+
+    pub fn push(&mut self, pos: u64, pcm: &[i16]) {
+        for (i, &s) in pcm.iter().enumerate() {
+            if self.n == 0 {
+                self.acc_pos = pos + i as u64;
+            }
+            self.acc += (s as f64) * (s as f64);
+            self.n += 1;
+            if self.n == ENERGY_BLOCK {
+                let e = self.acc / ENERGY_BLOCK as f64;
+                self.floor = Some(match self.floor {
+                    Some(f) if e >= f => (f * 1.0093).min(e),
+                    _ => e,
+                });
+                if self.blocks.len() == ENERGY_BLOCKS_KEPT {
+                    self.blocks.pop_front();
+                }
+                self.blocks.push_back((self.acc_pos, e));
+                self.acc = 0.0;
+                self.n = 0;
+            }
+        }
+    }
+
+    /// The earliest position at or before `pos` from which every block up to `pos` is
+    /// loud (clear of the floor the level had before it): where speech that the
+    /// network found at `pos` really began. `pos` itself when nothing before it is.
+    pub fn onset_before(&self, pos: u64) -> u64 {
+        let Some(i) = self.blocks.iter().rposition(|&(p, _)| p <= pos) else { return pos };
+        // The floor before the speech: the quietest block in what is kept before it.
+        let before = self.blocks.iter().take(i + 1).map(|&(_, e)| e).fold(f64::MAX, f64::min);
+        let floor = self.floor.unwrap_or(0.0).min(before);
+        let loud = (floor * ABOVE_FLOOR).max(MIN_LEVEL);
+        let mut onset = pos;
+        for &(p, e) in self.blocks.iter().take(i + 1).rev() {
+            if e < loud {
+                break;
+            }
+            onset = p;
+        }
+        onset
+    }
 }
 
 pub struct VoiceDetector {
@@ -118,6 +205,9 @@ pub struct VoiceDetector {
     origin: u64,
     next_pos: Option<u64>,
     pub gate: Gate,
+    energy: Energy,
+    /// The walked-back start of the voice run the gate has not made speech yet.
+    run_onset: Option<(u64, u64)>,
     /// The last frame's score, for tests and the quality event.
     pub last_score: f32,
 }
@@ -132,6 +222,8 @@ impl VoiceDetector {
             origin: 0,
             next_pos: None,
             gate: Gate::new(cfg),
+            energy: Energy::default(),
+            run_onset: None,
             last_score: 0.0,
         }
     }
@@ -144,7 +236,9 @@ impl VoiceDetector {
             self.wide.clear();
             self.consumed16 = 0;
             self.origin = pos;
+            self.energy.reset();
         }
+        self.energy.push(pos, pcm);
         self.next_pos = Some(pos + pcm.len() as u64);
         self.up.process_into(pcm, &mut self.wide);
         let delay = self.up.delay_out() as u64;
@@ -156,11 +250,35 @@ impl VoiceDetector {
             self.last_score = score;
             let pos8 = self.origin + self.consumed16.saturating_sub(delay) / 2;
             self.consumed16 += CHUNK16 as u64;
-            if let Some(ev) = self.gate.on_score(pos8, score) {
-                out.push(ev);
+            match self.gate.on_score(pos8, score) {
+                Some(Speech::Started { pos }) => {
+                    let onset = self.energy.onset_before(pos);
+                    self.gate.set_onset(onset);
+                    out.push(Speech::Started { pos: onset });
+                }
+                Some(ev) => out.push(ev),
+                None => {}
             }
         }
         self.wide.drain(..taken);
+    }
+
+    /// Where the caller began speaking: the speech's onset, or while the gate is not
+    /// sure yet, the start of a run of voice frames `BARGE_IN_FRAMES` long (barge-in's
+    /// own time then decides), both walked back to where the level rose.
+    pub fn onset(&mut self) -> Option<u64> {
+        if let Some(onset) = self.gate.onset() {
+            return Some(onset);
+        }
+        let start = self.gate.voice_run(BARGE_IN_FRAMES)?;
+        match self.run_onset {
+            Some((s, onset)) if s == start => Some(onset),
+            _ => {
+                let onset = self.energy.onset_before(start);
+                self.run_onset = Some((start, onset));
+                Some(onset)
+            }
+        }
     }
 }
 
@@ -196,6 +314,30 @@ mod tests {
         let mut g = Gate::new(VadConfig::default());
         assert_eq!(run(&mut g, &[0.9; 50]), vec![Speech::Started { pos: 0 }]);
         assert_eq!(g.onset(), Some(0));
+    }
+
+    #[test]
+    fn an_onset_walks_back_to_where_the_level_rose_above_the_noise() {
+        let mut x: u32 = 9;
+        let mut noise = |amp: f64| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            ((x as f64 / u32::MAX as f64 - 0.5) * 2.0 * amp) as i16
+        };
+        // 500 ms of noise at about -50 dBFS, then a soft start (-30 dBFS) 60 ms long,
+        // then loud voice: the network would be sure only in the loud part.
+        let mut pcm: Vec<i16> = (0..4000).map(|_| noise(150.0)).collect();
+        pcm.extend((0..480).map(|_| noise(1500.0)));
+        pcm.extend((0..1600).map(|_| noise(12000.0)));
+        let mut e = Energy::default();
+        for (k, f) in pcm.chunks(160).enumerate() {
+            e.push(k as u64 * 160, f);
+        }
+        let found = e.onset_before(4480 + 160);
+        assert!(found.abs_diff(4000) <= 32, "walked back to {found}, the level rose at 4000");
+        // In the noise itself, nothing is walked back.
+        assert_eq!(e.onset_before(3800), 3800);
     }
 
     #[test]
