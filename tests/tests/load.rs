@@ -26,8 +26,12 @@ async fn load_run_against_a_media_node_measures_loss_jitter_and_latency() {
     let work = tempfile::tempdir().unwrap();
     // Three AllocatePorts timed on their own first (then released), and the report's
     // percentiles are of those three.
-    let opts =
-        LoadOptions { allocations: 3, ..options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path()) };
+    // With a call-events subscriber per call, as a voice agent has.
+    let opts = LoadOptions {
+        allocations: 3,
+        parts: CallParts { events: true, ..CallParts::default() },
+        ..options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path())
+    };
     let r = run(opts).await.unwrap();
     assert_eq!(r.engine, "media-node");
     assert_eq!(r.allocate_samples, 3, "the p50/p99 are of the allocations timed on their own: {r}");
@@ -40,6 +44,8 @@ async fn load_run_against_a_media_node_measures_loss_jitter_and_latency() {
     assert!(r.latency_p50_ms > 0.0 && r.latency_p99_ms < 100.0, "{r}");
     assert!(r.jitter_max_ms < 100.0 && r.allocate_p50_ms > 0.0, "{r}");
     assert!(r.usage.is_none(), "not measured for a node the tool did not start");
+    // Each subscriber saw its prompt start and finish at least.
+    assert!(r.events >= 4 * 2, "{r}");
     // Without the node's metrics, what the caller sent is measured against what the
     // listeners heard.
     assert!(r.caller_to_node_loss.is_some_and(|l| l < 0.05), "{r}");

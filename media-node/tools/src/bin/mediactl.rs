@@ -84,6 +84,13 @@ enum Cmd {
         /// Leave out the recording (to see its cost).
         #[arg(long)]
         no_record: bool,
+        /// Subscribe to each call's events (StreamCallEvents), as a voice agent does.
+        #[arg(long)]
+        events: bool,
+        /// Start the node with its call analysis off (MEDIA_VAD=false,
+        /// MEDIA_INBAND_DTMF=false), to see what the analysis costs.
+        #[arg(long, conflicts_with = "target")]
+        no_analysis: bool,
         /// Calls set up per second (AllocatePort is timed at this rate).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         allocate_rate: u32,
@@ -128,11 +135,13 @@ async fn main() -> anyhow::Result<()> {
             engine_cpus,
             no_listen,
             no_record,
+            events,
+            no_analysis,
             allocate_rate,
             allocations,
         } => {
             use media_tools::load::{self, CallParts, Engine, LoadOptions};
-            let parts = CallParts { listen: !no_listen, record: !no_record };
+            let parts = CallParts { listen: !no_listen, record: !no_record, events, analysis: !no_analysis };
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
             let mut engines = Vec::new();
             if !rtpengine_only {

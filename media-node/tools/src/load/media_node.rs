@@ -23,7 +23,7 @@ use crate::analysis::{synth_prompt, synth_speech};
 use crate::caller::RtpCaller;
 use crate::prometheus::{histogram_quantile, metric_value};
 
-fn start_node(work: &Path, calls: usize, cpus: Option<&str>) -> anyhow::Result<(EngineProcess, String)> {
+fn start_node(work: &Path, calls: usize, cpus: Option<&str>, analysis: bool) -> anyhow::Result<(EngineProcess, String)> {
     let bin = std::env::current_exe()?.with_file_name("media-node");
     let assets = work.join("assets");
     std::fs::create_dir_all(&assets)?;
@@ -38,6 +38,8 @@ fn start_node(work: &Path, calls: usize, cpus: Option<&str>) -> anyhow::Result<(
         .env("ASSETS_BASE_PATH", &assets)
         .env("RECORDINGS_SPOOL_DIR", work.join("spool"))
         .env("RECORDINGS_ROOT", work.join("recordings"))
+        .env("MEDIA_VAD", analysis.to_string())
+        .env("MEDIA_INBAND_DTMF", analysis.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -50,7 +52,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let (node, endpoint) = match &opts.target {
         Some(t) => (None, t.clone()),
         None => {
-            let (n, e) = start_node(&opts.work_dir, opts.calls + opts.allocations, opts.engine_cpus.as_deref())?;
+            let (n, e) = start_node(&opts.work_dir, opts.calls + opts.allocations, opts.engine_cpus.as_deref(), opts.parts.analysis)?;
             (Some(n), e)
         }
     };
@@ -135,6 +137,19 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 }
                 arrivals
             });
+            let events = if parts.events {
+                Some(c.stream_call_events(StreamCallEventsRequest { server_rtp_port: a.rtp_port }).await?.into_inner())
+            } else {
+                None
+            };
+            let subscriber = tokio::spawn(async move {
+                let Some(mut events) = events else { return 0 };
+                let mut n = 0u64;
+                while let Ok(Some(_)) = events.message().await {
+                    n += 1;
+                }
+                n
+            });
             if parts.record {
                 c.start_recording(StartRecordingRequest {
                     server_rtp_port: a.rtp_port,
@@ -163,12 +178,14 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             }
             c.release_port(ReleasePortRequest { rtp_port: a.rtp_port }).await?;
             let listener_arrivals = listener.await.unwrap_or_default();
+            let events = subscriber.await.unwrap_or_default();
             let received = caller.take_received();
             anyhow::Ok(CallResult {
                 sent_at,
                 expected_from_node: speech.len().div_ceil(160),
                 received_arrivals: received.iter().map(|p| p.at).collect(),
                 listener_arrivals,
+                events,
             })
         }));
     }

@@ -66,10 +66,15 @@ pub struct CallParts {
     pub listen: bool,
     /// A mono recording.
     pub record: bool,
+    /// A StreamCallEvents subscriber per call.
+    pub events: bool,
+    /// The node's call analysis (voice detector and in-band DTMF), on by default as in
+    /// production; off only for a node this tool starts, to see its cost.
+    pub analysis: bool,
 }
 
 impl Default for CallParts {
     fn default() -> Self {
-        CallParts { listen: true, record: true }
+        CallParts { listen: true, record: true, events: false, analysis: true }
     }
 }

@@ -17,6 +17,8 @@ pub(crate) struct CallResult {
     pub expected_from_node: usize,
     /// When each frame (or relayed packet) with the caller's audio reached the listener.
     pub listener_arrivals: Vec<Instant>,
+    /// Call events the call's subscriber got.
+    pub events: u64,
 }
 
 /// The engine's CPU over the run, user space and kernel apart, and its peak memory.
@@ -69,6 +71,8 @@ pub struct LoadReport {
     /// For an engine this tool started (read from /proc).
     pub usage: Option<EngineUsage>,
     pub listener_frames: u64,
+    /// Call events all subscribers got (with --events).
+    pub events: u64,
     /// Wall time of the whole run (allocation, calls, teardown), for CPU share.
     pub wall_seconds: f64,
 }
@@ -111,7 +115,14 @@ impl std::fmt::Display for LoadReport {
             (_, false, true) => "prompt + mono recording, no listener",
             (_, false, false) => "prompt only, no listener, no recording",
         };
-        writeln!(f, "{}: {} calls for {:.0} s ({what} each)", self.engine, self.calls, self.seconds)?;
+        let extra = match (self.engine, self.parts.events, self.parts.analysis) {
+            ("rtpengine", ..) => "",
+            (_, true, true) => " + call events subscriber",
+            (_, false, true) => "",
+            (_, true, false) => " + call events subscriber, node analysis off",
+            (_, false, false) => ", node analysis off",
+        };
+        writeln!(f, "{}: {} calls for {:.0} s ({what}{extra} each)", self.engine, self.calls, self.seconds)?;
         let inbound = match self.caller_to_node_loss {
             Some(l) => format!("{:.3} %", l * 100.0),
             None => "not measured (no listener and no engine metrics)".into(),
@@ -160,6 +171,9 @@ impl std::fmt::Display for LoadReport {
                 self.user_ms_per_call_second().unwrap_or(f64::NAN)
             )?;
             writeln!(f, "  => about {:.0} such calls per core at this load", self.calls as f64 / share.max(1e-9))?;
+        }
+        if self.parts.events && self.engine != Engine::Rtpengine.name() {
+            writeln!(f, "  call events received {} ({:.1} per call)", self.events, self.events as f64 / self.calls.max(1) as f64)?;
         }
         writeln!(
             f,
@@ -231,6 +245,7 @@ pub(crate) fn summarise(
         latency_max_ms: percentile(&mut latency, 1.0),
         usage,
         listener_frames: frames,
+        events: results.iter().map(|r| r.events).sum(),
         wall_seconds: wall,
         send_lateness_ms: None,
         allocate_in_node_ms: None,

@@ -114,6 +114,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 expected_from_node: speech.len().div_ceil(160),
                 received_arrivals: received.iter().map(|p| p.at).collect(),
                 listener_arrivals: relayed.iter().map(|p| p.at).collect(),
+                events: 0,
             })
         }));
     }
