@@ -565,3 +565,72 @@ async fn redaction_silences_the_caller_s_digits_for_the_agent_and_the_recording(
     let silenced = node.metric("media_dtmf_redacted_seconds_total").await;
     assert!((0.5..=0.75).contains(&silenced), "4 tones of 100 ms plus margins: {silenced} s silenced");
 }
+
+/// A whole utterance as one StreamAudioToCall: `seconds` of 16 kHz TTS, a mark after
+/// each half second, and the stream closed after the last chunk.
+fn utterance(call_id: &str, seconds: f64, prefix: &str) -> Vec<StreamAudioToCallRequest> {
+    synth_prompt(16000, seconds)
+        .chunks(8000)
+        .enumerate()
+        .map(|(i, c)| StreamAudioToCallRequest {
+            call_id: call_id.into(),
+            audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            mark: format!("{prefix}{i}"),
+            barge_in_ms: None,
+        })
+        .collect()
+}
+
+async fn answers(mut replies: tonic::Streaming<StreamAudioToCallResponse>) -> (Vec<(String, bool, u64)>, StreamAudioToCallResponse) {
+    let mut acks = Vec::new();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), replies.message()).await.expect("an answer").unwrap().expect("a response");
+        if r.mark.is_empty() {
+            return (acks, r);
+        }
+        acks.push((r.mark, r.mark_cleared, r.played_ms));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_tts_stream_plays_out_and_its_marks_are_played_not_cleared() {
+    let mut node = TestNode::start(30110, 10).await;
+    let (_port, _node_rtp, caller) = node.call("events-replace").await;
+    // The first utterance (2 s) is all sent at once; the node queues it and plays it.
+    let first = node
+        .client
+        .stream_audio_to_call(tokio_stream::iter(utterance("events-replace", 2.0, "a")))
+        .await
+        .expect("first StreamAudioToCall")
+        .into_inner();
+    let first = tokio::spawn(answers(first));
+    sleep_ms(500).await;
+    // A second one takes over while most of the first is still queued.
+    let second = node
+        .client
+        .stream_audio_to_call(tokio_stream::iter(utterance("events-replace", 1.0, "b")))
+        .await
+        .expect("second StreamAudioToCall")
+        .into_inner();
+    let (acks_a, last_a) = first.await.unwrap();
+    let (acks_b, last_b) = answers(second).await;
+    // The node had taken part of the first (its flow control holds the rest in the
+    // sender): what it took still went out, and every mark in it was played, at its
+    // half second, not cleared; the sender learns it was taken over.
+    assert_eq!(last_a.error_message, "another StreamAudioToCall took over this call");
+    assert!(acks_a.len() >= 2, "marks queued when the second came: {acks_a:?}");
+    for (i, (name, cleared, ms)) in acks_a.iter().enumerate() {
+        assert_eq!(name, &format!("a{i}"));
+        assert!(!cleared, "{name} played, not cleared: {acks_a:?}");
+        assert!((*ms as i64 - 500 * (i as i64 + 1)).abs() <= 20, "{name} at {ms} ms");
+    }
+    assert!(last_a.played_ms >= acks_a.last().unwrap().2, "first: {} ms played", last_a.played_ms);
+    // The second's marks count its own audio, which began after the first's.
+    assert!(last_b.success, "{}", last_b.error_message);
+    assert_eq!(acks_b.iter().map(|a| (a.0.as_str(), a.1)).collect::<Vec<_>>(), [("b0", false), ("b1", false)]);
+    assert!((acks_b[0].2 as i64 - 500).abs() <= 20 && last_b.played_ms.abs_diff(1000) <= 20, "{acks_b:?} {}", last_b.played_ms);
+    // What both say they played is what the caller got.
+    let got = caller.take_received().iter().filter(|p| p.pcm.iter().any(|&s| s != 0)).count() as u64;
+    let said = (last_a.played_ms + last_b.played_ms) / 20;
+    assert!(got.abs_diff(said) <= 2, "the caller got {got} packets of 20 ms, the streams say {said}");
+}

@@ -196,8 +196,18 @@ struct AttachedStream {
     acks: mpsc::Sender<Result<pb::StreamAudioToCallResponse, tonic::Status>>,
     /// Its marks not yet acknowledged, in order, by the session's id.
     marks: Vec<(MarkId, String)>,
-    /// The session's streamed-sample count when it attached.
+    /// The session's streamed-sample count where its audio begins.
     sent_base: u64,
+}
+
+/// A stream a newer one replaced while its audio was still queued: it plays out, its
+/// marks are acknowledged as they go, and its sender gets the final answer once the
+/// internal mark after its last sample went out (or was cleared).
+struct RetiredStream {
+    stream: AttachedStream,
+    end_mark: MarkId,
+    /// The sender had sent everything: its audio played out is `Played`, not `Replaced`.
+    complete: bool,
 }
 
 /// What every call of a node shares, built once by the node: the session settings,
@@ -243,6 +253,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         clock,
         call_events: broadcast::channel(EVENTS_QUEUE).0,
         next_mark: 0,
+        retired: Vec::new(),
         digits_done: None,
         turn: None,
         quality: QualityPeriod::default(),
@@ -271,6 +282,7 @@ struct CallTask {
     /// Prompts playing or queued: their URI (for the event) and who waits for the end.
     waiters: HashMap<PlaybackId, (String, oneshot::Sender<(PlaybackOutcome, u64)>)>,
     stream: Option<AttachedStream>,
+    retired: Vec<RetiredStream>,
     out: Outputs,
     frames: Vec<Bytes>,
     recorder: CallRecorder,
@@ -421,11 +433,12 @@ impl CallTask {
                 let _ = attached.send(true);
             }
             CallCommand::Stream { chunks, barge_in, acks, done } => {
-                // The replaced stream's audio still plays out, but it is over for its
-                // sender: its marks not yet reached are reported cleared.
-                self.end_stream(StreamEnd::Replaced);
+                // The replaced stream takes no more audio, but what it queued still
+                // plays out ahead of the new one, and its marks are acknowledged as
+                // they really go out.
+                self.retire_stream();
                 self.session.handle_command(Command::StreamBargeIn(barge_in), &mut self.out);
-                let sent_base = self.session.stream_sent();
+                let sent_base = self.session.stream_sent() + self.session.stream_queued() as u64;
                 self.stream = Some(AttachedStream { chunks: Some(chunks), done, acks, marks: Vec::new(), sent_base });
             }
             CallCommand::StartRecording { spec, reply } => {
@@ -453,13 +466,58 @@ impl CallTask {
 
     /// Ends the attached stream, if one is: the marks it did not reach are cleared
     /// (acknowledged before the final answer), and its sender learns how it ended.
+    /// An end that drops the queued audio ends the retired streams too.
     fn end_stream(&mut self, end: StreamEnd) {
+        let sent = self.session.stream_sent();
         if let Some(s) = self.stream.take() {
-            let played_ms = samples_to_ms(self.session.stream_sent() - s.sent_base);
-            for (_, name) in &s.marks {
-                let _ = s.acks.try_send(Ok(mark_ack(name, true, played_ms)));
+            finish_stream(s, end, sent);
+        }
+        if end != StreamEnd::Played {
+            for r in self.retired.drain(..) {
+                finish_stream(r.stream, end, sent);
             }
-            let _ = s.done.send((end, played_ms));
+        }
+    }
+
+    /// A new stream takes over: the attached one, if its audio is still queued, plays
+    /// out as a retired stream (an internal mark after its last sample says when).
+    fn retire_stream(&mut self) {
+        let Some(mut s) = self.stream.take() else { return };
+        if self.session.stream_queued() == 0 {
+            let complete = s.chunks.is_none();
+            finish_stream(s, if complete { StreamEnd::Played } else { StreamEnd::Replaced }, self.session.stream_sent());
+            return;
+        }
+        let complete = s.chunks.is_none();
+        s.chunks = None;
+        let end_mark = self.next_mark;
+        self.next_mark += 1;
+        self.session.handle_command(Command::Stream { pcm: Vec::new(), mark: Some(end_mark) }, &mut self.out);
+        self.retired.push(RetiredStream { stream: s, end_mark, complete });
+    }
+
+    /// A mark's fate, for whichever stream (attached or retired) it belongs to.
+    fn on_mark(&mut self, id: MarkId, cleared: bool) {
+        let sent = self.session.stream_sent();
+        let streams = self.stream.iter_mut().chain(self.retired.iter_mut().map(|r| &mut r.stream));
+        for s in streams {
+            if let Some(i) = s.marks.iter().position(|(m, _)| *m == id) {
+                let (_, name) = s.marks.remove(i);
+                // The acks channel is sized for every mark a client can have queued
+                // (see service.rs); a client that stopped reading loses its acks,
+                // never the call's time.
+                let _ = s.acks.try_send(Ok(mark_ack(&name, cleared, samples_to_ms(sent.saturating_sub(s.sent_base)))));
+                return;
+            }
+        }
+        if let Some(i) = self.retired.iter().position(|r| r.end_mark == id) {
+            let r = self.retired.remove(i);
+            let end = match (cleared, r.complete) {
+                (true, _) => StreamEnd::Interrupted,
+                (false, true) => StreamEnd::Played,
+                (false, false) => StreamEnd::Replaced,
+            };
+            finish_stream(r.stream, end, sent);
         }
     }
 
@@ -597,22 +655,8 @@ impl CallTask {
                 }
                 Event::Latched(addr) => info!(%addr, "media latched to caller's source"),
                 Event::CodecChanged(c) => info!(codec = c.name(), "caller switched codec"),
-                Event::Mark(fate) => {
-                    let (id, cleared) = match fate {
-                        MarkFate::Played(id) => (id, false),
-                        MarkFate::Cleared(id) => (id, true),
-                    };
-                    if let Some(s) = &mut self.stream {
-                        if let Some(i) = s.marks.iter().position(|(m, _)| *m == id) {
-                            let (_, name) = s.marks.remove(i);
-                            let played_ms = samples_to_ms(self.session.stream_sent() - s.sent_base);
-                            // The acks channel is sized for every mark a client can have
-                            // queued (see service.rs); a client that stopped reading
-                            // loses its acks, never the call's time.
-                            let _ = s.acks.try_send(Ok(mark_ack(&name, cleared, played_ms)));
-                        }
-                    }
-                }
+                Event::Mark(MarkFate::Played(id)) => self.on_mark(id, false),
+                Event::Mark(MarkFate::Cleared(id)) => self.on_mark(id, true),
                 Event::StreamBargedIn => self.end_stream(StreamEnd::BargeIn),
                 Event::DigitsSent => {
                     if let Some(d) = self.digits_done.take() {
@@ -656,6 +700,16 @@ impl CallTask {
             self.events.media_event(key, &self.call_id, payload);
         }
     }
+}
+
+/// A stream's end: the marks it did not reach are cleared (acknowledged before the
+/// final answer), and its sender learns how it ended and how much of it played.
+fn finish_stream(s: AttachedStream, end: StreamEnd, sent: u64) {
+    let played_ms = samples_to_ms(sent.saturating_sub(s.sent_base));
+    for (_, name) in &s.marks {
+        let _ = s.acks.try_send(Ok(mark_ack(name, true, played_ms)));
+    }
+    let _ = s.done.send((end, played_ms));
 }
 
 fn mark_ack(name: &str, cleared: bool, played_ms: u64) -> pb::StreamAudioToCallResponse {
