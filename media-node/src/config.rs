@@ -3,6 +3,25 @@
 
 use crate::core::analysis::vad::VadConfig;
 use crate::core::analysis::AnalysisConfig;
+use crate::core::codec::AudioCodec;
+
+/// A codec list (`PCMU,G722`, any case): every name known, none twice, at least one.
+pub fn parse_codecs(list: &str) -> Result<Vec<AudioCodec>, String> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let c = AudioCodec::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = AudioCodec::ALL.iter().map(|c| c.name()).collect();
+            format!("{:?} is not a codec this node runs ({})", crate::echo::clip(name), known.join(", "))
+        })?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    if out.is_empty() {
+        return Err("names no codec".into());
+    }
+    Ok(out)
+}
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,7 +82,8 @@ pub struct NodeArgs {
     /// Voice-activity score (0 to 1) from which the caller's audio counts as voice.
     #[arg(long, env = "MEDIA_VAD_THRESHOLD", default_value_t = 0.6)]
     pub vad_threshold: f32,
-    /// Voice must last this long to be speech_started (and to count for barge-in).
+    /// Voice must last this long to be speech_started (barge-in counts from a 32 ms
+    /// voice run: its own time decides).
     #[arg(long, env = "MEDIA_VAD_MIN_SPEECH_MS", default_value_t = 64)]
     pub vad_min_speech_ms: u64,
     /// Non-voice this long ends speech (speech_stopped); pauses between words are shorter.
@@ -72,6 +92,11 @@ pub struct NodeArgs {
     /// Look for DTMF tones in the caller's audio (for trunks that send digits in-band).
     #[arg(long, env = "MEDIA_INBAND_DTMF", default_value_t = true, action = clap::ArgAction::Set)]
     pub inband_dtmf: bool,
+    /// Codecs the node takes in SDP offer/answer, first preferred (PCMU, PCMA, G722).
+    /// G.711 first by default: the call's inside is 8 kHz for now, so G.722 brings the
+    /// far end's compatibility, not wideband audio. A request may give its own order.
+    #[arg(long, env = "PREFERRED_AUDIO_CODEC", default_value = "PCMU,PCMA,G722")]
+    pub preferred_audio_codec: String,
     /// On SIGTERM, how long calls in flight may go on before the node closes.
     #[arg(long, env = "MEDIA_SERVICE_DRAIN_SECONDS", default_value_t = 300)]
     pub drain_seconds: u64,
@@ -178,6 +203,8 @@ pub struct NodeConfig {
     pub symmetric_rtp: bool,
     pub jitter_hold: Duration,
     pub analysis: AnalysisConfig,
+    /// Offer/answer's codec preference, first preferred.
+    pub preferred_codecs: Vec<AudioCodec>,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
     pub recording: StoreConfig,
@@ -313,6 +340,7 @@ impl NodeConfig {
                 media_timeout: (a.media_timeout_seconds > 0.0).then(|| Duration::from_secs_f64(a.media_timeout_seconds)),
                 inband_dtmf: a.inband_dtmf,
             },
+            preferred_codecs: parse_codecs(&a.preferred_audio_codec).map_err(|e| ConfigError(format!("PREFERRED_AUDIO_CODEC: {e}")))?,
             drain_timeout: Duration::from_secs(a.drain_seconds),
             tls,
             recording,
@@ -338,6 +366,7 @@ impl NodeConfig {
             symmetric_rtp: true,
             jitter_hold: Duration::from_millis(40),
             analysis: AnalysisConfig::default(),
+            preferred_codecs: AudioCodec::ALL.to_vec(),
             drain_timeout: Duration::from_secs(30),
             tls: None,
             recording: StoreConfig {

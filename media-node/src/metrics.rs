@@ -53,6 +53,7 @@ pub struct Metrics {
     pub telephone_event_duplicates: IntCounter,
     pub barge_in_echo: IntCounter,
     pub telephone_event_ignored: IntCounter,
+    pub negotiated: IntCounterVec,
     pub dtmf_redacted_seconds: prometheus::Counter,
     pub turn_latency: HistogramVec,
 }
@@ -110,6 +111,11 @@ impl Metrics {
             barge_in_echo: counter(
                 "media_barge_in_echo_suppressed_total",
                 "Barge-ins not made because the caller's speech was the prompt's own echo (once per speech segment)",
+            ),
+            negotiated: reg(
+                &r,
+                IntCounterVec::new(Opts::new("media_sdp_negotiations_total", "SDP offers and answers applied to calls, by the codec agreed"), &["codec"])
+                    .unwrap(),
             ),
             telephone_event_ignored: counter(
                 "media_rtp_telephone_event_ignored_total",

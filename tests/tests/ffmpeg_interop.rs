@@ -184,3 +184,110 @@ fn g722_matches_ffmpegs_implementation_both_ways() {
     assert!(c > 0.9, "ffmpeg decodes our G.722: correlation {c} at lag {lag}");
     assert!(power_at(&theirs[8000..24000], 16000, 6000.0) > 0.1 * power_at(tone_only, 16000, 6000.0) / 16.0, "6 kHz survives us -> ffmpeg");
 }
+
+/// A G.722 call set up by SDP offer/answer, with ffmpeg as the far end both ways: its
+/// offer is answered by NegotiateSdp, it sends G.722 speech (espeak-ng) that the
+/// listener hears, and it decodes the prompt the node plays in G.722.
+#[tokio::test]
+async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
+    use media_node::core::resample::convert;
+    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
+    // ffmpeg packs G.722 in 64 ms encoder frames and sends them as bursts of three
+    // 20 ms packets: a playout hold above the burst period takes them in time.
+    let mut node = TestNode::start_with(30120, 10, |c| {
+        c.symmetric_rtp = false;
+        c.jitter_hold = Duration::from_millis(100);
+    })
+    .await;
+    let prompt = synth_speech(8000, 3.0, 5);
+    node.write_prompt("prompt.wav", &prompt, 8000);
+    let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-g722".into() }).await.unwrap().into_inner();
+    let port = alloc.rtp_port;
+    let recv_port = 30135u16;
+    // The far end's offer, as a desk phone writes it: G.722 first, G.711, events.
+    let offer = format!(
+        "v=0\r\no=phone 77 1 IN IP4 127.0.0.1\r\ns=call\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {recv_port} RTP/AVP 9 0 8 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
+    );
+    let r = node
+        .client
+        .negotiate_sdp(NegotiateSdpRequest {
+            server_rtp_port: port,
+            remote_sdp: offer.clone(),
+            remote_type: 0,
+            preferred_codecs: vec!["G722".into(), "PCMU".into()],
+        })
+        .await
+        .expect("NegotiateSdp answers the offer")
+        .into_inner();
+    let media = r.media.expect("what was agreed");
+    assert_eq!((media.codec.as_str(), media.payload_type, media.telephone_event_payload_type), ("G722", 9, 101));
+    assert_eq!(media.remote_rtp_addr, format!("127.0.0.1:{recv_port}"));
+    assert!(r.local_sdp.contains(&format!("m=audio {port} RTP/AVP 9 101\r\n")), "{}", r.local_sdp);
+    assert!(r.local_sdp.contains("c=IN IP4 127.0.0.1\r\n") && r.local_sdp.contains("a=rtpmap:9 G722/8000\r\n"), "{}", r.local_sdp);
+
+    // ffmpeg receives what the node sends, as the answer agreed it (ffmpeg takes one
+    // codec per m-line, so its SDP names the agreed one, as a phone applies an answer).
+    let dir = tempfile::tempdir().unwrap();
+    let sdp = dir.path().join("call.sdp");
+    let agreed = offer.replace("RTP/AVP 9 0 8 101", "RTP/AVP 9 101").replace("a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n", "");
+    std::fs::write(&sdp, agreed).unwrap();
+    let heard_wav = dir.path().join("heard.wav");
+    let mut receiver = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
+        .arg(&sdp)
+        .args(["-t", "2.5", "-ar", "16000", "-ac", "1", "-y"])
+        .arg(&heard_wav)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg receiver starts");
+    fleet_tests::envtest::eventually("ffmpeg's RTP socket is bound", 30, || async { udp_port_bound(recv_port).then_some(()) }).await;
+
+    // ffmpeg sends a spoken sentence (espeak-ng, 16 kHz) as G.722 RTP in real time.
+    let speech = fleet_tests::voice::espeak_8k("The balance of your account is four hundred and twelve pounds.");
+    let speech16 = convert(&speech, 8000, 16000);
+    let speech_wav = dir.path().join("speech.wav");
+    std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&speech16, 16000)).unwrap();
+    let listen = node.listen(port, 16000).await;
+    let sender = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .arg(&speech_wav)
+        .args(["-ac", "1", "-ar", "16000", "-acodec", "g722", "-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ffmpeg sender starts");
+    let played = node
+        .client
+        .play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(played.message, "finished");
+    let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap();
+    let receiver_ok = tokio::task::spawn_blocking(move || wait_with_timeout_ref(&mut receiver, Duration::from_secs(30))).await.unwrap();
+    assert!(sender_ok && receiver_ok, "ffmpeg exited cleanly");
+    let m = node.metrics().await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+
+    // The node decoded ffmpeg's G.722: the listener hears the sentence (the call's
+    // inside is 8 kHz for now, so it is compared with the sentence's telephone band).
+    let (frames, _) = listen.await.unwrap();
+    let heard = pcm_of(&frames);
+    let start = heard.iter().position(|s| s.abs() > 300).expect("the listener heard speech");
+    let band = convert(&speech, 8000, 16000);
+    let from = band.iter().position(|s| s.abs() > 300).unwrap();
+    let (c, lag) = best_correlation(&band[from..from + 16000], &heard[start.saturating_sub(400)..], 800);
+    assert!(c > 0.85, "the listener heard ffmpeg's G.722 speech: correlation {c:.3} at lag {lag}");
+    assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total"), 0.0, "every G.722 packet was taken");
+    assert_eq!(metric_value(&m, "media_sdp_negotiations_total{codec=\"G722\"}"), 1.0);
+
+    // ffmpeg decoded the node's G.722: it heard the prompt.
+    let bytes = std::fs::read(&heard_wav).expect("ffmpeg wrote what it heard");
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+    let got: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+    let got8 = convert(&got, 16000, 8000);
+    let begin = got8.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
+    let (c, lag) = best_correlation(&got8[begin..begin + 8000], &prompt, 16000);
+    assert!(c > 0.85, "ffmpeg heard the prompt through G.722: correlation {c:.3} at lag {lag}");
+}

@@ -74,7 +74,7 @@ impl StreamEnd {
 /// What the gRPC layer may tell a call's session directly. Audio never goes this way:
 /// a prompt or a TTS stream enters through `CallCommand::Play` or `Stream`, which
 /// register who waits for its end and take part in back-pressure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Barge-in: cut the audio playing and drop what is queued (and end the TTS stream).
     Stop,
@@ -82,6 +82,8 @@ pub enum Control {
     SetEcho(bool),
     /// DTMF redaction on or off.
     RedactDtmf(bool),
+    /// What SDP offer/answer agreed.
+    SetMedia(crate::core::session::MediaSettings),
 }
 
 impl From<Control> for Command {
@@ -91,6 +93,7 @@ impl From<Control> for Command {
             Control::SetTarget(t) => Command::SetTarget(t),
             Control::SetEcho(on) => Command::SetEcho(on),
             Control::RedactDtmf(on) => Command::RedactDtmf(on),
+            Control::SetMedia(m) => Command::SetMedia(m),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The sans-IO core: every audio rule of a call, with time passed in.
 pub mod analysis;
+pub mod codec;
 pub mod dtmf_out;
 pub mod g711;
 pub mod g722;

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
+use crate::core::codec::AudioCodec;
 use crate::echo::clip;
 
 /// Larger SDP is refused before parsing: real offers are 300 bytes to a few KB.
@@ -282,8 +283,20 @@ pub struct CodecSpec {
 }
 
 /// What the node runs today, in its default order of preference.
-pub const SUPPORTED: &[CodecSpec] =
-    &[CodecSpec { name: "PCMU", clock: 8000, channels: 1 }, CodecSpec { name: "PCMA", clock: 8000, channels: 1 }];
+pub const SUPPORTED: &[CodecSpec] = &[
+    CodecSpec { name: "PCMU", clock: 8000, channels: 1 },
+    CodecSpec { name: "PCMA", clock: 8000, channels: 1 },
+    CodecSpec { name: "G722", clock: 8000, channels: 1 },
+];
+
+/// The packet time the node sends (what its answers and offers say).
+pub const NODE_PTIME_MS: u32 = 20;
+
+impl CodecSpec {
+    pub fn audio_codec(&self) -> AudioCodec {
+        AudioCodec::from_name(self.name).expect("every supported codec runs")
+    }
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NegotiationError {
@@ -305,6 +318,7 @@ pub struct Negotiated {
     pub codec: CodecSpec,
     /// RFC 4733 events at the codec's clock rate, when offered.
     pub telephone_event: Option<u8>,
+    /// The far end's ptime (what it asks to receive; the node sends 20 ms for now).
     pub ptime: u32,
     /// The node's own direction (the answer's).
     pub direction: Direction,
@@ -387,12 +401,35 @@ pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port:
         if let Some(te) = agreed.telephone_event {
             let _ = write!(s, "a=rtpmap:{te} telephone-event/{}\r\na=fmtp:{te} 0-16\r\n", agreed.codec.clock);
         }
-        let _ = write!(s, "a=ptime:{}\r\n", agreed.ptime);
+        let _ = write!(s, "a=ptime:{NODE_PTIME_MS}\r\n");
         if m.has_flag("rtcp-mux") {
             s.push_str("a=rtcp-mux\r\n");
         }
         let _ = write!(s, "a={}\r\n", agreed.direction.as_str());
     }
+    s
+}
+
+/// The node's offer (an outbound call, or a re-offer): every codec it runs in the
+/// order asked (static payload types, with rtpmaps as most stacks write them),
+/// telephone-event on 101, its address and port.
+pub fn offer(ip: IpAddr, port: u16, session_id: u64, version: u64, prefer: &[AudioCodec], direction: Direction) -> String {
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut order: Vec<AudioCodec> = Vec::new();
+    for c in prefer.iter().copied().chain(AudioCodec::ALL) {
+        if !order.contains(&c) {
+            order.push(c);
+        }
+    }
+    let mut s = String::new();
+    let _ = write!(s, "v=0\r\no=- {session_id} {version} IN {family} {ip}\r\ns=media-node\r\nc=IN {family} {ip}\r\nt=0 0\r\n");
+    let formats: Vec<String> = order.iter().map(|c| c.static_payload_type().to_string()).collect();
+    let _ = write!(s, "m=audio {port} RTP/AVP {} {}\r\n", formats.join(" "), crate::core::session::TELEPHONE_EVENT_PT);
+    for c in &order {
+        let _ = write!(s, "a=rtpmap:{} {}/{}\r\n", c.static_payload_type(), c.name(), c.rtp_clock());
+    }
+    let te = crate::core::session::TELEPHONE_EVENT_PT;
+    let _ = write!(s, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:{NODE_PTIME_MS}\r\na={}\r\n", direction.as_str());
     s
 }
 
@@ -450,11 +487,30 @@ mod tests {
 
     #[test]
     fn no_common_codec_names_what_was_offered() {
-        let e = negotiate(&offer(&FREESWITCH.replace(" 0 8 18", " 18")), &[]).unwrap_err();
+        let e = negotiate(&offer(&FREESWITCH.replace(" 9 0 8 18", " 18")), &[]).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("OPUS/48000 (102)") && text.contains("G722/8000 (9)") && text.contains("G729/8000 (18)"), "{text}");
-        assert!(text.contains("PCMU, PCMA"), "{text}");
+        assert!(text.contains("OPUS/48000 (102)") && text.contains("G729/8000 (18)") && text.contains("CN/8000 (13)"), "{text}");
+        assert!(text.contains("this node takes PCMU, PCMA, G722"), "{text}");
         assert!(matches!(negotiate(&offer(WEBRTC), &[]), Err(NegotiationError::Profile(_))), "SRTP profiles wait for SRTP");
+    }
+
+    #[test]
+    fn g722_is_taken_where_preferred_and_the_node_s_offer_round_trips() {
+        let n = negotiate(&offer(ASTERISK), &["G722", "PCMU"]).unwrap();
+        assert_eq!((n.payload_type, n.codec.name, n.telephone_event), (9, "G722", Some(101)));
+        let n = negotiate(&offer(FREESWITCH), &["g722"]).unwrap();
+        assert_eq!((n.payload_type, n.codec.audio_codec()), (9, AudioCodec::G722));
+        // G.722 without an rtpmap (static type 9) is understood.
+        let bare = offer("v=0\r\nc=IN IP4 192.0.2.5\r\nm=audio 5004 RTP/AVP 9 101\r\na=rtpmap:101 telephone-event/8000\r\n");
+        assert_eq!(negotiate(&bare, &[]).unwrap().codec.name, "G722");
+        // The node's own offer, answered by a far end that takes it as it is.
+        let ours = super::offer("192.0.2.9".parse().unwrap(), 30002, 5, 1, &[AudioCodec::G722], Direction::SendRecv);
+        let parsed = offer(&ours);
+        assert_eq!(parsed.media[0].formats, ["9", "0", "8", "101"]);
+        let n = negotiate(&parsed, &["G722"]).unwrap();
+        assert_eq!((n.codec.name, n.telephone_event, n.remote), ("G722", Some(101), Some("192.0.2.9:30002".parse().unwrap())));
+        let a = answer(&parsed, &n, "192.0.2.1".parse().unwrap(), 4000, 2);
+        assert!(a.contains("a=rtpmap:9 G722/8000\r\n") && a.contains("a=ptime:20\r\n"), "{a}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::analysis::echo_guard::EchoGuard;
 use super::analysis::redact::Redactor;
 use super::analysis::{AnalysisConfig, Analyzer, DtmfSource, Signal};
-use super::g711::Codec;
+use super::codec::{AudioCodec, Decoder, Encoder};
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
@@ -35,6 +35,8 @@ pub struct SessionConfig {
 
 /// The telephone-event payload type SIP stacks offer by custom.
 pub const TELEPHONE_EVENT_PT: u8 = 101;
+/// No telephone-event negotiated (an RTP payload type is 7 bits, so this never matches).
+const NO_PT: u8 = 0xff;
 
 impl SessionConfig {
     /// Random SSRC, sequence and timestamp origins as RFC 3550 §5.1 asks.
@@ -75,9 +77,26 @@ pub enum Command {
     SendDigits(super::dtmf_out::DigitSender),
     /// The node's barge-in for the streamed audio (None: the caller may talk over it).
     StreamBargeIn(Option<std::time::Duration>),
+    /// What offer/answer agreed for the call's audio (applies from the next packet).
+    SetMedia(MediaSettings),
     /// DTMF redaction on or off: digits silenced in the caller's audio for listeners
     /// and the recording (which then lags by the redactor's delay line).
     RedactDtmf(bool),
+}
+
+/// The call's audio as SDP negotiated it. Without it the node speaks the static
+/// G.711 types and answers in the codec the caller sends, as it always has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaSettings {
+    /// What the node sends, and under which payload type.
+    pub send: (u8, AudioCodec),
+    /// What the node takes from the caller, by payload type (the negotiated ones).
+    pub receive: Vec<(u8, AudioCodec)>,
+    pub telephone_event_pt: Option<u8>,
+    /// False on hold (recvonly or inactive for the node): nothing is sent, sequence
+    /// numbers wait, timestamps follow the clock, and the first packet after it is a
+    /// new talkspurt.
+    pub sends: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +119,7 @@ pub enum Event {
     /// Every digit of the last SendDigits went out.
     DigitsSent,
     Latched(SocketAddr),
-    CodecChanged(Codec),
+    CodecChanged(AudioCodec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,8 +194,15 @@ pub struct Session {
     jitter: JitterBuffer,
     playback: Playback,
     echo: bool,
-    inbound_codec: Option<Codec>,
-    outbound_codec: Codec,
+    /// The caller's codec now (its payload type and decoder).
+    decoder: Option<(u8, Decoder)>,
+    /// What the node sends, and its payload type.
+    encoder: Encoder,
+    outbound_pt: u8,
+    /// The negotiated payload types; None: the static G.711 ones.
+    receive: Option<Vec<(u8, AudioCodec)>>,
+    /// False while the far end holds the call (the node sends nothing).
+    sending: bool,
     in_talkspurt: bool,
     counters: Counters,
     reported_jitter: super::jitter::JitterStats,
@@ -222,8 +248,11 @@ impl Session {
             jitter: JitterBuffer::new(cfg.jitter, start),
             playback: Playback::default(),
             echo: false,
-            inbound_codec: None,
-            outbound_codec: Codec::Pcmu,
+            decoder: None,
+            encoder: Encoder::new(AudioCodec::Pcmu),
+            outbound_pt: 0,
+            receive: None,
+            sending: true,
             in_talkspurt: false,
             counters: Counters::default(),
             reported_jitter: Default::default(),
@@ -263,8 +292,8 @@ impl Session {
         self.latch.target()
     }
 
-    pub fn outbound_codec(&self) -> Codec {
-        self.outbound_codec
+    pub fn outbound_codec(&self) -> AudioCodec {
+        self.encoder.codec
     }
 
     pub fn current_playback(&self) -> Option<PlaybackId> {
@@ -322,7 +351,7 @@ impl Session {
                 return;
             }
         }
-        if packet.payload_type == self.telephone_event_pt {
+        if self.telephone_event_pt != NO_PT && packet.payload_type == self.telephone_event_pt {
             self.counters.packets_in += 1;
             self.counters.bytes_in += data.len() as u64;
             let pos = self.jitter.position();
@@ -331,25 +360,33 @@ impl Session {
             self.emit_signals(out);
             return;
         }
-        let Some(codec) = Codec::from_payload_type(packet.payload_type) else {
-            // telephone-event, comfort noise, a codec we did not offer: counted, not played.
+        let pt = packet.payload_type;
+        let codec = match &self.receive {
+            Some(map) => map.iter().find(|(p, _)| *p == pt).map(|(_, c)| *c),
+            None => AudioCodec::from_static_payload_type(pt).filter(|c| *c != AudioCodec::G722),
+        };
+        let Some(codec) = codec else {
+            // Comfort noise, a codec nobody negotiated: counted, not played.
             self.counters.unsupported_payload += 1;
             return;
         };
         self.counters.packets_in += 1;
         self.counters.bytes_in += data.len() as u64;
         self.analyzer.on_rtp(now, self.jitter.position(), &mut self.signals);
-        if self.inbound_codec != Some(codec) {
-            self.inbound_codec = Some(codec);
-            if codec != self.outbound_codec {
-                // Answer in the codec the caller speaks.
-                self.outbound_codec = codec;
+        if self.decoder.as_ref().map(|(p, _)| *p) != Some(pt) {
+            self.decoder = Some((pt, Decoder::new(codec)));
+            if self.receive.is_none() && codec != self.encoder.codec {
+                // Not negotiated: answer in the codec the caller speaks.
+                self.encoder = Encoder::new(codec);
+                self.outbound_pt = pt;
                 out.events.push(Event::CodecChanged(codec));
             }
         }
         // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
-        let mut pcm = Vec::with_capacity(packet.payload.len());
-        codec.decode_into(packet.payload, &mut pcm);
+        let mut pcm = Vec::with_capacity(packet.payload.len() * 2);
+        if let Some((_, d)) = self.decoder.as_mut() {
+            d.decode(packet.payload, &mut pcm);
+        }
         if self.echo {
             self.playback.push_echo(&pcm);
         }
@@ -517,6 +554,22 @@ impl Session {
                 }
             }
             Command::RedactDtmf(false) => self.stop_redacting(out),
+            Command::SetMedia(m) => {
+                let (pt, codec) = m.send;
+                if self.encoder.codec != codec || self.outbound_pt != pt {
+                    // A codec change by re-offer: the new codec's state starts fresh;
+                    // sequence numbers and timestamps run on.
+                    self.encoder = Encoder::new(codec);
+                    self.outbound_pt = pt;
+                    out.events.push(Event::CodecChanged(codec));
+                }
+                self.receive = Some(m.receive);
+                self.telephone_event_pt = m.telephone_event_pt.unwrap_or(NO_PT);
+                if !m.sends {
+                    self.in_talkspurt = false;
+                }
+                self.sending = m.sends;
+            }
         }
     }
 
@@ -594,22 +647,24 @@ impl Session {
             }
             _ => self.stream_since = None,
         }
-        let Some(source) = source else {
-            // Silence is not sent; the timestamp still advances with the clock, and
-            // the next packet starts a new talkspurt.
+        let Some(source) = source.filter(|_| self.sending) else {
+            // Silence is not sent, nor anything while the far end holds the call (a
+            // prompt still runs on the call's clock, unheard, so the recording keeps
+            // silence there); the timestamp still advances with the clock, and the next
+            // packet starts a new talkspurt.
             self.in_talkspurt = false;
             return;
         };
         let header = RtpHeader {
             marker: !self.in_talkspurt,
-            payload_type: self.outbound_codec.payload_type(),
+            payload_type: self.outbound_pt,
             sequence: self.sequence,
             timestamp: self.timestamp_origin.wrapping_add(pos as u32),
             ssrc: self.ssrc,
         };
         self.in_talkspurt = true;
         self.sequence = self.sequence.wrapping_add(1);
-        self.outbound_codec.encode_into(&frame, &mut self.encode_buf);
+        self.encoder.encode(&frame, &mut self.encode_buf);
         if let Some(to) = self.latch.target() {
             let data = rtp::build(header, &self.encode_buf);
             self.counters.packets_out += 1;
@@ -626,7 +681,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::g711::linear_to_ulaw;
+    use crate::core::g711::{linear_to_ulaw, Codec};
     use std::time::Duration;
 
     const MS20: Duration = Duration::from_millis(20);
@@ -660,6 +715,84 @@ mod tests {
         for k in from..to {
             s.handle_tick(t0 + MS20 * k as u32, out);
         }
+    }
+
+    fn media(send: (u8, AudioCodec), te: Option<u8>, sends: bool) -> MediaSettings {
+        MediaSettings {
+            send,
+            receive: vec![(0, AudioCodec::Pcmu), (9, AudioCodec::G722), (8, AudioCodec::Pcma)],
+            telephone_event_pt: te,
+            sends,
+        }
+    }
+
+    #[test]
+    fn negotiated_media_switches_codec_holds_and_resumes_with_continuous_numbering() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        s.handle_command(Command::SetMedia(media((0, AudioCodec::Pcmu), Some(96), true)), &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 20].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 0, 4, &mut out);
+        // A re-offer: G.722 from now on.
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(96), true)), &mut out);
+        assert!(out.events.contains(&Event::CodecChanged(AudioCodec::G722)));
+        run_ticks(&mut s, t0, 4, 8, &mut out);
+        // Hold (the far end's sendonly makes the node recvonly): nothing goes out.
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(96), false)), &mut out);
+        run_ticks(&mut s, t0, 8, 12, &mut out);
+        // Resume.
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(96), true)), &mut out);
+        run_ticks(&mut s, t0, 12, 15, &mut out);
+        let packets: Vec<_> = out.transmit.iter().map(|t| rtp::parse(&t.data).unwrap().clone()).collect();
+        assert_eq!(packets.len(), 11, "4 PCMU + 4 G.722, nothing on hold, 3 after it");
+        let pts: Vec<u8> = packets.iter().map(|p| p.payload_type).collect();
+        assert_eq!(pts, [0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9]);
+        let seq: Vec<u16> = packets.iter().map(|p| p.sequence).collect();
+        assert!(seq.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "sequence numbers run on: {seq:?}");
+        let ts: Vec<u32> = packets.iter().map(|p| p.timestamp.wrapping_sub(u32::MAX - 800)).collect();
+        assert_eq!(ts, [0, 160, 320, 480, 640, 800, 960, 1120, 1920, 2080, 2240], "the clock runs through the hold");
+        let markers: Vec<bool> = packets.iter().map(|p| p.marker).collect();
+        assert_eq!(markers.iter().filter(|&&m| m).count(), 2, "a talkspurt at the start and after the hold: {markers:?}");
+        assert!(packets[8].marker);
+        // The G.722 payloads decode to the prompt's level.
+        let mut dec = Decoder::new(AudioCodec::G722);
+        let mut pcm = Vec::new();
+        for p in &packets[4..8] {
+            dec.decode(p.payload, &mut pcm);
+        }
+        let tail = &pcm[400..];
+        assert!(tail.iter().all(|&v| (700..1300).contains(&v)), "G.722 carried the prompt: {:?}", &tail[..8]);
+    }
+
+    #[test]
+    fn negotiated_payload_types_decide_what_is_heard() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        // Without negotiation G.722 (PT 9) is not taken, as before.
+        let mut enc = Encoder::new(AudioCodec::G722);
+        let mut payload = Vec::new();
+        enc.encode(&[3000; 160], &mut payload);
+        let g722 = |seq: u16, payload: &[u8]| {
+            rtp::build(RtpHeader { marker: false, payload_type: 9, sequence: seq, timestamp: seq as u32 * 160, ssrc: 5 }, payload)
+        };
+        s.handle_datagram(t0, caller(), &g722(1, &payload), &mut out);
+        assert_eq!(s.take_counters().unsupported_payload, 1);
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(101), true)), &mut out);
+        for k in 2..10u16 {
+            enc.encode(&[3000; 160], &mut payload);
+            s.handle_datagram(t0 + MS20 * k as u32, caller(), &g722(k, &payload), &mut out);
+        }
+        let c = s.take_counters();
+        assert_eq!((c.packets_in, c.unsupported_payload), (8, 0));
+        let heard: Vec<i16> = out.heard.iter().flat_map(|h| h.pcm.iter().copied()).collect();
+        assert_eq!(heard.len(), 8 * 160, "G.722 is heard at the call's 8 kHz");
+        assert!(heard[640..].iter().all(|&v| (2500..3500).contains(&v)), "{:?}", &heard[640..650]);
+        // A payload type the negotiation did not name is not decoded.
+        s.handle_datagram(t0 + MS20 * 11, caller(), &rtp_from_caller(18, 11, 11 * 160, 0), &mut out);
+        assert_eq!(s.take_counters().unsupported_payload, 1);
     }
 
     #[test]
@@ -721,7 +854,7 @@ mod tests {
         assert_eq!(out.heard.len(), 2);
         assert!((out.heard[0].pcm[0] - 4000).abs() < 200);
         assert!((out.heard[1].pcm[0] + 4000).abs() < 200);
-        assert!(out.events.contains(&Event::CodecChanged(Codec::Pcma)));
+        assert!(out.events.contains(&Event::CodecChanged(AudioCodec::Pcma)));
         s.handle_command(Command::Play { id: 1, pcm: vec![100i16; 160].into(), barge_in: None }, &mut out);
         run_ticks(&mut s, t0, 0, 1, &mut out);
         assert_eq!(rtp::parse(&out.transmit[0].data).unwrap().payload_type, 8, "we answer in PCMA now");

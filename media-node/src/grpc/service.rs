@@ -354,6 +354,19 @@ impl MediaService for MediaSvc {
         .await
     }
 
+    async fn negotiate_sdp(&self, req: Request<NegotiateSdpRequest>) -> Result<Response<NegotiateSdpResponse>, Status> {
+        let port = req.get_ref().server_rtp_port;
+        self.per_port(
+            "NegotiateSdp",
+            req,
+            port,
+            Some(FORWARD_TIMEOUT),
+            |mut c, r| async move { c.negotiate_sdp(r).await },
+            |r| self.negotiate(r),
+        )
+        .await
+    }
+
     type StreamCallEventsStream = BoxStream<CallEvent>;
 
     async fn stream_call_events(&self, req: Request<StreamCallEventsRequest>) -> Result<Response<Self::StreamCallEventsStream>, Status> {
@@ -415,6 +428,79 @@ impl MediaSvc {
         };
         info!(digits = digits.len(), inband = r.inband, sent, "DTMF sent");
         Ok(SendDtmfResponse { success: sent, message: if sent { "sent".into() } else { "interrupted before every digit went out".into() } })
+    }
+
+    async fn negotiate(&self, r: NegotiateSdpRequest) -> Result<NegotiateSdpResponse, Status> {
+        use crate::core::sdp::{self, SessionDescription};
+        use negotiate_sdp_request::SdpType;
+        let prefer = if r.preferred_codecs.is_empty() {
+            self.node.config.preferred_codecs.clone()
+        } else {
+            crate::config::parse_codecs(&r.preferred_codecs.join(","))
+                .map_err(|e| Status::invalid_argument(format!("preferred_codecs: {e}")))?
+        };
+        let call = self.node.call(r.server_rtp_port)?;
+        let ip = self.node.advertised_ip();
+        // o= names the call and counts this description's version (RFC 3264 §8: each
+        // new one from the node is higher).
+        let session_id = call.started.elapsed().as_secs() ^ ((call.port as u64) << 32);
+        let version = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        if r.remote_sdp.is_empty() {
+            if r.remote_type() == SdpType::Answer {
+                return Err(Status::invalid_argument("remote_sdp is empty: an answer needs the far end's SDP"));
+            }
+            let offer = sdp::offer(ip, call.port, session_id, version, &prefer, sdp::Direction::SendRecv);
+            info!(codecs = prefer.len(), "SDP offer made");
+            return Ok(NegotiateSdpResponse { local_sdp: offer, media: None });
+        }
+        let remote = SessionDescription::parse(r.remote_sdp.as_bytes()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let names: Vec<&str> = prefer.iter().map(|c| c.name()).collect();
+        let agreed = sdp::negotiate(&remote, &names).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let codec = agreed.codec.audio_codec();
+        // The far end sends what the answer names; the node decodes any codec of the
+        // agreed line it runs (a far end may switch among those it offered).
+        let m = &remote.media[agreed.audio_index];
+        let mut receive: Vec<(u8, crate::core::codec::AudioCodec)> = vec![(agreed.payload_type, codec)];
+        for pt in m.formats.iter().filter_map(|f| f.parse::<u8>().ok().filter(|pt| *pt < 128)) {
+            if let Some(c) = m
+                .encoding(pt)
+                .filter(|e| e.clock == 8000 && e.channels == 1)
+                .and_then(|e| crate::core::codec::AudioCodec::from_name(&e.name))
+            {
+                if !receive.iter().any(|(p, _)| *p == pt) {
+                    receive.push((pt, c));
+                }
+            }
+        }
+        let settings = crate::core::session::MediaSettings {
+            send: (agreed.payload_type, codec),
+            receive,
+            telephone_event_pt: agreed.telephone_event,
+            sends: agreed.direction.sends(),
+        };
+        let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
+        control(Control::SetMedia(settings)).await?;
+        if let Some(addr) = agreed.remote {
+            // The signalled address, under the latching rules: symmetric RTP latches
+            // again on the far end's first packet.
+            control(Control::SetTarget(addr)).await?;
+        }
+        self.node.metrics.negotiated.with_label_values(&[codec.name()]).inc();
+        let media = NegotiatedMedia {
+            codec: codec.name().into(),
+            payload_type: agreed.payload_type as u32,
+            clock_rate: codec.rtp_clock(),
+            telephone_event_payload_type: agreed.telephone_event.map_or(0, u32::from),
+            ptime_ms: agreed.ptime,
+            direction: agreed.direction.as_str().into(),
+            remote_rtp_addr: agreed.remote.map(|a| a.to_string()).unwrap_or_default(),
+        };
+        info!(codec = codec.name(), pt = agreed.payload_type, direction = agreed.direction.as_str(), "SDP negotiated");
+        let local_sdp = match r.remote_type() {
+            SdpType::Answer => String::new(),
+            _ => sdp::answer(&remote, &agreed, ip, call.port, session_id),
+        };
+        Ok(NegotiateSdpResponse { local_sdp, media: Some(media) })
     }
 
     async fn play(&self, r: PlayAudioRequest) -> Result<PlayAudioResponse, Status> {
