@@ -267,6 +267,20 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
     assert!(sent.success, "{}", sent.message);
     let events_out = caller.take_received().iter().filter(|p| p.from == rtp_addr(port1) && p.payload_type == 101).count();
     assert!(events_out >= 3, "node 1 sent the digit's telephone-events ({events_out} packets)");
+    // NegotiateSdp through node 2 is answered by node 1, with node 1's port.
+    let far = caller.local_addr();
+    let offer = format!(
+        "v=0\r\no=far 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {p} RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n",
+        ip = far.ip(),
+        p = far.port()
+    );
+    let answer = wrong
+        .negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port1, remote_sdp: offer, ..Default::default() })
+        .await
+        .expect("NegotiateSdp via a non-owner")
+        .into_inner();
+    assert!(answer.local_sdp.contains(&format!("m=audio {port1} RTP/AVP")), "{}", answer.local_sdp);
+    assert_eq!(answer.media.map(|m| m.codec).as_deref(), Some("PCMU"));
     // StreamAudioToCall by call_id through node 1 for a call node 0 placed on node 2:
     // node 1 never saw it, so it finds the holder among its peers.
     let (call2, port2) = calls.iter().find(|(_, p)| members[2].owns(*p)).cloned().unwrap();

@@ -24,7 +24,9 @@ pub struct ReceivedPacket {
     pub sequence: u16,
     pub timestamp: u32,
     pub ssrc: u32,
+    /// G.711 decoded; empty for other payload types.
     pub pcm: Vec<i16>,
+    pub payload: Vec<u8>,
 }
 
 pub struct RtpCaller {
@@ -57,6 +59,7 @@ impl RtpCaller {
                         timestamp: p.timestamp,
                         ssrc: p.ssrc,
                         pcm,
+                        payload: p.payload.to_vec(),
                     });
                 }
             }
