@@ -366,7 +366,7 @@ impl NodeConfig {
             symmetric_rtp: true,
             jitter_hold: Duration::from_millis(40),
             analysis: AnalysisConfig::default(),
-            preferred_codecs: AudioCodec::ALL.to_vec(),
+            preferred_codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722],
             drain_timeout: Duration::from_secs(30),
             tls: None,
             recording: StoreConfig {

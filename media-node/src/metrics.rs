@@ -54,6 +54,8 @@ pub struct Metrics {
     pub barge_in_echo: IntCounter,
     pub telephone_event_ignored: IntCounter,
     pub negotiated: IntCounterVec,
+    pub decode_errors: IntCounter,
+    pub fec_recovered: IntCounter,
     pub dtmf_redacted_seconds: prometheus::Counter,
     pub turn_latency: HistogramVec,
 }
@@ -117,6 +119,8 @@ impl Metrics {
                 IntCounterVec::new(Opts::new("media_sdp_negotiations_total", "SDP offers and answers applied to calls, by the codec agreed"), &["codec"])
                     .unwrap(),
             ),
+            decode_errors: counter("media_rtp_decode_errors_total", "Caller payloads the negotiated codec refused (corrupt Opus), dropped"),
+            fec_recovered: counter("media_rtp_fec_recovered_total", "Lost Opus packets rebuilt from the next packet's in-band FEC"),
             telephone_event_ignored: counter(
                 "media_rtp_telephone_event_ignored_total",
                 "RFC 4733 packets dropped as malformed or not a DTMF event (flash, tones), never a digit",
@@ -248,6 +252,8 @@ impl Metrics {
         self.telephone_event_duplicates.inc_by(c.telephone_event_duplicates);
         self.barge_in_echo.inc_by(c.barge_in_echo);
         self.telephone_event_ignored.inc_by(c.telephone_event_ignored);
+        self.decode_errors.inc_by(c.decode_errors);
+        self.fec_recovered.inc_by(c.fec_recovered);
         if c.redacted_samples > 0 {
             self.dtmf_redacted_seconds.inc_by(c.redacted_samples as f64 / crate::core::jitter::RATE as f64);
         }

@@ -291,3 +291,109 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     let (c, lag) = best_correlation(&got8[begin..begin + 8000], &prompt, 16000);
     assert!(c > 0.85, "ffmpeg heard the prompt through G.722: correlation {c:.3} at lag {lag}");
 }
+
+#[cfg(feature = "opus")]
+/// An Opus call (RFC 7587) set up by SDP with ffmpeg (libopus) as the far end: its
+/// offer is answered, it sends Opus speech the listener hears, and it decodes the
+/// prompt the node sends as Opus on the 48 kHz RTP clock.
+#[tokio::test]
+async fn an_opus_call_negotiated_by_sdp_with_ffmpeg_libopus_as_the_far_end() {
+    use media_node::core::resample::convert;
+    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
+    let mut node = TestNode::start_with(30170, 10, |c| {
+        c.symmetric_rtp = false;
+        c.jitter_hold = Duration::from_millis(100);
+    })
+    .await;
+    let prompt = synth_speech(8000, 3.0, 6);
+    node.write_prompt("prompt.wav", &prompt, 8000);
+    let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-opus".into() }).await.unwrap().into_inner();
+    let port = alloc.rtp_port;
+    let recv_port = 30185u16;
+    // A WebRTC gateway's offer on plain RTP: Opus only, events at 48 kHz.
+    let offer = format!(
+        "v=0\r\no=gw 5 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {recv_port} RTP/AVP 111 126\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:126 telephone-event/48000\r\na=sendrecv\r\n"
+    );
+    let r = node
+        .client
+        .negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: offer.clone(), ..Default::default() })
+        .await
+        .expect("NegotiateSdp answers the offer")
+        .into_inner();
+    let media = r.media.expect("what was agreed");
+    assert_eq!((media.codec.as_str(), media.payload_type, media.clock_rate, media.telephone_event_payload_type), ("opus", 111, 48000, 126));
+    assert!(r.local_sdp.contains("a=rtpmap:111 opus/48000/2\r\n"), "{}", r.local_sdp);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sdp = dir.path().join("call.sdp");
+    std::fs::write(&sdp, offer.replace(" 111 126\r\n", " 111\r\n")).unwrap();
+    let heard_wav = dir.path().join("heard.wav");
+    let mut receiver = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
+        .arg(&sdp)
+        .args(["-t", "2.5", "-ar", "48000", "-ac", "1", "-y"])
+        .arg(&heard_wav)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg receiver starts");
+    fleet_tests::envtest::eventually("ffmpeg's RTP socket is bound", 30, || async { udp_port_bound(recv_port).then_some(()) }).await;
+
+    let speech = fleet_tests::voice::espeak_8k("Please hold while I check the status of your order.");
+    let speech_wav = dir.path().join("speech.wav");
+    std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&convert(&speech, 8000, 48000), 48000)).unwrap();
+    let listen = node.listen(port, 8000).await;
+    let sender = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .arg(&speech_wav)
+        .args([
+            "-ac",
+            "1",
+            "-ar",
+            "48000",
+            "-acodec",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-application",
+            "voip",
+            "-payload_type",
+            "111",
+            "-f",
+            "rtp",
+        ])
+        .arg(format!("rtp://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ffmpeg sender starts");
+    let played = node
+        .client
+        .play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(played.message, "finished");
+    let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap();
+    let receiver_ok = tokio::task::spawn_blocking(move || wait_with_timeout_ref(&mut receiver, Duration::from_secs(30))).await.unwrap();
+    assert!(sender_ok && receiver_ok, "ffmpeg exited cleanly");
+    let m = node.metrics().await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+
+    let (frames, _) = listen.await.unwrap();
+    let heard = pcm_of(&frames);
+    let start = heard.iter().position(|s| s.abs() > 300).expect("the listener heard speech");
+    let from = speech.iter().position(|s| s.abs() > 300).unwrap();
+    let (c, lag) = best_correlation(&speech[from..from + 8000], &heard[start.saturating_sub(400)..], 800);
+    println!("Opus: the listener's speech correlates {c:.3} (lag {lag})");
+    assert!(c > 0.85, "the listener heard ffmpeg's Opus speech: correlation {c:.3} at lag {lag}");
+    assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total") + metric_value(&m, "media_rtp_decode_errors_total"), 0.0);
+
+    let bytes = std::fs::read(&heard_wav).expect("ffmpeg wrote what it heard");
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+    let got: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+    let got8 = convert(&got, 48000, 8000);
+    let begin = got8.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
+    let (c, lag) = best_correlation(&got8[begin..begin + 8000], &prompt, 16000);
+    println!("Opus: ffmpeg's decoding of the prompt correlates {c:.3} (lag {lag})");
+    assert!(c > 0.85, "ffmpeg heard the prompt through Opus: correlation {c:.3} at lag {lag}");
+}

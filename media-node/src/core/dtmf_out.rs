@@ -38,13 +38,21 @@ pub struct DigitSender {
     gap: u32,
     current: Option<Current>,
     pause_left: u32,
+    /// The event clock over the call's 8 kHz (6 for telephone-event/48000 beside Opus).
+    clock_ratio: u32,
 }
 
 impl DigitSender {
     /// `digits` must all be DTMF keys (checked by the caller); durations in samples.
     pub fn new(digits: &str, duration: u32, gap: u32) -> Option<DigitSender> {
         let digits = digits.chars().map(event_code).collect::<Option<VecDeque<u8>>>()?;
-        Some(DigitSender { digits, duration: duration.max(FRAME_SAMPLES as u32), gap, current: None, pause_left: 0 })
+        Some(DigitSender { digits, duration: duration.max(FRAME_SAMPLES as u32), gap, current: None, pause_left: 0, clock_ratio: 1 })
+    }
+
+    /// Events counted on a clock `ratio` times the call's 8 kHz (durations and start
+    /// offsets in its units).
+    pub fn set_clock_ratio(&mut self, ratio: u32) {
+        self.clock_ratio = ratio.max(1);
     }
 
     /// The next frame's packet; None once every digit has gone out.
@@ -63,7 +71,8 @@ impl DigitSender {
         let start_back = c.elapsed;
         c.elapsed += frame;
         let end = c.elapsed >= self.duration;
-        let duration = c.elapsed.min(self.duration) as u16;
+        // A duration past 16 bits (1.36 s at 48 kHz) stays at the largest the field holds.
+        let duration = (c.elapsed.min(self.duration) * self.clock_ratio).min(u16::MAX as u32) as u16;
         let payload = encode(ToneEvent { event: c.event, end, volume: VOLUME, duration });
         if end {
             c.ends_sent += 1;
@@ -72,7 +81,7 @@ impl DigitSender {
                 self.pause_left = self.gap;
             }
         }
-        Some(DigitFrame::Event { marker: first, start_back, payload })
+        Some(DigitFrame::Event { marker: first, start_back: start_back * self.clock_ratio, payload })
     }
 }
 

@@ -8,6 +8,8 @@ pub mod goertzel;
 pub mod interarrival;
 pub mod jitter;
 pub mod latch;
+#[cfg(feature = "opus")]
+pub mod opus;
 pub mod pacer;
 pub mod playback;
 pub mod recording;

@@ -287,7 +287,15 @@ pub const SUPPORTED: &[CodecSpec] = &[
     CodecSpec { name: "PCMU", clock: 8000, channels: 1 },
     CodecSpec { name: "PCMA", clock: 8000, channels: 1 },
     CodecSpec { name: "G722", clock: 8000, channels: 1 },
+    #[cfg(feature = "opus")]
+    CodecSpec { name: "OPUS", clock: 48000, channels: 2 },
 ];
+
+/// What the node's answer and offer say of Opus: it plays and captures at 8 kHz (the
+/// call's inside), so the far end need not send more, and it sends in-band FEC.
+pub const OPUS_FMTP: &str = "maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1";
+/// telephone-event at 48000 in the node's offer, beside Opus (101 is at 8000).
+pub const TELEPHONE_EVENT_48K_PT: u8 = 110;
 
 /// The packet time the node sends (what its answers and offers say).
 pub const NODE_PTIME_MS: u32 = 20;
@@ -352,9 +360,9 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiat
             order.push(c);
         }
     }
-    let chosen = order.iter().find_map(|c| {
-        offered.iter().find(|(_, e)| e.name == c.name && e.clock == c.clock && e.channels == c.channels).map(|(pt, _)| (*pt, (*c).clone()))
-    });
+    // Opus is signalled as /2 (RFC 7587 §7), but some stacks write opus/48000 alone.
+    let matches = |e: &Encoding, c: &CodecSpec| e.name == c.name && e.clock == c.clock && (e.channels == c.channels || c.name == "OPUS");
+    let chosen = order.iter().find_map(|c| offered.iter().find(|(_, e)| matches(e, c)).map(|(pt, _)| (*pt, (*c).clone())));
     let Some((payload_type, codec)) = chosen else {
         let names: Vec<String> = m
             .formats
@@ -397,7 +405,8 @@ pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port:
             let _ = write!(formats, " {te}");
         }
         let _ = write!(s, "m=audio {port} {} {formats}\r\n", m.proto);
-        let _ = write!(s, "a=rtpmap:{} {}/{}\r\n", agreed.payload_type, agreed.codec.name, agreed.codec.clock);
+        let codec = agreed.codec.audio_codec();
+        write_rtpmap(&mut s, agreed.payload_type, codec);
         if let Some(te) = agreed.telephone_event {
             let _ = write!(s, "a=rtpmap:{te} telephone-event/{}\r\na=fmtp:{te} 0-16\r\n", agreed.codec.clock);
         }
@@ -410,26 +419,47 @@ pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port:
     s
 }
 
+fn write_rtpmap(s: &mut String, pt: u8, codec: AudioCodec) {
+    let _ = write!(s, "a=rtpmap:{pt} {}/{}", codec.name(), codec.rtp_clock());
+    if codec.sdp_channels() > 1 {
+        let _ = write!(s, "/{}", codec.sdp_channels());
+    }
+    s.push_str("\r\n");
+    if codec == AudioCodec::Opus {
+        let _ = write!(s, "a=fmtp:{pt} {OPUS_FMTP}\r\n");
+    }
+}
+
 /// The node's offer (an outbound call, or a re-offer): every codec it runs in the
 /// order asked (static payload types, with rtpmaps as most stacks write them),
 /// telephone-event on 101, its address and port.
 pub fn offer(ip: IpAddr, port: u16, session_id: u64, version: u64, prefer: &[AudioCodec], direction: Direction) -> String {
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut order: Vec<AudioCodec> = Vec::new();
-    for c in prefer.iter().copied().chain(AudioCodec::ALL) {
+    for c in prefer.iter().copied().chain(AudioCodec::ALL.iter().copied()) {
         if !order.contains(&c) {
             order.push(c);
         }
     }
     let mut s = String::new();
     let _ = write!(s, "v=0\r\no=- {session_id} {version} IN {family} {ip}\r\ns=media-node\r\nc=IN {family} {ip}\r\nt=0 0\r\n");
-    let formats: Vec<String> = order.iter().map(|c| c.static_payload_type().to_string()).collect();
-    let _ = write!(s, "m=audio {port} RTP/AVP {} {}\r\n", formats.join(" "), crate::core::session::TELEPHONE_EVENT_PT);
-    for c in &order {
-        let _ = write!(s, "a=rtpmap:{} {}/{}\r\n", c.static_payload_type(), c.name(), c.rtp_clock());
-    }
     let te = crate::core::session::TELEPHONE_EVENT_PT;
-    let _ = write!(s, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:{NODE_PTIME_MS}\r\na={}\r\n", direction.as_str());
+    let opus = order.contains(&AudioCodec::Opus);
+    let mut formats: Vec<String> = order.iter().map(|c| c.static_payload_type().to_string()).collect();
+    formats.push(te.to_string());
+    if opus {
+        formats.push(TELEPHONE_EVENT_48K_PT.to_string());
+    }
+    let _ = write!(s, "m=audio {port} RTP/AVP {}\r\n", formats.join(" "));
+    for c in &order {
+        write_rtpmap(&mut s, c.static_payload_type(), *c);
+    }
+    let _ = write!(s, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n");
+    if opus {
+        let te48 = TELEPHONE_EVENT_48K_PT;
+        let _ = write!(s, "a=rtpmap:{te48} telephone-event/48000\r\na=fmtp:{te48} 0-16\r\n");
+    }
+    let _ = write!(s, "a=ptime:{NODE_PTIME_MS}\r\na={}\r\n", direction.as_str());
     s
 }
 
@@ -487,9 +517,9 @@ mod tests {
 
     #[test]
     fn no_common_codec_names_what_was_offered() {
-        let e = negotiate(&offer(&FREESWITCH.replace(" 9 0 8 18", " 18")), &[]).unwrap_err();
+        let e = negotiate(&offer(&FREESWITCH.replace(" 102 9 0 8 18", " 18")), &[]).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("OPUS/48000 (102)") && text.contains("G729/8000 (18)") && text.contains("CN/8000 (13)"), "{text}");
+        assert!(text.contains("G729/8000 (18)") && text.contains("TELEPHONE-EVENT/8000 (101)") && text.contains("CN/8000 (13)"), "{text}");
         assert!(text.contains("this node takes PCMU, PCMA, G722"), "{text}");
         assert!(matches!(negotiate(&offer(WEBRTC), &[]), Err(NegotiationError::Profile(_))), "SRTP profiles wait for SRTP");
     }
@@ -506,11 +536,34 @@ mod tests {
         // The node's own offer, answered by a far end that takes it as it is.
         let ours = super::offer("192.0.2.9".parse().unwrap(), 30002, 5, 1, &[AudioCodec::G722], Direction::SendRecv);
         let parsed = offer(&ours);
+        #[cfg(feature = "opus")]
+        assert_eq!(parsed.media[0].formats, ["9", "0", "8", "111", "101", "110"]);
+        #[cfg(not(feature = "opus"))]
         assert_eq!(parsed.media[0].formats, ["9", "0", "8", "101"]);
         let n = negotiate(&parsed, &["G722"]).unwrap();
         assert_eq!((n.codec.name, n.telephone_event, n.remote), ("G722", Some(101), Some("192.0.2.9:30002".parse().unwrap())));
         let a = answer(&parsed, &n, "192.0.2.1".parse().unwrap(), 4000, 2);
         assert!(a.contains("a=rtpmap:9 G722/8000\r\n") && a.contains("a=ptime:20\r\n"), "{a}");
+    }
+
+    #[cfg(feature = "opus")]
+    #[test]
+    fn opus_with_its_48k_telephone_event_and_the_answer_s_fmtp() {
+        // A WebRTC gateway's offer on plain RTP (an SBC in front terminates DTLS).
+        let plain = WEBRTC.replace("UDP/TLS/RTP/SAVPF", "RTP/AVP").replace("c=IN IP4 0.0.0.0", "c=IN IP4 198.51.100.9");
+        let n = negotiate(&offer(&plain), &["opus"]).unwrap();
+        assert_eq!((n.payload_type, n.codec.audio_codec(), n.telephone_event), (111, AudioCodec::Opus, Some(126)));
+        let o = offer(&plain);
+        let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 3);
+        assert!(a.contains("m=audio 4000 RTP/AVP 111 126\r\n") && a.contains("a=rtpmap:111 opus/48000/2\r\n"), "{a}");
+        assert!(a.contains("a=fmtp:111 maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1\r\n"), "{a}");
+        assert!(a.contains("a=rtpmap:126 telephone-event/48000\r\n"), "{a}");
+        assert!(a.contains("m=video 0 "), "the video line is refused: {a}");
+        // opus/48000 without the /2 some stacks leave out is Opus too; by default
+        // the node prefers G.711 when both are offered.
+        let loose = offer(&FREESWITCH.replace("opus/48000/2", "opus/48000"));
+        assert_eq!(negotiate(&loose, &["opus"]).unwrap().codec.audio_codec(), AudioCodec::Opus);
+        assert_eq!(negotiate(&loose, &[]).unwrap().codec.name, "PCMU");
     }
 
     #[test]

@@ -182,6 +182,20 @@ pub struct Counters {
     pub recovered_samples: u64,
     pub discontinuities: u64,
     pub frames_skipped: u64,
+    /// Payloads the codec refused (corrupt Opus), dropped.
+    pub decode_errors: u64,
+    /// Lost Opus packets rebuilt from the next one's in-band FEC.
+    pub fec_recovered: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastIn {
+    ssrc: u32,
+    seq: u16,
+    /// Its RTP timestamp, and the same on the call's 8 kHz.
+    ts: u32,
+    ts8: u32,
+    samples: u32,
 }
 
 pub struct Session {
@@ -203,6 +217,8 @@ pub struct Session {
     receive: Option<Vec<(u8, AudioCodec)>>,
     /// False while the far end holds the call (the node sends nothing).
     sending: bool,
+    /// The caller's last audio packet (for timestamp scaling and Opus FEC).
+    last_in: Option<LastIn>,
     in_talkspurt: bool,
     counters: Counters,
     reported_jitter: super::jitter::JitterStats,
@@ -253,6 +269,7 @@ impl Session {
             outbound_pt: 0,
             receive: None,
             sending: true,
+            last_in: None,
             in_talkspurt: false,
             counters: Counters::default(),
             reported_jitter: Default::default(),
@@ -382,17 +399,44 @@ impl Session {
                 out.events.push(Event::CodecChanged(codec));
             }
         }
+        let Some((_, decoder)) = self.decoder.as_mut() else { return };
         // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
         let mut pcm = Vec::with_capacity(packet.payload.len() * 2);
-        if let Some((_, d)) = self.decoder.as_mut() {
-            d.decode(packet.payload, &mut pcm);
+        if !decoder.decode(packet.payload, &mut pcm) {
+            // Opus that libopus refuses: dropped and counted, never played.
+            self.counters.decode_errors += 1;
+            return;
         }
+        // The jitter buffer, the interarrival jitter and the timeline count 8 kHz; an
+        // Opus stream's 48 kHz timestamps are scaled by their difference from the last
+        // packet's (so its wrap-around needs no care).
+        let ratio = codec.rtp_clock() / 8000;
+        let ts = match self.last_in {
+            Some(l) if ratio > 1 && l.ssrc == packet.ssrc => {
+                l.ts8.wrapping_add((packet.timestamp.wrapping_sub(l.ts) as i32 / ratio as i32) as u32)
+            }
+            _ => packet.timestamp / ratio,
+        };
+        let first = out.heard.len();
+        // One packet lost just before this one: Opus rebuilds it from the FEC copy this
+        // one carries, before the jitter buffer gives up on it.
+        if let Some(l) = self.last_in.filter(|l| l.ssrc == packet.ssrc && packet.sequence == l.seq.wrapping_add(2)) {
+            let missing = ts.wrapping_sub(l.ts8).wrapping_sub(l.samples);
+            if (1..=super::codec::MAX_LOST_SAMPLES).contains(&missing) {
+                let mut lost = Vec::with_capacity(missing as usize);
+                if decoder.recover(packet.payload, missing as usize, &mut lost) == Some(true) {
+                    self.counters.fec_recovered += 1;
+                    let id = RtpId { ssrc: packet.ssrc, seq: packet.sequence.wrapping_sub(1), ts: ts.wrapping_sub(missing) };
+                    self.jitter.on_packet(now, id, lost, &mut out.heard);
+                }
+            }
+        }
+        self.last_in = Some(LastIn { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp, ts8: ts, samples: pcm.len() as u32 });
         if self.echo {
             self.playback.push_echo(&pcm);
         }
-        self.interarrival.on_packet(now, packet.ssrc, packet.timestamp);
-        let first = out.heard.len();
-        self.jitter.on_packet(now, RtpId { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp }, pcm, &mut out.heard);
+        self.interarrival.on_packet(now, packet.ssrc, ts);
+        self.jitter.on_packet(now, RtpId { ssrc: packet.ssrc, seq: packet.sequence, ts }, pcm, &mut out.heard);
         self.analyse_heard(first, out);
     }
 
@@ -546,7 +590,11 @@ impl Session {
             Command::StreamBargeIn(b) => self.stream_barge_in = b,
             // Digits still going out are replaced (the I/O layer answers their sender);
             // DigitsSent then speaks of the new ones only.
-            Command::SendDigits(d) => self.digits_out = Some(d),
+            Command::SendDigits(mut d) => {
+                // telephone-event beside Opus counts at 48 kHz, as the codec does.
+                d.set_clock_ratio(self.encoder.codec.rtp_clock() / 8000);
+                self.digits_out = Some(d);
+            }
             Command::RedactDtmf(true) => {
                 if self.redactor.is_none() {
                     self.redactor = Some(Redactor::default());
@@ -563,6 +611,7 @@ impl Session {
                     self.outbound_pt = pt;
                     out.events.push(Event::CodecChanged(codec));
                 }
+                self.analyzer.set_event_clock(codec.rtp_clock());
                 self.receive = Some(m.receive);
                 self.telephone_event_pt = m.telephone_event_pt.unwrap_or(NO_PT);
                 if !m.sends {
@@ -610,7 +659,7 @@ impl Session {
                 marker,
                 payload_type: self.telephone_event_pt,
                 sequence: self.sequence,
-                timestamp: self.timestamp_origin.wrapping_add(pos as u32).wrapping_sub(start_back),
+                timestamp: self.rtp_timestamp(pos).wrapping_sub(start_back),
                 ssrc: self.ssrc,
             };
             self.sequence = self.sequence.wrapping_add(1);
@@ -622,6 +671,14 @@ impl Session {
             }
         }
         true
+    }
+
+    /// The RTP timestamp of timeline position `pos` (8 kHz) on the sending codec's
+    /// clock (48 kHz for Opus). A codec switch to another clock rate jumps the
+    /// timestamp, which RFC 3550 allows with the payload type change.
+    fn rtp_timestamp(&self, pos: u64) -> u32 {
+        let ratio = (self.encoder.codec.rtp_clock() / 8000) as u64;
+        self.timestamp_origin.wrapping_add(pos.wrapping_mul(ratio) as u32)
     }
 
     fn produce_frame(&mut self, index: u64, out: &mut Outputs) {
@@ -659,7 +716,7 @@ impl Session {
             marker: !self.in_talkspurt,
             payload_type: self.outbound_pt,
             sequence: self.sequence,
-            timestamp: self.timestamp_origin.wrapping_add(pos as u32),
+            timestamp: self.rtp_timestamp(pos),
             ssrc: self.ssrc,
         };
         self.in_talkspurt = true;

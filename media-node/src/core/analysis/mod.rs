@@ -106,6 +106,8 @@ pub struct Analyzer {
     event_pos: Option<(u32, u64)>,
     last_rtp: Option<Instant>,
     timed_out: bool,
+    /// The telephone-events' clock (8000, or 48000 beside Opus).
+    event_clock: u32,
     speech: Vec<Speech>,
     digits: Vec<ToneDigit>,
     received: Vec<Received>,
@@ -121,6 +123,7 @@ impl Analyzer {
             event_pos: None,
             last_rtp: None,
             timed_out: false,
+            event_clock: RATE,
             speech: Vec::new(),
             digits: Vec::new(),
             received: Vec::new(),
@@ -190,11 +193,16 @@ impl Analyzer {
                 }
                 Received::Ended { digit, timestamp, duration, .. } => {
                     let start = self.event_pos.filter(|(ts, _)| *ts == timestamp).map_or(pos, |(_, p)| p);
-                    let duration_ms = (duration as u64 * 1000 / RATE as u64) as u32;
+                    let duration_ms = (duration as u64 * 1000 / self.event_clock as u64) as u32;
                     out.push(Signal::Dtmf { digit, pos: start, duration_ms, end: true, source: DtmfSource::Rfc4733 });
                 }
             }
         }
+    }
+
+    /// The clock the negotiated telephone-event counts its durations in.
+    pub fn set_event_clock(&mut self, hz: u32) {
+        self.event_clock = hz.max(1);
     }
 
     /// The caller is speaking now, and since when (for barge-in).
