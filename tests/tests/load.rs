@@ -3,7 +3,7 @@
 //! by the tool and driven over its ng protocol). Small runs: these check the
 //! measurements, not the speed (BENCHMARKS.md has the figures).
 
-use fleet_tests::TestNode;
+use fleet_tests::{metric_value, TestNode};
 use media_tools::load::{run, CallParts, Engine, LoadOptions};
 
 fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> LoadOptions {
@@ -17,6 +17,7 @@ fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> Lo
         parts: CallParts::default(),
         allocate_rate: 1000,
         allocations: 0,
+        codec: media_node::core::codec::AudioCodec::Pcmu,
     }
 }
 
@@ -61,4 +62,28 @@ async fn load_run_drives_rtpengine_over_its_ng_protocol() {
     assert!(r.listener_frames >= 4 * 95, "{r}");
     let usage = r.usage.expect("rtpengine's CPU is read from /proc");
     assert!(usage.user_seconds > 0.0 && usage.system_seconds > 0.0, "user and system CPU apart: {r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_runs_in_g722_through_sdp_on_the_node_and_transcoded_by_rtpengine() {
+    use media_node::core::codec::AudioCodec;
+    let node = TestNode::start(22940, 20).await;
+    let work = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        codec: AudioCodec::G722,
+        ..options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path())
+    };
+    let r = run(opts).await.expect("G.722 calls set up by NegotiateSdp");
+    assert_eq!(r.codec, "G722");
+    // The node decoded every caller's G.722 for its listener and sent G.722 back.
+    assert!(r.listener_frames >= 4 * 95 && r.node_to_caller_loss < 0.05, "{r}");
+    assert_eq!(metric_value(&node.metrics().await, "media_sdp_negotiations_total{codec=\"G722\"}"), 4.0);
+
+    let work = tempfile::tempdir().unwrap();
+    let r = run(LoadOptions { codec: AudioCodec::G722, ..options(Engine::Rtpengine, None, work.path()) })
+        .await
+        .expect("rtpengine transcodes G.722");
+    // rtpengine relayed the callers' G.722 to the agent as PCMU: every packet arrived.
+    assert!(r.caller_to_node_loss.is_some_and(|l| l < 0.05) && r.node_to_caller_loss < 0.05, "{r}");
+    println!("{r}");
 }

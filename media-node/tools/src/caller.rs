@@ -119,6 +119,38 @@ impl RtpCaller {
     }
 }
 
+impl RtpCaller {
+    /// As `send_speech_timed`, in any codec the node runs (G.722 and Opus keep their
+    /// state across packets; Opus timestamps count 48 kHz).
+    pub async fn send_speech_as(
+        &self,
+        to: SocketAddr,
+        pcm: &[i16],
+        codec: media_node::core::codec::AudioCodec,
+        ssrc: u32,
+    ) -> std::io::Result<Vec<Instant>> {
+        let mut enc = media_node::core::codec::Encoder::new(codec);
+        let ratio = codec.rtp_clock() / 8000;
+        let start = tokio::time::Instant::now();
+        let mut payload = Vec::new();
+        let mut sent = Vec::with_capacity(pcm.len() / 160 + 1);
+        for (k, frame) in pcm.chunks(160).enumerate() {
+            tokio::time::sleep_until(start + Duration::from_millis(20 * k as u64)).await;
+            enc.encode(frame, &mut payload);
+            let header = RtpHeader {
+                marker: k == 0,
+                payload_type: codec.static_payload_type(),
+                sequence: 1000u16.wrapping_add(k as u16),
+                timestamp: 5000u32.wrapping_add(k as u32 * 160 * ratio),
+                ssrc,
+            };
+            self.socket.send_to(&rtp::build(header, &payload), to).await?;
+            sent.push(Instant::now());
+        }
+        Ok(sent)
+    }
+}
+
 impl Drop for RtpCaller {
     fn drop(&mut self) {
         self.receiver.abort();

@@ -161,6 +161,19 @@ pub fn sdp_audio_port(sdp: &str) -> Option<u16> {
 }
 
 /// A minimal PCMU offer or answer for a party at `addr`.
+/// An offer or answer for one codec (its payload type as the node offers it).
+pub fn codec_sdp(addr: SocketAddr, session: u64, codec: media_node::core::codec::AudioCodec) -> String {
+    let pt = codec.static_payload_type();
+    let channels = if codec.sdp_channels() > 1 { format!("/{}", codec.sdp_channels()) } else { String::new() };
+    format!(
+        "v=0\r\no=- {session} 1 IN IP4 {ip}\r\ns=load\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {name}/{clock}{channels}\r\na=ptime:20\r\na=sendrecv\r\n",
+        ip = addr.ip(),
+        port = addr.port(),
+        name = codec.name(),
+        clock = codec.rtp_clock(),
+    )
+}
+
 pub fn pcmu_sdp(addr: SocketAddr, session: u64) -> String {
     format!(
         "v=0\r\no=- {session} 1 IN IP4 {ip}\r\ns=load\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n",

@@ -91,6 +91,10 @@ enum Cmd {
         /// MEDIA_INBAND_DTMF=false), to see what the analysis costs.
         #[arg(long, conflicts_with = "target")]
         no_analysis: bool,
+        /// The callers' codec: PCMU (default, no SDP), PCMA, G722 or opus (set up by
+        /// NegotiateSdp; rtpengine transcodes it to PCMU for the agent).
+        #[arg(long, default_value = "PCMU", value_parser = parse_codec)]
+        codec: media_node::core::codec::AudioCodec,
         /// Calls set up per second (AllocatePort is timed at this rate).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         allocate_rate: u32,
@@ -109,6 +113,11 @@ enum Cmd {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
     },
+}
+
+fn parse_codec(s: &str) -> Result<media_node::core::codec::AudioCodec, String> {
+    media_node::core::codec::AudioCodec::from_name(s)
+        .ok_or_else(|| format!("{s:?}: PCMU, PCMA, G722 or opus (opus needs the opus feature)"))
 }
 
 #[tokio::main]
@@ -137,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             no_record,
             events,
             no_analysis,
+            codec,
             allocate_rate,
             allocations,
         } => {
@@ -163,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
                         parts,
                         allocate_rate,
                         allocations,
+                        codec,
                     },
                     &levels,
                 )

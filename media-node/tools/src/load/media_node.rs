@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use media_node::audio::decode::wav_bytes;
+use media_node::core::codec::AudioCodec;
 use media_node::core::g711::Codec;
 use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
@@ -106,6 +107,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         let speech = speech.clone();
         let prompt_uri = prompt_uri.clone();
         let parts = opts.parts;
+        let codec = opts.codec;
         tasks.push(tokio::spawn(async move {
             let ip: IpAddr = a.advertised_ip.parse()?;
             let node_rtp = SocketAddr::new(ip, a.rtp_port as u16);
@@ -117,6 +119,15 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 barge_in_ms: None,
             })
             .await?;
+            if codec != AudioCodec::Pcmu {
+                // The caller's offer in its codec; the node answers and sends in it.
+                let offer = crate::ng::codec_sdp(caller.local_addr(), i as u64, codec);
+                let r = c
+                    .negotiate_sdp(NegotiateSdpRequest { server_rtp_port: a.rtp_port, remote_sdp: offer, ..Default::default() })
+                    .await?
+                    .into_inner();
+                anyhow::ensure!(r.media.is_some_and(|m| m.codec == codec.name()), "the node did not agree on {}", codec.name());
+            }
             let listen = if parts.listen {
                 Some(
                     c.record_audio(RecordAudioRequest { server_rtp_port: a.rtp_port, target_sample_rate: Some(16000) }).await?.into_inner(),
@@ -170,7 +181,11 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                     })
                     .await
             });
-            let sent_at = caller.send_speech_timed(node_rtp, &speech, Codec::Pcmu, i as u32).await?;
+            let sent_at = if codec == AudioCodec::Pcmu {
+                caller.send_speech_timed(node_rtp, &speech, Codec::Pcmu, i as u32).await?
+            } else {
+                caller.send_speech_as(node_rtp, &speech, codec, i as u32).await?
+            };
             let _ = play.await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             if parts.record {

@@ -51,6 +51,9 @@ pub struct LoadOptions {
     /// p99 comes from enough samples; 0 times the calls' own allocations instead.
     /// Media node only.
     pub allocations: usize,
+    /// The callers' codec: PCMU (as before: no SDP, static payload type) or, set up by
+    /// NegotiateSdp, PCMA, G722 or opus; rtpengine transcodes it to PCMU for the agent.
+    pub codec: media_node::core::codec::AudioCodec,
 }
 
 impl LoadOptions {

@@ -64,6 +64,8 @@ pub struct LoadReport {
     /// transport), p50 and p99 as histogram bucket bounds.
     pub allocate_in_node_ms: Option<(f64, f64)>,
     pub parts: CallParts,
+    /// The callers' codec (SDP name).
+    pub codec: &'static str,
     /// From an RTP packet sent by the caller to its audio reaching the listener.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -122,7 +124,12 @@ impl std::fmt::Display for LoadReport {
             (_, true, false) => " + call events subscriber, node analysis off",
             (_, false, false) => ", node analysis off",
         };
-        writeln!(f, "{}: {} calls for {:.0} s ({what}{extra} each)", self.engine, self.calls, self.seconds)?;
+        let transcode = if self.engine == "rtpengine" && self.codec != "PCMU" { ", transcoded to PCMU for the agent" } else { "" };
+        writeln!(
+            f,
+            "{}: {} calls for {:.0} s ({what}{extra} each), caller codec {}{transcode}",
+            self.engine, self.calls, self.seconds, self.codec
+        )?;
         let inbound = match self.caller_to_node_loss {
             Some(l) => format!("{:.3} %", l * 100.0),
             None => "not measured (no listener and no engine metrics)".into(),
@@ -250,6 +257,7 @@ pub(crate) fn summarise(
         send_lateness_ms: None,
         allocate_in_node_ms: None,
         parts: opts.parts,
+        codec: opts.codec.name(),
     }
 }
 

@@ -18,7 +18,8 @@ use super::procfs::{engine_command, EngineProcess};
 use super::report::{loss, summarise, CallResult, EngineUsage, LoadReport};
 use crate::analysis::{synth_prompt, synth_speech};
 use crate::caller::RtpCaller;
-use crate::ng::{pcmu_sdp, sdp_audio_port, Bencode, NgClient};
+use crate::ng::{codec_sdp, pcmu_sdp, sdp_audio_port, Bencode, NgClient};
+use media_node::core::codec::AudioCodec;
 
 fn start_rtpengine(work: &Path, cpus: Option<&str>) -> anyhow::Result<EngineProcess> {
     let rec = work.join("rtpengine-recordings");
@@ -78,6 +79,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let mut tasks = Vec::new();
     for i in 0..opts.calls {
         let (speech, prompt) = (speech.clone(), prompt.clone());
+        let codec = opts.codec;
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + interval * i as u32).await;
             let mut ctl = NgClient::connect(ng).await?;
@@ -88,7 +90,11 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let base =
                 |cmd: &str| vec![("command", Bencode::str(cmd)), ("call-id", Bencode::str(&call_id)), ("from-tag", Bencode::str(&from))];
             let mut offer = base("offer");
-            offer.push(("sdp", Bencode::str(&pcmu_sdp(caller.local_addr(), i as u64))));
+            offer.push(("sdp", Bencode::str(&codec_sdp(caller.local_addr(), i as u64, codec))));
+            if codec != AudioCodec::Pcmu {
+                // The agent side speaks PCMU: rtpengine transcodes between the two.
+                offer.push(("codec", Bencode::dict([("transcode", Bencode::List(vec![Bencode::str("PCMU")]))])));
+            }
             offer.push(("ICE", Bencode::str("remove")));
             offer.push(("record call", Bencode::str("yes")));
             ctl.command(Bencode::dict(offer)).await?;
@@ -104,11 +110,22 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let mut play = base("play media");
             play.push(("file", Bencode::str(&prompt)));
             ctl.command(Bencode::dict(play)).await?;
-            let sent_at = caller.send_speech_timed(engine_rtp, &speech, Codec::Pcmu, i as u32).await?;
+            let sent_at = if codec == AudioCodec::Pcmu {
+                caller.send_speech_timed(engine_rtp, &speech, Codec::Pcmu, i as u32).await?
+            } else {
+                caller.send_speech_as(engine_rtp, &speech, codec, i as u32).await?
+            };
             tokio::time::sleep(Duration::from_millis(200)).await;
             ctl.command(Bencode::dict(base("delete"))).await?;
             let received = caller.take_received();
             let relayed = agent.take_received();
+            if codec != AudioCodec::Pcmu && !relayed.is_empty() {
+                anyhow::ensure!(
+                    relayed.iter().all(|p| p.payload_type == 0),
+                    "rtpengine relayed {} without transcoding it to PCMU",
+                    codec.name()
+                );
+            }
             anyhow::Ok(CallResult {
                 sent_at,
                 expected_from_node: speech.len().div_ceil(160),
