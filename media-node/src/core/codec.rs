@@ -14,8 +14,9 @@ use super::g722::{G722Decoder, G722Encoder};
 use super::opus::{OpusDecoder, OpusEncoder};
 use super::resample::Resampler;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AudioCodec {
+    #[default]
     Pcmu,
     Pcma,
     G722,

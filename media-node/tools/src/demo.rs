@@ -3,6 +3,7 @@
 //! side heard is written as WAV files. With no target, a standalone node is started
 //! in-process on loopback.
 
+use media_node::core::codec::{AudioCodec, Decoder};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +26,9 @@ pub struct DemoOptions {
     pub target: Option<String>,
     pub out_dir: PathBuf,
     pub speech_seconds: f64,
+    /// The caller's codec: PCMU (no SDP, as a caller that never negotiates), or PCMA,
+    /// G722, opus set up by the node's NegotiateSdp answering the caller's offer.
+    pub codec: AudioCodec,
 }
 
 #[derive(Debug)]
@@ -111,6 +115,17 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
             barge_in_ms: None,
         })
         .await?;
+    if opts.codec != AudioCodec::Pcmu {
+        let offer = crate::ng::codec_sdp(caller_addr, 1, opts.codec);
+        let r = client
+            .negotiate_sdp(NegotiateSdpRequest { server_rtp_port: alloc.rtp_port, remote_sdp: offer, ..Default::default() })
+            .await?
+            .into_inner();
+        let agreed = r.media.map(|m| m.codec).unwrap_or_default();
+        if agreed != opts.codec.name() {
+            bail!("the node agreed on {agreed:?}, not {}", opts.codec.name());
+        }
+    }
 
     // Record the call: file:// on the embedded node, the node's default elsewhere.
     client
@@ -137,7 +152,14 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
     let sender = {
         let socket_caller = &caller;
         let speech = speech.clone();
-        async move { socket_caller.send_speech(node_rtp, &speech, Codec::Pcmu, 0x5eed).await }
+        let codec = opts.codec;
+        async move {
+            if codec == AudioCodec::Pcmu {
+                socket_caller.send_speech(node_rtp, &speech, Codec::Pcmu, 0x5eed).await
+            } else {
+                socket_caller.send_speech_as(node_rtp, &speech, codec, 0x5eed).await.map(|s| s.len())
+            }
+        }
     };
     let prompt_uri = if local_assets {
         "file://prompts/welcome.wav".to_string()
@@ -168,7 +190,17 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
     if received.is_empty() {
         bail!("the caller received no RTP from the node at {node_rtp}");
     }
-    let caller_heard = timeline(&received);
+    let caller_heard = if opts.codec == AudioCodec::Pcmu {
+        timeline(&received)
+    } else {
+        // Decoded in arrival order (loopback does not reorder), as the caller's phone would.
+        let mut dec = Decoder::new(opts.codec);
+        let mut pcm = Vec::new();
+        for p in &received {
+            dec.decode(&p.payload, &mut pcm);
+        }
+        pcm
+    };
 
     let speech16 = resample::convert(&speech, 8000, 16000);
     let (agent_correlation, _) = best_correlation(&speech16, &agent_pcm, 16000);

@@ -112,6 +112,10 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
+        /// The caller's codec: PCMU (default, no SDP), or PCMA, G722, opus negotiated
+        /// by SDP offer/answer (opus needs the opus feature).
+        #[arg(long, default_value = "PCMU", value_parser = parse_codec)]
+        codec: media_node::core::codec::AudioCodec,
     },
 }
 
@@ -127,8 +131,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Demo { target, out, seconds } => {
-            let report = demo::run(DemoOptions { target, out_dir: out, speech_seconds: seconds }).await?;
+        Cmd::Demo { target, out, seconds, codec } => {
+            let report = demo::run(DemoOptions { target, out_dir: out, speech_seconds: seconds, codec }).await?;
             print!("{report}");
             Ok(())
         }

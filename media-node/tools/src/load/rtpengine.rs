@@ -120,10 +120,15 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let received = caller.take_received();
             let relayed = agent.take_received();
             if codec != AudioCodec::Pcmu && !relayed.is_empty() {
+                // Under overload rtpengine may pass some packets through untranscoded:
+                // the run says how many, and fails only when it mostly did not transcode.
+                let pcmu = relayed.iter().filter(|p| p.payload_type == 0).count();
+                let others: std::collections::BTreeSet<u8> = relayed.iter().map(|p| p.payload_type).filter(|&pt| pt != 0).collect();
                 anyhow::ensure!(
-                    relayed.iter().all(|p| p.payload_type == 0),
-                    "rtpengine relayed {} without transcoding it to PCMU",
-                    codec.name()
+                    pcmu * 10 >= relayed.len() * 9,
+                    "rtpengine relayed {} to the agent as PCMU for {pcmu} of {} packets (others: payload types {others:?})",
+                    codec.name(),
+                    relayed.len()
                 );
             }
             anyhow::Ok(CallResult {
