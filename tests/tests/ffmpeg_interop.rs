@@ -192,13 +192,9 @@ fn g722_matches_ffmpegs_implementation_both_ways() {
 async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     use media_node::core::resample::convert;
     let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
-    // ffmpeg packs G.722 in 64 ms encoder frames and sends them as bursts of three
-    // 20 ms packets: a playout hold above the burst period takes them in time.
-    let mut node = TestNode::start_with(30120, 10, |c| {
-        c.symmetric_rtp = false;
-        c.jitter_hold = Duration::from_millis(100);
-    })
-    .await;
+    // ffmpeg sends G.722 in bursts of three 20 ms packets every 60-70 ms: the default
+    // playout hold (40 ms) takes them all (it used to lose half of them).
+    let mut node = TestNode::start_with(30120, 10, |c| c.symmetric_rtp = false).await;
     let prompt = synth_speech(8000, 3.0, 5);
     node.write_prompt("prompt.wav", &prompt, 8000);
     let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-g722".into() }).await.unwrap().into_inner();
@@ -280,6 +276,8 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     let (c, lag) = best_correlation(&band[from..from + 16000], &heard[start.saturating_sub(400)..], 800);
     assert!(c > 0.85, "the listener heard ffmpeg's G.722 speech: correlation {c:.3} at lag {lag}");
     assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total"), 0.0, "every G.722 packet was taken");
+    let late = metric_value(&m, "media_rtp_late_packets_total");
+    assert!(late <= 3.0, "{late} of ffmpeg's bursty packets came too late for the live stream");
     assert_eq!(metric_value(&m, "media_sdp_negotiations_total{codec=\"G722\"}"), 1.0);
 
     // ffmpeg decoded the node's G.722: it heard the prompt.
@@ -300,11 +298,7 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
 async fn an_opus_call_negotiated_by_sdp_with_ffmpeg_libopus_as_the_far_end() {
     use media_node::core::resample::convert;
     let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
-    let mut node = TestNode::start_with(30170, 10, |c| {
-        c.symmetric_rtp = false;
-        c.jitter_hold = Duration::from_millis(100);
-    })
-    .await;
+    let mut node = TestNode::start_with(30170, 10, |c| c.symmetric_rtp = false).await;
     let prompt = synth_speech(8000, 3.0, 6);
     node.write_prompt("prompt.wav", &prompt, 8000);
     let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-opus".into() }).await.unwrap().into_inner();
