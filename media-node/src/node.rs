@@ -281,8 +281,10 @@ impl Node {
         }
         self.metrics.cache_lookups.with_label_values(&["miss"]).inc();
         let bytes = tokio::fs::read(&full).await.map_err(|e| NodeError::Read(e.to_string()))?;
-        let pcm: Arc<[i16]> =
-            tokio::task::spawn_blocking(move || decode::wav_to_call_pcm(&bytes)).await.map_err(|e| NodeError::Read(e.to_string()))??.into();
+        let pcm: Arc<[i16]> = tokio::task::spawn_blocking(move || decode::prompt_to_call_pcm(&bytes))
+            .await
+            .map_err(|e| NodeError::Read(e.to_string()))??
+            .into();
         let mut cache = lock(&self.prompts);
         cache.insert(key, pcm.clone());
         self.metrics.cache_bytes.set(cache.bytes() as i64);

@@ -1,5 +1,6 @@
 //! Turning prompt bytes into the call's 8 kHz mono PCM: any WAV sample format,
-//! channel count and rate (downmixed, then band-limited resampling).
+//! channel count and rate (downmixed, then band-limited resampling), and FLAC, MP3
+//! and Ogg Vorbis through symphonia (found by their content, not their name).
 
 use std::io::Cursor;
 
@@ -21,6 +22,77 @@ pub enum DecodeError {
     Rate(u32),
     #[error("prompt is {0} s long; the limit is {MAX_PROMPT_SECONDS} s")]
     TooLong(u64),
+    #[error("not a WAV, FLAC, MP3 or Ogg Vorbis prompt: {0}")]
+    Format(String),
+}
+
+/// A prompt file's audio at the call's rate: WAV as always, else FLAC, MP3 or Ogg
+/// Vorbis. A corrupt frame in a compressed prompt is skipped, as players do.
+pub fn prompt_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
+    if bytes.starts_with(b"RIFF") || bytes.starts_with(b"RIFX") {
+        return wav_to_call_pcm(bytes);
+    }
+    compressed_to_call_pcm(bytes)
+}
+
+fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
+    use symphonia::core::audio::SampleBuffer;
+    use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
+    use symphonia::core::errors::Error;
+    use symphonia::core::formats::FormatOptions;
+    use symphonia::core::io::MediaSourceStream;
+    use symphonia::core::meta::MetadataOptions;
+    use symphonia::core::probe::Hint;
+
+    let bad = |e: Error| DecodeError::Format(e.to_string());
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
+    let probed =
+        symphonia::default::get_probe().format(&Hint::new(), mss, &FormatOptions::default(), &MetadataOptions::default()).map_err(bad)?;
+    let mut format = probed.format;
+    let track = format
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .ok_or_else(|| DecodeError::Format("no audio track".into()))?;
+    let (track_id, params) = (track.id, track.codec_params.clone());
+    let rate = params.sample_rate.ok_or_else(|| DecodeError::Format("no sample rate".into()))?;
+    if !(4000..=192_000).contains(&rate) {
+        return Err(DecodeError::Rate(rate));
+    }
+    let mut decoder = symphonia::default::get_codecs().make(&params, &DecoderOptions::default()).map_err(bad)?;
+    let mut mono: Vec<i16> = Vec::new();
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            Err(Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(Error::ResetRequired) => break,
+            Err(e) => return Err(bad(e)),
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        let decoded = match decoder.decode(&packet) {
+            Ok(d) => d,
+            Err(Error::DecodeError(_)) => continue,
+            Err(e) => return Err(bad(e)),
+        };
+        let spec = *decoded.spec();
+        let channels = spec.channels.count().max(1);
+        let mut buf = SampleBuffer::<f32>::new(decoded.capacity() as u64, spec);
+        buf.copy_interleaved_ref(decoded);
+        mono.extend(buf.samples().chunks(channels).map(|frame| {
+            let avg = frame.iter().sum::<f32>() / frame.len() as f32;
+            (avg * 32767.0).round().clamp(-32768.0, 32767.0) as i16
+        }));
+        let seconds = mono.len() as u64 / rate as u64;
+        if seconds > MAX_PROMPT_SECONDS {
+            return Err(DecodeError::TooLong(seconds));
+        }
+    }
+    if mono.is_empty() {
+        return Err(DecodeError::Format("no audio in it".into()));
+    }
+    Ok(resample::convert(&mono, rate, CALL_RATE))
 }
 
 pub fn wav_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
@@ -75,6 +147,18 @@ pub fn wav_bytes(pcm: &[i16], rate: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompts_are_known_by_their_content_and_garbage_is_a_clear_error() {
+        // A WAV (whatever its name) still goes through hound.
+        let wav = wav_bytes(&[1000i16; 1600], 16000);
+        assert_eq!(prompt_to_call_pcm(&wav).unwrap().len(), 800);
+        for junk in [&b""[..], b"not audio at all, just text", &[0xffu8; 64][..], b"fLaC\x00\x00\x00\x22 truncated"] {
+            let e = prompt_to_call_pcm(junk).unwrap_err();
+            assert!(matches!(e, DecodeError::Format(_)), "{junk:?}: {e}");
+            assert!(e.to_string().starts_with("not a WAV, FLAC, MP3 or Ogg Vorbis prompt"), "{e}");
+        }
+    }
     use crate::core::resample::tests::{rms, tone};
 
     #[test]
