@@ -424,3 +424,61 @@ async fn flac_mp3_and_ogg_vorbis_prompts_play_like_the_wav() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("not a WAV, FLAC, MP3 or Ogg Vorbis prompt"), "{}", e.message());
 }
+
+/// A G.729 call set up by SDP. ffmpeg has a G.729 decoder but no G.729 RTP
+/// depacketizer (nor an encoder), so the far end is the test's own socket: what the
+/// node sent it is fed to ffmpeg's decoder as a G.729 bitstream and compared with the
+/// prompt, and the caller's G.729 (g729-sys's encoder) reaches the listener.
+#[tokio::test]
+async fn a_g729_call_negotiated_by_sdp_decoded_by_ffmpeg() {
+    use media_node::core::codec::AudioCodec;
+    let mut node = TestNode::start(30200, 10).await;
+    let prompt = fleet_tests::voice::espeak_8k("Your call is important to us. Please stay on the line.");
+    node.write_prompt("prompt.wav", &prompt, 8000);
+    let (port, node_rtp, caller) = node.call("g729").await;
+    // A low-bandwidth trunk's offer: G.729 with Annex B, then G.711.
+    let far = caller.local_addr();
+    let offer = format!(
+        "v=0\r\no=trunk 9 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {p} RTP/AVP 18 0 101\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=yes\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n",
+        ip = far.ip(),
+        p = far.port()
+    );
+    let r = node
+        .client
+        .negotiate_sdp(NegotiateSdpRequest {
+            server_rtp_port: port,
+            remote_sdp: offer,
+            preferred_codecs: vec!["G729".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.media.unwrap().codec, "G729");
+    assert!(r.local_sdp.contains("a=fmtp:18 annexb=no\r\n"), "{}", r.local_sdp);
+    let listen = node.listen(port, 8000).await;
+    let speech = fleet_tests::voice::espeak_8k("I would like to speak to an agent about my invoice.");
+    let (sent, played) = tokio::join!(caller.send_speech_as(node_rtp, &speech, AudioCodec::G729, 7), node.play(port, "file://prompt.wav"));
+    sent.unwrap();
+    assert_eq!(played.unwrap().message, "finished");
+    let got = caller.take_received();
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+
+    // The listener heard the caller's G.729 speech.
+    let (frames, _) = listen.await.unwrap();
+    let heard = pcm_of(&frames);
+    let start = heard.iter().position(|s| s.abs() > 300).expect("the listener heard speech");
+    let from = speech.iter().position(|s| s.abs() > 300).unwrap();
+    let (c, lag) = best_correlation(&speech[from..from + 8000], &heard[start.saturating_sub(400)..], 800);
+    println!("G.729: the listener's speech correlates {c:.3} (lag {lag})");
+    assert!(c > 0.7, "the listener heard the caller's G.729: correlation {c:.3} at lag {lag}");
+    // What the node sent is G.729 that ffmpeg's decoder turns into the prompt.
+    assert!(got.len() >= 100 && got.iter().all(|p| p.payload_type == 18 && p.payload.len() == 20), "{} packets", got.len());
+    let bitstream: Vec<u8> = got.iter().flat_map(|p| p.payload.iter().copied()).collect();
+    let pcm = ffmpeg_convert(&bitstream, &["-f", "g729", "-i", "{in}", "-f", "s16le", "-ar", "8000", "-ac", "1", "{out}"]);
+    let theirs: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let begin = theirs.iter().position(|s| s.abs() > 300).expect("ffmpeg decoded audio");
+    let (c, lag) = best_correlation(&theirs[begin..begin + 8000], &prompt, 16000);
+    println!("G.729: ffmpeg's decoding of the node's G.729 correlates {c:.3} with the prompt (lag {lag})");
+    assert!(c > 0.7, "ffmpeg decoded the node's G.729 as the prompt: correlation {c:.3} at lag {lag}");
+}

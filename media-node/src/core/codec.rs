@@ -1,7 +1,9 @@
 //! The audio codecs a call may run, and one direction's codec state: what turns the
 //! call's 8 kHz audio into a payload and back. G.711 is stateless; G.722 carries its
 //! ADPCM state and converts between its 16 kHz and the call's 8 kHz at the edge; Opus
-//! (libopus) runs at 8 kHz itself, with in-band FEC, while RTP counts it at 48 kHz.
+//! (libopus) runs at 8 kHz itself, with in-band FEC, while RTP counts it at 48 kHz;
+//! G.729 (g729-sys, a pure-Rust port) is 10 ms frames of 10 bytes, Annex B's 2-byte SID
+//! frames understood on the way in.
 //!
 //! The call's inside is 8 kHz for every codec today (the jitter buffer, playback, the
 //! recording and the analysis all run at it), so a G.722 call interoperates with a
@@ -21,6 +23,7 @@ pub enum AudioCodec {
     Pcma,
     G722,
     Opus,
+    G729,
 }
 
 /// The most audio (8 kHz samples) FEC rebuilds before a packet: one Opus packet of 120 ms.
@@ -37,10 +40,10 @@ const OPUS_EXPECTED_LOSS: i32 = 10;
 impl AudioCodec {
     /// Every codec the node runs, in its default order of preference.
     #[cfg(feature = "opus")]
-    pub const ALL: &'static [AudioCodec] = &[AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722, AudioCodec::Opus];
+    pub const ALL: &'static [AudioCodec] = &[AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722, AudioCodec::Opus, AudioCodec::G729];
     /// Built without the `opus` feature (no cmake for libopus), the node runs the rest.
     #[cfg(not(feature = "opus"))]
-    pub const ALL: &'static [AudioCodec] = &[AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722];
+    pub const ALL: &'static [AudioCodec] = &[AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722, AudioCodec::G729];
 
     /// The payload type the node offers it on: the static one of RFC 3551, or for
     /// Opus the dynamic one WebRTC uses.
@@ -50,6 +53,7 @@ impl AudioCodec {
             AudioCodec::Pcma => 8,
             AudioCodec::G722 => 9,
             AudioCodec::Opus => OPUS_PT,
+            AudioCodec::G729 => 18,
         }
     }
 
@@ -65,6 +69,7 @@ impl AudioCodec {
             AudioCodec::Pcma => "PCMA",
             AudioCodec::G722 => "G722",
             AudioCodec::Opus => "opus",
+            AudioCodec::G729 => "G729",
         }
     }
 
@@ -111,6 +116,8 @@ enum EncoderState {
     G722(Box<(Resampler, G722Encoder, Vec<i16>)>),
     #[cfg(feature = "opus")]
     Opus(OpusEncoder),
+    /// Without Annex B (the node answers annexb=no): a voice frame every 10 ms.
+    G729(Box<g729_sys::Encoder>),
 }
 
 impl Encoder {
@@ -128,6 +135,7 @@ impl Encoder {
             // Never negotiated without the feature (it is not in AudioCodec::ALL).
             #[cfg(not(feature = "opus"))]
             AudioCodec::Opus => unreachable!("built without the opus feature"),
+            AudioCodec::G729 => EncoderState::G729(Box::new(g729_sys::Encoder::new(false))),
         };
         Encoder { codec, state }
     }
@@ -143,6 +151,15 @@ impl Encoder {
             }
             #[cfg(feature = "opus")]
             EncoderState::Opus(enc) => enc.encode(pcm, out),
+            EncoderState::G729(enc) => {
+                out.clear();
+                let mut frame = [0i16; g729_sys::FRAME_SAMPLES];
+                for chunk in pcm.chunks(g729_sys::FRAME_SAMPLES) {
+                    frame[..chunk.len()].copy_from_slice(chunk);
+                    frame[chunk.len()..].fill(0);
+                    out.extend_from_slice(&enc.encode(&frame));
+                }
+            }
         }
     }
 }
@@ -158,6 +175,7 @@ enum DecoderState {
     G722(Box<(G722Decoder, Resampler, Vec<i16>)>),
     #[cfg(feature = "opus")]
     Opus(OpusDecoder),
+    G729(Box<g729_sys::Decoder>),
 }
 
 impl Decoder {
@@ -173,6 +191,7 @@ impl Decoder {
             },
             #[cfg(not(feature = "opus"))]
             AudioCodec::Opus => unreachable!("built without the opus feature"),
+            AudioCodec::G729 => DecoderState::G729(Box::new(g729_sys::Decoder::new())),
         };
         Decoder { codec, state }
     }
@@ -189,6 +208,20 @@ impl Decoder {
             }
             #[cfg(feature = "opus")]
             DecoderState::Opus(dec) => return dec.decode(payload, out),
+            DecoderState::G729(dec) => {
+                // 10-byte voice frames, then (Annex B) perhaps one 2-byte SID frame of
+                // comfort noise (RFC 3551 §4.5.6); anything else is not G.729.
+                let (voice, rest) = payload.split_at(payload.len() / 10 * 10);
+                if !(rest.is_empty() || rest.len() == 2) || payload.is_empty() {
+                    return false;
+                }
+                for frame in voice.chunks(10) {
+                    out.extend_from_slice(&dec.decode(frame, false, false, false));
+                }
+                if rest.len() == 2 {
+                    out.extend_from_slice(&dec.decode(rest, false, true, false));
+                }
+            }
         }
         true
     }
@@ -221,6 +254,8 @@ mod tests {
                 enc.encode(f, &mut bytes);
                 if codec == AudioCodec::Opus {
                     assert!((10..=100).contains(&bytes.len()), "Opus at 20 kbit/s: {} bytes", bytes.len());
+                } else if codec == AudioCodec::G729 {
+                    assert_eq!(bytes.len(), 20, "G.729: two 10-byte frames in 20 ms");
                 } else {
                     assert_eq!(bytes.len(), 160, "{codec:?}: 20 ms is 160 bytes");
                 }
@@ -229,7 +264,12 @@ mod tests {
                 assert_eq!(back.len() - before, 160, "{codec:?}: 20 ms back");
             }
             let (corr, lag) = media_corr(&tone, &back);
-            let want = if codec == AudioCodec::Opus { 0.9 } else { 0.95 };
+            let want = match codec {
+                AudioCodec::Opus => 0.9,
+                // A CELP codec at 8 kbit/s keeps the spectrum, less the waveform.
+                AudioCodec::G729 => 0.8,
+                _ => 0.95,
+            };
             assert!(corr > want, "{codec:?}: correlation {corr} at lag {lag}");
         }
     }
@@ -251,10 +291,30 @@ mod tests {
     }
 
     #[test]
+    fn g729_takes_annex_b_sid_frames_and_refuses_other_sizes() {
+        let mut enc = Encoder::new(AudioCodec::G729);
+        let mut voice = Vec::new();
+        enc.encode(&[1000; 80], &mut voice);
+        assert_eq!(voice.len(), 10);
+        let mut dec = Decoder::new(AudioCodec::G729);
+        let mut out = Vec::new();
+        // A voice frame then a SID frame (RFC 3551 §4.5.6): 10 ms each.
+        let mut payload = voice.clone();
+        payload.extend([0x4a, 0x10]);
+        assert!(dec.decode(&payload, &mut out));
+        assert_eq!(out.len(), 160);
+        for bad in [&[1u8, 2, 3][..], &[0u8; 13][..], &[][..]] {
+            assert!(!dec.decode(bad, &mut out), "{} bytes is no G.729 payload", bad.len());
+        }
+        assert_eq!(out.len(), 160, "nothing appended for a refused payload");
+    }
+
+    #[test]
     fn names_and_static_types() {
         assert_eq!(AudioCodec::from_name("g722"), Some(AudioCodec::G722));
         assert_eq!(AudioCodec::from_static_payload_type(9), Some(AudioCodec::G722));
-        assert_eq!(AudioCodec::from_static_payload_type(18), None);
+        assert_eq!(AudioCodec::from_static_payload_type(18), Some(AudioCodec::G729));
+        assert_eq!(AudioCodec::from_static_payload_type(3), None, "GSM is not run");
         assert_eq!(AudioCodec::from_static_payload_type(111), None, "dynamic: only an rtpmap names it");
         #[cfg(feature = "opus")]
         assert_eq!(AudioCodec::from_name("OPUS"), Some(AudioCodec::Opus));

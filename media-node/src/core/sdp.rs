@@ -289,6 +289,7 @@ pub const SUPPORTED: &[CodecSpec] = &[
     CodecSpec { name: "G722", clock: 8000, channels: 1 },
     #[cfg(feature = "opus")]
     CodecSpec { name: "OPUS", clock: 48000, channels: 2 },
+    CodecSpec { name: "G729", clock: 8000, channels: 1 },
 ];
 
 /// What the node's answer and offer say of Opus: it plays and captures at 8 kHz (the
@@ -428,6 +429,10 @@ fn write_rtpmap(s: &mut String, pt: u8, codec: AudioCodec) {
     if codec == AudioCodec::Opus {
         let _ = write!(s, "a=fmtp:{pt} {OPUS_FMTP}\r\n");
     }
+    if codec == AudioCodec::G729 {
+        // The node decodes Annex B's comfort noise but sends plain G.729.
+        let _ = write!(s, "a=fmtp:{pt} annexb=no\r\n");
+    }
 }
 
 /// The node's offer (an outbound call, or a re-offer): every codec it runs in the
@@ -517,9 +522,9 @@ mod tests {
 
     #[test]
     fn no_common_codec_names_what_was_offered() {
-        let e = negotiate(&offer(&FREESWITCH.replace(" 102 9 0 8 18", " 18")), &[]).unwrap_err();
+        let e = negotiate(&offer(&FREESWITCH.replace(" 102 9 0 8 18", " 3")), &[]).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("G729/8000 (18)") && text.contains("TELEPHONE-EVENT/8000 (101)") && text.contains("CN/8000 (13)"), "{text}");
+        assert!(text.contains("GSM/8000 (3)") && text.contains("TELEPHONE-EVENT/8000 (101)") && text.contains("CN/8000 (13)"), "{text}");
         assert!(text.contains("this node takes PCMU, PCMA, G722"), "{text}");
         assert!(matches!(negotiate(&offer(WEBRTC), &[]), Err(NegotiationError::Profile(_))), "SRTP profiles wait for SRTP");
     }
@@ -537,9 +542,9 @@ mod tests {
         let ours = super::offer("192.0.2.9".parse().unwrap(), 30002, 5, 1, &[AudioCodec::G722], Direction::SendRecv);
         let parsed = offer(&ours);
         #[cfg(feature = "opus")]
-        assert_eq!(parsed.media[0].formats, ["9", "0", "8", "111", "101", "110"]);
+        assert_eq!(parsed.media[0].formats, ["9", "0", "8", "111", "18", "101", "110"]);
         #[cfg(not(feature = "opus"))]
-        assert_eq!(parsed.media[0].formats, ["9", "0", "8", "101"]);
+        assert_eq!(parsed.media[0].formats, ["9", "0", "8", "18", "101"]);
         let n = negotiate(&parsed, &["G722"]).unwrap();
         assert_eq!((n.codec.name, n.telephone_event, n.remote), ("G722", Some(101), Some("192.0.2.9:30002".parse().unwrap())));
         let a = answer(&parsed, &n, "192.0.2.1".parse().unwrap(), 4000, 2);
@@ -564,6 +569,15 @@ mod tests {
         let loose = offer(&FREESWITCH.replace("opus/48000/2", "opus/48000"));
         assert_eq!(negotiate(&loose, &["opus"]).unwrap().codec.audio_codec(), AudioCodec::Opus);
         assert_eq!(negotiate(&loose, &[]).unwrap().codec.name, "PCMU");
+    }
+
+    #[test]
+    fn g729_with_and_without_annex_b() {
+        let n = negotiate(&offer(FREESWITCH), &["G729"]).unwrap();
+        assert_eq!((n.payload_type, n.codec.audio_codec()), (18, AudioCodec::G729));
+        let o = offer(FREESWITCH);
+        let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 1);
+        assert!(a.contains("a=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\n"), "{a}");
     }
 
     #[test]
