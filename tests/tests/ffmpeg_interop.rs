@@ -101,6 +101,60 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
     assert!(c > 0.9, "ffmpeg heard the prompt: {c}");
 }
 
+/// ffmpeg as the sending far end: `wav` as mono RTP in real time, encoded as `codec`
+/// (ffmpeg's own arguments) to the node's `port`.
+fn ffmpeg_rtp_sender(wav: &std::path::Path, codec: &[&str], port: u32) -> std::process::Child {
+    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
+    Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .arg(wav)
+        .args(["-ac", "1"])
+        .args(codec)
+        .args(["-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ffmpeg sender starts")
+}
+
+/// The node plays `file://prompt.wav` to the end while ffmpeg sends, then both ffmpeg
+/// ends must exit cleanly.
+async fn play_while_ffmpeg_sends(node: &mut TestNode, port: u32, sender: std::process::Child, mut receiver: std::process::Child) {
+    assert_eq!(node.play(port, "file://prompt.wav").await.unwrap().message, "finished");
+    let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap();
+    let receiver_ok = tokio::task::spawn_blocking(move || wait_with_timeout_ref(&mut receiver, Duration::from_secs(30))).await.unwrap();
+    assert!(sender_ok && receiver_ok, "ffmpeg exited cleanly");
+}
+
+/// How well `heard` carries `reference`: both from where the sound first passes
+/// |s| > 300, a `window` of the reference against up to 100 ms of lag either side.
+fn onset_correlation(reference: &[i16], heard: &[i16], window: usize) -> (f64, usize) {
+    let start = heard.iter().position(|s| s.abs() > 300).expect("sound was heard");
+    let from = reference.iter().position(|s| s.abs() > 300).expect("the reference has sound");
+    best_correlation(&reference[from..from + window], &heard[start.saturating_sub(400)..], 800)
+}
+
+/// ffmpeg as the receiving far end of a call, described by `sdp` (one codec per
+/// m-line: ffmpeg takes one), recording 2.5 s at `rate` to the returned WAV; ready
+/// once its RTP socket is bound.
+async fn ffmpeg_rtp_receiver(dir: &std::path::Path, sdp: &str, port: u16, rate: u32) -> (std::process::Child, std::path::PathBuf) {
+    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
+    let sdp_path = dir.join("call.sdp");
+    std::fs::write(&sdp_path, sdp).unwrap();
+    let heard_wav = dir.join("heard.wav");
+    let receiver = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
+        .arg(&sdp_path)
+        .args(["-t", "2.5", "-ar", &rate.to_string(), "-ac", "1", "-y"])
+        .arg(&heard_wav)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg receiver starts");
+    fleet_tests::envtest::eventually("ffmpeg's RTP socket is bound", 30, || async { udp_port_bound(port).then_some(()) }).await;
+    (receiver, heard_wav)
+}
+
 /// Whether some socket on this machine is bound to UDP `port` (from /proc/net/udp).
 fn udp_port_bound(port: u16) -> bool {
     let want = format!(":{port:04X}");
@@ -191,7 +245,6 @@ fn g722_matches_ffmpegs_implementation_both_ways() {
 #[tokio::test]
 async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     use media_node::core::resample::convert;
-    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
     // ffmpeg sends G.722 in bursts of three 20 ms packets every 60-70 ms: the default
     // playout hold (40 ms) takes them all (it used to lose half of them).
     let mut node = TestNode::start_with(30120, 10, |c| c.symmetric_rtp = false).await;
@@ -224,19 +277,8 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     // ffmpeg receives what the node sends, as the answer agreed it (ffmpeg takes one
     // codec per m-line, so its SDP names the agreed one, as a phone applies an answer).
     let dir = tempfile::tempdir().unwrap();
-    let sdp = dir.path().join("call.sdp");
     let agreed = offer.replace("RTP/AVP 9 0 8 101", "RTP/AVP 9 101").replace("a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n", "");
-    std::fs::write(&sdp, agreed).unwrap();
-    let heard_wav = dir.path().join("heard.wav");
-    let mut receiver = Command::new(&ffmpeg)
-        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
-        .arg(&sdp)
-        .args(["-t", "2.5", "-ar", "16000", "-ac", "1", "-y"])
-        .arg(&heard_wav)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("ffmpeg receiver starts");
-    fleet_tests::envtest::eventually("ffmpeg's RTP socket is bound", 30, || async { udp_port_bound(recv_port).then_some(()) }).await;
+    let (receiver, heard_wav) = ffmpeg_rtp_receiver(dir.path(), &agreed, recv_port, 16000).await;
 
     // ffmpeg sends a spoken sentence (espeak-ng, 16 kHz) as G.722 RTP in real time.
     let speech = fleet_tests::voice::espeak_8k("The balance of your account is four hundred and twelve pounds.");
@@ -244,25 +286,8 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     let speech_wav = dir.path().join("speech.wav");
     std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&speech16, 16000)).unwrap();
     let listen = node.listen(port, 16000).await;
-    let sender = Command::new(&ffmpeg)
-        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-        .arg(&speech_wav)
-        .args(["-ac", "1", "-ar", "16000", "-acodec", "g722", "-f", "rtp"])
-        .arg(format!("rtp://127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ffmpeg sender starts");
-    let played = node
-        .client
-        .play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(played.message, "finished");
-    let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap();
-    let receiver_ok = tokio::task::spawn_blocking(move || wait_with_timeout_ref(&mut receiver, Duration::from_secs(30))).await.unwrap();
-    assert!(sender_ok && receiver_ok, "ffmpeg exited cleanly");
+    let sender = ffmpeg_rtp_sender(&speech_wav, &["-ar", "16000", "-acodec", "g722"], port);
+    play_while_ffmpeg_sends(&mut node, port, sender, receiver).await;
     let m = node.metrics().await;
     node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
 
@@ -270,10 +295,7 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     // inside is 8 kHz for now, so it is compared with the sentence's telephone band).
     let (frames, _) = listen.await.unwrap();
     let heard = pcm_of(&frames);
-    let start = heard.iter().position(|s| s.abs() > 300).expect("the listener heard speech");
-    let band = convert(&speech, 8000, 16000);
-    let from = band.iter().position(|s| s.abs() > 300).unwrap();
-    let (c, lag) = best_correlation(&band[from..from + 16000], &heard[start.saturating_sub(400)..], 800);
+    let (c, lag) = onset_correlation(&convert(&speech, 8000, 16000), &heard, 16000);
     assert!(c > 0.85, "the listener heard ffmpeg's G.722 speech: correlation {c:.3} at lag {lag}");
     assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total"), 0.0, "every G.722 packet was taken");
     let late = metric_value(&m, "media_rtp_late_packets_total");
@@ -297,7 +319,6 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
 #[tokio::test]
 async fn an_opus_call_negotiated_by_sdp_with_ffmpeg_libopus_as_the_far_end() {
     use media_node::core::resample::convert;
-    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
     let mut node = TestNode::start_with(30170, 10, |c| c.symmetric_rtp = false).await;
     let prompt = synth_speech(8000, 3.0, 6);
     node.write_prompt("prompt.wav", &prompt, 8000);
@@ -319,65 +340,24 @@ async fn an_opus_call_negotiated_by_sdp_with_ffmpeg_libopus_as_the_far_end() {
     assert!(r.local_sdp.contains("a=rtpmap:111 opus/48000/2\r\n"), "{}", r.local_sdp);
 
     let dir = tempfile::tempdir().unwrap();
-    let sdp = dir.path().join("call.sdp");
-    std::fs::write(&sdp, offer.replace(" 111 126\r\n", " 111\r\n")).unwrap();
-    let heard_wav = dir.path().join("heard.wav");
-    let mut receiver = Command::new(&ffmpeg)
-        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
-        .arg(&sdp)
-        .args(["-t", "2.5", "-ar", "48000", "-ac", "1", "-y"])
-        .arg(&heard_wav)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("ffmpeg receiver starts");
-    fleet_tests::envtest::eventually("ffmpeg's RTP socket is bound", 30, || async { udp_port_bound(recv_port).then_some(()) }).await;
+    let (receiver, heard_wav) = ffmpeg_rtp_receiver(dir.path(), &offer.replace(" 111 126\r\n", " 111\r\n"), recv_port, 48000).await;
 
     let speech = fleet_tests::voice::espeak_8k("Please hold while I check the status of your order.");
     let speech_wav = dir.path().join("speech.wav");
     std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&convert(&speech, 8000, 48000), 48000)).unwrap();
     let listen = node.listen(port, 8000).await;
-    let sender = Command::new(&ffmpeg)
-        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-        .arg(&speech_wav)
-        .args([
-            "-ac",
-            "1",
-            "-ar",
-            "48000",
-            "-acodec",
-            "libopus",
-            "-b:a",
-            "32k",
-            "-application",
-            "voip",
-            "-payload_type",
-            "111",
-            "-f",
-            "rtp",
-        ])
-        .arg(format!("rtp://127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ffmpeg sender starts");
-    let played = node
-        .client
-        .play_audio(PlayAudioRequest { audio_uri: "file://prompt.wav".into(), server_rtp_port: port, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(played.message, "finished");
-    let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap();
-    let receiver_ok = tokio::task::spawn_blocking(move || wait_with_timeout_ref(&mut receiver, Duration::from_secs(30))).await.unwrap();
-    assert!(sender_ok && receiver_ok, "ffmpeg exited cleanly");
+    let sender = ffmpeg_rtp_sender(
+        &speech_wav,
+        &["-ar", "48000", "-acodec", "libopus", "-b:a", "32k", "-application", "voip", "-payload_type", "111"],
+        port,
+    );
+    play_while_ffmpeg_sends(&mut node, port, sender, receiver).await;
     let m = node.metrics().await;
     node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
 
     let (frames, _) = listen.await.unwrap();
     let heard = pcm_of(&frames);
-    let start = heard.iter().position(|s| s.abs() > 300).expect("the listener heard speech");
-    let from = speech.iter().position(|s| s.abs() > 300).unwrap();
-    let (c, lag) = best_correlation(&speech[from..from + 8000], &heard[start.saturating_sub(400)..], 800);
+    let (c, lag) = onset_correlation(&speech, &heard, 8000);
     println!("Opus: the listener's speech correlates {c:.3} (lag {lag})");
     assert!(c > 0.85, "the listener heard ffmpeg's Opus speech: correlation {c:.3} at lag {lag}");
     assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total") + metric_value(&m, "media_rtp_decode_errors_total"), 0.0);
@@ -467,9 +447,7 @@ async fn a_g729_call_negotiated_by_sdp_decoded_by_ffmpeg() {
     // The listener heard the caller's G.729 speech.
     let (frames, _) = listen.await.unwrap();
     let heard = pcm_of(&frames);
-    let start = heard.iter().position(|s| s.abs() > 300).expect("the listener heard speech");
-    let from = speech.iter().position(|s| s.abs() > 300).unwrap();
-    let (c, lag) = best_correlation(&speech[from..from + 8000], &heard[start.saturating_sub(400)..], 800);
+    let (c, lag) = onset_correlation(&speech, &heard, 8000);
     println!("G.729: the listener's speech correlates {c:.3} (lag {lag})");
     assert!(c > 0.7, "the listener heard the caller's G.729: correlation {c:.3} at lag {lag}");
     // What the node sent is G.729 that ffmpeg's decoder turns into the prompt.

@@ -263,7 +263,7 @@ mod tests {
                 assert!(dec.decode(&bytes, &mut back));
                 assert_eq!(back.len() - before, 160, "{codec:?}: 20 ms back");
             }
-            let (corr, lag) = media_corr(&tone, &back);
+            let (corr, lag) = media_tools::analysis::best_correlation(&tone, &back, 200);
             let want = match codec {
                 AudioCodec::Opus => 0.9,
                 // A CELP codec at 8 kbit/s keeps the spectrum, less the waveform.
@@ -272,22 +272,6 @@ mod tests {
             };
             assert!(corr > want, "{codec:?}: correlation {corr} at lag {lag}");
         }
-    }
-
-    fn media_corr(a: &[i16], b: &[i16]) -> (f64, usize) {
-        (0..200)
-            .map(|lag| {
-                let n = a.len() - lag;
-                let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-                for i in 0..n {
-                    let (x, y) = (a[i] as f64, b[i + lag] as f64);
-                    ab += x * y;
-                    aa += x * x;
-                    bb += y * y;
-                }
-                (ab / (aa.sqrt() * bb.sqrt()).max(1.0), lag)
-            })
-            .fold((f64::MIN, 0), |m, v| if v.0 > m.0 { v } else { m })
     }
 
     #[test]

@@ -66,28 +66,15 @@ impl G722Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Best normalised correlation over the codec's filter-bank delay.
+    fn correlation(a: &[i16], b: &[i16], max_lag: usize) -> f64 {
+        media_tools::analysis::best_correlation(a, b, max_lag).0
+    }
     use crate::core::goertzel::power_at;
 
     fn tone(freq: f64, amp: f64, n: usize) -> Vec<f64> {
         (0..n).map(|i| amp * (2.0 * std::f64::consts::PI * freq * i as f64 / SAMPLE_RATE as f64).sin()).collect()
-    }
-
-    /// Best normalised correlation of `b` against `a` over lags 0..max_lag (the codec's
-    /// filter bank delays the signal by a few tens of samples).
-    fn correlation(a: &[i16], b: &[i16], max_lag: usize) -> f64 {
-        (0..max_lag)
-            .map(|lag| {
-                let n = a.len().min(b.len().saturating_sub(lag));
-                let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-                for i in 0..n {
-                    let (x, y) = (a[i] as f64, b[i + lag] as f64);
-                    ab += x * y;
-                    aa += x * x;
-                    bb += y * y;
-                }
-                ab / (aa.sqrt() * bb.sqrt()).max(1.0)
-            })
-            .fold(f64::MIN, f64::max)
     }
 
     fn round_trip(pcm: &[i16]) -> (Vec<u8>, Vec<i16>) {

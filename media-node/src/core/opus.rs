@@ -120,26 +120,15 @@ impl Drop for OpusDecoder {
 mod tests {
     use super::*;
 
+    /// Best over the codec's delay (under 200 samples).
+    fn correlation(a: &[i16], b: &[i16]) -> f64 {
+        media_tools::analysis::best_correlation(a, b, 200).0
+    }
+
     /// espeak-ng speech at 8 kHz (testdata/README.md says how it was made).
     fn speech() -> Vec<i16> {
         let wav = hound::WavReader::new(&include_bytes!("../../testdata/speech-8k.wav")[..]).unwrap();
         wav.into_samples::<i16>().map(|s| s.unwrap()).collect()
-    }
-
-    fn correlation(a: &[i16], b: &[i16]) -> f64 {
-        (0..200)
-            .map(|lag| {
-                let n = a.len().min(b.len().saturating_sub(lag));
-                let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-                for i in 0..n {
-                    let (x, y) = (a[i] as f64, b[i + lag] as f64);
-                    ab += x * y;
-                    aa += x * x;
-                    bb += y * y;
-                }
-                ab / (aa.sqrt() * bb.sqrt()).max(1.0)
-            })
-            .fold(f64::MIN, f64::max)
     }
 
     #[test]
