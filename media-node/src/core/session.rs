@@ -380,7 +380,9 @@ impl Session {
         let pt = packet.payload_type;
         let codec = match &self.receive {
             Some(map) => map.iter().find(|(p, _)| *p == pt).map(|(_, c)| *c),
-            None => AudioCodec::from_static_payload_type(pt).filter(|c| *c != AudioCodec::G722),
+            // Never negotiated: G.711 only, as before SDP came (PT 9 or 18 from a caller
+            // that negotiated nothing is counted, not decoded).
+            None => AudioCodec::from_static_payload_type(pt).filter(|c| matches!(c, AudioCodec::Pcmu | AudioCodec::Pcma)),
         };
         let Some(codec) = codec else {
             // Comfort noise, a codec nobody negotiated: counted, not played.
@@ -837,6 +839,11 @@ mod tests {
         };
         s.handle_datagram(t0, caller(), &g722(1, &payload), &mut out);
         assert_eq!(s.take_counters().unsupported_payload, 1);
+        // Nor G.729 (PT 18): the node keeps answering in PCMU.
+        let g729 = rtp::build(RtpHeader { marker: false, payload_type: 18, sequence: 1, timestamp: 0, ssrc: 5 }, &[0u8; 20]);
+        s.handle_datagram(t0, caller(), &g729, &mut out);
+        assert_eq!(s.take_counters().unsupported_payload, 1);
+        assert_eq!(s.outbound_codec(), AudioCodec::Pcmu);
         s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(101), true)), &mut out);
         for k in 2..10u16 {
             enc.encode(&[3000; 160], &mut payload);
