@@ -301,7 +301,7 @@ impl JitterBuffer {
             // every packet after a burst awaited a burst too early, and cut as lost.
             // A late one moves it at once (the network's delay grew).
             let expected = self.due(pos);
-            let at = if now < expected { now.max(expected - EARLY_STEP) } else { now };
+            let at = if now < expected { expected.checked_sub(EARLY_STEP).map_or(now, |e| now.max(e)) } else { now };
             self.anchor = (at, pos);
             self.track_drift(now, pos);
         }

@@ -614,6 +614,13 @@ impl Session {
                     out.events.push(Event::CodecChanged(codec));
                 }
                 self.analyzer.set_event_clock(codec.rtp_clock());
+                // A re-offer may give the payload type the caller sends another codec:
+                // its decoder starts again then.
+                if let Some((pt, d)) = &self.decoder {
+                    if m.receive.iter().find(|(p, _)| p == pt).map(|(_, c)| *c) != Some(d.codec) {
+                        self.decoder = None;
+                    }
+                }
                 self.receive = Some(m.receive);
                 self.telephone_event_pt = m.telephone_event_pt.unwrap_or(NO_PT);
                 if !m.sends {
