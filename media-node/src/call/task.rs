@@ -203,6 +203,25 @@ struct AttachedStream {
     sent_base: u64,
 }
 
+impl AttachedStream {
+    /// How much of this stream went out, given the session's streamed-sample count.
+    fn played_ms(&self, sent: u64) -> u64 {
+        samples_to_ms(sent.saturating_sub(self.sent_base))
+    }
+}
+
+impl RetiredStream {
+    /// How it ended once its audio all went out: played, if its sender had sent
+    /// everything, else taken over.
+    fn played_out(&self) -> StreamEnd {
+        if self.complete {
+            StreamEnd::Played
+        } else {
+            StreamEnd::Replaced
+        }
+    }
+}
+
 /// A stream a newer one replaced while its audio was still queued: it plays out, its
 /// marks are acknowledged as they go, and its sender gets the final answer once the
 /// internal mark after its last sample went out (or was cleared).
@@ -486,17 +505,18 @@ impl CallTask {
     /// out as a retired stream (an internal mark after its last sample says when).
     fn retire_stream(&mut self) {
         let Some(mut s) = self.stream.take() else { return };
-        if self.session.stream_queued() == 0 {
-            let complete = s.chunks.is_none();
-            finish_stream(s, if complete { StreamEnd::Played } else { StreamEnd::Replaced }, self.session.stream_sent());
-            return;
-        }
         let complete = s.chunks.is_none();
         s.chunks = None;
         let end_mark = self.next_mark;
+        let retired = RetiredStream { stream: s, end_mark, complete };
+        if self.session.stream_queued() == 0 {
+            let end = retired.played_out();
+            finish_stream(retired.stream, end, self.session.stream_sent());
+            return;
+        }
         self.next_mark += 1;
         self.session.handle_command(Command::Stream { pcm: Vec::new(), mark: Some(end_mark) }, &mut self.out);
-        self.retired.push(RetiredStream { stream: s, end_mark, complete });
+        self.retired.push(retired);
     }
 
     /// A mark's fate, for whichever stream (attached or retired) it belongs to.
@@ -509,17 +529,13 @@ impl CallTask {
                 // The acks channel is sized for every mark a client can have queued
                 // (see service.rs); a client that stopped reading loses its acks,
                 // never the call's time.
-                let _ = s.acks.try_send(Ok(mark_ack(&name, cleared, samples_to_ms(sent.saturating_sub(s.sent_base)))));
+                let _ = s.acks.try_send(Ok(mark_ack(&name, cleared, s.played_ms(sent))));
                 return;
             }
         }
         if let Some(i) = self.retired.iter().position(|r| r.end_mark == id) {
             let r = self.retired.remove(i);
-            let end = match (cleared, r.complete) {
-                (true, _) => StreamEnd::Interrupted,
-                (false, true) => StreamEnd::Played,
-                (false, false) => StreamEnd::Replaced,
-            };
+            let end = if cleared { StreamEnd::Interrupted } else { r.played_out() };
             finish_stream(r.stream, end, sent);
         }
     }
@@ -708,7 +724,7 @@ impl CallTask {
 /// A stream's end: the marks it did not reach are cleared (acknowledged before the
 /// final answer), and its sender learns how it ended and how much of it played.
 fn finish_stream(s: AttachedStream, end: StreamEnd, sent: u64) {
-    let played_ms = samples_to_ms(sent.saturating_sub(s.sent_base));
+    let played_ms = s.played_ms(sent);
     for (_, name) in &s.marks {
         let _ = s.acks.try_send(Ok(mark_ack(name, true, played_ms)));
     }

@@ -26,8 +26,9 @@ pub enum AudioCodec {
     G729,
 }
 
-/// The most audio (8 kHz samples) FEC rebuilds before a packet: one Opus packet of 120 ms.
-pub const MAX_LOST_SAMPLES: u32 = 960;
+/// The longest Opus packet (120 ms) in the call's 8 kHz samples: the most FEC rebuilds
+/// before a packet, and the most one packet decodes to.
+pub const MAX_PACKET_SAMPLES: u32 = 960;
 
 /// The payload type the node offers Opus on (dynamic; what WebRTC stacks use).
 pub const OPUS_PT: u8 = 111;
@@ -86,20 +87,16 @@ impl AudioCodec {
         }
     }
 
+    /// RTP clock ticks per sample of the call's 8 kHz audio (6 for Opus, else 1).
+    pub fn clock_ratio(self) -> u32 {
+        self.rtp_clock() / super::jitter::RATE
+    }
+
     /// SDP's channel count (Opus is always signalled as 2, RFC 7587 §7).
     pub fn sdp_channels(self) -> u8 {
         match self {
             AudioCodec::Opus => 2,
             _ => 1,
-        }
-    }
-}
-
-impl From<G711> for AudioCodec {
-    fn from(c: G711) -> AudioCodec {
-        match c {
-            G711::Pcmu => AudioCodec::Pcmu,
-            G711::Pcma => AudioCodec::Pcma,
         }
     }
 }
@@ -197,7 +194,8 @@ impl Decoder {
     }
 
     /// Appends the payload's audio at 8 kHz. False for a payload the codec refuses
-    /// (only Opus can: every G.711 and G.722 byte is valid); nothing is appended then.
+    /// (corrupt Opus, a G.729 payload that is not 10-byte frames and a SID; every G.711
+    /// and G.722 byte is valid); nothing is appended then.
     pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> bool {
         match &mut self.state {
             DecoderState::G711(c) => c.decode_into(payload, out),

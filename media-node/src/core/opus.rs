@@ -19,8 +19,6 @@ const OPUS_SET_INBAND_FEC_REQUEST: i32 = 4012;
 const OPUS_SET_PACKET_LOSS_PERC_REQUEST: i32 = 4014;
 /// The largest packet libopus writes (RFC 6716 §3.4: 1275 bytes a frame).
 const MAX_PACKET: usize = 1275;
-/// 120 ms, the longest Opus packet, at 8 kHz.
-pub const MAX_FRAME_8K: usize = 960;
 
 pub struct OpusEncoder(NonNull<ffi::OpusEncoder>);
 
@@ -75,7 +73,8 @@ impl OpusDecoder {
         let mut err = 0;
         // SAFETY: as for the encoder.
         let p = unsafe { ffi::opus_decoder_create(rate as i32, 1, &mut err) };
-        Some(OpusDecoder { dec: NonNull::new(p)?, buf: vec![0; MAX_FRAME_8K * 6] })
+        // Room for the longest packet (120 ms) at any rate up to 48 kHz.
+        Some(OpusDecoder { dec: NonNull::new(p)?, buf: vec![0; super::codec::MAX_PACKET_SAMPLES as usize * 6] })
     }
 
     /// Appends the packet's audio; false (nothing appended) for a packet libopus

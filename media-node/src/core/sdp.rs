@@ -335,6 +335,10 @@ pub struct Negotiated {
     pub remote: Option<SocketAddr>,
     /// Which m-line is the call's audio.
     pub audio_index: usize,
+    /// What the node takes from the far end, by payload type: the agreed codec, and
+    /// every other codec of the line it runs at 8000 (a far end may switch among
+    /// those it offered; these share the call's timestamp scale).
+    pub receive: Vec<(u8, AudioCodec)>,
 }
 
 /// Answers `offer` by the node's preferences (`prefer`, names like `PCMU`, case
@@ -386,7 +390,16 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiat
         // RFC 2543's hold: c=0.0.0.0 means "do not send to me".
         direction = Direction::RecvOnly;
     }
-    Ok(Negotiated { payload_type, codec, telephone_event, ptime: m.ptime(), direction, remote, audio_index })
+    let mut receive = vec![(payload_type, codec.audio_codec())];
+    for (pt, e) in &offered {
+        if e.clock != 8000 || receive.iter().any(|(p, _)| p == pt) {
+            continue;
+        }
+        if let Some(c) = SUPPORTED.iter().find(|c| matches(e, c)) {
+            receive.push((*pt, c.audio_codec()));
+        }
+    }
+    Ok(Negotiated { payload_type, codec, telephone_event, ptime: m.ptime(), direction, remote, audio_index, receive })
 }
 
 /// The answer's SDP: every m-line of the offer in its order (RFC 3264 §6), all but the
@@ -498,6 +511,9 @@ mod tests {
         assert_eq!((n.payload_type, n.codec.name), (8, "PCMA"), "the node's order, not the offer's");
         let n = negotiate(&offer(FREESWITCH), &[]).unwrap();
         assert_eq!((n.payload_type, n.codec.name, n.telephone_event), (0, "PCMU", Some(101)));
+        // The far end may switch among what it offered that the node runs at 8000.
+        use AudioCodec::*;
+        assert_eq!(n.receive, [(0, Pcmu), (9, G722), (8, Pcma), (18, G729)]);
         let n = negotiate(&offer(SBC), &["pcmu"]).unwrap();
         assert_eq!((n.payload_type, n.telephone_event), (0, Some(97)), "telephone-event at the codec's clock, not 16000");
         assert_eq!(n.direction, Direction::RecvOnly, "their sendonly is our recvonly");

@@ -412,7 +412,7 @@ impl Session {
         // The jitter buffer, the interarrival jitter and the timeline count 8 kHz; an
         // Opus stream's 48 kHz timestamps are scaled by their difference from the last
         // packet's (so its wrap-around needs no care).
-        let ratio = codec.rtp_clock() / 8000;
+        let ratio = codec.clock_ratio();
         let ts = match self.last_in {
             Some(l) if ratio > 1 && l.ssrc == packet.ssrc => {
                 l.ts8.wrapping_add((packet.timestamp.wrapping_sub(l.ts) as i32 / ratio as i32) as u32)
@@ -424,7 +424,7 @@ impl Session {
         // one carries, before the jitter buffer gives up on it.
         if let Some(l) = self.last_in.filter(|l| l.ssrc == packet.ssrc && packet.sequence == l.seq.wrapping_add(2)) {
             let missing = ts.wrapping_sub(l.ts8).wrapping_sub(l.samples);
-            if (1..=super::codec::MAX_LOST_SAMPLES).contains(&missing) {
+            if (1..=super::codec::MAX_PACKET_SAMPLES).contains(&missing) {
                 let mut lost = Vec::with_capacity(missing as usize);
                 if decoder.recover(packet.payload, missing as usize, &mut lost) == Some(true) {
                     self.counters.fec_recovered += 1;
@@ -594,7 +594,7 @@ impl Session {
             // DigitsSent then speaks of the new ones only.
             Command::SendDigits(mut d) => {
                 // telephone-event beside Opus counts at 48 kHz, as the codec does.
-                d.set_clock_ratio(self.encoder.codec.rtp_clock() / 8000);
+                d.set_clock_ratio(self.encoder.codec.clock_ratio());
                 self.digits_out = Some(d);
             }
             Command::RedactDtmf(true) => {
@@ -648,11 +648,6 @@ impl Session {
         }
     }
 
-    /// True while DTMF redaction is on.
-    pub fn redacting(&self) -> bool {
-        self.redactor.is_some()
-    }
-
     /// Sends this frame's telephone-event (or its pause); false once the digits are
     /// done, and the audio takes the frame again.
     fn send_digit_frame(&mut self, index: u64, pos: u64, out: &mut Outputs) -> bool {
@@ -672,22 +667,26 @@ impl Session {
                 ssrc: self.ssrc,
             };
             self.sequence = self.sequence.wrapping_add(1);
-            if let Some(to) = self.latch.target() {
-                let data = rtp::build(header, &payload);
-                self.counters.packets_out += 1;
-                self.counters.bytes_out += data.len() as u64;
-                out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
-            }
+            self.send_rtp(index, header, &payload, out);
         }
         true
+    }
+
+    /// Frame `index`'s packet to the far end, when one is known (counted).
+    fn send_rtp(&mut self, index: u64, header: RtpHeader, payload: &[u8], out: &mut Outputs) {
+        if let Some(to) = self.latch.target() {
+            let data = rtp::build(header, payload);
+            self.counters.packets_out += 1;
+            self.counters.bytes_out += data.len() as u64;
+            out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
+        }
     }
 
     /// The RTP timestamp of timeline position `pos` (8 kHz) on the sending codec's
     /// clock (48 kHz for Opus). A codec switch to another clock rate jumps the
     /// timestamp, which RFC 3550 allows with the payload type change.
     fn rtp_timestamp(&self, pos: u64) -> u32 {
-        let ratio = (self.encoder.codec.rtp_clock() / 8000) as u64;
-        self.timestamp_origin.wrapping_add(pos.wrapping_mul(ratio) as u32)
+        self.timestamp_origin.wrapping_add(pos.wrapping_mul(self.encoder.codec.clock_ratio() as u64) as u32)
     }
 
     fn produce_frame(&mut self, index: u64, out: &mut Outputs) {
@@ -731,12 +730,9 @@ impl Session {
         self.in_talkspurt = true;
         self.sequence = self.sequence.wrapping_add(1);
         self.encoder.encode(&frame, &mut self.encode_buf);
-        if let Some(to) = self.latch.target() {
-            let data = rtp::build(header, &self.encode_buf);
-            self.counters.packets_out += 1;
-            self.counters.bytes_out += data.len() as u64;
-            out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
-        }
+        let payload = std::mem::take(&mut self.encode_buf);
+        self.send_rtp(index, header, &payload, out);
+        self.encode_buf = payload;
         if source != FrameSource::Echo {
             self.echo_guard.on_played(pos, &frame);
         }

@@ -457,24 +457,9 @@ impl MediaSvc {
         let names: Vec<&str> = prefer.iter().map(|c| c.name()).collect();
         let agreed = sdp::negotiate(&remote, &names).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let codec = agreed.codec.audio_codec();
-        // The far end sends what the answer names; the node decodes any codec of the
-        // agreed line it runs (a far end may switch among those it offered).
-        let m = &remote.media[agreed.audio_index];
-        let mut receive: Vec<(u8, crate::core::codec::AudioCodec)> = vec![(agreed.payload_type, codec)];
-        for pt in m.formats.iter().filter_map(|f| f.parse::<u8>().ok().filter(|pt| *pt < 128)) {
-            if let Some(c) = m
-                .encoding(pt)
-                .filter(|e| e.clock == 8000 && e.channels == 1)
-                .and_then(|e| crate::core::codec::AudioCodec::from_name(&e.name))
-            {
-                if !receive.iter().any(|(p, _)| *p == pt) {
-                    receive.push((pt, c));
-                }
-            }
-        }
         let settings = crate::core::session::MediaSettings {
             send: (agreed.payload_type, codec),
-            receive,
+            receive: agreed.receive.clone(),
             telephone_event_pt: agreed.telephone_event,
             sends: agreed.direction.sends(),
         };

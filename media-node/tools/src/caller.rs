@@ -130,7 +130,7 @@ impl RtpCaller {
         ssrc: u32,
     ) -> std::io::Result<Vec<Instant>> {
         let mut enc = media_node::core::codec::Encoder::new(codec);
-        let ratio = codec.rtp_clock() / 8000;
+        let ratio = codec.clock_ratio();
         let start = tokio::time::Instant::now();
         let mut payload = Vec::new();
         let mut sent = Vec::with_capacity(pcm.len() / 160 + 1);
