@@ -348,7 +348,7 @@ mod targets {
     pub fn sdp_offer(data: &[u8]) {
         let Ok(offer) = SessionDescription::parse(data) else { return };
         let Ok(agreed) = sdp::negotiate(&offer, &["PCMU", "PCMA"]) else { return };
-        let text = sdp::answer(&offer, &agreed, "192.0.2.1".parse().unwrap(), 30000, 1);
+        let text = sdp::answer(&offer, &agreed, "192.0.2.1".parse().unwrap(), 30000, 1, 1);
         let back = SessionDescription::parse(text.as_bytes()).expect("our answer parses");
         assert_eq!(back.media.len(), offer.media.len(), "one m-line per offered m-line");
         let again = sdp::negotiate(&back, &["PCMU", "PCMA"]).expect("our answer negotiates");

@@ -87,6 +87,15 @@ async fn the_node_s_offer_and_the_far_end_s_answer_set_what_it_sends() {
     assert!(m.formats.contains(&"101".to_string()));
     assert_eq!(parsed.connection, Some(node_rtp.ip()));
     // The far end answers PCMA, from its own address.
+    // o= keeps the call's session id in every SDP the node writes for it, and raises
+    // the version each time (RFC 3264 §8).
+    let origin = |sdp: &str| -> (String, u64) {
+        let o: Vec<&str> = sdp.lines().find(|l| l.starts_with("o=")).unwrap().split_whitespace().collect();
+        (o[1].to_string(), o[2].parse().unwrap())
+    };
+    let again = negotiate(&mut node, port, "", SdpType::Unspecified, &["PCMA"]).await.unwrap();
+    let (first, second) = (origin(&offer.local_sdp), origin(&again.local_sdp));
+    assert!(first.0 == second.0 && second.1 > first.1, "{first:?} then {second:?}");
     let answer = offer_from(caller.local_addr(), "8 101", "a=rtpmap:8 PCMA/8000\r\n", "sendrecv");
     let r = negotiate(&mut node, port, &answer, SdpType::Answer, &[]).await.unwrap();
     assert!(r.local_sdp.is_empty(), "nothing to answer to an answer");
@@ -137,7 +146,11 @@ async fn a_re_offer_holds_resumes_and_switches_codec_with_continuous_numbering()
     sleep_ms(300).await;
     assert_eq!(caller.take_received().len(), 0);
     // Resume, switching to G.722 in the same re-offer.
-    let r = negotiate(&mut node, port, &pcmu, SdpType::Unspecified, &["G722"]).await.unwrap().media.unwrap();
+    let resumed = negotiate(&mut node, port, &pcmu, SdpType::Unspecified, &["G722"]).await.unwrap();
+    let o = |sdp: &str| sdp.lines().find(|l| l.starts_with("o=")).unwrap().split_whitespace().take(3).map(String::from).collect::<Vec<_>>();
+    let (before, now) = (o(&held.local_sdp), o(&resumed.local_sdp));
+    assert!(before[1] == now[1] && now[2].parse::<u64>().unwrap() > before[2].parse().unwrap(), "answers' o=: {before:?} then {now:?}");
+    let r = resumed.media.unwrap();
     assert_eq!((r.codec.as_str(), r.direction.as_str()), ("G722", "sendrecv"));
     let reply = play.await.unwrap().unwrap().into_inner();
     assert_eq!(reply.message, "finished");

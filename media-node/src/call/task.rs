@@ -180,6 +180,26 @@ pub struct CallHandle {
     pub started: Instant,
     pub commands: mpsc::Sender<CallCommand>,
     pub task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The version of the node's last SDP for this call (RFC 3264 §8: each new one
+    /// is higher).
+    pub sdp_version: std::sync::atomic::AtomicU64,
+}
+
+impl CallHandle {
+    /// The `o=` line's session id: the same for every SDP the node writes for this
+    /// call, and distinct between calls.
+    pub fn sdp_session_id(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.call_id, self.port).hash(&mut h);
+        // sess-id is a decimal number; kept within 63 bits as most stacks expect.
+        h.finish() >> 1
+    }
+
+    /// The next `o=` version for this call.
+    pub fn next_sdp_version(&self) -> u64 {
+        self.sdp_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
 }
 
 struct Listener {
@@ -288,7 +308,14 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         }
     };
     let join = super::runtime::handle().spawn(tracing::Instrument::instrument(run, span));
-    Arc::new(CallHandle { port, call_id, started, commands: tx, task: tokio::sync::Mutex::new(Some(join)) })
+    Arc::new(CallHandle {
+        port,
+        call_id,
+        started,
+        commands: tx,
+        task: tokio::sync::Mutex::new(Some(join)),
+        sdp_version: Default::default(),
+    })
 }
 
 /// How often a call's interarrival jitter is sampled into the histogram.

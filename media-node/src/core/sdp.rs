@@ -405,10 +405,10 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiat
 /// The answer's SDP: every m-line of the offer in its order (RFC 3264 §6), all but the
 /// call's audio refused with port 0; the audio line with the node's address and port,
 /// the agreed codec and telephone-event.
-pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port: u16, session_id: u64) -> String {
+pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port: u16, session_id: u64, version: u64) -> String {
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut s = String::new();
-    let _ = write!(s, "v=0\r\no=- {session_id} {session_id} IN {family} {ip}\r\ns=media-node\r\nc=IN {family} {ip}\r\nt=0 0\r\n");
+    let _ = write!(s, "v=0\r\no=- {session_id} {version} IN {family} {ip}\r\ns=media-node\r\nc=IN {family} {ip}\r\nt=0 0\r\n");
     for (i, m) in offer.media.iter().enumerate() {
         if i != agreed.audio_index {
             let _ = write!(s, "m={} 0 {} {}\r\n", m.kind, m.proto, m.formats.first().map_or("0", String::as_str));
@@ -523,7 +523,7 @@ mod tests {
     fn the_answer_keeps_every_m_line_and_refuses_all_but_the_audio() {
         let o = offer(SBC);
         let n = negotiate(&o, &["PCMA"]).unwrap();
-        let a = answer(&o, &n, "192.0.2.99".parse().unwrap(), 31000, 7);
+        let a = answer(&o, &n, "192.0.2.99".parse().unwrap(), 31000, 7, 1);
         let back = offer(&a);
         assert_eq!(back.media.len(), 2);
         assert_eq!((back.media[0].port, back.media[1].kind.as_str(), back.media[1].port), (31000, "video", 0));
@@ -563,7 +563,7 @@ mod tests {
         assert_eq!(parsed.media[0].formats, ["9", "0", "8", "18", "101"]);
         let n = negotiate(&parsed, &["G722"]).unwrap();
         assert_eq!((n.codec.name, n.telephone_event, n.remote), ("G722", Some(101), Some("192.0.2.9:30002".parse().unwrap())));
-        let a = answer(&parsed, &n, "192.0.2.1".parse().unwrap(), 4000, 2);
+        let a = answer(&parsed, &n, "192.0.2.1".parse().unwrap(), 4000, 2, 1);
         assert!(a.contains("a=rtpmap:9 G722/8000\r\n") && a.contains("a=ptime:20\r\n"), "{a}");
     }
 
@@ -575,7 +575,7 @@ mod tests {
         let n = negotiate(&offer(&plain), &["opus"]).unwrap();
         assert_eq!((n.payload_type, n.codec.audio_codec(), n.telephone_event), (111, AudioCodec::Opus, Some(126)));
         let o = offer(&plain);
-        let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 3);
+        let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 3, 1);
         assert!(a.contains("m=audio 4000 RTP/AVP 111 126\r\n") && a.contains("a=rtpmap:111 opus/48000/2\r\n"), "{a}");
         assert!(a.contains("a=fmtp:111 maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1\r\n"), "{a}");
         assert!(a.contains("a=rtpmap:126 telephone-event/48000\r\n"), "{a}");
@@ -592,7 +592,7 @@ mod tests {
         let n = negotiate(&offer(FREESWITCH), &["G729"]).unwrap();
         assert_eq!((n.payload_type, n.codec.audio_codec()), (18, AudioCodec::G729));
         let o = offer(FREESWITCH);
-        let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 1);
+        let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 1, 1);
         assert!(a.contains("a=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\n"), "{a}");
     }
 

@@ -441,10 +441,9 @@ impl MediaSvc {
         };
         let call = self.node.call(r.server_rtp_port)?;
         let ip = self.node.advertised_ip();
-        // o= names the call and counts this description's version (RFC 3264 §8: each
-        // new one from the node is higher).
-        let session_id = call.started.elapsed().as_secs() ^ ((call.port as u64) << 32);
-        let version = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        // o= names the call (the same id in every SDP of it) and counts this
+        // description's version.
+        let (session_id, version) = (call.sdp_session_id(), call.next_sdp_version());
         if r.remote_sdp.is_empty() {
             if r.remote_type() == SdpType::Answer {
                 return Err(Status::invalid_argument("remote_sdp is empty: an answer needs the far end's SDP"));
@@ -483,7 +482,7 @@ impl MediaSvc {
         info!(codec = codec.name(), pt = agreed.payload_type, direction = agreed.direction.as_str(), "SDP negotiated");
         let local_sdp = match r.remote_type() {
             SdpType::Answer => String::new(),
-            _ => sdp::answer(&remote, &agreed, ip, call.port, session_id),
+            _ => sdp::answer(&remote, &agreed, ip, call.port, session_id, version),
         };
         Ok(NegotiateSdpResponse { local_sdp, media: Some(media) })
     }
