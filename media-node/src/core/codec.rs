@@ -101,6 +101,15 @@ impl AudioCodec {
     }
 }
 
+impl From<G711> for AudioCodec {
+    fn from(c: G711) -> AudioCodec {
+        match c {
+            G711::Pcmu => AudioCodec::Pcmu,
+            G711::Pcma => AudioCodec::Pcma,
+        }
+    }
+}
+
 /// One outbound direction: the call's 8 kHz frames to payloads.
 pub struct Encoder {
     pub codec: AudioCodec,

@@ -9,6 +9,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use media_node::call::udp;
+use media_node::core::codec::{AudioCodec, Encoder};
 use media_node::core::g711::Codec;
 use media_node::core::rtp::{self, RtpHeader};
 
@@ -89,53 +90,30 @@ impl RtpCaller {
         self.send_speech_scheduled(to, pcm, codec, ssrc, |k| Duration::from_millis(20 * k as u64)).await
     }
 
-    /// As `send_speech_timed`, packet `k` leaving `at(k)` after the start: a network
+    /// As `send_speech_timed`, in any codec the node runs (G.722 and Opus keep their
+    /// state across packets; Opus timestamps count 48 kHz).
+    pub async fn send_speech_as(&self, to: SocketAddr, pcm: &[i16], codec: AudioCodec, ssrc: u32) -> std::io::Result<Vec<Instant>> {
+        self.send_speech_scheduled(to, pcm, codec, ssrc, |k| Duration::from_millis(20 * k as u64)).await
+    }
+
+    /// As `send_speech_as`, packet `k` leaving `at(k)` after the start: a network
     /// that holds packets up and then lets them through at once is a schedule.
     pub async fn send_speech_scheduled(
         &self,
         to: SocketAddr,
         pcm: &[i16],
-        codec: Codec,
+        codec: impl Into<AudioCodec>,
         ssrc: u32,
         at: impl Fn(usize) -> Duration,
     ) -> std::io::Result<Vec<Instant>> {
-        let start = tokio::time::Instant::now();
-        let mut payload = Vec::new();
-        let mut sent = Vec::with_capacity(pcm.len() / 160 + 1);
-        for (k, frame) in pcm.chunks(160).enumerate() {
-            tokio::time::sleep_until(start + at(k)).await;
-            codec.encode_into(frame, &mut payload);
-            let header = RtpHeader {
-                marker: k == 0,
-                payload_type: codec.payload_type(),
-                sequence: 1000u16.wrapping_add(k as u16),
-                timestamp: 5000u32.wrapping_add(k as u32 * 160),
-                ssrc,
-            };
-            self.socket.send_to(&rtp::build(header, &payload), to).await?;
-            sent.push(Instant::now());
-        }
-        Ok(sent)
-    }
-}
-
-impl RtpCaller {
-    /// As `send_speech_timed`, in any codec the node runs (G.722 and Opus keep their
-    /// state across packets; Opus timestamps count 48 kHz).
-    pub async fn send_speech_as(
-        &self,
-        to: SocketAddr,
-        pcm: &[i16],
-        codec: media_node::core::codec::AudioCodec,
-        ssrc: u32,
-    ) -> std::io::Result<Vec<Instant>> {
-        let mut enc = media_node::core::codec::Encoder::new(codec);
+        let codec = codec.into();
+        let mut enc = Encoder::new(codec);
         let ratio = codec.clock_ratio();
         let start = tokio::time::Instant::now();
         let mut payload = Vec::new();
         let mut sent = Vec::with_capacity(pcm.len() / 160 + 1);
         for (k, frame) in pcm.chunks(160).enumerate() {
-            tokio::time::sleep_until(start + Duration::from_millis(20 * k as u64)).await;
+            tokio::time::sleep_until(start + at(k)).await;
             enc.encode(frame, &mut payload);
             let header = RtpHeader {
                 marker: k == 0,

@@ -18,7 +18,6 @@ use crate::analysis::{best_correlation, rms, synth_prompt, synth_speech};
 use crate::caller::{timeline, RtpCaller};
 use media_node::audio::decode::{wav_bytes, wav_to_call_pcm};
 use media_node::config::NodeConfig;
-use media_node::core::g711::Codec;
 use media_node::core::resample;
 
 pub struct DemoOptions {
@@ -153,13 +152,7 @@ async fn call(endpoint: &str, opts: &DemoOptions, local_assets: bool, prompt_wav
         let socket_caller = &caller;
         let speech = speech.clone();
         let codec = opts.codec;
-        async move {
-            if codec == AudioCodec::Pcmu {
-                socket_caller.send_speech(node_rtp, &speech, Codec::Pcmu, 0x5eed).await
-            } else {
-                socket_caller.send_speech_as(node_rtp, &speech, codec, 0x5eed).await.map(|s| s.len())
-            }
-        }
+        async move { socket_caller.send_speech_as(node_rtp, &speech, codec, 0x5eed).await.map(|s| s.len()) }
     };
     let prompt_uri = if local_assets {
         "file://prompts/welcome.wav".to_string()

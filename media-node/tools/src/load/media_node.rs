@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use media_node::audio::decode::wav_bytes;
 use media_node::core::codec::AudioCodec;
-use media_node::core::g711::Codec;
 use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use tonic::transport::Channel;
@@ -181,11 +180,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                     })
                     .await
             });
-            let sent_at = if codec == AudioCodec::Pcmu {
-                caller.send_speech_timed(node_rtp, &speech, Codec::Pcmu, i as u32).await?
-            } else {
-                caller.send_speech_as(node_rtp, &speech, codec, i as u32).await?
-            };
+            let sent_at = caller.send_speech_as(node_rtp, &speech, codec, i as u32).await?;
             let _ = play.await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             if parts.record {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use media_node::audio::decode::wav_bytes;
-use media_node::core::g711::Codec;
 
 use super::never_silent;
 use super::options::{Engine, LoadOptions, ENGINE_RTP_PORT_MIN, RTPENGINE_NG_PORT, RTPENGINE_RTP_PORT_MAX};
@@ -110,11 +109,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let mut play = base("play media");
             play.push(("file", Bencode::str(&prompt)));
             ctl.command(Bencode::dict(play)).await?;
-            let sent_at = if codec == AudioCodec::Pcmu {
-                caller.send_speech_timed(engine_rtp, &speech, Codec::Pcmu, i as u32).await?
-            } else {
-                caller.send_speech_as(engine_rtp, &speech, codec, i as u32).await?
-            };
+            let sent_at = caller.send_speech_as(engine_rtp, &speech, codec, i as u32).await?;
             tokio::time::sleep(Duration::from_millis(200)).await;
             ctl.command(Bencode::dict(base("delete"))).await?;
             let received = caller.take_received();
