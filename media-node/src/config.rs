@@ -97,6 +97,12 @@ pub struct NodeArgs {
     /// far end's compatibility, not wideband audio. A request may give its own order.
     #[arg(long, env = "PREFERRED_AUDIO_CODEC", default_value = "PCMU,PCMA,G722")]
     pub preferred_audio_codec: String,
+    /// Secure media (SRTP, keys by SDES in the SDP): `optional` takes SRTP or plain RTP
+    /// as the far end offers, and the node's offers carry keys on RTP/AVP; `required`
+    /// refuses plain offers and answers and offers RTP/SAVP; `off` refuses RTP/SAVP. A
+    /// request may give its own. Calls that never negotiate SDP stay plain RTP.
+    #[arg(long, env = "MEDIA_SRTP_POLICY", default_value = "optional")]
+    pub srtp_policy: String,
     /// On SIGTERM, how long calls in flight may go on before the node closes.
     #[arg(long, env = "MEDIA_SERVICE_DRAIN_SECONDS", default_value_t = 300)]
     pub drain_seconds: u64,
@@ -205,6 +211,7 @@ pub struct NodeConfig {
     pub analysis: AnalysisConfig,
     /// Offer/answer's codec preference, first preferred.
     pub preferred_codecs: Vec<AudioCodec>,
+    pub srtp_policy: crate::core::srtp::sdes::SrtpPolicy,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
     pub recording: StoreConfig,
@@ -341,6 +348,9 @@ impl NodeConfig {
                 inband_dtmf: a.inband_dtmf,
             },
             preferred_codecs: parse_codecs(&a.preferred_audio_codec).map_err(|e| ConfigError(format!("PREFERRED_AUDIO_CODEC: {e}")))?,
+            srtp_policy: crate::core::srtp::sdes::SrtpPolicy::parse(&a.srtp_policy).ok_or_else(|| {
+                ConfigError(format!("MEDIA_SRTP_POLICY: {:?} is not off, optional or required", crate::echo::clip(&a.srtp_policy)))
+            })?,
             drain_timeout: Duration::from_secs(a.drain_seconds),
             tls,
             recording,
@@ -367,6 +377,7 @@ impl NodeConfig {
             jitter_hold: Duration::from_millis(40),
             analysis: AnalysisConfig::default(),
             preferred_codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722],
+            srtp_policy: Default::default(),
             drain_timeout: Duration::from_secs(30),
             tls: None,
             recording: StoreConfig {

@@ -1,6 +1,6 @@
 //! Fuzz targets for every parser that takes input from outside the node: RTP and RTCP
 //! datagrams, the jitter buffer and the whole call core fed arbitrary packet
-//! sequences, SDP offers, audio URIs, WAV prompts, TTS chunks and recording destinations. Each
+//! sequences, SRTP and SRTCP packets, SDES crypto lines, SDP offers, audio URIs, WAV prompts, TTS chunks and recording destinations. Each
 //! target is a `fn(&[u8])` (the shape libFuzzer and cargo-fuzz use) that asserts
 //! invariants: no panic, bounded output and memory, a round trip where one exists.
 //!
@@ -347,12 +347,134 @@ mod targets {
     /// an answer the node writes always parses back and negotiates the same codec.
     pub fn sdp_offer(data: &[u8]) {
         let Ok(offer) = SessionDescription::parse(data) else { return };
-        let Ok(agreed) = sdp::negotiate(&offer, &["PCMU", "PCMA"]) else { return };
-        let text = sdp::answer(&offer, &agreed, "192.0.2.1".parse().unwrap(), 30000, 1, 1);
+        let Ok(agreed) = sdp::negotiate(&offer, &["PCMU", "PCMA"], crate::core::srtp::sdes::SrtpPolicy::Optional) else { return };
+        let local = agreed.crypto.as_ref().map(|c| crate::core::srtp::MasterKey::random(c.key.suite));
+        let text = sdp::answer(&offer, &agreed, "192.0.2.1".parse().unwrap(), 30000, 1, 1, local.as_ref());
         let back = SessionDescription::parse(text.as_bytes()).expect("our answer parses");
         assert_eq!(back.media.len(), offer.media.len(), "one m-line per offered m-line");
-        let again = sdp::negotiate(&back, &["PCMU", "PCMA"]).expect("our answer negotiates");
+        let again = sdp::negotiate(&back, &["PCMU", "PCMA"], crate::core::srtp::sdes::SrtpPolicy::Optional).expect("our answer negotiates");
         assert_eq!((again.payload_type, again.codec), (agreed.payload_type, agreed.codec));
+        assert_eq!(again.crypto.map(|c| (c.tag, c.key)), agreed.crypto.map(|c| c.tag).zip(local), "our key, under their tag");
+    }
+
+    /// SRTP and SRTCP from anyone who finds the port. A packet is taken only if it is
+    /// exactly what the key's holder would have sent: re-protecting what came out gives
+    /// the input back. And a genuine packet with any one byte changed is refused.
+    pub fn srtp_packet(data: &[u8]) {
+        use crate::core::srtp::{Inbound, MasterKey, Outbound, Suite};
+        let Some((&mode, rest)) = data.split_first() else { return };
+        let suite = Suite::ALL[(mode & 0x7f) as usize % Suite::ALL.len()];
+        let key = MasterKey::new(suite, &[0x5a; 64][..suite.key_len() + suite.salt_len()]).expect("key length");
+        let mut rx = Inbound::new(key.clone());
+        let mut out = Vec::new();
+        if mode & 0x80 == 0 {
+            if rx.unprotect_rtp(rest, &mut out).is_ok() {
+                let mut again = out.clone();
+                Outbound::new(key.clone()).protect_rtp(&mut again).expect("protects");
+                assert_eq!(again, rest, "an accepted packet is a genuine one");
+            }
+            assert!(out.len() <= rest.len());
+            let _ = rx.unprotect_rtcp(rest, &mut out);
+            assert!(out.len() <= rest.len());
+            return;
+        }
+        if rest.len() < 14 {
+            return;
+        }
+        let at = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        let mut packet = rest[2..].to_vec();
+        // A plain 12-byte header (no CSRC, extension or padding) before the payload.
+        packet[0] = 0x80;
+        let plain = packet.clone();
+        Outbound::new(key.clone()).protect_rtp(&mut packet).expect("protects");
+        let mut bad = packet.clone();
+        let i = at % bad.len();
+        bad[i] ^= rest[1] | 1;
+        assert!(Inbound::new(key.clone()).unprotect_rtp(&bad, &mut out).is_err(), "a changed byte {i} is refused");
+        rx.unprotect_rtp(&packet, &mut out).expect("the genuine packet is taken");
+        assert_eq!(out, plain);
+    }
+
+    /// `a=crypto` values from an offer: never a panic, never the key in an error, and a
+    /// line that parses writes back to itself.
+    pub fn sdes_crypto(data: &[u8]) {
+        use crate::core::srtp::sdes;
+        let Ok(text) = std::str::from_utf8(data) else { return };
+        match sdes::parse(text) {
+            Ok(c) => {
+                let line = sdes::format(c.tag, &c.key);
+                assert_eq!(sdes::parse(line.strip_prefix("a=crypto:").expect("prefix")).expect("our line parses"), c);
+            }
+            Err(e) => {
+                let material = text.split("inline:").nth(1).and_then(|m| m.split(['|', ' ', ';']).next()).unwrap_or_default();
+                // Only what could be key material counts (the suite's own name may follow a
+                // stray `inline:`, and it is quoted on purpose).
+                let base64 = material.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+                if base64 && material.len() >= 12 {
+                    assert!(!e.to_string().contains(material), "the key is quoted in {e}");
+                }
+            }
+        }
+    }
+
+    /// RFC 4733 packets in any order, repeated, lost or forged, with time passing between
+    /// them: a digit the agent hears starts once and ends once, an end is always of the
+    /// digit that started, and no more than one digit is ever held.
+    pub fn telephone_events(data: &[u8]) {
+        use crate::core::analysis::telephone_event::{EventReceiver, Received};
+        let mut b = Bytes(data);
+        let mut rx = EventReceiver::default();
+        let mut now = Instant::now();
+        let mut out = Vec::new();
+        let mut open: Option<(char, u32)> = None;
+        let mut ended = std::collections::VecDeque::new();
+        while !b.is_empty() {
+            let op = b.u8();
+            now += Duration::from_millis(u64::from(b.u8()) * 8);
+            if op & 1 == 0 {
+                // Timestamps from a few values, so the same event comes back often.
+                let timestamp = u32::from(op >> 1 & 7) * 160;
+                let len = usize::from(b.u8() % 8);
+                let payload = b.take(len).to_vec();
+                rx.on_packet(now, timestamp, &payload, &mut out);
+            } else {
+                rx.on_tick(now, &mut out);
+            }
+            for r in out.drain(..) {
+                match r {
+                    Received::Started { digit, timestamp } => {
+                        assert!(open.is_none(), "{digit} started while {open:?} was held");
+                        // Repeated end packets and late updates of a digit that ended are not
+                        // the digit again (the receiver remembers the last four).
+                        assert!(!ended.contains(&timestamp), "{digit} at {timestamp} ended, then started again");
+                        open = Some((digit, timestamp));
+                    }
+                    Received::Ended { digit, timestamp, .. } => {
+                        assert_eq!(open.take(), Some((digit, timestamp)), "an end of the digit that started");
+                        ended.push_back(timestamp);
+                        if ended.len() > 4 {
+                            ended.pop_front();
+                        }
+                    }
+                }
+            }
+            assert_eq!(rx.is_active(), open.is_some());
+        }
+    }
+
+    #[test]
+    fn fuzz_telephone_events() {
+        fuzz("telephone_events", telephone_events);
+    }
+
+    #[test]
+    fn fuzz_srtp_packet() {
+        fuzz("srtp_packet", srtp_packet);
+    }
+
+    #[test]
+    fn fuzz_sdes_crypto() {
+        fuzz("sdes_crypto", sdes_crypto);
     }
 
     #[test]

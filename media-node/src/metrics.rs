@@ -58,6 +58,11 @@ pub struct Metrics {
     pub fec_recovered: IntCounter,
     pub dtmf_redacted_seconds: prometheus::Counter,
     pub turn_latency: HistogramVec,
+    pub srtp_authenticated: IntCounter,
+    pub srtp_dropped: IntCounterVec,
+    pub srtp_unsent: IntCounter,
+    pub calls_by_transport: IntGaugeVec,
+    pub negotiated_transport: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -72,7 +77,7 @@ impl Metrics {
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"))
         };
-        Metrics {
+        let m = Metrics {
             sessions: reg(&r, IntGauge::new("media_sessions_active", "Calls with an RTP session on this node").unwrap()),
             ports: reg(&r, IntGaugeVec::new(Opts::new("media_ports", "RTP ports by state"), &["state"]).unwrap()),
             packets: reg(&r, IntCounterVec::new(Opts::new("media_rtp_packets_total", "RTP packets by direction"), &["direction"]).unwrap()),
@@ -118,6 +123,31 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(Opts::new("media_sdp_negotiations_total", "SDP offers and answers applied to calls, by the codec agreed"), &["codec"])
                     .unwrap(),
+            ),
+            srtp_authenticated: counter("media_srtp_authenticated_total", "SRTP and SRTCP packets that passed authentication and replay checks"),
+            srtp_dropped: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "media_srtp_dropped_total",
+                        "SRTP and SRTCP packets dropped before anything used them, by reason (auth, replay, too_old, unknown_mki, key_expired, malformed)",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            srtp_unsent: counter("media_srtp_unsent_total", "Packets the node did not send because its SRTP key's lifetime was used up"),
+            calls_by_transport: reg(
+                &r,
+                IntGaugeVec::new(Opts::new("media_calls_by_transport", "Calls now, by media transport (rtp, srtp)"), &["transport"]).unwrap(),
+            ),
+            negotiated_transport: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("media_sdp_negotiations_by_transport_total", "SDP offers and answers applied to calls, by transport (rtp, srtp) and SRTP policy"),
+                    &["transport", "policy"],
+                )
+                .unwrap(),
             ),
             decode_errors: counter("media_rtp_decode_errors_total", "Caller payloads the negotiated codec refused (corrupt Opus), dropped"),
             fec_recovered: counter("media_rtp_fec_recovered_total", "Lost Opus packets rebuilt from the next packet's in-band FEC"),
@@ -237,7 +267,15 @@ impl Metrics {
                 vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05],
             ),
             registry: r,
+        };
+        // Every label shows from the start, at 0, so a rate() over it works at once.
+        for reason in crate::core::session::SrtpDrops::REASONS {
+            m.srtp_dropped.with_label_values(&[reason.reason()]);
         }
+        for t in ["rtp", "srtp"] {
+            m.calls_by_transport.with_label_values(&[t]);
+        }
+        m
     }
 
     pub fn add_session_counters(&self, c: &Counters) {
@@ -254,6 +292,13 @@ impl Metrics {
         self.telephone_event_ignored.inc_by(c.telephone_event_ignored);
         self.decode_errors.inc_by(c.decode_errors);
         self.fec_recovered.inc_by(c.fec_recovered);
+        self.srtp_authenticated.inc_by(c.srtp_in);
+        self.srtp_unsent.inc_by(c.srtp_unsent);
+        if c.srtp_dropped.total() > 0 {
+            for (reason, n) in crate::core::session::SrtpDrops::REASONS.iter().zip(c.srtp_dropped.0) {
+                self.srtp_dropped.with_label_values(&[reason.reason()]).inc_by(n);
+            }
+        }
         if c.redacted_samples > 0 {
             self.dtmf_redacted_seconds.inc_by(c.redacted_samples as f64 / crate::core::jitter::RATE as f64);
         }

@@ -3,6 +3,7 @@
 
 pub mod envtest;
 pub mod helm;
+pub mod process;
 pub mod rabbitmq;
 pub mod s3;
 pub mod voice;

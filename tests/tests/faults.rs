@@ -7,20 +7,20 @@
 //! - storage that answers every request 5 s late (a TCP proxy in front of a real S3
 //!   protocol server), with big recordings waiting in the spool.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_tests::envtest::{eventually, media_node_binary};
+use fleet_tests::process::NodeProcess;
 use fleet_tests::rabbitmq::{consume, Broker, Received};
 use fleet_tests::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use fleet_tests::{collect_listen, metric_value, pcm_of};
+use fleet_tests::{collect_listen, pcm_of};
 use media_node::core::g711::Codec;
 use media_node::recording::RecordingJob;
 use media_proto::events::{CallRecordingAvailableEvent, GenericEvent};
-use media_proto::pb::media_service_client::MediaServiceClient;
 use media_proto::pb::*;
 use media_tools::analysis::{best_correlation, synth_speech};
 use media_tools::caller::RtpCaller;
@@ -29,87 +29,6 @@ use media_tools::wav::Header;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A `media-node` process on loopback, its log kept.
-struct NodeProcess {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    grpc: u16,
-    http: u16,
-}
-
-impl NodeProcess {
-    /// Starts `cmd` (the node, or a shell that execs it) with the node's environment.
-    fn spawn(mut cmd: Command, grpc: u16, http: u16, rtp: (u16, u16), root: &Path, extra: &[(&str, String)]) -> NodeProcess {
-        cmd.env("MEDIA_SERVICE_GRPC_PORT", grpc.to_string())
-            .env("MEDIA_SERVICE_METRICS_PORT", http.to_string())
-            .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-            .env("RTP_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
-            .env("RTP_SERVICE_PORT_MIN", rtp.0.to_string())
-            .env("RTP_SERVICE_PORT_MAX", rtp.1.to_string())
-            .env("ASSETS_BASE_PATH", root.join("assets"))
-            .env("RECORDINGS_SPOOL_DIR", root.join("spool"))
-            .env("RECORDINGS_ROOT", root.join("recordings"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        for d in ["assets", "spool", "recordings"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        let mut child = cmd.spawn().expect("media-node starts");
-        let log: Arc<Mutex<String>> = Default::default();
-        // Read through pipes, not files: the file-size limit would apply to a log file.
-        for out in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        NodeProcess { child, log, grpc, http }
-    }
-
-    async fn ready(&self) {
-        eventually("the node is ready", 30, || async {
-            let (status, _) = media_tools::http::get(&format!("127.0.0.1:{}", self.http), "/readyz").await.ok()?;
-            (status == 200).then_some(())
-        })
-        .await;
-    }
-
-    async fn client(&self) -> MediaServiceClient<tonic::transport::Channel> {
-        MediaServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc)).await.unwrap()
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = media_tools::http::get(&format!("127.0.0.1:{}", self.http), "/metrics").await.unwrap().1;
-        metric_value(&text, name)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// A line of /proc/<pid>/status in KiB (VmRSS, VmHWM).
-    fn memory_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in /proc status"));
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The node's environment for S3 at `endpoint`, with the test server's credentials.
 fn storage_env(endpoint: String) -> Vec<(&'static str, String)> {

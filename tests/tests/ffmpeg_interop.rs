@@ -42,7 +42,7 @@ async fn ffmpeg_sends_pcmu_and_records_what_the_node_plays() {
     .unwrap();
     let heard_wav = dir.path().join("heard.wav");
     let mut receiver = Command::new(&ffmpeg)
-        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
+        .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp,srtp", "-i"])
         .arg(&sdp)
         .args(["-t", "2", "-ar", "8000", "-ac", "1", "-y"])
         .arg(&heard_wav)
@@ -264,6 +264,7 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
             remote_sdp: offer.clone(),
             remote_type: 0,
             preferred_codecs: vec!["G722".into(), "PCMU".into()],
+            ..Default::default()
         })
         .await
         .expect("NegotiateSdp answers the offer")
@@ -459,4 +460,90 @@ async fn a_g729_call_negotiated_by_sdp_decoded_by_ffmpeg() {
     let (c, lag) = best_correlation(&theirs[begin..begin + 8000], &prompt, 16000);
     println!("G.729: ffmpeg's decoding of the node's G.729 correlates {c:.3} with the prompt (lag {lag})");
     assert!(c > 0.7, "ffmpeg decoded the node's G.729 as the prompt: correlation {c:.3} at lag {lag}");
+}
+
+/// An SRTP call (RFC 3711, keys by SDES, RFC 4568) with ffmpeg as the far end both
+/// ways through its `srtp://` protocol, AES_CM_128_HMAC_SHA1_80: its RTP/SAVP offer
+/// carries its key, the node answers with a fresh key of its own; ffmpeg sends SRTP
+/// speech that the listener hears, and decrypts and decodes the prompt the node plays.
+#[tokio::test]
+async fn an_srtp_call_keyed_by_sdes_with_ffmpeg_as_the_far_end_both_ways() {
+    use media_node::core::resample::convert;
+    use media_node::core::srtp::{MasterKey, Suite};
+    let mut node = TestNode::start_with(30220, 10, |c| c.symmetric_rtp = false).await;
+    let prompt = synth_speech(8000, 3.0, 5);
+    node.write_prompt("prompt.wav", &prompt, 8000);
+    let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-srtp".into() }).await.unwrap().into_inner();
+    let port = alloc.rtp_port;
+    let recv_port = 30235u16;
+    let suite = "AES_CM_128_HMAC_SHA1_80";
+    let ffmpeg_key = MasterKey::random(Suite::AesCm128HmacSha1_80).inline().to_string();
+    let offer = format!(
+        "v=0\r\no=trunk 5 1 IN IP4 127.0.0.1\r\ns=call\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {recv_port} RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=crypto:1 {suite} inline:{ffmpeg_key}\r\na=ptime:20\r\na=sendrecv\r\n"
+    );
+    let r = node
+        .client
+        .negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: offer, ..Default::default() })
+        .await
+        .expect("NegotiateSdp answers the SRTP offer")
+        .into_inner();
+    let media = r.media.expect("what was agreed");
+    assert_eq!((media.codec.as_str(), media.srtp_suite.as_str()), ("PCMU", suite));
+    assert!(r.local_sdp.contains(&format!("m=audio {port} RTP/SAVP 0 101\r\n")), "{}", r.local_sdp);
+    let prefix = format!("a=crypto:1 {suite} inline:");
+    let node_key = r.local_sdp.lines().find_map(|l| l.strip_prefix(&prefix)).expect("the answer's crypto line").to_string();
+    assert_ne!(node_key, ffmpeg_key, "the node sends under a key of its own");
+
+    // ffmpeg receives the node's SRTP, keyed by the answer's crypto line.
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = format!(
+        "v=0\r\no=trunk 5 1 IN IP4 127.0.0.1\r\ns=call\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {recv_port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:1 {suite} inline:{node_key}\r\n"
+    );
+    let (receiver, heard_wav) = ffmpeg_rtp_receiver(dir.path(), &theirs, recv_port, 8000).await;
+
+    // ffmpeg sends a spoken sentence as SRTP under its own key, in real time.
+    let speech = fleet_tests::voice::espeak_8k("Please hold while I look up your booking reference.");
+    let speech_wav = dir.path().join("speech.wav");
+    std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&speech, 8000)).unwrap();
+    let listen = node.listen(port, 16000).await;
+    let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
+    let sender = Command::new(&ffmpeg)
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .arg(&speech_wav)
+        .args(["-ac", "1", "-ar", "8000", "-acodec", "pcm_mulaw", "-f", "rtp", "-srtp_out_suite", suite, "-srtp_out_params", &ffmpeg_key])
+        .arg(format!("srtp://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ffmpeg sender starts");
+    play_while_ffmpeg_sends(&mut node, port, sender, receiver).await;
+    let m = node.metrics().await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+
+    // ffmpeg packs 1024 samples of PCMU per packet: about 24 for the sentence.
+    let authenticated = metric_value(&m, "media_srtp_authenticated_total");
+    assert!(authenticated >= 20.0, "ffmpeg's SRTP authenticated: {authenticated} packets");
+    // ffmpeg also sends an SRTCP sender report to the RTCP port: it authenticated too.
+    let rtcp = metric_value(&m, "media_rtcp_packets_total");
+    assert!(rtcp >= 1.0, "ffmpeg's SRTCP report was taken");
+    assert_eq!(metric_value(&m, "media_rtp_packets_total{direction=\"in\"}") + rtcp, authenticated, "every packet taken was SRTP or SRTCP");
+    for reason in ["auth", "replay", "malformed"] {
+        assert_eq!(metric_value(&m, &format!("media_srtp_dropped_total{{reason=\"{reason}\"}}")), 0.0, "{reason}");
+    }
+    assert_eq!(metric_value(&m, "media_calls_by_transport{transport=\"srtp\"}"), 1.0);
+    assert_eq!(metric_value(&m, "media_sdp_negotiations_by_transport_total{policy=\"optional\",transport=\"srtp\"}"), 1.0);
+
+    // The node decrypted ffmpeg's SRTP: the listener hears the sentence.
+    let (frames, _) = listen.await.unwrap();
+    let heard = pcm_of(&frames);
+    let (c, lag) = onset_correlation(&convert(&speech, 8000, 16000), &heard, 16000);
+    assert!(c > 0.85, "the listener heard ffmpeg's SRTP speech: correlation {c:.3} at lag {lag}");
+
+    // ffmpeg decrypted and decoded the node's SRTP: it heard the prompt.
+    let bytes = std::fs::read(&heard_wav).expect("ffmpeg wrote what it heard");
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+    let got: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+    let begin = got.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
+    let (c, lag) = best_correlation(&got[begin..begin + 8000], &prompt, 16000);
+    assert!(c > 0.9, "ffmpeg heard the prompt through SRTP: correlation {c:.3} at lag {lag}");
 }

@@ -34,6 +34,7 @@ async fn negotiate(
             remote_sdp: sdp.into(),
             remote_type: kind as i32,
             preferred_codecs: prefer.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

@@ -183,6 +183,8 @@ pub struct CallHandle {
     /// The version of the node's last SDP for this call (RFC 3264 §8: each new one
     /// is higher).
     pub sdp_version: std::sync::atomic::AtomicU64,
+    /// The call's SDES keys across offers and answers.
+    pub sdes: std::sync::Mutex<crate::core::srtp::sdes::CallSdes>,
 }
 
 impl CallHandle {
@@ -315,6 +317,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         commands: tx,
         task: tokio::sync::Mutex::new(Some(join)),
         sdp_version: Default::default(),
+        sdes: Default::default(),
     })
 }
 
@@ -368,6 +371,7 @@ struct QualityPeriod {
 impl CallTask {
     async fn run(mut self, sockets: CallSockets) {
         info!("call started");
+        self.metrics.calls_by_transport.with_label_values(&["rtp"]).inc();
         let mut rtp_in = udp::Received::default();
         let mut rtcp_buf = vec![0u8; 2048];
         let mut jitter_sampled = Instant::now();
@@ -399,8 +403,9 @@ impl CallTask {
                     Err(e) => debug!(error = %e, "rtp receive error"),
                 },
                 r = sockets.rtcp.recv_from(&mut rtcp_buf) => {
-                    if r.is_ok() {
-                        self.metrics.rtcp.inc();
+                    if let Ok((n, _)) = r {
+                        // Counted with the session's counters (under SRTP: if it authenticates).
+                        self.session.handle_rtcp(&rtcp_buf[..n]);
                     }
                 },
                 chunk = recv_stream(&mut self.stream), if wants_stream => match chunk {
@@ -437,6 +442,7 @@ impl CallTask {
         self.end_stream(StreamEnd::CallEnded);
         self.metrics.add_session_counters(&self.session.take_counters());
         self.metrics.listeners.sub(self.listeners.len() as i64);
+        self.metrics.calls_by_transport.with_label_values(&[transport(self.session.is_secure())]).dec();
         info!("call ended");
         // Sockets close here, when the task returns: only then may the port be released.
     }
@@ -465,7 +471,12 @@ impl CallTask {
                 if control == Control::Stop {
                     self.interrupt_stream();
                 }
+                let secure = self.session.is_secure();
                 self.session.handle_command(control.into(), &mut self.out);
+                if secure != self.session.is_secure() {
+                    self.metrics.calls_by_transport.with_label_values(&[transport(secure)]).dec();
+                    self.metrics.calls_by_transport.with_label_values(&[transport(!secure)]).inc();
+                }
                 let _ = applied.send(());
             }
             CallCommand::Listen { rate, frames, attached } => {
@@ -766,5 +777,14 @@ async fn recv_stream(stream: &mut Option<AttachedStream>) -> Option<TtsChunk> {
     match stream.as_mut().and_then(|s| s.chunks.as_mut()) {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The `transport` label of a call's media.
+fn transport(secure: bool) -> &'static str {
+    if secure {
+        "srtp"
+    } else {
+        "rtp"
     }
 }

@@ -17,3 +17,4 @@ pub mod resample;
 pub mod rtp;
 pub mod sdp;
 pub mod session;
+pub mod srtp;

@@ -53,7 +53,9 @@ pub fn classify(data: &[u8]) -> Result<Datagram<'_>, RtpError> {
     parse(data).map(Datagram::Rtp)
 }
 
-pub fn parse(data: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
+/// The length of the header (fixed part, CSRCs, extension): what SRTP leaves in the
+/// clear and authenticates. Padding is not looked at (it is encrypted under SRTP).
+pub fn header_len(data: &[u8]) -> Result<usize, RtpError> {
     if data.len() < FIXED_HEADER_LEN {
         return Err(RtpError::TooShort(data.len()));
     }
@@ -61,20 +63,11 @@ pub fn parse(data: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
     if version != RTP_VERSION {
         return Err(RtpError::BadVersion(version));
     }
-    let padding = data[0] & 0x20 != 0;
-    let extension = data[0] & 0x10 != 0;
-    let csrc_count = data[0] & 0x0f;
-    let marker = data[1] & 0x80 != 0;
-    let payload_type = data[1] & 0x7f;
-    let sequence = u16::from_be_bytes([data[2], data[3]]);
-    let timestamp = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-    let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
-
-    let mut offset = FIXED_HEADER_LEN + 4 * csrc_count as usize;
+    let mut offset = FIXED_HEADER_LEN + 4 * (data[0] & 0x0f) as usize;
     if offset > data.len() {
         return Err(RtpError::Truncated);
     }
-    if extension {
+    if data[0] & 0x10 != 0 {
         // 16-bit profile id, 16-bit length in 32-bit words, then the words.
         if offset + 4 > data.len() {
             return Err(RtpError::Truncated);
@@ -85,6 +78,18 @@ pub fn parse(data: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
             return Err(RtpError::Truncated);
         }
     }
+    Ok(offset)
+}
+
+pub fn parse(data: &[u8]) -> Result<RtpPacket<'_>, RtpError> {
+    let offset = header_len(data)?;
+    let padding = data[0] & 0x20 != 0;
+    let csrc_count = data[0] & 0x0f;
+    let marker = data[1] & 0x80 != 0;
+    let payload_type = data[1] & 0x7f;
+    let sequence = u16::from_be_bytes([data[2], data[3]]);
+    let timestamp = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+    let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
     let mut end = data.len();
     if padding {
         let pad = data[data.len() - 1];

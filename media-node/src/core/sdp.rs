@@ -15,6 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use thiserror::Error;
 
 use crate::core::codec::AudioCodec;
+use crate::core::srtp::sdes::{self, Crypto, Offered, SrtpPolicy};
+use crate::core::srtp::MasterKey;
 use crate::echo::clip;
 
 /// Larger SDP is refused before parsing: real offers are 300 bytes to a few KB.
@@ -313,8 +315,14 @@ pub enum NegotiationError {
     Sdp(#[from] SdpError),
     #[error("the offer has no audio m-line (it offers {0})")]
     NoAudio(String),
-    #[error("the audio m-line's profile {0} is not supported (RTP/AVP or RTP/AVPF)")]
+    #[error("the audio m-line's profile {0} is not supported (RTP/AVP, RTP/AVPF, RTP/SAVP or RTP/SAVPF with SDES)")]
     Profile(String),
+    #[error("the offer asks for SRTP ({0}) and SRTP is off for this call")]
+    SrtpOff(String),
+    #[error("the SRTP offer has no crypto line this node runs: {0}")]
+    NoCrypto(String),
+    #[error("SRTP is required for this call and the SDP is plain RTP without a crypto line the node runs ({0})")]
+    PlainRefused(String),
     #[error("no common audio codec: the offer has {offered}; this node takes {supported}")]
     NoCommonCodec { offered: String, supported: String },
 }
@@ -339,18 +347,26 @@ pub struct Negotiated {
     /// every other codec of the line it runs at 8000 (a far end may switch among
     /// those it offered; these share the call's timestamp scale).
     pub receive: Vec<(u8, AudioCodec)>,
+    /// The far end's crypto line the node took (SDES): SRTP with its key for what the
+    /// node receives. None: plain RTP.
+    pub crypto: Option<Crypto>,
 }
 
 /// Answers `offer` by the node's preferences (`prefer`, names like `PCMU`, case
-/// insensitive, first preferred; those the node does not run are passed over).
-pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiated, NegotiationError> {
+/// insensitive, first preferred; those the node does not run are passed over) and its
+/// SRTP policy: RTP/SAVP takes the strongest crypto line the node runs; crypto lines on
+/// RTP/AVP (RFC 8643's opportunistic SRTP) are taken unless SRTP is off.
+pub fn negotiate(offer: &SessionDescription, prefer: &[&str], srtp: SrtpPolicy) -> Result<Negotiated, NegotiationError> {
     let audio_index = offer.media.iter().position(|m| m.kind == "audio" && m.port != 0).ok_or_else(|| {
         NegotiationError::NoAudio(offer.media.iter().map(|m| format!("{} port {}", m.kind, m.port)).collect::<Vec<_>>().join(", "))
     })?;
     let m = &offer.media[audio_index];
-    if !matches!(m.proto.to_ascii_uppercase().as_str(), "RTP/AVP" | "RTP/AVPF") {
-        return Err(NegotiationError::Profile(clip(&m.proto)));
-    }
+    let secure = match m.proto.to_ascii_uppercase().as_str() {
+        "RTP/AVP" | "RTP/AVPF" => false,
+        "RTP/SAVP" | "RTP/SAVPF" => true,
+        // DTLS-SRTP (UDP/TLS/RTP/SAVPF) and anything else.
+        _ => return Err(NegotiationError::Profile(clip(&m.proto))),
+    };
     let connection = m.connection.or(offer.connection).ok_or(SdpError::NoConnection(m.line))?;
     let offered: Vec<(u8, Encoding)> = m
         .formats
@@ -399,13 +415,30 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str]) -> Result<Negotiat
             receive.push((*pt, c.audio_codec()));
         }
     }
-    Ok(Negotiated { payload_type, codec, telephone_event, ptime: m.ptime(), direction, remote, audio_index, receive })
+    let offered = Offered::parse(m.attributes.iter().filter(|a| a.name == "crypto").filter_map(|a| a.value.as_deref()));
+    let crypto = match (secure, srtp) {
+        (true, SrtpPolicy::Off) => return Err(NegotiationError::SrtpOff(clip(&m.proto))),
+        (true, _) => Some(offered.best().cloned().ok_or_else(|| NegotiationError::NoCrypto(offered.to_string()))?),
+        (false, SrtpPolicy::Off) => None,
+        (false, SrtpPolicy::Optional) => offered.best().cloned(),
+        (false, SrtpPolicy::Required) => Some(offered.best().cloned().ok_or_else(|| NegotiationError::PlainRefused(offered.to_string()))?),
+    };
+    Ok(Negotiated { payload_type, codec, telephone_event, ptime: m.ptime(), direction, remote, audio_index, receive, crypto })
 }
 
 /// The answer's SDP: every m-line of the offer in its order (RFC 3264 §6), all but the
 /// call's audio refused with port 0; the audio line with the node's address and port,
-/// the agreed codec and telephone-event.
-pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port: u16, session_id: u64, version: u64) -> String {
+/// the agreed codec and telephone-event, and under SRTP the node's own key (`local`) in
+/// a crypto line with the tag and suite it took.
+pub fn answer(
+    offer: &SessionDescription,
+    agreed: &Negotiated,
+    ip: IpAddr,
+    port: u16,
+    session_id: u64,
+    version: u64,
+    local: Option<&MasterKey>,
+) -> String {
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut s = String::new();
     let _ = write!(s, "v=0\r\no=- {session_id} {version} IN {family} {ip}\r\ns=media-node\r\nc=IN {family} {ip}\r\nt=0 0\r\n");
@@ -425,6 +458,10 @@ pub fn answer(offer: &SessionDescription, agreed: &Negotiated, ip: IpAddr, port:
             let _ = write!(s, "a=rtpmap:{te} telephone-event/{}\r\na=fmtp:{te} 0-16\r\n", agreed.codec.clock);
         }
         let _ = write!(s, "a=ptime:{NODE_PTIME_MS}\r\n");
+        if let (Some(theirs), Some(mine)) = (&agreed.crypto, local) {
+            s.push_str(&sdes::format(theirs.tag, mine));
+            s.push_str("\r\n");
+        }
         if m.has_flag("rtcp-mux") {
             s.push_str("a=rtcp-mux\r\n");
         }
@@ -450,8 +487,19 @@ fn write_rtpmap(s: &mut String, pt: u8, codec: AudioCodec) {
 
 /// The node's offer (an outbound call, or a re-offer): every codec it runs in the
 /// order asked (static payload types, with rtpmaps as most stacks write them),
-/// telephone-event on 101, its address and port.
-pub fn offer(ip: IpAddr, port: u16, session_id: u64, version: u64, prefer: &[AudioCodec], direction: Direction) -> String {
+/// telephone-event on 101, its address and port; the crypto lines given, on RTP/SAVP
+/// when `secure` (SRTP required) or on RTP/AVP (opportunistic).
+#[allow(clippy::too_many_arguments)]
+pub fn offer(
+    ip: IpAddr,
+    port: u16,
+    session_id: u64,
+    version: u64,
+    prefer: &[AudioCodec],
+    direction: Direction,
+    crypto: &[Crypto],
+    secure: bool,
+) -> String {
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut order: Vec<AudioCodec> = Vec::new();
     for c in prefer.iter().copied().chain(AudioCodec::ALL.iter().copied()) {
@@ -468,7 +516,8 @@ pub fn offer(ip: IpAddr, port: u16, session_id: u64, version: u64, prefer: &[Aud
     if opus {
         formats.push(TELEPHONE_EVENT_48K_PT.to_string());
     }
-    let _ = write!(s, "m=audio {port} RTP/AVP {}\r\n", formats.join(" "));
+    let profile = if secure { "RTP/SAVP" } else { "RTP/AVP" };
+    let _ = write!(s, "m=audio {port} {profile} {}\r\n", formats.join(" "));
     for c in &order {
         write_rtpmap(&mut s, c.static_payload_type(), *c);
     }
@@ -477,7 +526,12 @@ pub fn offer(ip: IpAddr, port: u16, session_id: u64, version: u64, prefer: &[Aud
         let te48 = TELEPHONE_EVENT_48K_PT;
         let _ = write!(s, "a=rtpmap:{te48} telephone-event/48000\r\na=fmtp:{te48} 0-16\r\n");
     }
-    let _ = write!(s, "a=ptime:{NODE_PTIME_MS}\r\na={}\r\n", direction.as_str());
+    let _ = write!(s, "a=ptime:{NODE_PTIME_MS}\r\n");
+    for c in crypto {
+        s.push_str(&sdes::format(c.tag, &c.key));
+        s.push_str("\r\n");
+    }
+    let _ = write!(s, "a={}\r\n", direction.as_str());
     s
 }
 
@@ -487,6 +541,15 @@ mod tests {
 
     fn offer(text: &str) -> SessionDescription {
         SessionDescription::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// Plain offers under the default policy (the SRTP tests give theirs).
+    fn negotiate(o: &SessionDescription, prefer: &[&str]) -> Result<Negotiated, NegotiationError> {
+        super::negotiate(o, prefer, SrtpPolicy::Optional)
+    }
+
+    fn answer(o: &SessionDescription, n: &Negotiated, ip: IpAddr, port: u16, session_id: u64, version: u64) -> String {
+        super::answer(o, n, ip, port, session_id, version, None)
     }
 
     /// A carrier SIP trunk: static types, no rtpmap for them, telephone-event.
@@ -542,7 +605,7 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("GSM/8000 (3)") && text.contains("TELEPHONE-EVENT/8000 (101)") && text.contains("CN/8000 (13)"), "{text}");
         assert!(text.contains("this node takes PCMU, PCMA, G722"), "{text}");
-        assert!(matches!(negotiate(&offer(WEBRTC), &[]), Err(NegotiationError::Profile(_))), "SRTP profiles wait for SRTP");
+        assert!(matches!(negotiate(&offer(WEBRTC), &[]), Err(NegotiationError::Profile(_))), "DTLS-SRTP is not SDES");
     }
 
     #[test]
@@ -555,7 +618,7 @@ mod tests {
         let bare = offer("v=0\r\nc=IN IP4 192.0.2.5\r\nm=audio 5004 RTP/AVP 9 101\r\na=rtpmap:101 telephone-event/8000\r\n");
         assert_eq!(negotiate(&bare, &[]).unwrap().codec.name, "G722");
         // The node's own offer, answered by a far end that takes it as it is.
-        let ours = super::offer("192.0.2.9".parse().unwrap(), 30002, 5, 1, &[AudioCodec::G722], Direction::SendRecv);
+        let ours = super::offer("192.0.2.9".parse().unwrap(), 30002, 5, 1, &[AudioCodec::G722], Direction::SendRecv, &[], false);
         let parsed = offer(&ours);
         #[cfg(feature = "opus")]
         assert_eq!(parsed.media[0].formats, ["9", "0", "8", "111", "18", "101", "110"]);
@@ -634,5 +697,70 @@ mod tests {
         assert_eq!(negotiate(&no_c, &[]).unwrap_err(), NegotiationError::Sdp(SdpError::NoConnection(5)));
         let video_only = offer("v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 5000 RTP/AVP 96\r\n");
         assert_eq!(negotiate(&video_only, &[]).unwrap_err().to_string(), "the offer has no audio m-line (it offers video port 5000)");
+    }
+
+    /// A trunk over TLS: SRTP with three crypto lines, one of them unsupported, and MKI.
+    const SRTP_TRUNK: &str = "v=0\r\no=- 1 1 IN IP4 203.0.113.10\r\ns=-\r\nc=IN IP4 203.0.113.10\r\nt=0 0\r\nm=audio 18232 RTP/SAVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2^20|1:32\r\na=crypto:2 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5QUJjZGVm\r\na=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31\r\na=sendrecv\r\n";
+
+    #[test]
+    fn srtp_offers_take_the_strongest_line_and_the_answer_carries_the_nodes_key() {
+        use crate::core::srtp::Suite;
+        let o = offer(SRTP_TRUNK);
+        // 1:32 is an MKI of 32 bytes: refused; the 80-bit line wins over the F8 one.
+        let n = super::negotiate(&o, &[], SrtpPolicy::Optional).unwrap();
+        let c = n.crypto.clone().unwrap();
+        assert_eq!((c.tag, c.key.suite, c.key.lifetime), (3, Suite::AesCm128HmacSha1_80, 1 << 31));
+        let mine = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let a = super::answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 1, 1, Some(&mine));
+        assert!(a.contains("m=audio 4000 RTP/SAVP 0 101\r\n"), "{a}");
+        let back = offer(&a);
+        let theirs = super::negotiate(&back, &[], SrtpPolicy::Required).unwrap().crypto.unwrap();
+        assert_eq!((theirs.tag, theirs.key), (3, mine), "one crypto line: the offer's tag, the node's own key");
+        assert_eq!(a.matches("a=crypto").count(), 1);
+        // GCM where offered beats AES-CM.
+        let gcm = SRTP_TRUNK.replace(
+            "a=sendrecv",
+            "a=crypto:9 AEAD_AES_256_GCM inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKis=\r\na=sendrecv",
+        );
+        assert_eq!(super::negotiate(&offer(&gcm), &[], SrtpPolicy::Optional).unwrap().crypto.unwrap().tag, 9);
+    }
+
+    #[test]
+    fn the_srtp_policy_decides_between_plain_and_secure() {
+        let savp = offer(SRTP_TRUNK);
+        let e = super::negotiate(&savp, &[], SrtpPolicy::Off).unwrap_err();
+        assert_eq!(e.to_string(), "the offer asks for SRTP (RTP/SAVP) and SRTP is off for this call");
+        let plain = offer(TRUNK);
+        assert_eq!(super::negotiate(&plain, &[], SrtpPolicy::Optional).unwrap().crypto, None);
+        let e = super::negotiate(&plain, &[], SrtpPolicy::Required).unwrap_err();
+        assert!(matches!(e, NegotiationError::PlainRefused(_)), "{e}");
+        // Opportunistic SRTP (RFC 8643): crypto on RTP/AVP is taken unless SRTP is off.
+        let opportunistic = offer(
+            &TRUNK
+                .replace("a=sendrecv", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=sendrecv"),
+        );
+        assert!(super::negotiate(&opportunistic, &[], SrtpPolicy::Optional).unwrap().crypto.is_some());
+        assert!(super::negotiate(&opportunistic, &[], SrtpPolicy::Required).unwrap().crypto.is_some());
+        assert_eq!(super::negotiate(&opportunistic, &[], SrtpPolicy::Off).unwrap().crypto, None);
+        // SRTP whose every line is refused names each reason, never a key.
+        let none = SRTP_TRUNK.replace("a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31\r\n", "");
+        let e = super::negotiate(&offer(&none), &[], SrtpPolicy::Optional).unwrap_err().to_string();
+        assert!(e.contains("crypto:1 AES_CM_128_HMAC_SHA1_32: bad MKI") && e.contains("crypto:2 suite F8_128_HMAC_SHA1_80"), "{e}");
+        assert!(!e.contains("NzB4d1BI") && !e.contains("MTIzNDU2"), "{e}");
+    }
+
+    #[test]
+    fn the_nodes_srtp_offer_lists_its_keys_and_round_trips() {
+        use crate::core::srtp::Suite;
+        let crypto: Vec<Crypto> =
+            Suite::ALL.iter().enumerate().map(|(i, s)| Crypto { tag: i as u32 + 1, key: MasterKey::random(*s) }).collect();
+        let o = super::offer("192.0.2.9".parse().unwrap(), 30002, 5, 1, &[AudioCodec::Pcmu], Direction::SendRecv, &crypto, true);
+        assert!(o.contains("m=audio 30002 RTP/SAVP "), "{o}");
+        let parsed = offer(&o);
+        let n = super::negotiate(&parsed, &[], SrtpPolicy::Required).unwrap();
+        assert_eq!(n.crypto.unwrap(), crypto[0], "the strongest: AEAD_AES_256_GCM under tag 1");
+        let opportunistic =
+            super::offer("192.0.2.9".parse().unwrap(), 30002, 5, 1, &[AudioCodec::Pcmu], Direction::SendRecv, &crypto, false);
+        assert!(opportunistic.contains("m=audio 30002 RTP/AVP ") && opportunistic.matches("a=crypto:").count() == 6);
     }
 }

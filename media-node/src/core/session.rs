@@ -18,6 +18,7 @@ use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
 use super::playback::{Cut, FrameSource, MarkFate, MarkId, Playback, PlaybackId, PlaybackOutcome};
 use super::rtp::{self, Datagram, RtpHeader};
+use super::srtp::{CallKeys, Srtp, SrtpError};
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -97,6 +98,8 @@ pub struct MediaSettings {
     /// numbers wait, timestamps follow the clock, and the first packet after it is a
     /// new talkspurt.
     pub sends: bool,
+    /// SDES keys: SRTP both ways from the next packet. None: plain RTP.
+    pub srtp: Option<CallKeys>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +189,36 @@ pub struct Counters {
     pub decode_errors: u64,
     /// Lost Opus packets rebuilt from the next one's in-band FEC.
     pub fec_recovered: u64,
+    /// SRTP and SRTCP packets that authenticated.
+    pub srtp_in: u64,
+    /// SRTP and SRTCP packets dropped, by reason (`SrtpDrops::REASONS`' order).
+    pub srtp_dropped: SrtpDrops,
+    /// Packets not sent because the node's SRTP key was used up.
+    pub srtp_unsent: u64,
+}
+
+/// Dropped SRTP packets by reason, as the counters' label says them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SrtpDrops(pub [u64; 6]);
+
+impl SrtpDrops {
+    pub const REASONS: [SrtpError; 6] =
+        [SrtpError::Malformed, SrtpError::Auth, SrtpError::Replay, SrtpError::TooOld, SrtpError::UnknownMki, SrtpError::KeyExpired];
+
+    fn count(&mut self, e: SrtpError) {
+        let e = if e == SrtpError::TooShort { SrtpError::Malformed } else { e };
+        if let Some(i) = Self::REASONS.iter().position(|r| *r == e) {
+            self.0[i] += 1;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub fn of(&self, e: SrtpError) -> u64 {
+        Self::REASONS.iter().position(|r| *r == e).map_or(0, |i| self.0[i])
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -250,6 +283,10 @@ pub struct Session {
     reported_redacted: u64,
     /// The jitter buffer's fresh output, on its way through the redactor.
     redact_buf: Vec<Heard>,
+    /// The call's SRTP contexts once SDES agreed keys (wiped when dropped).
+    srtp: Option<Srtp>,
+    /// An SRTP packet's plain text, reused.
+    plain: Vec<u8>,
 }
 
 impl Session {
@@ -293,6 +330,8 @@ impl Session {
             redactor: None,
             reported_redacted: 0,
             redact_buf: Vec::new(),
+            srtp: None,
+            plain: Vec::with_capacity(1500),
         }
     }
 
@@ -311,6 +350,11 @@ impl Session {
 
     pub fn outbound_codec(&self) -> AudioCodec {
         self.encoder.codec
+    }
+
+    /// True while the call's media is SRTP.
+    pub fn is_secure(&self) -> bool {
+        self.srtp.is_some()
     }
 
     pub fn current_playback(&self) -> Option<PlaybackId> {
@@ -348,7 +392,51 @@ impl Session {
         std::mem::take(&mut self.counters)
     }
 
+    /// A datagram on the call's RTP port. Under SRTP it must authenticate (and not be a
+    /// replay) before anything else looks at it: only then may it latch, be decoded or
+    /// be heard; a failure is counted and changes nothing.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Outputs) {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return self.handle_rtp(now, from, data, out);
+        };
+        let mut plain = std::mem::take(&mut self.plain);
+        let rtcp = rtp::is_rtcp(data);
+        let r = if rtcp {
+            srtp.inbound.unprotect_rtcp(data, &mut plain).map(|_| ())
+        } else {
+            srtp.inbound.unprotect_rtp(data, &mut plain).map(|_| ())
+        };
+        match r {
+            Ok(()) => {
+                self.counters.srtp_in += 1;
+                if rtcp {
+                    self.counters.rtcp += 1;
+                } else {
+                    self.handle_rtp(now, from, &plain, out);
+                }
+            }
+            Err(e) => self.counters.srtp_dropped.count(e),
+        }
+        self.plain = plain;
+    }
+
+    /// A datagram on the call's RTCP port (the odd one): counted; under SRTP it must
+    /// authenticate as SRTCP.
+    pub fn handle_rtcp(&mut self, data: &[u8]) {
+        let Some(srtp) = self.srtp.as_mut() else {
+            self.counters.rtcp += 1;
+            return;
+        };
+        match srtp.inbound.unprotect_rtcp(data, &mut self.plain) {
+            Ok(()) => {
+                self.counters.srtp_in += 1;
+                self.counters.rtcp += 1;
+            }
+            Err(e) => self.counters.srtp_dropped.count(e),
+        }
+    }
+
+    fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Outputs) {
         let packet = match rtp::classify(data) {
             Ok(Datagram::Rtp(p)) => p,
             Ok(Datagram::Rtcp) => {
@@ -627,6 +715,13 @@ impl Session {
                     self.in_talkspurt = false;
                 }
                 self.sending = m.sends;
+                match (&mut self.srtp, &m.srtp) {
+                    // A re-offer: each direction rekeys only if its key changed, and the
+                    // far end's old key is still taken for packets on the wire.
+                    (Some(s), Some(keys)) => s.rekey(keys),
+                    (None, Some(keys)) => self.srtp = Some(Srtp::new(keys)),
+                    (_, None) => self.srtp = None,
+                }
             }
         }
     }
@@ -675,7 +770,15 @@ impl Session {
     /// Frame `index`'s packet to the far end, when one is known (counted).
     fn send_rtp(&mut self, index: u64, header: RtpHeader, payload: &[u8], out: &mut Outputs) {
         if let Some(to) = self.latch.target() {
-            let data = rtp::build(header, payload);
+            let mut data = rtp::build(header, payload);
+            if let Some(srtp) = self.srtp.as_mut() {
+                if srtp.outbound.protect_rtp(&mut data).is_err() {
+                    // The node's key is used up (its lifetime): nothing goes out in the
+                    // clear instead.
+                    self.counters.srtp_unsent += 1;
+                    return;
+                }
+            }
             self.counters.packets_out += 1;
             self.counters.bytes_out += data.len() as u64;
             out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
@@ -785,6 +888,7 @@ mod tests {
             receive: vec![(0, AudioCodec::Pcmu), (9, AudioCodec::G722), (8, AudioCodec::Pcma)],
             telephone_event_pt: te,
             sends,
+            srtp: None,
         }
     }
 
@@ -826,6 +930,70 @@ mod tests {
         }
         let tail = &pcm[400..];
         assert!(tail.iter().all(|&v| (700..1300).contains(&v)), "G.722 carried the prompt: {:?}", &tail[..8]);
+    }
+
+    #[test]
+    fn srtp_forgeries_replays_and_floods_are_dropped_before_the_latch_and_the_node_sends_srtp() {
+        use crate::core::srtp::{Inbound, MasterKey, Outbound, Suite};
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let far = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let node = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        m.srtp = Some(CallKeys { remote: far.clone(), local: node.clone() });
+        s.handle_command(Command::SetMedia(m), &mut out);
+        assert!(s.is_secure());
+        let mut caller_tx = Outbound::new(far);
+        let mut genuine = rtp_from_caller(0, 1, 160, 4000);
+        caller_tx.protect_rtp(&mut genuine).unwrap();
+        let attacker: SocketAddr = "198.51.100.66:5000".parse().unwrap();
+        // Before the caller's first packet, an attacker who knows the port: plain RTP,
+        // SRTP under a key of its own, and 10,000 packets of noise with an RTP header.
+        s.handle_datagram(t0, attacker, &rtp_from_caller(0, 1, 160, 9000), &mut out);
+        let mut wrong = rtp_from_caller(0, 2, 320, 9000);
+        Outbound::new(MasterKey::random(Suite::AesCm128HmacSha1_80)).protect_rtp(&mut wrong).unwrap();
+        s.handle_datagram(t0, attacker, &wrong, &mut out);
+        for k in 0..10_000u32 {
+            let mut junk = rtp_from_caller(0, k as u16, k * 160, 0);
+            junk.extend_from_slice(&k.to_be_bytes());
+            for (i, b) in junk[12..].iter_mut().enumerate() {
+                *b = (k as usize * 31 + i * 7) as u8;
+            }
+            s.handle_datagram(t0, attacker, &junk, &mut out);
+        }
+        assert!(out.events.iter().all(|e| !matches!(e, Event::Latched(_))), "nothing latched");
+        assert!(out.heard.is_empty(), "nothing heard");
+        s.handle_datagram(t0, caller(), &genuine, &mut out);
+        assert!(out.events.contains(&Event::Latched(caller())), "the caller's own packet latches");
+        // A replay of it from the attacker's address, and from the caller's.
+        s.handle_datagram(t0, attacker, &genuine, &mut out);
+        s.handle_datagram(t0, caller(), &genuine, &mut out);
+        let c = s.take_counters();
+        assert_eq!(c.srtp_dropped.of(SrtpError::Auth), 10_002);
+        assert_eq!(c.srtp_dropped.of(SrtpError::Replay), 2);
+        assert_eq!((c.packets_in, c.srtp_in, c.foreign), (1, 1, 0), "no forged packet got as far as the latch");
+        assert_eq!(s.target(), Some(caller()));
+        let heard: Vec<i16> = out.heard.iter().flat_map(|h| h.pcm.iter().copied()).collect();
+        assert!(heard.iter().all(|v| (v - 4000).abs() < 200), "only the caller is heard");
+        // What the node sends is SRTP under its own key.
+        out.clear();
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 3].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 0, 3, &mut out);
+        assert_eq!(out.transmit.len(), 3);
+        let mut far_rx = Inbound::new(node);
+        let mut plain = Vec::new();
+        for t in &out.transmit {
+            assert!(rtp::parse(&t.data).unwrap().payload != [linear_to_ulaw(1000); 160], "not in the clear");
+            far_rx.unprotect_rtp(&t.data, &mut plain).unwrap();
+            assert_eq!(rtp::parse(&plain).unwrap().payload, &[linear_to_ulaw(1000); 160][..]);
+        }
+        // A re-offer back to plain RTP (an `optional` call's re-INVITE without keys).
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        m.srtp = None;
+        s.handle_command(Command::SetMedia(m), &mut out);
+        s.handle_datagram(t0 + MS20, caller(), &rtp_from_caller(0, 2, 320, 4000), &mut out);
+        assert_eq!(s.take_counters().packets_in, 1);
     }
 
     #[test]

@@ -432,7 +432,14 @@ impl MediaSvc {
 
     async fn negotiate(&self, r: NegotiateSdpRequest) -> Result<NegotiateSdpResponse, Status> {
         use crate::core::sdp::{self, SessionDescription};
-        use negotiate_sdp_request::SdpType;
+        use crate::core::srtp::sdes::SrtpPolicy;
+        use negotiate_sdp_request::{SdpType, SrtpPolicy as RequestPolicy};
+        let policy = match r.srtp_policy() {
+            RequestPolicy::Unspecified => self.node.config.srtp_policy,
+            RequestPolicy::Off => SrtpPolicy::Off,
+            RequestPolicy::Optional => SrtpPolicy::Optional,
+            RequestPolicy::Required => SrtpPolicy::Required,
+        };
         let prefer = if r.preferred_codecs.is_empty() {
             self.node.config.preferred_codecs.clone()
         } else {
@@ -448,19 +455,38 @@ impl MediaSvc {
             if r.remote_type() == SdpType::Answer {
                 return Err(Status::invalid_argument("remote_sdp is empty: an answer needs the far end's SDP"));
             }
-            let offer = sdp::offer(ip, call.port, session_id, version, &prefer, sdp::Direction::SendRecv);
-            info!(codecs = prefer.len(), "SDP offer made");
+            let crypto = if policy == SrtpPolicy::Off { Vec::new() } else { call.sdes.lock().expect("sdes lock").offer() };
+            let secure = policy == SrtpPolicy::Required;
+            let offer = sdp::offer(ip, call.port, session_id, version, &prefer, sdp::Direction::SendRecv, &crypto, secure);
+            info!(codecs = prefer.len(), srtp = policy.as_str(), "SDP offer made");
             return Ok(NegotiateSdpResponse { local_sdp: offer, media: None });
         }
         let remote = SessionDescription::parse(r.remote_sdp.as_bytes()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let names: Vec<&str> = prefer.iter().map(|c| c.name()).collect();
-        let agreed = sdp::negotiate(&remote, &names).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let agreed = sdp::negotiate(&remote, &names, policy).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let codec = agreed.codec.audio_codec();
+        let keys = {
+            let mut sdes = call.sdes.lock().expect("sdes lock");
+            match (&agreed.crypto, r.remote_type()) {
+                (None, _) => {
+                    sdes.plain();
+                    None
+                }
+                (Some(theirs), SdpType::Answer) => Some(sdes.answered(theirs).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "the answer's crypto:{} {} names no crypto line of the node's offer",
+                        theirs.tag, theirs.key.suite
+                    ))
+                })?),
+                (Some(theirs), _) => Some(sdes.answer(theirs)),
+            }
+        };
         let settings = crate::core::session::MediaSettings {
             send: (agreed.payload_type, codec),
             receive: agreed.receive.clone(),
             telephone_event_pt: agreed.telephone_event,
             sends: agreed.direction.sends(),
+            srtp: keys.clone(),
         };
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
         control(Control::SetMedia(settings)).await?;
@@ -470,6 +496,8 @@ impl MediaSvc {
             control(Control::SetTarget(addr)).await?;
         }
         self.node.metrics.negotiated.with_label_values(&[codec.name()]).inc();
+        let transport = if keys.is_some() { "srtp" } else { "rtp" };
+        self.node.metrics.negotiated_transport.with_label_values(&[transport, policy.as_str()]).inc();
         let media = NegotiatedMedia {
             codec: codec.name().into(),
             payload_type: agreed.payload_type as u32,
@@ -478,11 +506,14 @@ impl MediaSvc {
             ptime_ms: agreed.ptime,
             direction: agreed.direction.as_str().into(),
             remote_rtp_addr: agreed.remote.map(|a| a.to_string()).unwrap_or_default(),
+            srtp_suite: keys.as_ref().map(|k| k.local.suite.name().to_string()).unwrap_or_default(),
         };
-        info!(codec = codec.name(), pt = agreed.payload_type, direction = agreed.direction.as_str(), "SDP negotiated");
+        // The suite, never a key.
+        let suite = keys.as_ref().map_or("none", |k| k.local.suite.name());
+        info!(codec = codec.name(), pt = agreed.payload_type, direction = agreed.direction.as_str(), srtp = suite, "SDP negotiated");
         let local_sdp = match r.remote_type() {
             SdpType::Answer => String::new(),
-            _ => sdp::answer(&remote, &agreed, ip, call.port, session_id, version),
+            _ => sdp::answer(&remote, &agreed, ip, call.port, session_id, version, keys.as_ref().map(|k| &k.local)),
         };
         Ok(NegotiateSdpResponse { local_sdp, media: Some(media) })
     }
