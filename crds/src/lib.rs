@@ -9,7 +9,7 @@ pub mod pool;
 pub use node::{MediaNode, MediaNodeSpec, MediaNodeStatus};
 pub use pool::{
     AddressSource, AdvertiseAddress, AutoscalingPolicy, AutoscalingStatus, MediaPool, MediaPoolSpec, MediaPoolStatus, NodeTemplate,
-    PortCounts, PortRange, RecordingDefaults, RolloutPolicy,
+    PortCounts, PortRange, RecordingDefaults, RolloutPolicy, SrtpMode,
 };
 
 pub const GROUP: &str = "media.sentiric.cloud";

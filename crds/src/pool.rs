@@ -65,6 +65,34 @@ pub struct MediaPoolSpec {
     /// `replicas` yourself or through the scale subresource (e.g. an HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingPolicy>,
+    /// Secure media for the pool's calls (the nodes' MEDIA_SRTP_POLICY): Required
+    /// refuses plain RTP offers and answers, Off refuses SRTP ones; left out, the nodes'
+    /// default (Optional: SRTP when the far end offers keys). A request may still ask
+    /// for its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<SrtpMode>,
+}
+
+/// SRTP with SDES keys for a pool's calls.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SrtpMode {
+    /// Plain RTP only.
+    Off,
+    /// SRTP when the far end offers or accepts keys, plain RTP otherwise.
+    Optional,
+    /// SRTP only.
+    Required,
+}
+
+impl SrtpMode {
+    /// The node's MEDIA_SRTP_POLICY value.
+    pub fn policy(self) -> &'static str {
+        match self {
+            SrtpMode::Off => "off",
+            SrtpMode::Optional => "optional",
+            SrtpMode::Required => "required",
+        }
+    }
 }
 
 /// Limits of a rollout, counted in nodes, as in a Deployment's RollingUpdate.

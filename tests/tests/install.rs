@@ -61,7 +61,12 @@ fn chart_lints_clean_with_default_and_full_values() {
     assert!(l.messages.iter().all(|(sev, _)| *sev < 2), "{l:?}");
 
     // The schema catches what would otherwise render a broken manifest.
-    for bad in [json!({"operator": {"replicas": "two"}}), json!({"pool": {"ports": {"slotSize": 101}}}), json!({"operatr": {}})] {
+    for bad in [
+        json!({"operator": {"replicas": "two"}}),
+        json!({"pool": {"ports": {"slotSize": 101}}}),
+        json!({"pool": {"srtp": "Sometimes"}}),
+        json!({"operatr": {}}),
+    ] {
         let mut v = default_values();
         helm::merge(&mut v, &bad);
         let copy = helm::chart_with_values(&chart(), &v);
@@ -270,7 +275,7 @@ async fn kustomize_base_and_examples_apply_then_the_operator_runs_under_its_serv
         .iter()
         .map(|p| p.name_any())
         .collect();
-    assert_eq!(pools.len(), 3, "{pools:?}");
+    assert_eq!(pools.len(), 4, "{pools:?}");
     let sip = Api::<ConfigMap>::namespaced(admin.clone(), "telephony").get("sip-service-media").await.unwrap();
     assert_eq!(sip.data.unwrap()["MEDIA_SERVICE_TARGET_GRPC_URL"], "media-service.telephony.svc:13031");
 
@@ -279,12 +284,12 @@ async fn kustomize_base_and_examples_apply_then_the_operator_runs_under_its_serv
     let op_client = client_from(&cp.kubeconfig_with_token("operator", &token)).await.unwrap();
     let operator = start_operator_leasing_in(op_client, "kustomize-operator", 28193, sys);
     // Every example pool gets its 2 nodes, its Services and its budget.
-    eventually("6 node pods for the 3 example pools", 40, || async {
+    eventually("8 node pods for the 4 example pools", 40, || async {
         let p = Api::<Pod>::namespaced(admin.clone(), "telephony").list(&ListParams::default().labels(POOL_LABEL)).await.ok()?.items;
-        (p.len() == 6).then_some(())
+        (p.len() == 8).then_some(())
     })
     .await;
-    for pool in ["media-service", "media-autoscaled", "media-recording"] {
+    for pool in ["media-service", "media-autoscaled", "media-recording", "media-secure"] {
         Api::<Service>::namespaced(admin.clone(), "telephony").get(pool).await.expect("callers' Service");
         Api::<PodDisruptionBudget>::namespaced(admin.clone(), "telephony").get(pool).await.expect("budget");
     }
@@ -297,6 +302,14 @@ async fn kustomize_base_and_examples_apply_then_the_operator_runs_under_its_serv
     let secret_ref =
         env.iter().find(|e| e.name == "BUCKET_SECRET_ACCESS_KEY").and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone()).unwrap();
     assert_eq!(secret_ref.name, "recordings-s3", "node pods read the S3 keys from the Secret, not the operator");
+    let secure_pods = Api::<Pod>::namespaced(admin.clone(), "telephony")
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}=media-secure")))
+        .await
+        .unwrap()
+        .items;
+    let env = secure_pods[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    let policy = env.iter().find(|e| e.name == "MEDIA_SRTP_POLICY").and_then(|e| e.value.clone());
+    assert_eq!(policy.as_deref(), Some("required"), "the SRTP pool's nodes refuse plain RTP");
     eventually("status written for every pool", 20, || async {
         let ps = Api::<MediaPool>::namespaced(admin.clone(), "telephony").list(&ListParams::default()).await.ok()?.items;
         ps.iter().all(|p| p.status.as_ref().is_some_and(|s| s.replicas == 2)).then_some(())

@@ -210,6 +210,19 @@ async fn invalid_pools_are_rejected(client: &Client) {
             other => panic!("invalid pool accepted ({message}): {other:?}"),
         }
     }
+    // An SRTP mode the schema does not list (sent untyped: the typed struct cannot say it).
+    let resource = kube::discovery::ApiResource::erase::<MediaPool>(&());
+    let untyped: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+    let mut body = pool_json(1, 23000, 23999, 100, "img");
+    body["spec"]["srtp"] = json!("Sometimes");
+    let pool: kube::api::DynamicObject = serde_json::from_value(body).unwrap();
+    match untyped.create(&PostParams::default(), &pool).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{}", e.message);
+            assert!(e.message.contains("spec.srtp") && e.message.contains("Sometimes"), "{}", e.message);
+        }
+        other => panic!("an unknown SRTP mode was accepted: {other:?}"),
+    }
 }
 
 async fn pool_comes_up_with_disjoint_slots(client: &Client) {

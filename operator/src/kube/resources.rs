@@ -86,6 +86,9 @@ pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &
     if let Some(a) = &spec.advertise.address {
         env.push(json!({"name": "MEDIA_ADVERTISE_ADDRESS", "value": a}));
     }
+    if let Some(mode) = spec.srtp {
+        env.push(json!({"name": "MEDIA_SRTP_POLICY", "value": mode.policy()}));
+    }
     if let Some(r) = &spec.recording {
         env.push(json!({"name": "BUCKET_NAME", "value": r.bucket}));
         if let Some(e) = &r.endpoint {
@@ -269,6 +272,7 @@ pub(crate) mod tests {
         assert_eq!(env("RTP_SERVICE_PORT_MIN").as_deref(), Some("30200"));
         assert_eq!(env("MEDIA_SERVICE_GRPC_PORT").as_deref(), Some("30200"));
         assert_eq!(env("MEDIA_SERVICE_METRICS_PORT").as_deref(), Some("30201"));
+        assert_eq!(env("MEDIA_SRTP_POLICY"), None, "left to the node's default");
         let host_ports: Vec<(i32, String)> =
             c.ports.as_ref().unwrap().iter().map(|p| (p.host_port.unwrap(), p.protocol.clone().unwrap())).collect();
         assert!(host_ports.contains(&(30200, "TCP".into())) && host_ports.contains(&(30299, "UDP".into())));
@@ -276,6 +280,16 @@ pub(crate) mod tests {
         let secret = c.env.as_ref().unwrap().iter().find(|e| e.name == "BUCKET_SECRET_ACCESS_KEY").unwrap();
         assert_eq!(secret.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "s3");
         assert_eq!(pod.metadata.owner_references.unwrap()[0].controller, Some(true));
+    }
+
+    #[test]
+    fn a_pool_that_requires_srtp_tells_its_nodes() {
+        let mut p = pool();
+        p.spec.srtp = Some(media_crds::pool::SrtpMode::Required);
+        let pod = node_pod(&p, "voice-0-abcde", SlotPorts { slot: 0, udp_min: 30000, udp_max: 30099 }, "abc");
+        let c = &pod.spec.unwrap().containers[0];
+        let policy = c.env.as_ref().unwrap().iter().find(|e| e.name == "MEDIA_SRTP_POLICY").and_then(|e| e.value.clone());
+        assert_eq!(policy.as_deref(), Some("required"));
     }
 
     #[test]
