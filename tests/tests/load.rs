@@ -18,6 +18,7 @@ fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> Lo
         allocate_rate: 1000,
         allocations: 0,
         codec: media_node::core::codec::AudioCodec::Pcmu,
+        srtp: false,
     }
 }
 
@@ -84,6 +85,28 @@ async fn load_runs_in_g722_through_sdp_on_the_node_and_transcoded_by_rtpengine()
         .await
         .expect("rtpengine transcodes G.722");
     // rtpengine relayed the callers' G.722 to the agent as PCMU: every packet arrived.
+    assert!(r.caller_to_node_loss.is_some_and(|l| l < 0.05) && r.node_to_caller_loss < 0.05, "{r}");
+    println!("{r}");
+}
+
+/// `--srtp`: the callers' SDES keys reach the node and rtpengine, each decrypts what the
+/// callers send and encrypts what it plays (the caller's socket checks every packet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_runs_over_srtp_on_the_node_and_through_rtpengine_sdes() {
+    let node = TestNode::start(22960, 20).await;
+    let work = tempfile::tempdir().unwrap();
+    let opts = LoadOptions { srtp: true, ..options(Engine::MediaNode, Some(format!("http://{}", node.running.grpc_addr)), work.path()) };
+    let r = run(opts).await.expect("SRTP calls set up by NegotiateSdp");
+    assert!(r.srtp && r.listener_frames >= 4 * 95 && r.node_to_caller_loss < 0.05, "{r}");
+    let m = node.metrics().await;
+    assert_eq!(metric_value(&m, "media_sdp_negotiations_by_transport_total{policy=\"optional\",transport=\"srtp\"}"), 4.0);
+    assert!(metric_value(&m, "media_srtp_authenticated_total") >= 4.0 * 95.0, "the callers' SRTP authenticated");
+    assert_eq!(metric_value(&m, "media_srtp_dropped_total{reason=\"auth\"}"), 0.0);
+
+    let work = tempfile::tempdir().unwrap();
+    let r = run(LoadOptions { srtp: true, ..options(Engine::Rtpengine, None, work.path()) }).await.expect("rtpengine does SDES");
+    // rtpengine decrypted the callers' SRTP for the plain agent, and its SRTP prompt
+    // authenticated at the callers.
     assert!(r.caller_to_node_loss.is_some_and(|l| l < 0.05) && r.node_to_caller_loss < 0.05, "{r}");
     println!("{r}");
 }

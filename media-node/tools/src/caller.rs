@@ -12,6 +12,7 @@ use media_node::call::udp;
 use media_node::core::codec::{AudioCodec, Encoder};
 use media_node::core::g711::Codec;
 use media_node::core::rtp::{self, RtpHeader};
+use media_node::core::srtp::{Inbound, MasterKey, Outbound};
 
 #[derive(Debug, Clone)]
 pub struct ReceivedPacket {
@@ -34,6 +35,11 @@ pub struct RtpCaller {
     pub socket: Arc<UdpSocket>,
     pub received: Arc<Mutex<Vec<ReceivedPacket>>>,
     receiver: JoinHandle<()>,
+    /// SRTP once keys are given: what the caller receives is decrypted first (packets
+    /// that do not authenticate are counted in `srtp_failures`, not kept).
+    srtp_in: Arc<Mutex<Option<Inbound>>>,
+    srtp_out: Mutex<Option<Outbound>>,
+    pub srtp_failures: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RtpCaller {
@@ -41,11 +47,36 @@ impl RtpCaller {
         let socket = Arc::new(UdpSocket::bind(addr).await?);
         udp::stamp_arrivals(&socket)?;
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (socket.clone(), received.clone());
+        let srtp_in: Arc<Mutex<Option<Inbound>>> = Default::default();
+        let srtp_failures: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (s, r, keys, failures) = (socket.clone(), received.clone(), srtp_in.clone(), srtp_failures.clone());
         let receiver = tokio::spawn(async move {
             let mut batch = udp::Received::default();
+            let mut plain = Vec::new();
             while udp::recv(&s, &mut batch).await.is_ok() {
                 for (from, data, at) in batch.iter() {
+                    if rtp::is_rtcp(data) {
+                        // Reports (rtpengine's land here when the next port up is another
+                        // caller's socket) are not the caller's audio.
+                        continue;
+                    }
+                    let data = match keys.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        None => data,
+                        Some(srtp) => match srtp.unprotect_rtp(data, &mut plain) {
+                            Ok(_) => &plain[..],
+                            Err(e) => {
+                                if std::env::var_os("CALLER_SRTP_DEBUG").is_some() {
+                                    eprintln!(
+                                        "caller SRTP: {e} for seq {} from {from} ({} bytes)",
+                                        u16::from_be_bytes([data[2], data[3]]),
+                                        data.len()
+                                    );
+                                }
+                                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                continue;
+                            }
+                        },
+                    };
                     let Ok(p) = rtp::parse(data) else { continue };
                     let mut pcm = Vec::new();
                     if let Some(c) = Codec::from_payload_type(p.payload_type) {
@@ -65,7 +96,14 @@ impl RtpCaller {
                 }
             }
         });
-        Ok(RtpCaller { socket, received, receiver })
+        Ok(RtpCaller { socket, received, receiver, srtp_in, srtp_out: Mutex::new(None), srtp_failures })
+    }
+
+    /// SRTP from now on: what the caller sends under `send`, what it receives under
+    /// `receive` (the far end's key, from its SDP).
+    pub fn use_srtp(&self, send: MasterKey, receive: MasterKey) {
+        *self.srtp_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(Outbound::new(send));
+        *self.srtp_in.lock().unwrap_or_else(|e| e.into_inner()) = Some(Inbound::new(receive));
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -122,7 +160,11 @@ impl RtpCaller {
                 timestamp: 5000u32.wrapping_add(k as u32 * 160 * ratio),
                 ssrc,
             };
-            self.socket.send_to(&rtp::build(header, &payload), to).await?;
+            let mut packet = rtp::build(header, &payload);
+            if let Some(srtp) = self.srtp_out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                srtp.protect_rtp(&mut packet).map_err(std::io::Error::other)?;
+            }
+            self.socket.send_to(&packet, to).await?;
             sent.push(Instant::now());
         }
         Ok(sent)

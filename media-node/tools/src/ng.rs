@@ -174,6 +174,23 @@ pub fn codec_sdp(addr: SocketAddr, session: u64, codec: media_node::core::codec:
     )
 }
 
+/// `codec_sdp` as RTP/SAVP with the caller's SDES key (AES_CM_128_HMAC_SHA1_80).
+pub fn srtp_sdp(
+    addr: SocketAddr,
+    session: u64,
+    codec: media_node::core::codec::AudioCodec,
+    key: &media_node::core::srtp::MasterKey,
+) -> String {
+    let plain = codec_sdp(addr, session, codec);
+    let line = media_node::core::srtp::sdes::format(1, key);
+    plain.replacen(" RTP/AVP ", " RTP/SAVP ", 1).replacen("a=sendrecv\r\n", &format!("{}\r\na=sendrecv\r\n", line.as_str()), 1)
+}
+
+/// The key of the first crypto line in `sdp` (the far end's, for what it sends).
+pub fn sdp_crypto_key(sdp: &str) -> Option<media_node::core::srtp::MasterKey> {
+    sdp.lines().find_map(|l| l.trim().strip_prefix("a=crypto:")).and_then(|v| media_node::core::srtp::sdes::parse(v).ok()).map(|c| c.key)
+}
+
 pub fn pcmu_sdp(addr: SocketAddr, session: u64) -> String {
     format!(
         "v=0\r\no=- {session} 1 IN IP4 {ip}\r\ns=load\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n",

@@ -95,6 +95,10 @@ enum Cmd {
         /// NegotiateSdp; rtpengine transcodes it to PCMU for the agent).
         #[arg(long, default_value = "PCMU", value_parser = parse_codec)]
         codec: media_node::core::codec::AudioCodec,
+        /// The callers speak SRTP, keyed by SDES in the SDP (AES_CM_128_HMAC_SHA1_80);
+        /// rtpengine then does SDES for the same calls (plain RTP to the agent).
+        #[arg(long)]
+        srtp: bool,
         /// Calls set up per second (AllocatePort is timed at this rate).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         allocate_rate: u32,
@@ -151,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
             events,
             no_analysis,
             codec,
+            srtp,
             allocate_rate,
             allocations,
         } => {
@@ -178,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
                         allocate_rate,
                         allocations,
                         codec,
+                        srtp,
                     },
                     &levels,
                 )

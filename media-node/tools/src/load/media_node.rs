@@ -107,6 +107,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         let prompt_uri = prompt_uri.clone();
         let parts = opts.parts;
         let codec = opts.codec;
+        let srtp = opts.srtp;
         tasks.push(tokio::spawn(async move {
             let ip: IpAddr = a.advertised_ip.parse()?;
             let node_rtp = SocketAddr::new(ip, a.rtp_port as u16);
@@ -118,14 +119,24 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 barge_in_ms: None,
             })
             .await?;
-            if codec != AudioCodec::Pcmu {
-                // The caller's offer in its codec; the node answers and sends in it.
-                let offer = crate::ng::codec_sdp(caller.local_addr(), i as u64, codec);
+            if codec != AudioCodec::Pcmu || srtp {
+                // The caller's offer in its codec (with its SDES key under --srtp); the
+                // node answers and sends in it.
+                let key = srtp.then(|| media_node::core::srtp::MasterKey::random(media_node::core::srtp::Suite::AesCm128HmacSha1_80));
+                let offer = match &key {
+                    Some(k) => crate::ng::srtp_sdp(caller.local_addr(), i as u64, codec, k),
+                    None => crate::ng::codec_sdp(caller.local_addr(), i as u64, codec),
+                };
                 let r = c
                     .negotiate_sdp(NegotiateSdpRequest { server_rtp_port: a.rtp_port, remote_sdp: offer, ..Default::default() })
                     .await?
                     .into_inner();
-                anyhow::ensure!(r.media.is_some_and(|m| m.codec == codec.name()), "the node did not agree on {}", codec.name());
+                anyhow::ensure!(r.media.as_ref().is_some_and(|m| m.codec == codec.name()), "the node did not agree on {}", codec.name());
+                if let Some(k) = key {
+                    let theirs =
+                        crate::ng::sdp_crypto_key(&r.local_sdp).ok_or_else(|| anyhow::anyhow!("no crypto line in the node's answer"))?;
+                    caller.use_srtp(k, theirs);
+                }
             }
             let listen = if parts.listen {
                 Some(
@@ -190,6 +201,8 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let listener_arrivals = listener.await.unwrap_or_default();
             let events = subscriber.await.unwrap_or_default();
             let received = caller.take_received();
+            let failed = caller.srtp_failures.load(std::sync::atomic::Ordering::Relaxed);
+            anyhow::ensure!(failed == 0, "{failed} of the node's SRTP packets did not authenticate at the caller");
             anyhow::Ok(CallResult {
                 sent_at,
                 expected_from_node: speech.len().div_ceil(160),

@@ -54,6 +54,9 @@ pub struct LoadOptions {
     /// The callers' codec: PCMU (as before: no SDP, static payload type) or, set up by
     /// NegotiateSdp, PCMA, G722 or opus; rtpengine transcodes it to PCMU for the agent.
     pub codec: media_node::core::codec::AudioCodec,
+    /// The callers speak SRTP (SDES keys, AES_CM_128_HMAC_SHA1_80): the node, or
+    /// rtpengine, decrypts what they send and encrypts what it plays to them.
+    pub srtp: bool,
 }
 
 impl LoadOptions {

@@ -66,6 +66,8 @@ pub struct LoadReport {
     pub parts: CallParts,
     /// The callers' codec (SDP name).
     pub codec: &'static str,
+    /// The callers spoke SRTP.
+    pub srtp: bool,
     /// From an RTP packet sent by the caller to its audio reaching the listener.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -127,8 +129,12 @@ impl std::fmt::Display for LoadReport {
         let transcode = if self.engine == "rtpengine" && self.codec != "PCMU" { ", transcoded to PCMU for the agent" } else { "" };
         writeln!(
             f,
-            "{}: {} calls for {:.0} s ({what}{extra} each), caller codec {}{transcode}",
-            self.engine, self.calls, self.seconds, self.codec
+            "{}: {} calls for {:.0} s ({what}{extra} each), caller codec {}{}{transcode}",
+            self.engine,
+            self.calls,
+            self.seconds,
+            self.codec,
+            if self.srtp { " over SRTP (SDES, AES_CM_128_HMAC_SHA1_80)" } else { "" }
         )?;
         let inbound = match self.caller_to_node_loss {
             Some(l) => format!("{:.3} %", l * 100.0),
@@ -258,6 +264,7 @@ pub(crate) fn summarise(
         allocate_in_node_ms: None,
         parts: opts.parts,
         codec: opts.codec.name(),
+        srtp: opts.srtp,
     }
 }
 

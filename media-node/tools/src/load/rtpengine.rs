@@ -79,6 +79,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     for i in 0..opts.calls {
         let (speech, prompt) = (speech.clone(), prompt.clone());
         let codec = opts.codec;
+        let srtp = opts.srtp;
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + interval * i as u32).await;
             let mut ctl = NgClient::connect(ng).await?;
@@ -89,7 +90,18 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let base =
                 |cmd: &str| vec![("command", Bencode::str(cmd)), ("call-id", Bencode::str(&call_id)), ("from-tag", Bencode::str(&from))];
             let mut offer = base("offer");
-            offer.push(("sdp", Bencode::str(&codec_sdp(caller.local_addr(), i as u64, codec))));
+            // Under --srtp the caller offers RTP/SAVP with its SDES key; rtpengine offers
+            // plain RTP/AVP to the agent and answers the caller with a key of its own, so
+            // it decrypts what the caller sends and encrypts what it plays, as the node does.
+            let key = srtp.then(|| media_node::core::srtp::MasterKey::random(media_node::core::srtp::Suite::AesCm128HmacSha1_80));
+            let sdp = match &key {
+                Some(k) => crate::ng::srtp_sdp(caller.local_addr(), i as u64, codec, k),
+                None => codec_sdp(caller.local_addr(), i as u64, codec),
+            };
+            offer.push(("sdp", Bencode::str(&sdp)));
+            if srtp {
+                offer.push(("transport-protocol", Bencode::str("RTP/AVP")));
+            }
             if codec != AudioCodec::Pcmu {
                 // The agent side speaks PCMU: rtpengine transcodes between the two.
                 offer.push(("codec", Bencode::dict([("transcode", Bencode::List(vec![Bencode::str("PCMU")]))])));
@@ -103,6 +115,11 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             let answered = ctl.command(Bencode::dict(answer)).await?;
             let sdp = answered.get("sdp").and_then(Bencode::as_str).unwrap_or_default();
             let port = sdp_audio_port(sdp).ok_or_else(|| anyhow::anyhow!("no audio port in rtpengine's answer"))?;
+            if let Some(k) = key {
+                let theirs =
+                    crate::ng::sdp_crypto_key(sdp).ok_or_else(|| anyhow::anyhow!("no crypto line in rtpengine's answer: {sdp}"))?;
+                caller.use_srtp(k, theirs);
+            }
             let engine_rtp = SocketAddr::new("127.0.0.1".parse()?, port);
             tokio::time::sleep_until(media_start).await;
             // The prompt goes to the caller (the party of from-tag) while it talks.
@@ -114,6 +131,13 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             ctl.command(Bencode::dict(base("delete"))).await?;
             let received = caller.take_received();
             let relayed = agent.take_received();
+            let failed = caller.srtp_failures.load(std::sync::atomic::Ordering::Relaxed);
+            anyhow::ensure!(failed == 0, "{failed} of rtpengine's SRTP packets did not authenticate at the caller");
+            anyhow::ensure!(
+                !srtp || received.len() * 2 >= speech.len() / 160,
+                "rtpengine played {} SRTP packets to the caller",
+                received.len()
+            );
             if codec != AudioCodec::Pcmu && !relayed.is_empty() {
                 // Under overload rtpengine may pass some packets through untranscoded:
                 // the run says how many, and fails only when it mostly did not transcode.
