@@ -246,6 +246,7 @@ mod targets {
             jitter: JitterConfig::default(),
             analysis: Default::default(),
             telephone_event_pt: crate::core::session::TELEPHONE_EVENT_PT,
+            wall_start: std::time::SystemTime::now(),
         };
         let mut s = Session::new(cfg, t0);
         let mut out = Outputs::default();

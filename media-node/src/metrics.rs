@@ -61,6 +61,11 @@ pub struct Metrics {
     pub srtp_authenticated: IntCounter,
     pub srtp_dropped: IntCounterVec,
     pub srtp_unsent: IntCounter,
+    pub rtcp_sent: IntCounter,
+    pub rtcp_malformed: IntCounter,
+    pub far_end_fraction_lost: Histogram,
+    pub far_end_jitter: Histogram,
+    pub round_trip: Histogram,
     pub calls_by_transport: IntGaugeVec,
     pub negotiated_transport: IntCounterVec,
 }
@@ -137,6 +142,8 @@ impl Metrics {
                 .unwrap(),
             ),
             srtp_unsent: counter("media_srtp_unsent_total", "Packets the node did not send because its SRTP key's lifetime was used up"),
+            rtcp_sent: counter("media_rtcp_sent_total", "RTCP compound packets the node sent (reports and BYE, on calls set up by SDP)"),
+            rtcp_malformed: counter("media_rtcp_malformed_total", "RTCP from far ends that was not a well-formed compound packet (dropped)"),
             calls_by_transport: reg(
                 &r,
                 IntGaugeVec::new(Opts::new("media_calls_by_transport", "Calls now, by media transport (rtp, srtp)"), &["transport"]).unwrap(),
@@ -261,6 +268,21 @@ impl Metrics {
                 "RFC 3550 interarrival jitter of callers' RTP, sampled per call every 5 s and at its end",
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16],
             ),
+            far_end_fraction_lost: histogram(
+                "media_rtcp_far_end_fraction_lost",
+                "Fraction of the node's RTP the far end reports lost (RTCP receiver reports), per report",
+                vec![0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+            ),
+            far_end_jitter: histogram(
+                "media_rtcp_far_end_jitter_seconds",
+                "Interarrival jitter of the node's RTP as the far end reports it (RTCP), per report",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16],
+            ),
+            round_trip: histogram(
+                "media_rtcp_round_trip_seconds",
+                "Round trip to the far end from its RTCP reports echoing the node's (LSR/DLSR)",
+                vec![0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0],
+            ),
             send_lateness: histogram(
                 "media_rtp_send_lateness_seconds",
                 "How late each outbound RTP packet left against its 20 ms schedule (the node's own pacing jitter)",
@@ -294,6 +316,8 @@ impl Metrics {
         self.fec_recovered.inc_by(c.fec_recovered);
         self.srtp_authenticated.inc_by(c.srtp_in);
         self.srtp_unsent.inc_by(c.srtp_unsent);
+        self.rtcp_sent.inc_by(c.rtcp_sent);
+        self.rtcp_malformed.inc_by(c.rtcp_malformed);
         if c.srtp_dropped.total() > 0 {
             for (reason, n) in crate::core::session::SrtpDrops::REASONS.iter().zip(c.srtp_dropped.0) {
                 self.srtp_dropped.with_label_values(&[reason.reason()]).inc_by(n);

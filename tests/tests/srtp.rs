@@ -267,3 +267,165 @@ async fn an_attacker_on_the_port_is_never_heard_never_latched_and_the_keys_never
         }
     }
 }
+
+/// RTCP both ways on an SRTP call, on the real binary over real UDP: the far end gets
+/// SRTCP sender reports on the port above its RTP port, under the node's key, that
+/// count what it received and report on what it sent; its own reports (SRTCP to the
+/// node's odd port) give the node the round trip; a plain, forged report is dropped
+/// and counted; at the end, a BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtcp_reports_flow_both_ways_and_give_the_round_trip() {
+    use media_node::core::rtcp;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30262, 30263, (30254, 30259), tmp.path(), &[]);
+    node.ready().await;
+    let mut client = node.client().await;
+    let port = client.allocate_port(AllocatePortRequest { call_id: "srtcp".into() }).await.unwrap().into_inner().rtp_port;
+    let node_rtp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let node_rtcp: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
+    // The far end's RTP port and the RTCP port above it (RFC 3550 §11).
+    let (rtp_sock, rtcp_sock) = loop {
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p % 2 == 0 {
+            if let Ok(b) = UdpSocket::bind(("127.0.0.1", p + 1)).await {
+                break (Arc::new(a), b);
+            }
+        }
+    };
+    let far = MasterKey::random(Suite::AesCm128HmacSha1_80);
+    let answer = client
+        .negotiate_sdp(NegotiateSdpRequest {
+            server_rtp_port: port,
+            remote_sdp: offer(rtp_sock.local_addr().unwrap(), &far),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, node_key) = answer_key(&answer.local_sdp);
+    let node_key = MasterKey::new(Suite::AesCm128HmacSha1_80, &node_key).unwrap();
+
+    // What the node sends on RTP: its SSRC and how many packets.
+    let received: Arc<Mutex<(Option<u32>, u32, u16)>> = Default::default();
+    let (sock, sink, key) = (rtp_sock.clone(), received.clone(), node_key.clone());
+    tokio::spawn(async move {
+        let mut rx = Inbound::new(key);
+        let (mut buf, mut plain) = ([0u8; 2048], Vec::new());
+        while let Ok(n) = sock.recv(&mut buf).await {
+            if rx.unprotect_rtp(&buf[..n], &mut plain).is_ok() {
+                let p = rtp::parse(&plain).unwrap();
+                let mut r = sink.lock().unwrap();
+                *r = (Some(p.ssrc), r.1 + 1, p.sequence);
+            }
+        }
+    });
+    let prompt = fleet_tests::synth_speech(8000, 9.0, 5);
+    std::fs::write(tmp.path().join("assets/long.wav"), fleet_tests::wav_bytes(&prompt, 8000)).unwrap();
+    let mut play = client.clone();
+    let playing = tokio::spawn(async move {
+        play.play_audio(PlayAudioRequest {
+            audio_uri: "file://long.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
+        .await
+    });
+
+    // The far end speaks for 8 s, every 10th packet lost on the way, and reads the
+    // node's reports as they come.
+    let ssrc = 0x5eed_0002;
+    let mut tx = Outbound::new(far.clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut rx = Inbound::new(node_key.clone());
+    let mut reports = Vec::new();
+    let mut buf = [0u8; 1500];
+    let mut plain = Vec::new();
+    let mut last_sent = 0u16;
+    for i in 0..400u16 {
+        tick.tick().await;
+        if i % 10 != 7 {
+            let mut p = pcmu_packet(i, ssrc, &[1000; 160]);
+            tx.protect_rtp(&mut p).unwrap();
+            rtp_sock.send_to(&p, node_rtp).await.unwrap();
+            last_sent = i;
+        }
+        while let Ok(n) = rtcp_sock.try_recv(&mut buf) {
+            rx.unprotect_rtcp(&buf[..n], &mut plain).expect("SRTCP under the node's key");
+            reports.push((
+                last_sent,
+                received.lock().unwrap().1,
+                rtcp::parse(&plain).expect("a compound packet"),
+                std::time::Instant::now(),
+            ));
+        }
+    }
+    assert!(!reports.is_empty(), "a report every 2.5-7.5 s, the first within 3.75 s");
+    let (sent_then, got_then, last, arrived) = reports.last().unwrap().clone();
+    let (node_ssrc, _, _) = *received.lock().unwrap();
+    let (sr_ssrc, sr_ntp) = last.sender.expect("a sender report: the node is sending");
+    assert_eq!(Some(sr_ssrc), node_ssrc, "the report is about the node's RTP stream");
+    let block = last.blocks.iter().find(|b| b.ssrc == ssrc).expect("a block about the far end");
+    assert!(block.extended_max.abs_diff(u32::from(sent_then)) <= 2, "{} against {sent_then}", block.extended_max);
+    let lost = block.cumulative_lost as f64 / block.extended_max as f64;
+    assert!((0.07..0.13).contains(&lost), "a tenth lost: {} of {}", block.cumulative_lost, block.extended_max);
+    assert!(block.fraction_lost > 10 && block.fraction_lost < 40, "{}", block.fraction_lost);
+    let now_ntp = rtcp::ntp(std::time::SystemTime::now());
+    assert!((now_ntp >> 32).abs_diff(sr_ntp >> 32) <= 10, "the report carries wall-clock NTP time");
+    // The SR's packet count came in while the far end counted its own.
+    assert!(got_then > 0 && block.jitter < 8000, "{got_then}, jitter {}", block.jitter);
+
+    // The far end's SR with a block echoing the node's last SR and how long it held it
+    // (DLSR): SRTCP to the node's odd port. A plain copy of it, forged, goes to the
+    // muxed port.
+    let held = ((arrived.elapsed().as_nanos() << 16) / 1_000_000_000) as u32;
+    let their = rtcp::SenderInfo { ntp: now_ntp, rtp_timestamp: 0, packets: 400, octets: 64000 };
+    let echo = rtcp::ReportBlock {
+        ssrc: sr_ssrc,
+        fraction_lost: 13,
+        cumulative_lost: 2,
+        extended_max: 1,
+        jitter: 40,
+        lsr: rtcp::ntp_middle(sr_ntp),
+        dlsr: held,
+    };
+    let report = rtcp::report(ssrc, Some(their), &[echo], "far-end");
+    rtp_sock.send_to(&report, node_rtp).await.unwrap();
+    let mut secured = report.clone();
+    tx.protect_rtcp(&mut secured).unwrap();
+    rtcp_sock.send_to(&secured, node_rtcp).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = node.metrics().await;
+    assert_eq!(metric_value(&metrics, "media_rtcp_round_trip_seconds_count"), 1.0, "one round trip, from the genuine report");
+    let rtt = metric_value(&metrics, "media_rtcp_round_trip_seconds_sum");
+    eprintln!(
+        "{} reports; the last: {} of {} lost, fraction {}/256, jitter {}; round trip from the echo {rtt:.3} s",
+        reports.len(),
+        block.cumulative_lost,
+        block.extended_max,
+        block.fraction_lost,
+        block.jitter
+    );
+    // Loopback, less the time the far end held the report; the far end reads its
+    // socket every 20 ms, so that much of the hold is not in DLSR.
+    assert!((0.0..0.05).contains(&rtt), "round trip {rtt} s on loopback");
+    assert_eq!(metric_value(&metrics, "media_rtcp_far_end_fraction_lost_sum"), 13.0 / 256.0);
+    assert_eq!(metric_value(&metrics, "media_srtp_dropped_total{reason=\"auth\"}"), 1.0, "the plain report is dropped");
+    assert!(metric_value(&metrics, "media_rtcp_sent_total") >= reports.len() as f64);
+
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let _ = playing.await;
+    let mut bye = false;
+    for _ in 0..20 {
+        while let Ok(n) = rtcp_sock.try_recv(&mut buf) {
+            rx.unprotect_rtcp(&buf[..n], &mut plain).unwrap();
+            bye |= rtcp::parse(&plain).unwrap().bye;
+        }
+        if bye {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bye, "a BYE when the call ends");
+}

@@ -399,13 +399,15 @@ impl CallTask {
                         for (from, data, arrived) in rtp_in.iter() {
                             self.session.handle_datagram(arrived, from, data, &mut self.out);
                         }
+                        self.observe_far_end();
                     }
                     Err(e) => debug!(error = %e, "rtp receive error"),
                 },
                 r = sockets.rtcp.recv_from(&mut rtcp_buf) => {
                     if let Ok((n, _)) = r {
                         // Counted with the session's counters (under SRTP: if it authenticates).
-                        self.session.handle_rtcp(&rtcp_buf[..n]);
+                        self.session.handle_rtcp(Instant::now(), &rtcp_buf[..n]);
+                        self.observe_far_end();
                     }
                 },
                 chunk = recv_stream(&mut self.stream), if wants_stream => match chunk {
@@ -427,13 +429,13 @@ impl CallTask {
                     }
                 },
             }
-            self.flush(&sockets.rtp).await;
+            self.flush(&sockets).await;
         }
         if let Some(j) = self.session.interarrival_jitter() {
             self.metrics.interarrival_jitter.observe(j);
         }
         self.session.close(&mut self.out);
-        self.flush(&sockets.rtp).await;
+        self.flush(&sockets).await;
         // The end of the call finalises an active recording by itself.
         if let Some(job) = self.recorder.finish(self.now_pos()) {
             self.store_later(job);
@@ -643,7 +645,19 @@ impl CallTask {
         }
     }
 
-    async fn flush(&mut self, rtp: &UdpSocket) {
+    /// What the far end's RTCP said of the node's audio, into the metrics.
+    fn observe_far_end(&mut self) {
+        if let Some(f) = self.session.take_far_end_report() {
+            self.metrics.far_end_fraction_lost.observe(f.fraction_lost);
+            self.metrics.far_end_jitter.observe(f.jitter_seconds);
+            if let Some(rtt) = f.round_trip {
+                self.metrics.round_trip.observe(rtt.as_secs_f64());
+            }
+        }
+    }
+
+    async fn flush(&mut self, sockets: &CallSockets) {
+        let rtp = &sockets.rtp;
         for h in self.out.heard.iter().filter(|h| !h.late) {
             self.quality.heard += h.pcm.len() as u64;
             self.quality.heard_sq += sum_squares(&h.pcm);
@@ -659,6 +673,11 @@ impl CallTask {
                 debug!(to = %t.to, error = %e, "rtp send failed");
             }
             self.metrics.send_lateness.observe(Instant::now().saturating_duration_since(t.due).as_secs_f64());
+        }
+        for t in self.out.rtcp.drain(..) {
+            if let Err(e) = sockets.rtcp.send_to(&t.data, t.to).await {
+                debug!(to = %t.to, error = %e, "rtcp send failed");
+            }
         }
         if !self.out.heard.is_empty() {
             // A listener whose stream has gone is dropped here; the post skips its frames.

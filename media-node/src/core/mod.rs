@@ -14,6 +14,7 @@ pub mod pacer;
 pub mod playback;
 pub mod recording;
 pub mod resample;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod session;

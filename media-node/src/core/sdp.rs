@@ -350,6 +350,11 @@ pub struct Negotiated {
     /// The far end's crypto line the node took (SDES): SRTP with its key for what the
     /// node receives. None: plain RTP.
     pub crypto: Option<Crypto>,
+    /// The far end offered (or answered) `a=rtcp-mux` (RFC 5761): RTCP on the RTP port.
+    pub rtcp_mux: bool,
+    /// The far end's `a=rtcp` (RFC 3605): where its RTCP port is, when not the one
+    /// above its RTP port.
+    pub rtcp_remote: Option<SocketAddr>,
 }
 
 /// Answers `offer` by the node's preferences (`prefer`, names like `PCMU`, case
@@ -423,7 +428,31 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str], srtp: SrtpPolicy) 
         (false, SrtpPolicy::Optional) => offered.best().cloned(),
         (false, SrtpPolicy::Required) => Some(offered.best().cloned().ok_or_else(|| NegotiationError::PlainRefused(offered.to_string()))?),
     };
-    Ok(Negotiated { payload_type, codec, telephone_event, ptime: m.ptime(), direction, remote, audio_index, receive, crypto })
+    let rtcp_remote = remote.and_then(|r| {
+        let value = m.attribute("rtcp")?;
+        let mut f = value.split_ascii_whitespace();
+        let port: u16 = f.next()?.parse().ok().filter(|p| *p != 0)?;
+        // `a=rtcp:port IN IP4 addr`; the address defaults to the stream's.
+        let ip = match (f.next(), f.next(), f.next()) {
+            (Some(_), Some(_), Some(addr)) => addr.parse().ok()?,
+            _ => r.ip(),
+        };
+        Some(SocketAddr::new(ip, port))
+    });
+    let rtcp_mux = m.has_flag("rtcp-mux");
+    Ok(Negotiated {
+        payload_type,
+        codec,
+        telephone_event,
+        ptime: m.ptime(),
+        direction,
+        remote,
+        audio_index,
+        receive,
+        crypto,
+        rtcp_mux,
+        rtcp_remote,
+    })
 }
 
 /// The answer's SDP: every m-line of the offer in its order (RFC 3264 §6), all but the

@@ -17,6 +17,7 @@ use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
 use super::playback::{Cut, FrameSource, MarkFate, MarkId, Playback, PlaybackId, PlaybackOutcome};
+use super::rtcp::{FarEndReport, RtcpState};
 use super::rtp::{self, Datagram, RtpHeader};
 use super::srtp::{CallKeys, Srtp, SrtpError};
 
@@ -32,6 +33,8 @@ pub struct SessionConfig {
     /// The payload type of RFC 4733 telephone-events (101 where the B2BUA's SDP says
     /// so, as nearly all do; negotiation will set it per call).
     pub telephone_event_pt: u8,
+    /// The wall-clock time of the session's start, for the NTP time of its RTCP reports.
+    pub wall_start: std::time::SystemTime,
 }
 
 /// The telephone-event payload type SIP stacks offer by custom.
@@ -50,6 +53,7 @@ impl SessionConfig {
             jitter,
             analysis,
             telephone_event_pt: TELEPHONE_EVENT_PT,
+            wall_start: std::time::SystemTime::now(),
         }
     }
 }
@@ -100,6 +104,17 @@ pub struct MediaSettings {
     pub sends: bool,
     /// SDES keys: SRTP both ways from the next packet. None: plain RTP.
     pub srtp: Option<CallKeys>,
+    /// Where the node's RTCP reports go (a call set up by SDP sends them).
+    pub rtcp: RtcpTarget,
+}
+
+/// Where RTCP goes: muxed on the RTP port (RFC 5761, when both sides said `rtcp-mux`),
+/// or from the node's odd port to the far end's `a=rtcp` address (RFC 3605), else to
+/// the port above the far end's RTP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtcpTarget {
+    Muxed,
+    Separate(Option<SocketAddr>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +161,8 @@ pub struct Played {
 #[derive(Debug, Default)]
 pub struct Outputs {
     pub transmit: Vec<Transmit>,
+    /// RTCP to send from the call's odd port (muxed RTCP goes in `transmit`).
+    pub rtcp: Vec<Transmit>,
     pub heard: Vec<Heard>,
     pub played: Vec<Played>,
     pub events: Vec<Event>,
@@ -154,6 +171,7 @@ pub struct Outputs {
 impl Outputs {
     pub fn clear(&mut self) {
         self.transmit.clear();
+        self.rtcp.clear();
         self.heard.clear();
         self.played.clear();
         self.events.clear();
@@ -195,6 +213,10 @@ pub struct Counters {
     pub srtp_dropped: SrtpDrops,
     /// Packets not sent because the node's SRTP key was used up.
     pub srtp_unsent: u64,
+    /// RTCP compound packets the node sent (reports and its BYE).
+    pub rtcp_sent: u64,
+    /// RTCP that was not a well-formed compound packet (after SRTCP, if any).
+    pub rtcp_malformed: u64,
 }
 
 /// Dropped SRTP packets by reason, as the counters' label says them.
@@ -287,6 +309,10 @@ pub struct Session {
     srtp: Option<Srtp>,
     /// An SRTP packet's plain text, reused.
     plain: Vec<u8>,
+    wall_start: std::time::SystemTime,
+    /// RTCP once SDP set the call up; None sends none (today's calls).
+    rtcp: Option<(RtcpState, RtcpTarget)>,
+    far_end: Option<FarEndReport>,
 }
 
 impl Session {
@@ -332,6 +358,9 @@ impl Session {
             redact_buf: Vec::new(),
             srtp: None,
             plain: Vec::with_capacity(1500),
+            wall_start: cfg.wall_start,
+            rtcp: None,
+            far_end: None,
         }
     }
 
@@ -410,7 +439,7 @@ impl Session {
             Ok(()) => {
                 self.counters.srtp_in += 1;
                 if rtcp {
-                    self.counters.rtcp += 1;
+                    self.on_rtcp(now, &plain);
                 } else {
                     self.handle_rtp(now, from, &plain, out);
                 }
@@ -420,29 +449,47 @@ impl Session {
         self.plain = plain;
     }
 
-    /// A datagram on the call's RTCP port (the odd one): counted; under SRTP it must
-    /// authenticate as SRTCP.
-    pub fn handle_rtcp(&mut self, data: &[u8]) {
+    /// A datagram on the call's RTCP port (the odd one); under SRTP it must
+    /// authenticate as SRTCP before it is read.
+    pub fn handle_rtcp(&mut self, now: Instant, data: &[u8]) {
         let Some(srtp) = self.srtp.as_mut() else {
-            self.counters.rtcp += 1;
-            return;
+            return self.on_rtcp(now, data);
         };
-        match srtp.inbound.unprotect_rtcp(data, &mut self.plain) {
+        let mut plain = std::mem::take(&mut self.plain);
+        match srtp.inbound.unprotect_rtcp(data, &mut plain) {
             Ok(()) => {
                 self.counters.srtp_in += 1;
-                self.counters.rtcp += 1;
+                self.on_rtcp(now, &plain);
             }
             Err(e) => self.counters.srtp_dropped.count(e),
         }
+        self.plain = plain;
+    }
+
+    /// Plain RTCP from the far end: counted, and read for the round trip and for what
+    /// it hears of the node (only on calls that run RTCP). It never moves the latch.
+    fn on_rtcp(&mut self, now: Instant, data: &[u8]) {
+        self.counters.rtcp += 1;
+        let Some((state, _)) = self.rtcp.as_mut() else { return };
+        match super::rtcp::parse(data) {
+            Ok(r) => {
+                if let Some(f) = state.on_received(now, &r, self.ssrc, self.encoder.codec.rtp_clock()) {
+                    self.far_end = Some(f);
+                }
+            }
+            Err(_) => self.counters.rtcp_malformed += 1,
+        }
+    }
+
+    /// The far end's latest report on the node's audio, once.
+    pub fn take_far_end_report(&mut self) -> Option<FarEndReport> {
+        self.far_end.take()
     }
 
     fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Outputs) {
         let packet = match rtp::classify(data) {
             Ok(Datagram::Rtp(p)) => p,
-            Ok(Datagram::Rtcp) => {
-                self.counters.rtcp += 1;
-                return;
-            }
+            Ok(Datagram::Rtcp) => return self.on_rtcp(now, data),
             Err(_) => {
                 self.counters.malformed += 1;
                 return;
@@ -455,6 +502,9 @@ impl Session {
                 self.counters.foreign += 1;
                 return;
             }
+        }
+        if let Some((state, _)) = &mut self.rtcp {
+            state.reception.on_packet(packet.ssrc, packet.sequence);
         }
         if self.telephone_event_pt != NO_PT && packet.payload_type == self.telephone_event_pt {
             self.counters.packets_in += 1;
@@ -646,6 +696,54 @@ impl Session {
         for index in self.pacer.due(now) {
             self.produce_frame(index, out);
         }
+        if self.rtcp.as_mut().is_some_and(|(s, _)| s.due(now)) {
+            self.send_report(now, out);
+        }
+    }
+
+    /// The node's RTCP report: an SR while it sends, an RR on hold (RFC 3550 §6.4),
+    /// with a block about the caller once it has sent anything.
+    fn send_report(&mut self, now: Instant, out: &mut Outputs) {
+        let clock = self.decoder.as_ref().map_or(self.encoder.codec, |(_, d)| d.codec).rtp_clock();
+        // Zero before any packet: the interarrival jitter starts at zero too.
+        let jitter = (self.interarrival.seconds() * f64::from(clock)) as u32;
+        let pos = now.saturating_duration_since(self.start).as_nanos() as u64 * 8000 / 1_000_000_000;
+        let rtp_timestamp = self.rtp_timestamp(pos);
+        let Some((state, _)) = self.rtcp.as_mut() else { return };
+        let block = state.block(now, jitter);
+        let sender = (self.sending && state.packets_sent > 0).then(|| super::rtcp::SenderInfo {
+            ntp: state.ntp_at(now),
+            rtp_timestamp,
+            packets: state.packets_sent,
+            octets: state.octets_sent,
+        });
+        let data = super::rtcp::report(self.ssrc, sender, block.as_slice(), &state.cname);
+        self.send_rtcp(now, data, out);
+    }
+
+    /// One compound RTCP packet to the far end (SRTCP under SRTP), on the muxed port
+    /// or from the odd one.
+    fn send_rtcp(&mut self, now: Instant, mut data: Vec<u8>, out: &mut Outputs) {
+        let Some((_, target)) = &self.rtcp else { return };
+        let Some(rtp_to) = self.latch.target() else { return };
+        let (to, muxed) = match *target {
+            RtcpTarget::Muxed => (rtp_to, true),
+            RtcpTarget::Separate(Some(to)) => (to, false),
+            RtcpTarget::Separate(None) => (SocketAddr::new(rtp_to.ip(), rtp_to.port().wrapping_add(1)), false),
+        };
+        if let Some(srtp) = self.srtp.as_mut() {
+            if srtp.outbound.protect_rtcp(&mut data).is_err() {
+                self.counters.srtp_unsent += 1;
+                return;
+            }
+        }
+        self.counters.rtcp_sent += 1;
+        let t = Transmit { to, data, due: now };
+        if muxed {
+            out.transmit.push(t);
+        } else {
+            out.rtcp.push(t);
+        }
     }
 
     pub fn handle_command(&mut self, cmd: Command, out: &mut Outputs) {
@@ -722,6 +820,10 @@ impl Session {
                     (None, Some(keys)) => self.srtp = Some(Srtp::new(keys)),
                     (_, None) => self.srtp = None,
                 }
+                match &mut self.rtcp {
+                    Some((_, target)) => *target = m.rtcp,
+                    None => self.rtcp = Some((RtcpState::new(self.start, self.wall_start, self.ssrc), m.rtcp)),
+                }
             }
         }
     }
@@ -730,6 +832,12 @@ impl Session {
     pub fn close(&mut self, out: &mut Outputs) {
         if let Some(cut) = self.playback.barge_in() {
             self.ended(cut, PlaybackOutcome::CallEnded, out);
+        }
+        if let Some((state, _)) = &self.rtcp {
+            let bye = super::rtcp::goodbye(self.ssrc, &state.cname);
+            // The BYE's time is the session's last: close has no clock of its own.
+            let now = self.pacer.deadline(self.pacer.next_index());
+            self.send_rtcp(now, bye, out);
         }
         self.emit_marks(out);
         self.stop_redacting(out);
@@ -781,6 +889,9 @@ impl Session {
             }
             self.counters.packets_out += 1;
             self.counters.bytes_out += data.len() as u64;
+            if let Some((state, _)) = &mut self.rtcp {
+                state.on_sent(payload.len());
+            }
             out.transmit.push(Transmit { to, data, due: self.pacer.deadline(index) });
         }
     }
@@ -864,6 +975,7 @@ mod tests {
             jitter: JitterConfig::default(),
             analysis: AnalysisConfig::default(),
             telephone_event_pt: TELEPHONE_EVENT_PT,
+            wall_start: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         };
         Session::new(cfg, t0)
     }
@@ -889,7 +1001,115 @@ mod tests {
             telephone_event_pt: te,
             sends,
             srtp: None,
+            rtcp: RtcpTarget::Separate(None),
         }
+    }
+
+    #[test]
+    fn a_negotiated_call_reports_by_rtcp_srtcp_under_keys_and_says_bye() {
+        use crate::core::rtcp::{self, ntp_middle};
+        use crate::core::srtp::{Inbound, MasterKey, Outbound, Suite};
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        // A call that never negotiated sends no RTCP, however long it runs.
+        s.handle_datagram(t0, caller(), &rtp_from_caller(0, 1, 160, 4000), &mut out);
+        run_ticks(&mut s, t0, 0, 500, &mut out);
+        assert!(out.rtcp.is_empty() && out.transmit.iter().all(|t| !rtp::is_rtcp(&t.data)));
+        assert_eq!(s.take_counters().rtcp_sent, 0);
+
+        let far = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let node = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        m.srtp = Some(CallKeys { remote: far.clone(), local: node.clone() });
+        s.handle_command(Command::SetMedia(m.clone()), &mut out);
+        let mut caller_tx = Outbound::new(far);
+        let mut far_rx = Inbound::new(node);
+        out.clear();
+        // 20 s of the caller's audio with every 10th packet lost, and the node's prompt.
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 1000].into(), barge_in: None }, &mut out);
+        let mut reports = Vec::new();
+        for k in 500..1500u64 {
+            if k % 10 != 3 {
+                let mut p = rtp_from_caller(0, k as u16, k as u32 * 160, 4000);
+                caller_tx.protect_rtp(&mut p).unwrap();
+                s.handle_datagram(t0 + MS20 * k as u32, caller(), &p, &mut out);
+            }
+            s.handle_tick(t0 + MS20 * k as u32, &mut out);
+            for t in out.rtcp.drain(..) {
+                assert_eq!(t.to, "127.0.0.1:40001".parse().unwrap(), "the port above the caller's RTP port");
+                let mut plain = Vec::new();
+                far_rx.unprotect_rtcp(&t.data, &mut plain).expect("SRTCP under the node's key");
+                reports.push((k, rtcp::parse(&plain).unwrap()));
+            }
+            out.transmit.clear();
+            out.heard.clear();
+        }
+        // 20 s: a report every 2.5-7.5 s, the first within 3.75 s.
+        assert!((3..=8).contains(&reports.len()), "{}", reports.len());
+        assert!(reports[0].0 - 500 <= 188, "{}", reports[0].0);
+        let (at, last) = reports.last().unwrap();
+        let (ssrc, ntp) = last.sender.expect("a sender report while the node sends");
+        assert_eq!(ssrc, 0x1234);
+        let wall = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + MS20 * *at as u32;
+        assert_eq!(ntp_middle(ntp), ntp_middle(rtcp::ntp(wall)), "NTP time of the report");
+        let b = last.blocks[0];
+        assert_eq!((b.ssrc, b.extended_max), (99, (*at as u32) - (*at as u32 % 10 == 3) as u32));
+        // 1 in 10 of the caller's packets lost since the start.
+        let expected = (*at - 500 + 1) as i32 + 1;
+        assert!((b.cumulative_lost - expected / 10).abs() <= 1, "{} of {expected}", b.cumulative_lost);
+        assert!((b.fraction_lost as f64 / 256.0 - 0.1).abs() < 0.03, "{}", b.fraction_lost);
+
+        // The far end's SR, then its report about the node, echoing our last SR 40 ms on.
+        let their_ntp = rtcp::ntp(wall + Duration::from_millis(10));
+        let mut sr = rtcp::report(99, Some(rtcp::SenderInfo { ntp: their_ntp, rtp_timestamp: 0, packets: 1, octets: 160 }), &[], "far");
+        caller_tx.protect_rtcp(&mut sr).unwrap();
+        s.handle_rtcp(t0 + MS20 * 1500, &sr);
+        let echoed = rtcp::ReportBlock {
+            ssrc: 0x1234,
+            fraction_lost: 26,
+            cumulative_lost: 3,
+            extended_max: 1,
+            jitter: 160,
+            lsr: ntp_middle(ntp),
+            dlsr: 65536 / 50,
+        };
+        let mut rr = rtcp::report(99, None, &[echoed], "far");
+        caller_tx.protect_rtcp(&mut rr).unwrap();
+        s.handle_rtcp(t0 + MS20 * (*at as u32 + 3), &rr);
+        let f = s.take_far_end_report().expect("the far end's report on the node's audio");
+        assert!((f.round_trip.unwrap().as_secs_f64() - 0.040).abs() < 0.001, "{:?}", f.round_trip);
+        assert_eq!(f.jitter_seconds, 0.02);
+        // A forged report (plain, under SRTP) is dropped before it is read.
+        s.handle_rtcp(t0, &rtcp::report(99, None, &[echoed], "forged"));
+        assert!(s.take_far_end_report().is_none());
+        let c = s.take_counters();
+        assert_eq!(c.srtp_dropped.of(SrtpError::Auth), 1);
+        assert_eq!(c.rtcp, 2);
+        assert_eq!(c.rtcp_sent, reports.len() as u64);
+
+        // On hold the node sends an RR and echoes the far end's SR; at the end, a BYE.
+        m.sends = false;
+        m.srtp = None;
+        m.rtcp = RtcpTarget::Muxed;
+        s.handle_command(Command::SetMedia(m), &mut out);
+        out.clear();
+        let mut rr_seen = None;
+        for k in 1500..1900u64 {
+            s.handle_tick(t0 + MS20 * k as u32, &mut out);
+            assert!(out.rtcp.is_empty(), "muxed: on the RTP port");
+            if let Some(t) = out.transmit.iter().find(|t| rtp::is_rtcp(&t.data)) {
+                rr_seen.get_or_insert((k, rtcp::parse(&t.data).unwrap()));
+            }
+            out.transmit.clear();
+        }
+        let (k, rr) = rr_seen.expect("a receiver report on hold");
+        assert!(rr.sender.is_none());
+        assert_eq!(rr.blocks[0].lsr, ntp_middle(their_ntp));
+        assert_eq!(rr.blocks[0].dlsr, ((k - 1500) * 20 * 65536 / 1000) as u32);
+        s.close(&mut out);
+        let bye = out.transmit.iter().find(|t| rtp::is_rtcp(&t.data)).expect("a BYE");
+        assert!(rtcp::parse(&bye.data).unwrap().bye);
     }
 
     #[test]

@@ -487,6 +487,11 @@ impl MediaSvc {
             telephone_event_pt: agreed.telephone_event,
             sends: agreed.direction.sends(),
             srtp: keys.clone(),
+            rtcp: if agreed.rtcp_mux {
+                crate::core::session::RtcpTarget::Muxed
+            } else {
+                crate::core::session::RtcpTarget::Separate(agreed.rtcp_remote)
+            },
         };
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
         control(Control::SetMedia(settings)).await?;
