@@ -6,6 +6,10 @@
 use fleet_tests::{metric_value, TestNode};
 use media_tools::load::{run, CallParts, Engine, LoadOptions};
 
+/// The load tool starts rtpengine on fixed ports (its ng port and RTP range), so the
+/// tests that run it take turns.
+static RTPENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> LoadOptions {
     LoadOptions {
         calls: 4,
@@ -56,6 +60,7 @@ async fn load_run_against_a_media_node_measures_loss_jitter_and_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_run_drives_rtpengine_over_its_ng_protocol() {
     let work = tempfile::tempdir().unwrap();
+    let _turn = RTPENGINE.lock().await;
     let r = run(options(Engine::Rtpengine, None, work.path())).await.expect("rtpengine (Debian's rtpengine-daemon) runs the calls");
     assert_eq!(r.engine, "rtpengine");
     // rtpengine relayed the caller to the agent socket, and played the prompt back.
@@ -81,6 +86,7 @@ async fn load_runs_in_g722_through_sdp_on_the_node_and_transcoded_by_rtpengine()
     assert_eq!(metric_value(&node.metrics().await, "media_sdp_negotiations_total{codec=\"G722\"}"), 4.0);
 
     let work = tempfile::tempdir().unwrap();
+    let _turn = RTPENGINE.lock().await;
     let r = run(LoadOptions { codec: AudioCodec::G722, ..options(Engine::Rtpengine, None, work.path()) })
         .await
         .expect("rtpengine transcodes G.722");
@@ -104,6 +110,7 @@ async fn load_runs_over_srtp_on_the_node_and_through_rtpengine_sdes() {
     assert_eq!(metric_value(&m, "media_srtp_dropped_total{reason=\"auth\"}"), 0.0);
 
     let work = tempfile::tempdir().unwrap();
+    let _turn = RTPENGINE.lock().await;
     let r = run(LoadOptions { srtp: true, ..options(Engine::Rtpengine, None, work.path()) }).await.expect("rtpengine does SDES");
     // rtpengine decrypted the callers' SRTP for the plain agent, and its SRTP prompt
     // authenticated at the callers.
