@@ -173,3 +173,68 @@ async fn a_re_offer_holds_resumes_and_switches_codec_with_continuous_numbering()
     }
     assert!(pcm[400..].iter().any(|&s| s.abs() > 1000), "G.722 carries the prompt");
 }
+
+/// The far end's ptime sets the node's packets, over real UDP: 40 ms packets of 320
+/// PCMU bytes every 40 ms that carry the prompt, then a re-offer asking 10 ms, and
+/// G.729 at 30 ms.
+#[tokio::test]
+async fn packets_follow_the_far_ends_ptime_and_a_re_offer_changes_it() {
+    let mut node = TestNode::start(30460, 10).await;
+    let (port, _, caller) = node.call("sdp-ptime").await;
+    let far = caller.local_addr();
+    let pcmu = offer_from(far, "0 18 101", "a=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\na=ptime:40\r\n", "sendrecv");
+    let r = negotiate(&mut node, port, &pcmu, SdpType::Unspecified, &["PCMU"]).await.unwrap();
+    assert!(r.local_sdp.contains("a=ptime:20\r\n"), "the node still asks 20 ms for itself: {}", r.local_sdp);
+    let prompt = synth_prompt(8000, 2.0);
+    node.write_prompt("two.wav", &prompt, 8000);
+    let play = |node: &mut TestNode| {
+        let mut client = node.client.clone();
+        async move {
+            client
+                .play_audio(PlayAudioRequest { audio_uri: "file://two.wav".into(), server_rtp_port: port, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert_eq!(play(&mut node).await.message, "finished");
+    sleep_ms(100).await;
+    let got = caller.take_received();
+    assert_eq!(got.len(), 50, "2 s in 40 ms packets");
+    assert!(got.iter().all(|p| p.payload.len() == 320), "320 bytes of PCMU each");
+    assert!(got.windows(2).all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 320));
+    let mut gaps: Vec<f64> = got.windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64() * 1000.0).collect();
+    gaps.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = gaps[gaps.len() / 2];
+    assert!((35.0..45.0).contains(&median), "one packet every 40 ms: median gap {median:.1} ms");
+    let pcm: Vec<i16> = got.iter().flat_map(|p| p.pcm.iter().copied()).collect();
+    let (c, _) = best_correlation(&prompt[..12000], &pcm, 800);
+    assert!(c > 0.95, "the prompt in 40 ms packets: correlation {c:.3}");
+
+    // A re-INVITE asking 10 ms: two packets a frame, numbering running on.
+    let last = got.last().unwrap().sequence;
+    negotiate(&mut node, port, &pcmu.replace("ptime:40", "ptime:10"), SdpType::Unspecified, &["PCMU"]).await.unwrap();
+    assert_eq!(play(&mut node).await.message, "finished");
+    sleep_ms(100).await;
+    let got = caller.take_received();
+    assert_eq!(got.len(), 200, "2 s in 10 ms packets");
+    assert_eq!(got[0].sequence, last.wrapping_add(1));
+    assert!(got.iter().all(|p| p.payload.len() == 80));
+    assert!(got.windows(2).all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 80));
+
+    // G.729 at 30 ms: three 10-byte frames a packet.
+    negotiate(&mut node, port, &pcmu.replace("ptime:40", "ptime:30"), SdpType::Unspecified, &["G729"]).await.unwrap();
+    assert_eq!(play(&mut node).await.message, "finished");
+    sleep_ms(100).await;
+    let got = caller.take_received();
+    assert!(got.iter().all(|p| p.payload_type == 18));
+    assert_eq!(got.len(), 67, "66 packets of 30 ms and the last 20 ms");
+    assert!(got[..66].iter().all(|p| p.payload.len() == 30) && got[66].payload.len() == 20);
+    let mut dec = Decoder::new(AudioCodec::G729);
+    let mut pcm = Vec::new();
+    for p in &got {
+        dec.decode(&p.payload, &mut pcm);
+    }
+    let (c, _) = best_correlation(&prompt[..12000], &pcm, 800);
+    assert!(c > 0.6, "G.729 in 30 ms packets carries the prompt: {c:.3}");
+}

@@ -87,6 +87,17 @@ impl AudioCodec {
         }
     }
 
+    /// The packet length the node sends for a far end that asks for `ptime` ms: a
+    /// multiple of 10 ms from 10 to 60 (G.711 and G.722 take any length, G.729 is 10 ms
+    /// frames); Opus has no 30 or 50 ms frame, so those become 20 and 40.
+    pub fn packet_ms(self, ptime: u32) -> u32 {
+        let ms = (ptime.clamp(10, 60) / 10) * 10;
+        match (self, ms) {
+            (AudioCodec::Opus, 30 | 50) => ms - 10,
+            _ => ms,
+        }
+    }
+
     /// RTP clock ticks per sample of the call's 8 kHz audio (6 for Opus, else 1).
     pub fn clock_ratio(self) -> u32 {
         self.rtp_clock() / super::jitter::RATE

@@ -300,7 +300,7 @@ pub const OPUS_FMTP: &str = "maxplaybackrate=8000;sprop-maxcapturerate=8000;usei
 /// telephone-event at 48000 in the node's offer, beside Opus (101 is at 8000).
 pub const TELEPHONE_EVENT_48K_PT: u8 = 110;
 
-/// The packet time the node sends (what its answers and offers say).
+/// The packet time the node asks to receive (what its answers and offers say).
 pub const NODE_PTIME_MS: u32 = 20;
 
 impl CodecSpec {
@@ -335,7 +335,7 @@ pub struct Negotiated {
     pub codec: CodecSpec,
     /// RFC 4733 events at the codec's clock rate, when offered.
     pub telephone_event: Option<u8>,
-    /// The far end's ptime (what it asks to receive; the node sends 20 ms for now).
+    /// The far end's ptime (what it asks to receive: the node sends packets of it).
     pub ptime: u32,
     /// The node's own direction (the answer's).
     pub direction: Direction,

@@ -37,6 +37,9 @@ pub struct SessionConfig {
     pub wall_start: std::time::SystemTime,
 }
 
+/// The longest packet the node sends: 60 ms.
+const MAX_PACKET_SAMPLES: usize = FRAME_SAMPLES * 3;
+
 /// The telephone-event payload type SIP stacks offer by custom.
 pub const TELEPHONE_EVENT_PT: u8 = 101;
 /// No telephone-event negotiated (an RTP payload type is 7 bits, so this never matches).
@@ -106,6 +109,8 @@ pub struct MediaSettings {
     pub srtp: Option<CallKeys>,
     /// Where the node's RTCP reports go (a call set up by SDP sends them).
     pub rtcp: RtcpTarget,
+    /// The far end's ptime: the node sends packets of `AudioCodec::packet_ms` of it.
+    pub ptime_ms: u32,
 }
 
 /// Where RTCP goes: muxed on the RTP port (RFC 5761, when both sides said `rtcp-mux`),
@@ -310,6 +315,13 @@ pub struct Session {
     /// An SRTP packet's plain text, reused.
     plain: Vec<u8>,
     wall_start: std::time::SystemTime,
+    /// Samples per packet the node sends (160: 20 ms, as calls without SDP always do).
+    packet_samples: usize,
+    /// Audio of the packet being filled (ptime over 20 ms), and its timeline position
+    /// and marker.
+    pending: Vec<i16>,
+    pending_pos: u64,
+    pending_marker: bool,
     /// RTCP once SDP set the call up; None sends none (today's calls).
     rtcp: Option<(RtcpState, RtcpTarget)>,
     far_end: Option<FarEndReport>,
@@ -359,6 +371,10 @@ impl Session {
             srtp: None,
             plain: Vec::with_capacity(1500),
             wall_start: cfg.wall_start,
+            packet_samples: FRAME_SAMPLES,
+            pending: Vec::with_capacity(FRAME_SAMPLES * 3),
+            pending_pos: 0,
+            pending_marker: false,
             rtcp: None,
             far_end: None,
         }
@@ -791,7 +807,10 @@ impl Session {
             }
             Command::RedactDtmf(false) => self.stop_redacting(out),
             Command::SetMedia(m) => {
+                // What is half a packet goes out under the codec it was meant for.
+                self.flush_pending(self.pacer.next_index().saturating_sub(1), out);
                 let (pt, codec) = m.send;
+                self.packet_samples = codec.packet_ms(m.ptime_ms) as usize * FRAME_SAMPLES / 20;
                 if self.encoder.codec != codec || self.outbound_pt != pt {
                     // A codec change by re-offer: the new codec's state starts fresh;
                     // sequence numbers and timestamps run on.
@@ -833,6 +852,7 @@ impl Session {
         if let Some(cut) = self.playback.barge_in() {
             self.ended(cut, PlaybackOutcome::CallEnded, out);
         }
+        self.flush_pending(self.pacer.next_index().saturating_sub(1), out);
         if let Some((state, _)) = &self.rtcp {
             let bye = super::rtcp::goodbye(self.ssrc, &state.cname);
             // The BYE's time is the session's last: close has no clock of its own.
@@ -860,6 +880,7 @@ impl Session {
             out.events.push(Event::DigitsSent);
             return false;
         };
+        self.flush_pending(index, out);
         self.in_talkspurt = false;
         if let DigitFrame::Event { marker, start_back, payload } = frame {
             let header = RtpHeader {
@@ -873,6 +894,39 @@ impl Session {
             self.send_rtp(index, header, &payload, out);
         }
         true
+    }
+
+    /// One packet of the node's audio from timeline position `pos`, encoded.
+    fn send_audio(&mut self, index: u64, pos: u64, marker: bool, pcm: &[i16], out: &mut Outputs) {
+        let header = RtpHeader {
+            marker,
+            payload_type: self.outbound_pt,
+            sequence: self.sequence,
+            timestamp: self.rtp_timestamp(pos),
+            ssrc: self.ssrc,
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        self.encoder.encode(pcm, &mut self.encode_buf);
+        let payload = std::mem::take(&mut self.encode_buf);
+        self.send_rtp(index, header, &payload, out);
+        self.encode_buf = payload;
+    }
+
+    /// Sends what a packet being filled holds, short (at a talkspurt's end, before
+    /// digits, a codec change or the call's end). Opus takes only its frame lengths, so
+    /// its remainder is padded with silence to the next one.
+    fn flush_pending(&mut self, index: u64, out: &mut Outputs) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut packet = std::mem::take(&mut self.pending);
+        if self.encoder.codec == AudioCodec::Opus {
+            let frame = [80, 160, 320, 480].into_iter().find(|n| *n >= packet.len()).unwrap_or(480);
+            packet.resize(frame, 0);
+        }
+        self.send_audio(index, self.pending_pos, self.pending_marker, &packet, out);
+        packet.clear();
+        self.pending = packet;
     }
 
     /// Frame `index`'s packet to the far end, when one is known (counted).
@@ -930,23 +984,32 @@ impl Session {
             // Silence is not sent, nor anything while the far end holds the call (a
             // prompt still runs on the call's clock, unheard, so the recording keeps
             // silence there); the timestamp still advances with the clock, and the next
-            // packet starts a new talkspurt.
+            // packet starts a new talkspurt. A packet being filled goes out short.
+            self.flush_pending(index, out);
             self.in_talkspurt = false;
             return;
         };
-        let header = RtpHeader {
-            marker: !self.in_talkspurt,
-            payload_type: self.outbound_pt,
-            sequence: self.sequence,
-            timestamp: self.rtp_timestamp(pos),
-            ssrc: self.ssrc,
-        };
+        let marker = !self.in_talkspurt;
         self.in_talkspurt = true;
-        self.sequence = self.sequence.wrapping_add(1);
-        self.encoder.encode(&frame, &mut self.encode_buf);
-        let payload = std::mem::take(&mut self.encode_buf);
-        self.send_rtp(index, header, &payload, out);
-        self.encode_buf = payload;
+        if self.packet_samples == FRAME_SAMPLES {
+            // 20 ms, what nearly every call asks: the frame is the packet.
+            self.send_audio(index, pos, marker, &frame, out);
+        } else {
+            if self.pending.is_empty() {
+                (self.pending_pos, self.pending_marker) = (pos, marker);
+            }
+            self.pending.extend_from_slice(&frame);
+            // 10 ms packets go two to a frame; 30 ms ones after one frame, then two.
+            let n = self.packet_samples;
+            while self.pending.len() >= n {
+                let mut packet = [0i16; MAX_PACKET_SAMPLES];
+                packet[..n].copy_from_slice(&self.pending[..n]);
+                self.pending.drain(..n);
+                self.send_audio(index, self.pending_pos, self.pending_marker, &packet[..n], out);
+                self.pending_pos += n as u64;
+                self.pending_marker = false;
+            }
+        }
         if source != FrameSource::Echo {
             self.echo_guard.on_played(pos, &frame);
         }
@@ -1002,6 +1065,76 @@ mod tests {
             sends,
             srtp: None,
             rtcp: RtcpTarget::Separate(None),
+            ptime_ms: 20,
+        }
+    }
+
+    #[test]
+    fn packets_follow_the_far_ends_ptime() {
+        // (codec, payload type, the far end's ptime, the packet the node sends in ms,
+        // payload bytes per 10 ms)
+        let cases = [
+            (AudioCodec::Pcmu, 0, 40, 40, Some(80)),
+            (AudioCodec::Pcma, 8, 30, 30, Some(80)),
+            (AudioCodec::Pcmu, 0, 10, 10, Some(80)),
+            (AudioCodec::G729, 18, 60, 60, Some(10)),
+            (AudioCodec::G722, 9, 25, 20, Some(80)),
+            #[cfg(feature = "opus")]
+            (AudioCodec::Opus, 111, 30, 20, None),
+        ];
+        for (codec, pt, ptime, ms, bytes_per_10ms) in cases {
+            let t0 = Instant::now();
+            let mut s = session(t0);
+            let mut out = Outputs::default();
+            s.handle_command(Command::SetTarget(caller()), &mut out);
+            let mut m = media((pt, codec), Some(101), true);
+            m.ptime_ms = ptime;
+            s.handle_command(Command::SetMedia(m), &mut out);
+            // A 1 s prompt, then silence.
+            s.handle_command(Command::Play { id: 1, pcm: vec![3000i16; 8000].into(), barge_in: None }, &mut out);
+            run_ticks(&mut s, t0, 0, 70, &mut out);
+            let sent: Vec<(Instant, RtpHeader, usize)> = out
+                .transmit
+                .iter()
+                .filter(|t| !rtp::is_rtcp(&t.data))
+                .map(|t| {
+                    let p = rtp::parse(&t.data).unwrap();
+                    (
+                        t.due,
+                        RtpHeader {
+                            marker: p.marker,
+                            payload_type: p.payload_type,
+                            sequence: p.sequence,
+                            timestamp: p.timestamp,
+                            ssrc: p.ssrc,
+                        },
+                        p.payload.len(),
+                    )
+                })
+                .collect();
+            let full = 1000 / ms as usize;
+            let short = 1000 % ms as u64;
+            assert_eq!(sent.len(), full + (short > 0) as usize, "{codec:?} at {ms} ms");
+            let step = ms * 8 * codec.clock_ratio();
+            for (k, w) in sent.windows(2).enumerate() {
+                assert_eq!(w[1].1.sequence, w[0].1.sequence.wrapping_add(1), "{codec:?}: continuous numbering");
+                assert_eq!(w[1].1.timestamp.wrapping_sub(w[0].1.timestamp), step, "{codec:?}: packet {k} is {ms} ms on");
+                assert!(!w[1].1.marker, "one talkspurt");
+                // Paced: a packet as its audio is complete (10 ms ones two to a frame).
+                let apart = w[1].0 - w[0].0;
+                assert!(apart <= Duration::from_millis(ms.max(20) as u64 + 20), "{codec:?}: {apart:?}");
+            }
+            assert!(sent[0].1.marker);
+            if let Some(b) = bytes_per_10ms {
+                assert!(sent[..full].iter().all(|p| p.2 == b * ms as usize / 10), "{codec:?}: {ms} ms payloads");
+                if short > 0 {
+                    assert_eq!(sent[full].2, b * short as usize / 10, "{codec:?}: the prompt's end goes out short");
+                }
+            }
+            if ms == 40 {
+                let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1].0 - w[0].0).collect();
+                assert!(gaps.iter().all(|g| *g == Duration::from_millis(40)), "{gaps:?}");
+            }
         }
     }
 

@@ -492,6 +492,7 @@ impl MediaSvc {
             } else {
                 crate::core::session::RtcpTarget::Separate(agreed.rtcp_remote)
             },
+            ptime_ms: agreed.ptime,
         };
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
         control(Control::SetMedia(settings)).await?;
