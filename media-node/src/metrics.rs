@@ -5,6 +5,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::core::codec::ByCodec;
 use crate::core::session::Counters;
 
 pub struct Metrics {
@@ -54,7 +55,8 @@ pub struct Metrics {
     pub barge_in_echo: IntCounter,
     pub telephone_event_ignored: IntCounter,
     pub negotiated: IntCounterVec,
-    pub decode_errors: IntCounter,
+    pub decode_errors: IntCounterVec,
+    pub codec_seconds: prometheus::CounterVec,
     pub fec_recovered: IntCounter,
     pub dtmf_redacted_seconds: prometheus::Counter,
     pub turn_latency: HistogramVec,
@@ -156,7 +158,22 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            decode_errors: counter("media_rtp_decode_errors_total", "Caller payloads the negotiated codec refused (corrupt Opus), dropped"),
+            decode_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("media_rtp_decode_errors_total", "Caller payloads the negotiated codec refused (corrupt Opus, G.729 of a bad size), dropped"),
+                    &["codec"],
+                )
+                .unwrap(),
+            ),
+            codec_seconds: reg(
+                &r,
+                prometheus::CounterVec::new(
+                    Opts::new("media_codec_seconds_total", "Time the node spent encoding what it sends and decoding what callers send, by codec"),
+                    &["codec", "direction"],
+                )
+                .unwrap(),
+            ),
             fec_recovered: counter("media_rtp_fec_recovered_total", "Lost Opus packets rebuilt from the next packet's in-band FEC"),
             telephone_event_ignored: counter(
                 "media_rtp_telephone_event_ignored_total",
@@ -297,6 +314,9 @@ impl Metrics {
         for t in ["rtp", "srtp"] {
             m.calls_by_transport.with_label_values(&[t]);
         }
+        for codec in crate::core::codec::AudioCodec::ALL {
+            m.decode_errors.with_label_values(&[codec.name()]);
+        }
         m
     }
 
@@ -312,7 +332,17 @@ impl Metrics {
         self.telephone_event_duplicates.inc_by(c.telephone_event_duplicates);
         self.barge_in_echo.inc_by(c.barge_in_echo);
         self.telephone_event_ignored.inc_by(c.telephone_event_ignored);
-        self.decode_errors.inc_by(c.decode_errors);
+        for (codec, (n, (enc, dec))) in ByCodec::<u64>::CODECS.iter().zip(c.decode_errors.0.iter().zip(c.codec_nanos.0)) {
+            if *n > 0 {
+                self.decode_errors.with_label_values(&[codec.name()]).inc_by(*n);
+            }
+            if enc > 0 {
+                self.codec_seconds.with_label_values(&[codec.name(), "encode"]).inc_by(enc as f64 * 1e-9);
+            }
+            if dec > 0 {
+                self.codec_seconds.with_label_values(&[codec.name(), "decode"]).inc_by(dec as f64 * 1e-9);
+            }
+        }
         self.fec_recovered.inc_by(c.fec_recovered);
         self.srtp_authenticated.inc_by(c.srtp_in);
         self.srtp_unsent.inc_by(c.srtp_unsent);

@@ -26,6 +26,18 @@ pub enum AudioCodec {
     G729,
 }
 
+/// Something counted per codec, indexed in `AudioCodec`'s order.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ByCodec<T>(pub [T; 5]);
+
+impl<T> ByCodec<T> {
+    pub const CODECS: [AudioCodec; 5] = [AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722, AudioCodec::Opus, AudioCodec::G729];
+
+    pub fn get_mut(&mut self, codec: AudioCodec) -> &mut T {
+        &mut self.0[codec as usize]
+    }
+}
+
 /// The longest Opus packet (120 ms) in the call's 8 kHz samples: the most FEC rebuilds
 /// before a packet, and the most one packet decodes to.
 pub const MAX_PACKET_SAMPLES: u32 = 960;

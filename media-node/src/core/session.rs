@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::analysis::echo_guard::EchoGuard;
 use super::analysis::redact::Redactor;
 use super::analysis::{AnalysisConfig, Analyzer, DtmfSource, Signal};
-use super::codec::{AudioCodec, Decoder, Encoder};
+use super::codec::{AudioCodec, ByCodec, Decoder, Encoder};
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
@@ -208,8 +208,10 @@ pub struct Counters {
     pub recovered_samples: u64,
     pub discontinuities: u64,
     pub frames_skipped: u64,
-    /// Payloads the codec refused (corrupt Opus), dropped.
-    pub decode_errors: u64,
+    /// Payloads the codec refused (corrupt Opus, G.729 of a bad size), dropped.
+    pub decode_errors: ByCodec<u64>,
+    /// Time spent encoding and decoding, in nanoseconds: (encode, decode) per codec.
+    pub codec_nanos: ByCodec<(u64, u64)>,
     /// Lost Opus packets rebuilt from the next one's in-band FEC.
     pub fec_recovered: u64,
     /// SRTP and SRTCP packets that authenticated.
@@ -558,9 +560,13 @@ impl Session {
         let Some((_, decoder)) = self.decoder.as_mut() else { return };
         // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
         let mut pcm = Vec::with_capacity(packet.payload.len() * 2);
-        if !decoder.decode(packet.payload, &mut pcm) {
-            // Opus that libopus refuses: dropped and counted, never played.
-            self.counters.decode_errors += 1;
+        // The clock is read for the transcoding-time metric only; nothing depends on it.
+        let began = std::time::Instant::now();
+        let decoded = decoder.decode(packet.payload, &mut pcm);
+        self.counters.codec_nanos.get_mut(codec).1 += began.elapsed().as_nanos() as u64;
+        if !decoded {
+            // A payload the codec refuses: dropped and counted, never played.
+            *self.counters.decode_errors.get_mut(codec) += 1;
             return;
         }
         // The jitter buffer, the interarrival jitter and the timeline count 8 kHz; an
@@ -906,7 +912,9 @@ impl Session {
             ssrc: self.ssrc,
         };
         self.sequence = self.sequence.wrapping_add(1);
+        let began = std::time::Instant::now();
         self.encoder.encode(pcm, &mut self.encode_buf);
+        self.counters.codec_nanos.get_mut(self.encoder.codec).0 += began.elapsed().as_nanos() as u64;
         let payload = std::mem::take(&mut self.encode_buf);
         self.send_rtp(index, header, &payload, out);
         self.encode_buf = payload;
@@ -1067,6 +1075,28 @@ mod tests {
             rtcp: RtcpTarget::Separate(None),
             ptime_ms: 20,
         }
+    }
+
+    #[test]
+    fn refused_payloads_and_codec_time_are_counted_by_codec() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let mut m = media((9, AudioCodec::G722), Some(101), true);
+        m.receive.push((18, AudioCodec::G729));
+        s.handle_command(Command::SetMedia(m), &mut out);
+        // G.729 of 7 bytes is neither 10-byte frames nor a 2-byte SID.
+        let bad = rtp::build(RtpHeader { marker: false, payload_type: 18, sequence: 1, timestamp: 160, ssrc: 99 }, &[0x55; 7]);
+        s.handle_datagram(t0, caller(), &bad, &mut out);
+        s.handle_datagram(t0 + MS20, caller(), &rtp_from_caller(0, 2, 320, 4000), &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 5].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 1, 6, &mut out);
+        let c = s.take_counters();
+        assert_eq!(c.decode_errors.0[AudioCodec::G729 as usize], 1);
+        assert_eq!(c.decode_errors.0.iter().sum::<u64>(), 1);
+        let (enc, dec) = (c.codec_nanos.0[AudioCodec::G722 as usize].0, c.codec_nanos.0[AudioCodec::Pcmu as usize].1);
+        assert!(enc > 0 && dec > 0, "G.722 encoding and PCMU decoding took time: {enc} ns, {dec} ns");
+        assert_eq!(c.codec_nanos.0[AudioCodec::Opus as usize], (0, 0));
     }
 
     #[test]
