@@ -285,6 +285,7 @@ async fn tts_marks_are_acknowledged_as_played_and_cleared_by_the_caller_s_barge_
                 audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect(),
                 mark: format!("m{i}"),
                 barge_in_ms: Some(150),
+                ..Default::default()
             };
             if tx.send(req).await.is_err() {
                 break;
@@ -577,6 +578,7 @@ fn utterance(call_id: &str, seconds: f64, prefix: &str) -> Vec<StreamAudioToCall
             audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect(),
             mark: format!("{prefix}{i}"),
             barge_in_ms: None,
+            ..Default::default()
         })
         .collect()
 }

@@ -373,20 +373,24 @@ async fn an_opus_call_negotiated_by_sdp_with_ffmpeg_libopus_as_the_far_end() {
     assert!(c > 0.85, "ffmpeg heard the prompt through Opus: correlation {c:.3} at lag {lag}");
 }
 
-/// Prompts in FLAC, MP3 and Ogg Vorbis (made by ffmpeg from one 16 kHz WAV) play as
+/// Prompts in FLAC, MP3, Ogg Vorbis and Ogg Opus (made by ffmpeg from one 16 kHz WAV) play as
 /// the WAV does: the caller hears each, and a file that only claims to be one is
 /// INVALID_ARGUMENT saying so.
 #[tokio::test]
-async fn flac_mp3_and_ogg_vorbis_prompts_play_like_the_wav() {
+async fn flac_mp3_ogg_vorbis_and_ogg_opus_prompts_play_like_the_wav() {
     use media_node::core::resample::convert;
     let mut node = TestNode::start(30190, 10).await;
     let source = synth_speech(16000, 1.5, 8);
     let wav = media_node::audio::decode::wav_bytes(&source, 16000);
-    let formats: [(&str, &[&str], f64); 3] = [
+    let formats: [(&str, &[&str], f64); 5] = [
         ("prompt.flac", &["-i", "{in}", "-c:a", "flac", "-f", "flac", "{out}"], 0.98),
         // MP3 is lossy, and its encoder delay (about 70 ms here) is played, not trimmed.
         ("prompt.mp3", &["-i", "{in}", "-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3", "{out}"], 0.85),
         ("prompt.ogg", &["-i", "{in}", "-c:a", "libvorbis", "-q:a", "5", "-f", "ogg", "{out}"], 0.9),
+        // Ogg Opus through libopus, mono and stereo (downmixed by the decoder); its
+        // pre-skip is trimmed, as players do.
+        ("prompt.opus", &["-i", "{in}", "-c:a", "libopus", "-b:a", "32k", "-f", "ogg", "{out}"], 0.85),
+        ("prompt-stereo.opus", &["-i", "{in}", "-ac", "2", "-c:a", "libopus", "-b:a", "48k", "-f", "ogg", "{out}"], 0.85),
     ];
     let (port, _, caller) = node.call("prompt-formats").await;
     let want = convert(&source, 16000, 8000);
@@ -399,11 +403,14 @@ async fn flac_mp3_and_ogg_vorbis_prompts_play_like_the_wav() {
         let (c, lag) = best_correlation(&want[..6000], &heard, 4000);
         println!("{name}: the caller's audio correlates {c:.3} with the source (lag {lag})");
         assert!(c > min, "{name}: correlation {c:.3} at lag {lag}");
+        if name.ends_with(".opus") {
+            assert!(lag <= 2, "{name}: the encoder's pre-skip is trimmed (lag {lag})");
+        }
     }
     std::fs::write(node.assets_path().join("fake.mp3"), b"ID3 this is no mp3 at all").unwrap();
     let e = node.play(port, "file://fake.mp3").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("not a WAV, FLAC, MP3 or Ogg Vorbis prompt"), "{}", e.message());
+    assert!(e.message().contains("not a WAV, FLAC, MP3, Ogg Vorbis or Ogg Opus prompt"), "{}", e.message());
 }
 
 /// A G.729 call set up by SDP. ffmpeg has a G.729 decoder but no G.729 RTP
@@ -546,4 +553,69 @@ async fn an_srtp_call_keyed_by_sdes_with_ffmpeg_as_the_far_end_both_ways() {
     let begin = got.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
     let (c, lag) = best_correlation(&got[begin..begin + 8000], &prompt, 16000);
     assert!(c > 0.9, "ffmpeg heard the prompt through SRTP: correlation {c:.3} at lag {lag}");
+}
+
+/// StreamAudioToCall in Ogg Opus (as ffmpeg's libopus writes a TTS engine's .opus, cut
+/// into 700-byte chunks across pages) and in raw Opus packets: the caller hears the
+/// speech as it does from 16 kHz PCM; a packet libopus refuses ends the stream saying
+/// so, after what came before it played; an unknown format is INVALID_ARGUMENT.
+#[tokio::test]
+async fn tts_streams_in_ogg_opus_and_raw_opus_packets_reach_the_caller() {
+    use media_node::core::resample::convert;
+    use media_proto::pb::stream_audio_to_call_request::AudioFormat;
+    let mut node = TestNode::start(30470, 10).await;
+    let (_, _, caller) = node.call("tts-opus").await;
+    let speech = synth_speech(16000, 2.0, 11);
+    let want = convert(&speech, 16000, 8000);
+    let msg = |chunk: &[u8], format: AudioFormat| StreamAudioToCallRequest {
+        call_id: "tts-opus".into(),
+        audio_chunk: chunk.to_vec(),
+        audio_format: format as i32,
+        ..Default::default()
+    };
+    let ogg = ffmpeg_convert(
+        &media_node::audio::decode::wav_bytes(&speech, 16000),
+        &["-i", "{in}", "-c:a", "libopus", "-b:a", "32k", "-f", "ogg", "{out}"],
+    );
+    assert!(ogg.starts_with(b"OggS"));
+    let msgs: Vec<_> = ogg.chunks(700).map(|c| msg(c, AudioFormat::OggOpus)).collect();
+    let mut r = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
+    let end = r.message().await.unwrap().expect("a final response");
+    assert!(end.success, "{}", end.error_message);
+    assert!((1900..2100).contains(&end.played_ms), "{} ms played", end.played_ms);
+    sleep_ms(100).await;
+    let heard: Vec<i16> = caller.take_received().iter().flat_map(|p| p.pcm.iter().copied()).collect();
+    let (c, lag) = best_correlation(&want[..12000], &heard, 800);
+    println!("Ogg Opus TTS: the caller's audio correlates {c:.3} with the speech (lag {lag})");
+    assert!(c > 0.85, "Ogg Opus TTS reached the caller: {c:.3} at lag {lag}");
+
+    // Raw packets, 20 ms each, encoded at 16 kHz; then one libopus refuses.
+    let mut enc = media_node::core::opus::OpusEncoder::new(16000, 32000, 0).unwrap();
+    let mut msgs: Vec<_> = speech
+        .chunks_exact(320)
+        .map(|f| {
+            let mut p = Vec::new();
+            enc.encode(f, &mut p);
+            msg(&p, AudioFormat::OpusPackets)
+        })
+        .collect();
+    let good = msgs.len();
+    msgs.push(msg(&[0x03, 0x00], AudioFormat::OpusPackets));
+    msgs.push(msg(&[0xfc; 40], AudioFormat::OpusPackets));
+    let mut r = node.client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
+    let end = r.message().await.unwrap().expect("a final response");
+    assert!(!end.success);
+    assert_eq!(end.error_message, format!("bad audio: audio_chunk {}: libopus refused an Opus packet (2 bytes)", good + 1));
+    sleep_ms(100).await;
+    let heard: Vec<i16> = caller.take_received().iter().flat_map(|p| p.pcm.iter().copied()).collect();
+    assert!(heard.len() >= 15_500, "the packets before the bad one played: {} samples", heard.len());
+    let (c, lag) = best_correlation(&want[..12000], &heard, 800);
+    println!("raw Opus TTS: {c:.3} (lag {lag})");
+    assert!(c > 0.85, "raw Opus TTS reached the caller: {c:.3}");
+
+    let mut odd = msg(b"", AudioFormat::Unspecified);
+    odd.audio_format = 9;
+    let e = node.client.stream_audio_to_call(tokio_stream::iter(vec![odd])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.message(), "audio_format 9 is not one the node knows");
 }

@@ -1,6 +1,8 @@
 //! Turning prompt bytes into the call's 8 kHz mono PCM: any WAV sample format,
 //! channel count and rate (downmixed, then band-limited resampling), and FLAC, MP3
-//! and Ogg Vorbis through symphonia (found by their content, not their name).
+//! and Ogg Vorbis through symphonia (found by their content, not their name). Ogg
+//! Opus is demuxed by symphonia, which has no Opus decoder, and decoded by libopus
+//! (the call's codec already) straight to 8 kHz.
 
 use std::io::Cursor;
 
@@ -22,7 +24,7 @@ pub enum DecodeError {
     Rate(u32),
     #[error("prompt is {0} s long; the limit is {MAX_PROMPT_SECONDS} s")]
     TooLong(u64),
-    #[error("not a WAV, FLAC, MP3 or Ogg Vorbis prompt: {0}")]
+    #[error("not a WAV, FLAC, MP3, Ogg Vorbis or Ogg Opus prompt: {0}")]
     Format(String),
 }
 
@@ -59,6 +61,9 @@ fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
     if !(4000..=192_000).contains(&rate) {
         return Err(DecodeError::Rate(rate));
     }
+    if params.codec == symphonia::core::codecs::CODEC_TYPE_OPUS {
+        return ogg_opus_to_call_pcm(format.as_mut(), track_id, params.delay.unwrap_or(0));
+    }
     let mut decoder = symphonia::default::get_codecs().make(&params, &DecoderOptions::default()).map_err(bad)?;
     let mut mono: Vec<i16> = Vec::new();
     loop {
@@ -93,6 +98,58 @@ fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
         return Err(DecodeError::Format("no audio in it".into()));
     }
     Ok(resample::convert(&mono, rate, CALL_RATE))
+}
+
+/// Ogg Opus (RFC 7845) by libopus at the call's rate: any channel count decodes to
+/// mono, OpusHead's pre-skip (`pre_skip`, 48 kHz samples: the encoder's delay) is
+/// dropped from the start and the demuxer's end trim (the last granule position) kept,
+/// and a packet libopus refuses is skipped like a corrupt frame elsewhere.
+#[cfg(feature = "opus")]
+fn ogg_opus_to_call_pcm(
+    format: &mut dyn symphonia::core::formats::FormatReader,
+    track_id: u32,
+    pre_skip: u32,
+) -> Result<Vec<i16>, DecodeError> {
+    use symphonia::core::errors::Error;
+    // Opus's clock is 48 kHz whatever it decodes to.
+    const PER_CALL_SAMPLE: usize = 48_000 / CALL_RATE as usize;
+    let mut decoder =
+        crate::core::opus::OpusDecoder::new(CALL_RATE).ok_or_else(|| DecodeError::Format("libopus refused a decoder".into()))?;
+    let mut pcm = Vec::new();
+    let mut frame = Vec::new();
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            Err(Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(Error::ResetRequired) => break,
+            Err(e) => return Err(DecodeError::Format(e.to_string())),
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        frame.clear();
+        if !decoder.decode(packet.buf(), &mut frame) {
+            continue;
+        }
+        // symphonia 0.5 carries the pre-skip in the track's delay but does not trim
+        // packets by it; the end trim it does give.
+        let end = frame.len().saturating_sub(packet.trim_end() as usize / PER_CALL_SAMPLE);
+        pcm.extend_from_slice(&frame[..end]);
+        let seconds = pcm.len() as u64 / CALL_RATE as u64;
+        if seconds > MAX_PROMPT_SECONDS {
+            return Err(DecodeError::TooLong(seconds));
+        }
+    }
+    pcm.drain(..(pre_skip as usize / PER_CALL_SAMPLE).min(pcm.len()));
+    if pcm.is_empty() {
+        return Err(DecodeError::Format("no audio in it".into()));
+    }
+    Ok(pcm)
+}
+
+#[cfg(not(feature = "opus"))]
+fn ogg_opus_to_call_pcm(_: &mut dyn symphonia::core::formats::FormatReader, _: u32, _: u32) -> Result<Vec<i16>, DecodeError> {
+    Err(DecodeError::Format("Ogg Opus needs the node built with the opus feature (libopus)".into()))
 }
 
 pub fn wav_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
@@ -156,7 +213,7 @@ mod tests {
         for junk in [&b""[..], b"not audio at all, just text", &[0xffu8; 64][..], b"fLaC\x00\x00\x00\x22 truncated"] {
             let e = prompt_to_call_pcm(junk).unwrap_err();
             assert!(matches!(e, DecodeError::Format(_)), "{junk:?}: {e}");
-            assert!(e.to_string().starts_with("not a WAV, FLAC, MP3 or Ogg Vorbis prompt"), "{e}");
+            assert!(e.to_string().starts_with("not a WAV, FLAC, MP3, Ogg Vorbis or Ogg Opus prompt"), "{e}");
         }
     }
     use crate::core::resample::tests::{rms, tone};

@@ -5,6 +5,7 @@ pub(crate) mod cache;
 pub mod decode;
 pub mod dtmf;
 pub mod listener;
+pub mod ogg;
 pub(crate) mod tts;
 pub(crate) mod uri;
 

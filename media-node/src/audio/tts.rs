@@ -47,6 +47,118 @@ impl TtsDecoder {
     }
 }
 
+/// What a StreamAudioToCall stream's chunks carry (its first message says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    Pcm16k,
+    OggOpus,
+    OpusPackets,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("audio_chunk {0}: {1}")]
+    Ogg(u64, super::ogg::OggError),
+    #[error("audio_chunk {0}: the Ogg stream is not Opus (its first packet is not OpusHead)")]
+    NotOpus(u64),
+    #[error("audio_chunk {0}: libopus refused an Opus packet ({1} bytes)")]
+    BadPacket(u64, usize),
+    #[error("Opus streams need the node built with the opus feature (libopus)")]
+    NoOpus,
+}
+
+/// A stream's chunks to the call's 8 kHz PCM, in whichever format it declared.
+pub enum StreamDecoder {
+    Pcm(TtsDecoder),
+    #[cfg(feature = "opus")]
+    Opus(Box<OpusStream>),
+}
+
+#[cfg(feature = "opus")]
+pub struct OpusStream {
+    /// Some for Ogg Opus; raw packets otherwise.
+    ogg: Option<super::ogg::OggPackets>,
+    decoder: crate::core::opus::OpusDecoder,
+    /// Ogg Opus's two header packets still to come (OpusHead, OpusTags).
+    headers: u8,
+    /// Samples at the start still to drop (OpusHead's pre-skip, at the call's rate).
+    pre_skip: usize,
+    packets: Vec<Vec<u8>>,
+    chunks: u64,
+}
+
+impl StreamDecoder {
+    pub fn new(format: StreamFormat) -> Result<StreamDecoder, StreamError> {
+        match format {
+            StreamFormat::Pcm16k => Ok(StreamDecoder::Pcm(TtsDecoder::new())),
+            #[cfg(feature = "opus")]
+            StreamFormat::OggOpus | StreamFormat::OpusPackets => {
+                let ogg = format == StreamFormat::OggOpus;
+                Ok(StreamDecoder::Opus(Box::new(OpusStream {
+                    ogg: ogg.then(super::ogg::OggPackets::default),
+                    // libopus never refuses a decoder for a valid rate and one channel.
+                    decoder: crate::core::opus::OpusDecoder::new(super::CALL_RATE).ok_or(StreamError::NoOpus)?,
+                    headers: if ogg { 2 } else { 0 },
+                    pre_skip: 0,
+                    packets: Vec::new(),
+                    chunks: 0,
+                })))
+            }
+            #[cfg(not(feature = "opus"))]
+            StreamFormat::OggOpus | StreamFormat::OpusPackets => Err(StreamError::NoOpus),
+        }
+    }
+
+    /// The call PCM of one chunk (empty for a keep-alive, or while a page or a sample
+    /// is incomplete). An error ends the stream: what came before it still plays.
+    pub fn decode(&mut self, chunk: &[u8]) -> Result<Vec<i16>, StreamError> {
+        match self {
+            StreamDecoder::Pcm(d) => Ok(d.decode(chunk)),
+            #[cfg(feature = "opus")]
+            StreamDecoder::Opus(o) => o.decode(chunk),
+        }
+    }
+}
+
+#[cfg(feature = "opus")]
+impl OpusStream {
+    fn decode(&mut self, chunk: &[u8]) -> Result<Vec<i16>, StreamError> {
+        self.chunks += 1;
+        let n = self.chunks;
+        self.packets.clear();
+        match &mut self.ogg {
+            Some(ogg) => ogg.push(chunk, &mut self.packets).map_err(|e| StreamError::Ogg(n, e))?,
+            None if chunk.is_empty() => {}
+            None => self.packets.push(chunk.to_vec()),
+        }
+        let mut pcm = Vec::new();
+        for p in &self.packets {
+            if self.headers == 2 {
+                // OpusHead (RFC 7845 §5.1): the pre-skip is 48 kHz samples.
+                if p.len() < 19 || !p.starts_with(b"OpusHead") {
+                    return Err(StreamError::NotOpus(n));
+                }
+                self.pre_skip = usize::from(u16::from_le_bytes([p[10], p[11]])) * super::CALL_RATE as usize / 48_000;
+                self.headers = 1;
+                continue;
+            }
+            if self.headers == 1 {
+                // OpusTags: the encoder's name and comments, nothing to play.
+                self.headers = 0;
+                continue;
+            }
+            let before = pcm.len();
+            if !self.decoder.decode(p, &mut pcm) {
+                return Err(StreamError::BadPacket(n, p.len()));
+            }
+            let skip = self.pre_skip.min(pcm.len() - before);
+            pcm.drain(before..before + skip);
+            self.pre_skip -= skip;
+        }
+        Ok(pcm)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +193,67 @@ mod tests {
         assert_eq!(d.carry, Some(0x34));
         d.decode(&[0x12]);
         assert_eq!(d.carry, None);
+    }
+
+    #[cfg(feature = "opus")]
+    fn opus_packets(pcm8k: &[i16]) -> Vec<Vec<u8>> {
+        let mut enc = crate::core::opus::OpusEncoder::new(8000, 24000, 0).unwrap();
+        pcm8k
+            .chunks_exact(160)
+            .map(|f| {
+                let mut out = Vec::new();
+                enc.encode(f, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "opus")]
+    #[test]
+    fn ogg_opus_and_raw_opus_streams_decode_to_the_same_audio_however_cut() {
+        use super::super::ogg::page;
+        let tone: Vec<i16> = (0..8000).map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16).collect();
+        let packets = opus_packets(&tone);
+        let mut raw = StreamDecoder::new(StreamFormat::OpusPackets).unwrap();
+        let mut from_raw = Vec::new();
+        for p in &packets {
+            from_raw.extend(raw.decode(p).unwrap());
+            assert!(raw.decode(&[]).unwrap().is_empty(), "keep-alive");
+        }
+        assert_eq!(from_raw.len(), 8000, "20 ms a packet, at 8 kHz");
+        // The same packets in Ogg, with a pre-skip of 312 samples at 48 kHz (52 at 8 kHz).
+        let mut head = b"OpusHead".to_vec();
+        head.extend_from_slice(&[1, 1]);
+        head.extend_from_slice(&312u16.to_le_bytes());
+        head.extend_from_slice(&48000u32.to_le_bytes());
+        head.extend_from_slice(&[0, 0, 0]);
+        let mut stream = page(3, 0, 0, 2, &[&head]);
+        stream.extend(page(3, 1, 0, 0, &[b"OpusTags\0\0\0\0\0\0\0\0"]));
+        for (k, group) in packets.chunks(10).enumerate() {
+            let refs: Vec<&[u8]> = group.iter().map(|p| p.as_slice()).collect();
+            stream.extend(page(3, 2 + k as u32, 0, 0, &refs));
+        }
+        for cut in [1usize, 13, 500, 100_000] {
+            let mut d = StreamDecoder::new(StreamFormat::OggOpus).unwrap();
+            let mut got = Vec::new();
+            for c in stream.chunks(cut) {
+                got.extend(d.decode(c).unwrap());
+            }
+            assert_eq!(got, from_raw[52..], "cut every {cut} bytes, the pre-skip dropped");
+        }
+    }
+
+    #[cfg(feature = "opus")]
+    #[test]
+    fn streams_that_are_not_opus_end_with_a_clear_error() {
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus).unwrap();
+        let vorbis = super::super::ogg::page(1, 0, 0, 2, &[b"\x01vorbis and the rest of its header"]);
+        assert_eq!(d.decode(&vorbis), Err(StreamError::NotOpus(1)));
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus).unwrap();
+        let e = d.decode(&[0u8; 70_000]).unwrap_err();
+        assert!(e.to_string().starts_with("audio_chunk 1: not an Ogg stream"), "{e}");
+        let mut d = StreamDecoder::new(StreamFormat::OpusPackets).unwrap();
+        // A code-3 packet that claims 0 frames is invalid (RFC 6716 §3.2.5).
+        assert_eq!(d.decode(&[0x03, 0x00]), Err(StreamError::BadPacket(1, 2)));
     }
 }

@@ -24,7 +24,7 @@ use tracing::{info, warn, Instrument};
 use super::peers::{is_forwarded, PeerClients, FORWARD_TIMEOUT};
 use crate::audio::decode;
 use crate::audio::listener::{media_type, LISTEN_RATES};
-use crate::audio::tts::TtsDecoder;
+use crate::audio::tts::{StreamDecoder, StreamFormat};
 use crate::audio::uri::{self, AudioUri, Control as UriControl};
 use crate::call::task::MAX_LISTENERS;
 use crate::call::{CallCommand, CallHandle, Control, StreamEnd, TtsChunk};
@@ -310,6 +310,14 @@ impl MediaService for MediaSvc {
                 }
                 Err(e) => return Err(e.into()),
             };
+            use stream_audio_to_call_request::AudioFormat;
+            let format = match AudioFormat::try_from(first.audio_format) {
+                Ok(AudioFormat::Unspecified | AudioFormat::PcmS16le16k) => StreamFormat::Pcm16k,
+                Ok(AudioFormat::OggOpus) => StreamFormat::OggOpus,
+                Ok(AudioFormat::OpusPackets) => StreamFormat::OpusPackets,
+                Err(_) => return Err(Status::invalid_argument(format!("audio_format {} is not one the node knows", first.audio_format))),
+            };
+            let decoder = StreamDecoder::new(format).map_err(|e| Status::unimplemented(e.to_string()))?;
             let (chunk_tx, chunk_rx) = mpsc::channel::<TtsChunk>(4);
             let (done_tx, done_rx) = oneshot::channel();
             // Room for every mark acknowledgement a client can have pending: marks
@@ -322,7 +330,7 @@ impl MediaService for MediaSvc {
                 .await
                 .map_err(|_| NodeError::CallGone)?;
             info!(call_id = %first.call_id, "TTS stream attached");
-            tokio::spawn(pump_tts(first, inbound, chunk_tx, done_rx, resp_tx).in_current_span());
+            tokio::spawn(pump_tts(first, decoder, inbound, chunk_tx, done_rx, resp_tx).in_current_span());
             Ok(Response::new(Box::pin(ReceiverStream::new(resp_rx)) as Self::StreamAudioToCallStream))
         })
         .await
@@ -584,16 +592,25 @@ fn short(uri: &str) -> String {
 /// HTTP/2 flow control then pushes back on the sender, and nothing is dropped.
 async fn pump_tts(
     first: StreamAudioToCallRequest,
+    mut decoder: StreamDecoder,
     mut inbound: Streaming<StreamAudioToCallRequest>,
     chunks: mpsc::Sender<TtsChunk>,
     done: oneshot::Receiver<(StreamEnd, u64)>,
     responses: mpsc::Sender<Result<StreamAudioToCallResponse, Status>>,
 ) {
-    let mut decoder = TtsDecoder::new();
     let mut msg = Some(first);
     let mut failure: Option<Status> = None;
+    let mut bad_audio = None;
     while let Some(m) = msg.take() {
-        let pcm = decoder.decode(&m.audio_chunk);
+        let pcm = match decoder.decode(&m.audio_chunk) {
+            Ok(pcm) => pcm,
+            Err(e) => {
+                // What came before plays out; the stream ends saying what was wrong.
+                warn!(error = %e, "TTS stream's audio is not what it declared");
+                bad_audio = Some(e);
+                break;
+            }
+        };
         let mark = (!m.mark.is_empty()).then(|| clip(&m.mark).to_string());
         if (!pcm.is_empty() || mark.is_some()) && chunks.send(TtsChunk { pcm, mark }).await.is_err() {
             break; // the call ended
@@ -615,10 +632,11 @@ async fn pump_tts(
     drop(chunks);
     let (outcome, played_ms) = done.await.unwrap_or((StreamEnd::CallEnded, 0));
     let end = |success: bool, error_message: String| StreamAudioToCallResponse { success, error_message, played_ms, ..Default::default() };
-    let resp = match (failure, outcome) {
-        (Some(e), _) => end(false, format!("client stream failed: {}", e.message())),
-        (None, StreamEnd::Played) => end(true, String::new()),
-        (None, outcome) => end(false, outcome.message().into()),
+    let resp = match (bad_audio, failure, outcome) {
+        (Some(e), _, _) => end(false, format!("bad audio: {e}")),
+        (None, Some(e), _) => end(false, format!("client stream failed: {}", e.message())),
+        (None, None, StreamEnd::Played) => end(true, String::new()),
+        (None, None, outcome) => end(false, outcome.message().into()),
     };
     let _ = responses.send(Ok(resp)).await;
 }
