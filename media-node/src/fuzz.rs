@@ -463,6 +463,39 @@ mod targets {
         }
     }
 
+    /// Ogg Opus TTS streams from any client: never a panic, and the same audio (or the
+    /// same refusal) however the bytes are cut into chunks.
+    #[cfg(feature = "opus")]
+    pub fn ogg_opus_stream(data: &[u8]) {
+        use crate::audio::tts::{StreamDecoder, StreamFormat};
+        let Some((&cut, stream)) = data.split_first() else { return };
+        let run = |size: usize| {
+            let mut d = StreamDecoder::new(StreamFormat::OggOpus).expect("built with opus");
+            let mut pcm = Vec::new();
+            for c in stream.chunks(size) {
+                match d.decode(c) {
+                    Ok(p) => pcm.extend(p),
+                    Err(e) => return (pcm, Some(e.to_string().split_once(": ").map(|(_, why)| why.to_string()))),
+                }
+            }
+            (pcm, None)
+        };
+        let whole = run(stream.len().max(1));
+        let pieces = run(usize::from(cut).max(1));
+        // A refusal comes at the chunk that holds the bad page, so only its reason and
+        // the audio before it are compared.
+        assert_eq!(whole.1.is_some(), pieces.1.is_some(), "refused whole and in pieces alike");
+        if whole.1.is_none() {
+            assert_eq!(whole.0, pieces.0);
+        }
+    }
+
+    #[cfg(feature = "opus")]
+    #[test]
+    fn fuzz_ogg_opus_stream() {
+        fuzz("ogg_opus_stream", ogg_opus_stream);
+    }
+
     #[test]
     fn fuzz_telephone_events() {
         fuzz("telephone_events", telephone_events);
