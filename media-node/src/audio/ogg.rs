@@ -11,6 +11,9 @@ use thiserror::Error;
 const MAX_PAGE: usize = 27 + 255 + 255 * 255;
 /// A packet longer than this is not audio (an Opus packet is at most 1275 × 6 bytes).
 const MAX_PACKET: usize = 64 * 1024;
+/// Capture patterns before the first page whose CRC may fail: each costs a CRC over
+/// up to a page, so a stream of fake patterns must not buy CPU without end.
+const MAX_FALSE_STARTS: u32 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OggError {
@@ -32,6 +35,7 @@ pub struct OggPackets {
     serial: Option<u32>,
     /// Bytes seen before the first page (to give up on a stream that is not Ogg).
     skipped: usize,
+    false_starts: u32,
     synced: bool,
 }
 
@@ -85,10 +89,14 @@ impl OggPackets {
             let mut page = self.buf[..len].to_vec();
             page[22..26].fill(0);
             if crc(&page) != stored {
-                if !self.synced {
+                if !self.synced && self.false_starts < MAX_FALSE_STARTS {
                     // "OggS" inside other data, before the first page: look further on.
+                    self.false_starts += 1;
                     self.skip(1)?;
                     continue;
+                }
+                if !self.synced {
+                    return Err(OggError::NoPage(self.skipped));
                 }
                 return Err(OggError::Crc(seq));
             }
@@ -217,5 +225,12 @@ mod tests {
         good[n - 1] ^= 1;
         let mut d = OggPackets::default();
         assert_eq!(d.push(&good, &mut Vec::new()), Err(OggError::Crc(5)));
+        // Fake capture patterns, each a whole page that fails its CRC: a few are
+        // looked past, then the stream is refused.
+        let mut fake = page(1, 0, 0, 2, &[&[7u8; 200]]);
+        fake[30] ^= 1;
+        let mut d = OggPackets::default();
+        let e = d.push(&fake.repeat(20), &mut Vec::new()).unwrap_err();
+        assert!(matches!(e, OggError::NoPage(n) if n < fake.len() * (MAX_FALSE_STARTS as usize + 1)), "{e}");
     }
 }
