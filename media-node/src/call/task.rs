@@ -404,9 +404,9 @@ impl CallTask {
                     Err(e) => debug!(error = %e, "rtp receive error"),
                 },
                 r = sockets.rtcp.recv_from(&mut rtcp_buf) => {
-                    if let Ok((n, _)) = r {
+                    if let Ok((n, from)) = r {
                         // Counted with the session's counters (under SRTP: if it authenticates).
-                        self.session.handle_rtcp(Instant::now(), &rtcp_buf[..n]);
+                        self.session.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]);
                         self.observe_far_end();
                     }
                 },

@@ -26,6 +26,10 @@ pub struct Latch {
 }
 
 impl Latch {
+    pub fn is_symmetric(&self) -> bool {
+        self.symmetric
+    }
+
     pub fn new(symmetric: bool) -> Latch {
         Latch { symmetric, ..Default::default() }
     }

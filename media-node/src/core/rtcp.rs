@@ -310,6 +310,8 @@ pub struct RtcpState {
     pub packets_sent: u32,
     pub octets_sent: u32,
     pub cname: String,
+    /// Where the far end's RTCP came from (symmetric RTCP), once it has.
+    pub symmetric_to: Option<std::net::SocketAddr>,
 }
 
 impl RtcpState {
@@ -324,6 +326,7 @@ impl RtcpState {
             packets_sent: 0,
             octets_sent: 0,
             cname: format!("media-node-{ssrc:08x}"),
+            symmetric_to: None,
         }
     }
 

@@ -468,34 +468,53 @@ impl Session {
     }
 
     /// A datagram on the call's RTCP port (the odd one); under SRTP it must
-    /// authenticate as SRTCP before it is read.
-    pub fn handle_rtcp(&mut self, now: Instant, data: &[u8]) {
-        let Some(srtp) = self.srtp.as_mut() else {
-            return self.on_rtcp(now, data);
-        };
-        let mut plain = std::mem::take(&mut self.plain);
-        match srtp.inbound.unprotect_rtcp(data, &mut plain) {
-            Ok(()) => {
-                self.counters.srtp_in += 1;
-                self.on_rtcp(now, &plain);
+    /// authenticate as SRTCP before it is read. Symmetric RTCP (RFC 4961): with
+    /// symmetric RTP, the node's reports go back to where the far end's come from, as
+    /// its RTP does, when that is the RTP peer's host (a NAT may give RTCP a port of its
+    /// own); a packet that fails SRTCP or is not RTCP never moves it.
+    pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let taken = match self.srtp.as_mut() {
+            None => self.on_rtcp(now, data),
+            Some(srtp) => {
+                let mut plain = std::mem::take(&mut self.plain);
+                let taken = match srtp.inbound.unprotect_rtcp(data, &mut plain) {
+                    Ok(()) => {
+                        self.counters.srtp_in += 1;
+                        self.on_rtcp(now, &plain)
+                    }
+                    Err(e) => {
+                        self.counters.srtp_dropped.count(e);
+                        false
+                    }
+                };
+                self.plain = plain;
+                taken
             }
-            Err(e) => self.counters.srtp_dropped.count(e),
+        };
+        if taken && self.latch.is_symmetric() && self.latch.target().is_some_and(|t| t.ip() == from.ip()) {
+            if let Some((state, RtcpTarget::Separate(None))) = &mut self.rtcp {
+                state.symmetric_to = Some(from);
+            }
         }
-        self.plain = plain;
     }
 
     /// Plain RTCP from the far end: counted, and read for the round trip and for what
     /// it hears of the node (only on calls that run RTCP). It never moves the latch.
-    fn on_rtcp(&mut self, now: Instant, data: &[u8]) {
+    /// True when it was well-formed RTCP on a call that runs RTCP.
+    fn on_rtcp(&mut self, now: Instant, data: &[u8]) -> bool {
         self.counters.rtcp += 1;
-        let Some((state, _)) = self.rtcp.as_mut() else { return };
+        let Some((state, _)) = self.rtcp.as_mut() else { return false };
         match super::rtcp::parse(data) {
             Ok(r) => {
                 if let Some(f) = state.on_received(now, &r, self.ssrc, self.encoder.codec.rtp_clock()) {
                     self.far_end = Some(f);
                 }
+                true
             }
-            Err(_) => self.counters.rtcp_malformed += 1,
+            Err(_) => {
+                self.counters.rtcp_malformed += 1;
+                false
+            }
         }
     }
 
@@ -507,7 +526,10 @@ impl Session {
     fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Outputs) {
         let packet = match rtp::classify(data) {
             Ok(Datagram::Rtp(p)) => p,
-            Ok(Datagram::Rtcp) => return self.on_rtcp(now, data),
+            Ok(Datagram::Rtcp) => {
+                self.on_rtcp(now, data);
+                return;
+            }
             Err(_) => {
                 self.counters.malformed += 1;
                 return;
@@ -746,12 +768,15 @@ impl Session {
     /// One compound RTCP packet to the far end (SRTCP under SRTP), on the muxed port
     /// or from the odd one.
     fn send_rtcp(&mut self, now: Instant, mut data: Vec<u8>, out: &mut Outputs) {
-        let Some((_, target)) = &self.rtcp else { return };
+        let Some((state, target)) = &self.rtcp else { return };
         let Some(rtp_to) = self.latch.target() else { return };
         let (to, muxed) = match *target {
             RtcpTarget::Muxed => (rtp_to, true),
             RtcpTarget::Separate(Some(to)) => (to, false),
-            RtcpTarget::Separate(None) => (SocketAddr::new(rtp_to.ip(), rtp_to.port().wrapping_add(1)), false),
+            RtcpTarget::Separate(None) => match state.symmetric_to.filter(|f| f.ip() == rtp_to.ip()) {
+                Some(from) => (from, false),
+                None => (SocketAddr::new(rtp_to.ip(), rtp_to.port().wrapping_add(1)), false),
+            },
         };
         if let Some(srtp) = self.srtp.as_mut() {
             if srtp.outbound.protect_rtcp(&mut data).is_err() {
@@ -1168,6 +1193,43 @@ mod tests {
         }
     }
 
+    fn far_rtcp() -> SocketAddr {
+        "127.0.0.1:40001".parse().unwrap()
+    }
+
+    #[test]
+    fn reports_go_back_where_the_far_ends_rtcp_comes_from_on_its_host_only() {
+        use crate::core::rtcp;
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetMedia(media((0, AudioCodec::Pcmu), Some(101), true)), &mut out);
+        s.handle_datagram(t0, caller(), &rtp_from_caller(0, 1, 160, 4000), &mut out);
+        let report_to = |s: &mut Session, from: u64, out: &mut Outputs| {
+            out.rtcp.clear();
+            for k in from..from + 400 {
+                s.handle_tick(t0 + MS20 * k as u32, out);
+                if let Some(t) = out.rtcp.first() {
+                    return (t.to, k + 1);
+                }
+            }
+            panic!("no report in 8 s");
+        };
+        let (to, next) = report_to(&mut s, 0, &mut out);
+        assert_eq!(to, far_rtcp(), "before any RTCP came: the port above the RTP port");
+        // The far end's NAT gave its RTCP another port: reports follow it there.
+        let natted: SocketAddr = "127.0.0.1:45555".parse().unwrap();
+        s.handle_rtcp(t0 + MS20 * next as u32, natted, &rtcp::report(99, None, &[], "far"));
+        let (to, next) = report_to(&mut s, next, &mut out);
+        assert_eq!(to, natted);
+        // RTCP from another host, or junk from the far end's host, moves nothing.
+        s.handle_rtcp(t0 + MS20 * next as u32, "198.51.100.9:7000".parse().unwrap(), &rtcp::report(99, None, &[], "other"));
+        s.handle_rtcp(t0 + MS20 * next as u32, "127.0.0.1:46666".parse().unwrap(), &[0x80, 0xc9, 0, 9]);
+        let (to, _) = report_to(&mut s, next, &mut out);
+        assert_eq!(to, natted);
+        assert_eq!(s.take_counters().rtcp_malformed, 1);
+    }
+
     #[test]
     fn a_negotiated_call_reports_by_rtcp_srtcp_under_keys_and_says_bye() {
         use crate::core::rtcp::{self, ntp_middle};
@@ -1227,7 +1289,7 @@ mod tests {
         let their_ntp = rtcp::ntp(wall + Duration::from_millis(10));
         let mut sr = rtcp::report(99, Some(rtcp::SenderInfo { ntp: their_ntp, rtp_timestamp: 0, packets: 1, octets: 160 }), &[], "far");
         caller_tx.protect_rtcp(&mut sr).unwrap();
-        s.handle_rtcp(t0 + MS20 * 1500, &sr);
+        s.handle_rtcp(t0 + MS20 * 1500, far_rtcp(), &sr);
         let echoed = rtcp::ReportBlock {
             ssrc: 0x1234,
             fraction_lost: 26,
@@ -1239,12 +1301,12 @@ mod tests {
         };
         let mut rr = rtcp::report(99, None, &[echoed], "far");
         caller_tx.protect_rtcp(&mut rr).unwrap();
-        s.handle_rtcp(t0 + MS20 * (*at as u32 + 3), &rr);
+        s.handle_rtcp(t0 + MS20 * (*at as u32 + 3), far_rtcp(), &rr);
         let f = s.take_far_end_report().expect("the far end's report on the node's audio");
         assert!((f.round_trip.unwrap().as_secs_f64() - 0.040).abs() < 0.001, "{:?}", f.round_trip);
         assert_eq!(f.jitter_seconds, 0.02);
         // A forged report (plain, under SRTP) is dropped before it is read.
-        s.handle_rtcp(t0, &rtcp::report(99, None, &[echoed], "forged"));
+        s.handle_rtcp(t0, far_rtcp(), &rtcp::report(99, None, &[echoed], "forged"));
         assert!(s.take_far_end_report().is_none());
         let c = s.take_counters();
         assert_eq!(c.srtp_dropped.of(SrtpError::Auth), 1);
