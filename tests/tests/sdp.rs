@@ -203,9 +203,13 @@ async fn packets_follow_the_far_ends_ptime_and_a_re_offer_changes_it() {
     assert_eq!(got.len(), 50, "2 s in 40 ms packets");
     assert!(got.iter().all(|p| p.payload.len() == 320), "320 bytes of PCMU each");
     assert!(got.windows(2).all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 320));
-    let mut gaps: Vec<f64> = got.windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64() * 1000.0).collect();
-    gaps.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = gaps[gaps.len() / 2];
+    let median_gap = |got: &[media_tools::caller::ReceivedPacket]| {
+        let mut gaps: Vec<f64> = got.windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64() * 1000.0).collect();
+        gaps.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        gaps[gaps.len() / 2]
+    };
+    let median = median_gap(&got);
+    println!("40 ms packets: median gap {median:.2} ms");
     assert!((35.0..45.0).contains(&median), "one packet every 40 ms: median gap {median:.1} ms");
     let pcm: Vec<i16> = got.iter().flat_map(|p| p.pcm.iter().copied()).collect();
     let (c, _) = best_correlation(&prompt[..12000], &pcm, 800);
@@ -221,6 +225,9 @@ async fn packets_follow_the_far_ends_ptime_and_a_re_offer_changes_it() {
     assert_eq!(got[0].sequence, last.wrapping_add(1));
     assert!(got.iter().all(|p| p.payload.len() == 80));
     assert!(got.windows(2).all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 80));
+    let median = median_gap(&got);
+    println!("10 ms packets: median gap {median:.2} ms");
+    assert!((7.0..13.0).contains(&median), "one packet every 10 ms, not two every 20: median gap {median:.1} ms");
 
     // G.729 at 30 ms: three 10-byte frames a packet.
     negotiate(&mut node, port, &pcmu.replace("ptime:40", "ptime:30"), SdpType::Unspecified, &["G729"]).await.unwrap();
@@ -230,6 +237,9 @@ async fn packets_follow_the_far_ends_ptime_and_a_re_offer_changes_it() {
     assert!(got.iter().all(|p| p.payload_type == 18));
     assert_eq!(got.len(), 67, "66 packets of 30 ms and the last 20 ms");
     assert!(got[..66].iter().all(|p| p.payload.len() == 30) && got[66].payload.len() == 20);
+    let median = median_gap(&got);
+    println!("30 ms packets: median gap {median:.2} ms");
+    assert!((26.0..34.0).contains(&median), "one packet every 30 ms: median gap {median:.1} ms");
     let mut dec = Decoder::new(AudioCodec::G729);
     let mut pcm = Vec::new();
     for p in &got {
