@@ -69,6 +69,7 @@ pub struct Metrics {
     pub far_end_jitter: Histogram,
     pub round_trip: Histogram,
     pub calls_by_transport: IntGaugeVec,
+    pub calls_by_codec: IntGaugeVec,
     pub negotiated_transport: IntCounterVec,
 }
 
@@ -146,6 +147,10 @@ impl Metrics {
             srtp_unsent: counter("media_srtp_unsent_total", "Packets the node did not send because its SRTP key's lifetime was used up"),
             rtcp_sent: counter("media_rtcp_sent_total", "RTCP compound packets the node sent (reports and BYE, on calls set up by SDP)"),
             rtcp_malformed: counter("media_rtcp_malformed_total", "RTCP from far ends that was not a well-formed compound packet (dropped)"),
+            calls_by_codec: reg(
+                &r,
+                IntGaugeVec::new(Opts::new("media_calls_by_codec", "Calls now, by the codec the node sends in"), &["codec"]).unwrap(),
+            ),
             calls_by_transport: reg(
                 &r,
                 IntGaugeVec::new(Opts::new("media_calls_by_transport", "Calls now, by media transport (rtp, srtp)"), &["transport"]).unwrap(),
@@ -316,6 +321,7 @@ impl Metrics {
         }
         for codec in crate::core::codec::AudioCodec::ALL {
             m.decode_errors.with_label_values(&[codec.name()]);
+            m.calls_by_codec.with_label_values(&[codec.name()]);
         }
         m
     }

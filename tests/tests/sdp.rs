@@ -153,6 +153,9 @@ async fn a_re_offer_holds_resumes_and_switches_codec_with_continuous_numbering()
     assert!(before[1] == now[1] && now[2].parse::<u64>().unwrap() > before[2].parse().unwrap(), "answers' o=: {before:?} then {now:?}");
     let r = resumed.media.unwrap();
     assert_eq!((r.codec.as_str(), r.direction.as_str()), ("G722", "sendrecv"));
+    let m = node.metrics().await;
+    assert_eq!(metric_value(&m, "media_calls_by_codec{codec=\"G722\"}"), 1.0, "the call is counted under its new codec");
+    assert_eq!(metric_value(&m, "media_calls_by_codec{codec=\"PCMU\"}"), 0.0);
     let reply = play.await.unwrap().unwrap().into_inner();
     assert_eq!(reply.message, "finished");
     let after = caller.take_received();
@@ -172,6 +175,8 @@ async fn a_re_offer_holds_resumes_and_switches_codec_with_continuous_numbering()
         dec.decode(&p.payload, &mut pcm);
     }
     assert!(pcm[400..].iter().any(|&s| s.abs() > 1000), "G.722 carries the prompt");
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    assert_eq!(metric_value(&node.metrics().await, "media_calls_by_codec"), 0.0, "no call counted once it ended");
 }
 
 /// The far end's ptime sets the node's packets, over real UDP: 40 ms packets of 320

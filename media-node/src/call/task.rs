@@ -280,6 +280,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
     // serving runtime's SCHED_BATCH threads.
     let storage = tokio::runtime::Handle::try_current().unwrap_or_else(|_| super::runtime::handle());
     let task = CallTask {
+        counted_codec: session.outbound_codec(),
         session,
         commands: rx,
         metrics: ctx.metrics.clone(),
@@ -326,6 +327,8 @@ const JITTER_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct CallTask {
     session: Session,
+    /// The codec the call's gauge counts it under (what the node sends).
+    counted_codec: crate::core::codec::AudioCodec,
     commands: mpsc::Receiver<CallCommand>,
     metrics: Arc<Metrics>,
     /// Where listener frames go; it hands them to the gRPC streams in rounds.
@@ -372,6 +375,7 @@ impl CallTask {
     async fn run(mut self, sockets: CallSockets) {
         info!("call started");
         self.metrics.calls_by_transport.with_label_values(&["rtp"]).inc();
+        self.metrics.calls_by_codec.with_label_values(&[self.counted_codec.name()]).inc();
         let mut rtp_in = udp::Received::default();
         let mut rtcp_buf = vec![0u8; 2048];
         let mut jitter_sampled = Instant::now();
@@ -445,6 +449,7 @@ impl CallTask {
         self.metrics.add_session_counters(&self.session.take_counters());
         self.metrics.listeners.sub(self.listeners.len() as i64);
         self.metrics.calls_by_transport.with_label_values(&[transport(self.session.is_secure())]).dec();
+        self.metrics.calls_by_codec.with_label_values(&[self.counted_codec.name()]).dec();
         info!("call ended");
         // Sockets close here, when the task returns: only then may the port be released.
     }
@@ -730,7 +735,12 @@ impl CallTask {
                     self.publish(Happened::Signal(s));
                 }
                 Event::Latched(addr) => info!(%addr, "media latched to caller's source"),
-                Event::CodecChanged(c) => info!(codec = c.name(), "caller switched codec"),
+                Event::CodecChanged(c) => {
+                    info!(codec = c.name(), "the call's codec changed");
+                    self.metrics.calls_by_codec.with_label_values(&[self.counted_codec.name()]).dec();
+                    self.metrics.calls_by_codec.with_label_values(&[c.name()]).inc();
+                    self.counted_codec = c;
+                }
                 Event::Mark(MarkFate::Played(id)) => self.on_mark(id, false),
                 Event::Mark(MarkFate::Cleared(id)) => self.on_mark(id, true),
                 Event::StreamBargedIn => self.end_stream(StreamEnd::BargeIn),
