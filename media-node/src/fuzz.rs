@@ -164,7 +164,7 @@ mod targets {
     use crate::audio::tts::TtsDecoder;
     use crate::audio::uri::{self, AudioUri};
     use crate::core::jitter::{JitterBuffer, JitterConfig, RtpId};
-    use crate::core::rtp::{self, Datagram, RtpHeader};
+    use crate::core::rtp::{self, Datagram};
     use crate::core::sdp::{self, SessionDescription};
     use crate::core::session::{Command, Outputs, Session, SessionConfig};
     use crate::recording::Destination;
@@ -175,13 +175,7 @@ mod targets {
             Ok(Datagram::Rtp(p)) => {
                 assert!(p.payload.len() + 12 <= data.len(), "the payload lies inside the datagram");
                 // What we would send for it parses back to the same header and payload.
-                let h = RtpHeader {
-                    marker: p.marker,
-                    payload_type: p.payload_type,
-                    sequence: p.sequence,
-                    timestamp: p.timestamp,
-                    ssrc: p.ssrc,
-                };
+                let h = p.header();
                 let again = rtp::build(h, p.payload);
                 let q = rtp::parse(&again).expect("our own packet parses");
                 assert_eq!(

@@ -32,6 +32,19 @@ pub struct RtpPacket<'a> {
     pub payload: &'a [u8],
 }
 
+impl RtpPacket<'_> {
+    /// The header fields the node writes (CSRCs aside), to build or compare packets.
+    pub fn header(&self) -> RtpHeader {
+        RtpHeader {
+            marker: self.marker,
+            payload_type: self.payload_type,
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            ssrc: self.ssrc,
+        }
+    }
+}
+
 /// What a datagram on an RTP port turned out to be.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Datagram<'a> {

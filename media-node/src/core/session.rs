@@ -1183,14 +1183,7 @@ mod tests {
                 s.handle_tick(now, &mut out);
                 for t in out.transmit.drain(..).filter(|t| !rtp::is_rtcp(&t.data)) {
                     let p = rtp::parse(&t.data).unwrap();
-                    let h = RtpHeader {
-                        marker: p.marker,
-                        payload_type: p.payload_type,
-                        sequence: p.sequence,
-                        timestamp: p.timestamp,
-                        ssrc: p.ssrc,
-                    };
-                    sent.push((now, h, p.payload.len()));
+                    sent.push((now, p.header(), p.payload.len()));
                 }
                 now = s.poll_timeout();
             }
