@@ -56,6 +56,8 @@ pub enum StreamFormat {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Built without libopus, only NoOpus is ever made.
+#[cfg_attr(not(feature = "opus"), allow(dead_code))]
 pub enum StreamError {
     #[error("audio_chunk {0}: {1}")]
     Ogg(u64, super::ogg::OggError),
