@@ -455,21 +455,16 @@ impl Session {
         let Some(srtp) = self.srtp.as_mut() else {
             return self.handle_rtp(now, from, data, out);
         };
+        if rtp::is_rtcp(data) {
+            // SRTCP muxed on the RTP port.
+            self.read_rtcp(now, data);
+            return;
+        }
         let mut plain = std::mem::take(&mut self.plain);
-        let rtcp = rtp::is_rtcp(data);
-        let r = if rtcp {
-            srtp.inbound.unprotect_rtcp(data, &mut plain).map(|_| ())
-        } else {
-            srtp.inbound.unprotect_rtp(data, &mut plain).map(|_| ())
-        };
-        match r {
-            Ok(()) => {
+        match srtp.inbound.unprotect_rtp(data, &mut plain) {
+            Ok(_) => {
                 self.counters.srtp_in += 1;
-                if rtcp {
-                    self.on_rtcp(now, &plain);
-                } else {
-                    self.handle_rtp(now, from, &plain, out);
-                }
+                self.handle_rtp(now, from, &plain, out);
             }
             Err(e) => self.counters.srtp_dropped.count(e),
         }
@@ -482,29 +477,33 @@ impl Session {
     /// its RTP does, when that is the RTP peer's host (a NAT may give RTCP a port of its
     /// own); a packet that fails SRTCP or is not RTCP never moves it.
     pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let taken = match self.srtp.as_mut() {
-            None => self.on_rtcp(now, data),
-            Some(srtp) => {
-                let mut plain = std::mem::take(&mut self.plain);
-                let taken = match srtp.inbound.unprotect_rtcp(data, &mut plain) {
-                    Ok(()) => {
-                        self.counters.srtp_in += 1;
-                        self.on_rtcp(now, &plain)
-                    }
-                    Err(e) => {
-                        self.counters.srtp_dropped.count(e);
-                        false
-                    }
-                };
-                self.plain = plain;
-                taken
-            }
-        };
+        let taken = self.read_rtcp(now, data);
         if taken && self.latch.is_symmetric() && self.latch.target().is_some_and(|t| t.ip() == from.ip()) {
             if let Some((state, RtcpTarget::Separate(None))) = &mut self.rtcp {
                 state.symmetric_to = Some(from);
             }
         }
+    }
+
+    /// RTCP from the far end, on either port: through SRTCP when the call has keys (a
+    /// failure is counted and read no further). True when it was read.
+    fn read_rtcp(&mut self, now: Instant, data: &[u8]) -> bool {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return self.on_rtcp(now, data);
+        };
+        let mut plain = std::mem::take(&mut self.plain);
+        let taken = match srtp.inbound.unprotect_rtcp(data, &mut plain) {
+            Ok(()) => {
+                self.counters.srtp_in += 1;
+                self.on_rtcp(now, &plain)
+            }
+            Err(e) => {
+                self.counters.srtp_dropped.count(e);
+                false
+            }
+        };
+        self.plain = plain;
+        taken
     }
 
     /// Plain RTCP from the far end: counted, and read for the round trip and for what
