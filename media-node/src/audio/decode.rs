@@ -66,16 +66,7 @@ fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
     }
     let mut decoder = symphonia::default::get_codecs().make(&params, &DecoderOptions::default()).map_err(bad)?;
     let mut mono: Vec<i16> = Vec::new();
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(Error::ResetRequired) => break,
-            Err(e) => return Err(bad(e)),
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
+    while let Some(packet) = next_packet(format.as_mut(), track_id)? {
         let decoded = match decoder.decode(&packet) {
             Ok(d) => d,
             Err(Error::DecodeError(_)) => continue,
@@ -89,10 +80,7 @@ fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
             let avg = frame.iter().sum::<f32>() / frame.len() as f32;
             (avg * 32767.0).round().clamp(-32768.0, 32767.0) as i16
         }));
-        let seconds = mono.len() as u64 / rate as u64;
-        if seconds > MAX_PROMPT_SECONDS {
-            return Err(DecodeError::TooLong(seconds));
-        }
+        check_length(mono.len(), rate)?;
     }
     if mono.is_empty() {
         return Err(DecodeError::Format("no audio in it".into()));
@@ -110,23 +98,13 @@ fn ogg_opus_to_call_pcm(
     track_id: u32,
     pre_skip: u32,
 ) -> Result<Vec<i16>, DecodeError> {
-    use symphonia::core::errors::Error;
     // Opus's clock is 48 kHz whatever it decodes to.
     const PER_CALL_SAMPLE: usize = 48_000 / CALL_RATE as usize;
     let mut decoder =
         crate::core::opus::OpusDecoder::new(CALL_RATE).ok_or_else(|| DecodeError::Format("libopus refused a decoder".into()))?;
     let mut pcm = Vec::new();
     let mut frame = Vec::new();
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(Error::ResetRequired) => break,
-            Err(e) => return Err(DecodeError::Format(e.to_string())),
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
+    while let Some(packet) = next_packet(format, track_id)? {
         frame.clear();
         if !decoder.decode(packet.buf(), &mut frame) {
             continue;
@@ -135,10 +113,7 @@ fn ogg_opus_to_call_pcm(
         // packets by it; the end trim it does give.
         let end = frame.len().saturating_sub(packet.trim_end() as usize / PER_CALL_SAMPLE);
         pcm.extend_from_slice(&frame[..end]);
-        let seconds = pcm.len() as u64 / CALL_RATE as u64;
-        if seconds > MAX_PROMPT_SECONDS {
-            return Err(DecodeError::TooLong(seconds));
-        }
+        check_length(pcm.len(), CALL_RATE)?;
     }
     pcm.drain(..(pre_skip as usize / PER_CALL_SAMPLE).min(pcm.len()));
     if pcm.is_empty() {
@@ -150,6 +125,32 @@ fn ogg_opus_to_call_pcm(
 #[cfg(not(feature = "opus"))]
 fn ogg_opus_to_call_pcm(_: &mut dyn symphonia::core::formats::FormatReader, _: u32, _: u32) -> Result<Vec<i16>, DecodeError> {
     Err(DecodeError::Format("Ogg Opus needs the node built with the opus feature (libopus)".into()))
+}
+
+/// The next packet of `track_id` (other tracks are skipped); None at the end.
+fn next_packet(
+    format: &mut dyn symphonia::core::formats::FormatReader,
+    track_id: u32,
+) -> Result<Option<symphonia::core::formats::Packet>, DecodeError> {
+    use symphonia::core::errors::Error;
+    loop {
+        match format.next_packet() {
+            Ok(p) if p.track_id() == track_id => return Ok(Some(p)),
+            Ok(_) => {}
+            Err(Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(Error::ResetRequired) => return Ok(None),
+            Err(e) => return Err(DecodeError::Format(e.to_string())),
+        }
+    }
+}
+
+/// Refuses a prompt once `samples` at `rate` run past MAX_PROMPT_SECONDS.
+fn check_length(samples: usize, rate: u32) -> Result<(), DecodeError> {
+    let seconds = samples as u64 / rate as u64;
+    if seconds > MAX_PROMPT_SECONDS {
+        return Err(DecodeError::TooLong(seconds));
+    }
+    Ok(())
 }
 
 pub fn wav_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
