@@ -92,10 +92,12 @@ pub struct NodeArgs {
     /// Look for DTMF tones in the caller's audio (for trunks that send digits in-band).
     #[arg(long, env = "MEDIA_INBAND_DTMF", default_value_t = true, action = clap::ArgAction::Set)]
     pub inband_dtmf: bool,
-    /// Codecs the node takes in SDP offer/answer, first preferred (PCMU, PCMA, G722).
-    /// G.711 first by default: the call's inside is 8 kHz for now, so G.722 brings the
-    /// far end's compatibility, not wideband audio. A request may give its own order.
-    #[arg(long, env = "PREFERRED_AUDIO_CODEC", default_value = "PCMU,PCMA,G722")]
+    /// Codecs the node takes in SDP offer/answer, first preferred (PCMU, PCMA, G722,
+    /// opus, G729). G.722 first by default: a wideband caller's 16 kHz audio reaches the
+    /// agent and the recording as it was sent, and speech recognition does clearly
+    /// better on it; G.711 next, as every trunk offers it. Codecs not named are still
+    /// taken, after these. A request may give its own order.
+    #[arg(long, env = "PREFERRED_AUDIO_CODEC", default_value = "G722,PCMU,PCMA")]
     pub preferred_audio_codec: String,
     /// Secure media (SRTP, keys by SDES in the SDP): `optional` takes SRTP or plain RTP
     /// as the far end offers, and the node's offers carry keys on RTP/AVP; `required`
@@ -376,7 +378,7 @@ impl NodeConfig {
             symmetric_rtp: true,
             jitter_hold: Duration::from_millis(40),
             analysis: AnalysisConfig::default(),
-            preferred_codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma, AudioCodec::G722],
+            preferred_codecs: vec![AudioCodec::G722, AudioCodec::Pcmu, AudioCodec::Pcma],
             srtp_policy: Default::default(),
             drain_timeout: Duration::from_secs(30),
             tls: None,

@@ -292,8 +292,8 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     let m = node.metrics().await;
     node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
 
-    // The node decoded ffmpeg's G.722: the listener hears the sentence (the call's
-    // inside is 8 kHz for now, so it is compared with the sentence's telephone band).
+    // The node decoded ffmpeg's G.722: the listener hears the sentence (espeak-ng's
+    // is telephone-band; the wideband tests below carry what is above it).
     let (frames, _) = listen.await.unwrap();
     let heard = pcm_of(&frames);
     let (c, lag) = onset_correlation(&convert(&speech, 8000, 16000), &heard, 16000);
@@ -618,4 +618,98 @@ async fn tts_streams_in_ogg_opus_and_raw_opus_packets_reach_the_caller() {
     let e = node.client.stream_audio_to_call(tokio_stream::iter(vec![odd])).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert_eq!(e.message(), "audio_format 9 is not one the node knows");
+}
+
+/// The strongest 6 kHz in any 100 ms of `x` (at `rate`), windows 50 ms apart.
+fn peak_6khz(x: &[i16], rate: u32) -> f64 {
+    let w = rate as usize / 10;
+    (0..x.len().saturating_sub(w))
+        .step_by(w / 2)
+        .map(|i| media_node::core::goertzel::power_at(&x[i..i + w], rate, 6000.0))
+        .fold(0.0, f64::max)
+}
+
+/// Wideband inside, end to end over real UDP: ffmpeg, as the far end of a call set up
+/// by SDP, sends a sentence and then a 6 kHz tone in `codec` (its own encoder's
+/// arguments in `ffmpeg_codec`, the WAV it reads at `wav_rate`). The agent's 16 kHz
+/// listener and a 16 kHz recording carry the sentence and the tone at close to its
+/// level; an 8 kHz listener of the same call, the telephone-band path every call had
+/// before, carries none of the tone.
+async fn a_wideband_caller_reaches_the_agent_and_the_recording_at_16k(
+    port_min: u16,
+    offer_media: &str,
+    wav_rate: u32,
+    ffmpeg_codec: &[&str],
+) {
+    use media_node::core::resample::convert;
+    let mut node = TestNode::start_with(port_min, 10, |c| c.symmetric_rtp = false).await;
+    let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "wideband".into() }).await.unwrap().into_inner();
+    let port = alloc.rtp_port;
+    let offer = format!("v=0\r\no=far 9 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{offer_media}a=sendrecv\r\n");
+    let r = node.client.negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: offer, ..Default::default() }).await;
+    let media = r.expect("NegotiateSdp answers the offer").into_inner().media.expect("what was agreed");
+    println!("wideband: agreed {} at {}", media.codec, media.clock_rate);
+    let wide16 = node.listen(port, 16000).await;
+    let narrow8 = node.listen(port, 8000).await;
+    let rec = StartRecordingRequest {
+        server_rtp_port: port,
+        output_uri: "file://calls".into(),
+        sample_rate: Some(16000),
+        format: Some("mono".into()),
+        call_id: "wideband".into(),
+        ..Default::default()
+    };
+    node.client.start_recording(rec).await.unwrap();
+
+    // A sentence (espeak-ng), a breath, then 1.5 s of a 6 kHz tone: speech tells where
+    // the audio is, the tone is what only a wideband path can carry.
+    let speech = convert(&fleet_tests::voice::espeak_8k("Your parcel will arrive on Thursday."), 8000, 16000);
+    let high = tone(6000.0, 16000, 24000);
+    let source: Vec<i16> = [vec![0; 4000], speech.clone(), vec![0; 4000], high.iter().map(|s| s / 2).collect(), vec![0; 8000]].concat();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("caller.wav");
+    std::fs::write(&wav, media_node::audio::decode::wav_bytes(&convert(&source, 16000, wav_rate), wav_rate)).unwrap();
+    let sender = ffmpeg_rtp_sender(&wav, ffmpeg_codec, port);
+    assert!(tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap(), "ffmpeg sent it all");
+    sleep_ms(300).await;
+    let stop = node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.unwrap().into_inner();
+    let m = node.metrics().await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total") + metric_value(&m, "media_rtp_decode_errors_total"), 0.0);
+
+    let heard16 = pcm_of(&wide16.await.unwrap().0);
+    let heard8 = pcm_of(&narrow8.await.unwrap().0);
+    let path = node.assets_path().join("recordings").join(stop.recording_uri.trim_start_matches("file://"));
+    let (recorded, rate) = fleet_tests::voice::read_wav(&path);
+    assert_eq!(rate, 16000);
+    let sent = peak_6khz(&source, 16000);
+    let (c, lag) = onset_correlation(&speech, &heard16, 16000);
+    println!("wideband: the 16 kHz listener's speech correlates {c:.3} (lag {lag})");
+    assert!(c > 0.85, "the 16 kHz listener heard the sentence: {c:.3} at lag {lag}");
+    let (c, lag) = onset_correlation(&speech, &recorded, 16000);
+    println!("wideband: the 16 kHz recording's speech correlates {c:.3} (lag {lag})");
+    assert!(c > 0.85, "the 16 kHz recording has the sentence: {c:.3} at lag {lag}");
+    let (l16, r16, l8) =
+        (peak_6khz(&heard16, 16000) / sent, peak_6khz(&recorded, 16000) / sent, peak_6khz(&convert(&heard8, 8000, 16000), 16000) / sent);
+    println!("wideband: 6 kHz power kept, of what was sent: listener 16 kHz {l16:.3}, recording 16 kHz {r16:.3}, listener 8 kHz {l8:.6}");
+    assert!(l16 > 0.3, "the 6 kHz tone reached the agent's 16 kHz stream: {l16:.3} of its power");
+    assert!(r16 > 0.3, "the 6 kHz tone is in the 16 kHz recording: {r16:.3} of its power");
+    assert!(l8 < 0.01, "an 8 kHz path cannot carry it: {l8:.6}");
+}
+
+/// G.722 from ffmpeg's own encoder, offered as a desk phone does (static type 9).
+#[tokio::test]
+async fn a_g722_caller_reaches_the_agent_and_the_recording_in_wideband() {
+    let offer = "m=audio 30255 RTP/AVP 9 0 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+    a_wideband_caller_reaches_the_agent_and_the_recording_at_16k(30240, offer, 16000, &["-ar", "16000", "-acodec", "g722"]).await;
+}
+
+#[cfg(feature = "opus")]
+/// Opus from ffmpeg's libopus at 48 kHz, offered as a WebRTC gateway does.
+#[tokio::test]
+async fn an_opus_caller_reaches_the_agent_and_the_recording_in_wideband() {
+    let offer =
+        "m=audio 30275 RTP/AVP 111 126\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\na=rtpmap:126 telephone-event/48000\r\n";
+    let args = ["-ar", "48000", "-acodec", "libopus", "-b:a", "32k", "-application", "voip", "-payload_type", "111"];
+    a_wideband_caller_reaches_the_agent_and_the_recording_at_16k(30260, offer, 48000, &args).await;
 }

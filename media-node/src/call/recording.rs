@@ -101,7 +101,7 @@ impl CallRecorder {
     pub(crate) fn record(&mut self, out: &Outputs, now: u64) {
         let Some(w) = self.writer.as_mut() else { return };
         for h in &out.heard {
-            w.add_caller(h.wall_pos, &h.pcm);
+            w.add_caller(h.wall_pos, &h.pcm, &h.wide);
         }
         for p in &out.played {
             w.add_bot(p.pos, &p.pcm);

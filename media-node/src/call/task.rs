@@ -694,7 +694,7 @@ impl CallTask {
                 // Late audio is for the recording only: the stream already carried
                 // silence in its place.
                 for h in self.out.heard.iter().filter(|h| !h.late) {
-                    l.format.push(&h.pcm, &mut self.frames);
+                    l.format.push(&h.pcm, &h.wide, &mut self.frames);
                 }
                 for f in self.frames.drain(..) {
                     self.post.post(&l.frames, f);

@@ -5,10 +5,12 @@
 //! G.729 (g729-sys, a pure-Rust port) is 10 ms frames of 10 bytes, Annex B's 2-byte SID
 //! frames understood on the way in.
 //!
-//! The call's inside is 8 kHz for every codec today (the jitter buffer, playback, the
-//! recording and the analysis all run at it), so a G.722 call interoperates with a
-//! wideband far end but carries telephone-band audio; wideband inside is issue 15's
-//! next step.
+//! The call's timeline is 8 kHz for every codec (the jitter buffer's positions,
+//! playback, the analysis), and a wideband codec (G.722, Opus) also hands out what it
+//! decoded at 16 kHz beside it (`decode_wide`): the jitter buffer carries both, so the
+//! agent's 16 kHz listener and a 16 kHz recording get the caller's real wideband audio,
+//! not 8 kHz audio upsampled. Speech and DTMF analysis need no more than the telephone
+//! band and stay on the 8 kHz copy.
 
 use super::g711::Codec as G711;
 use super::g722::{G722Decoder, G722Encoder};
@@ -202,8 +204,9 @@ pub struct Decoder {
 enum DecoderState {
     G711(G711),
     G722(Box<(G722Decoder, Resampler, Vec<i16>)>),
+    /// Decoded at 16 kHz, then brought down to the timeline's 8 kHz.
     #[cfg(feature = "opus")]
-    Opus(OpusDecoder),
+    Opus(Box<(OpusDecoder, Resampler, Vec<i16>)>),
     G729(Box<g729_sys::Decoder>),
 }
 
@@ -214,9 +217,9 @@ impl Decoder {
             AudioCodec::Pcma => DecoderState::G711(G711::Pcma),
             AudioCodec::G722 => DecoderState::G722(Box::new((G722Decoder::new(), Resampler::new(16000, 8000), Vec::with_capacity(320)))),
             #[cfg(feature = "opus")]
-            AudioCodec::Opus => match OpusDecoder::new(8000) {
-                Some(d) => DecoderState::Opus(d),
-                None => unreachable!("libopus decodes mono at 8 kHz"),
+            AudioCodec::Opus => match OpusDecoder::new(WIDE_RATE) {
+                Some(d) => DecoderState::Opus(Box::new((d, Resampler::new(WIDE_RATE, 8000), Vec::with_capacity(640)))),
+                None => unreachable!("libopus decodes mono at 16 kHz"),
             },
             #[cfg(not(feature = "opus"))]
             AudioCodec::Opus => unreachable!("built without the opus feature"),
@@ -225,19 +228,38 @@ impl Decoder {
         Decoder { codec, state }
     }
 
+    /// True for the codecs that carry 16 kHz audio (G.722, Opus): `decode_wide` hands
+    /// it out beside the 8 kHz copy.
+    pub fn is_wideband(&self) -> bool {
+        !matches!(self.state, DecoderState::G711(_) | DecoderState::G729(_))
+    }
+
     /// Appends the payload's audio at 8 kHz. False for a payload the codec refuses
     /// (corrupt Opus, a G.729 payload that is not 10-byte frames and a SID; every G.711
     /// and G.722 byte is valid); nothing is appended then.
     pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> bool {
+        self.decode_wide(payload, out, None)
+    }
+
+    /// As `decode`, and for a wideband codec also appends the same audio at 16 kHz to
+    /// `wide` (exactly twice the samples appended to `out`; nothing for the others).
+    pub fn decode_wide(&mut self, payload: &[u8], out: &mut Vec<i16>, wide: Option<&mut Vec<i16>>) -> bool {
         match &mut self.state {
             DecoderState::G711(c) => c.decode_into(payload, out),
             DecoderState::G722(g) => {
-                let (dec, down, wide) = &mut **g;
-                dec.decode_into(payload, wide);
-                down.process_into(wide, out);
+                let (dec, down, buf) = &mut **g;
+                dec.decode_into(payload, buf);
+                narrow_and_wide(down, buf, out, wide);
             }
             #[cfg(feature = "opus")]
-            DecoderState::Opus(dec) => return dec.decode(payload, out),
+            DecoderState::Opus(o) => {
+                let (dec, down, buf) = &mut **o;
+                buf.clear();
+                if !dec.decode(payload, buf) {
+                    return false;
+                }
+                narrow_and_wide(down, buf, out, wide);
+            }
             DecoderState::G729(dec) => {
                 // 10-byte voice frames, then (Annex B) perhaps one 2-byte SID frame of
                 // comfort noise (RFC 3551 §4.5.6); anything else is not G.729.
@@ -257,16 +279,38 @@ impl Decoder {
     }
 
     /// The `samples` (8 kHz) lost just before `next`, rebuilt from the in-band FEC
-    /// copy Opus carries in `next`; None for codecs without one.
-    pub fn recover(&mut self, next: &[u8], samples: usize, out: &mut Vec<i16>) -> Option<bool> {
+    /// copy Opus carries in `next` (and at 16 kHz into `wide`, when given); None for
+    /// codecs without one.
+    pub fn recover(&mut self, next: &[u8], samples: usize, out: &mut Vec<i16>, wide: Option<&mut Vec<i16>>) -> Option<bool> {
         match &mut self.state {
             #[cfg(feature = "opus")]
-            DecoderState::Opus(dec) => Some(dec.recover(next, samples, out)),
+            DecoderState::Opus(o) => {
+                let (dec, down, buf) = &mut **o;
+                buf.clear();
+                if !dec.recover(next, samples * 2, buf) {
+                    return Some(false);
+                }
+                narrow_and_wide(down, buf, out, wide);
+                Some(true)
+            }
             _ => {
-                let _ = (next, samples, out);
+                let _ = (next, samples, out, wide);
                 None
             }
         }
+    }
+}
+
+/// The rate a wideband codec's audio is carried at beside the 8 kHz timeline.
+pub const WIDE_RATE: u32 = 16000;
+
+/// 16 kHz audio decoded into `buf`: its 8 kHz copy onto `out`, itself onto `wide`.
+/// The resampler's counts are exact (an even number of samples halves exactly), so
+/// the two copies stay two to one however the packets are cut.
+fn narrow_and_wide(down: &mut Resampler, buf: &[i16], out: &mut Vec<i16>, wide: Option<&mut Vec<i16>>) {
+    down.process_into(buf, out);
+    if let Some(w) = wide {
+        w.extend_from_slice(buf);
     }
 }
 

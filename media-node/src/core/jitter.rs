@@ -13,6 +13,11 @@
 //! Audio that turns up after its place was filled with silence is too late for the
 //! live stream, but not for the recording, which is written some time behind: it
 //! comes out marked `late`, once, for the recording alone.
+//!
+//! A wideband codec's packets bring their audio twice, at the timeline's 8 kHz and at
+//! 16 kHz (`on_wide_packet`): both are held, cut and handed out together, the 16 kHz
+//! copy always twice as long, and the silence filled in for a wideband stream is
+//! wideband too, so a listener or recording at 16 kHz never switches rate mid-stream.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -46,6 +51,9 @@ pub struct Heard {
     /// and follows the caller's clock drift.
     pub wall_pos: u64,
     pub pcm: Vec<i16>,
+    /// The same audio at 16 kHz when the caller's codec is wideband (G.722, Opus):
+    /// exactly twice `pcm`'s length; empty otherwise.
+    pub wide: Vec<i16>,
     /// True when this is silence standing in for audio that never came.
     pub concealed: bool,
     /// True when this audio came after its place had been filled with silence: the
@@ -130,7 +138,10 @@ pub struct JitterBuffer {
     /// The wall time at which timeline position `anchor.1` was due.
     anchor: (Instant, u64),
     stream: Option<StreamMap>,
-    buffer: BTreeMap<u64, Vec<i16>>,
+    /// Each packet's audio at 8 kHz, and at 16 kHz (or empty) for a wideband stream.
+    buffer: BTreeMap<u64, (Vec<i16>, Vec<i16>)>,
+    /// The newest packet was wideband: silence filled in is wideband too.
+    wideband: bool,
     /// Timeline ranges [start, end) filled with silence in the last RECOVERY_WINDOW,
     /// oldest first; what late audio has since filled in is cut out, so a duplicate
     /// of it is not recorded twice.
@@ -155,6 +166,7 @@ impl JitterBuffer {
             anchor: (start, 0),
             stream: None,
             buffer: BTreeMap::new(),
+            wideband: false,
             concealed: VecDeque::new(),
             stats: JitterStats::default(),
         }
@@ -254,15 +266,25 @@ impl JitterBuffer {
     }
 
     fn give_up_buffer(&mut self) {
-        let dropped: u64 = self.buffer.values().map(|p| p.len() as u64).sum();
+        let dropped: u64 = self.buffer.values().map(|p| p.0.len() as u64).sum();
         self.stats.lost_samples += dropped;
         self.buffer.clear();
     }
 
     pub fn on_packet(&mut self, now: Instant, id: RtpId, pcm: Vec<i16>, out: &mut Vec<Heard>) {
+        self.on_wide_packet(now, id, pcm, Vec::new(), out)
+    }
+
+    /// A packet's audio at 8 kHz (`pcm`, which places it) and, for a wideband codec,
+    /// at 16 kHz (`wide`: twice as long, or empty for a narrowband one).
+    pub fn on_wide_packet(&mut self, now: Instant, id: RtpId, pcm: Vec<i16>, wide: Vec<i16>, out: &mut Vec<Heard>) {
         if pcm.is_empty() {
             return;
         }
+        // The pure core trusts no caller to keep the ratio: a wide copy of another
+        // length is not carried (the 8 kHz audio still is).
+        let mut wide = if wide.len() == pcm.len() * 2 { wide } else { Vec::new() };
+        self.wideband = !wide.is_empty();
         let mut pos = self.map(now, id);
         let window = samples(self.cfg.resync_after) as i64;
         if (pos - self.next_pos as i64).abs() > window {
@@ -275,7 +297,8 @@ impl JitterBuffer {
         if pos < self.next_pos as i64 {
             let behind = (self.next_pos as i64 - pos) as usize;
             if let Ok(at) = u64::try_from(pos) {
-                self.recover(at, &pcm[..behind.min(pcm.len())], out);
+                let n = behind.min(pcm.len());
+                self.recover(at, &pcm[..n], wide.get(..2 * n).unwrap_or_default(), out);
             }
             if behind >= pcm.len() {
                 self.stats.late += 1;
@@ -283,6 +306,9 @@ impl JitterBuffer {
             }
             // Partly late: keep the part that is still in the future.
             pcm.drain(..behind);
+            if !wide.is_empty() {
+                wide.drain(..2 * behind);
+            }
             pos = self.next_pos as i64;
         }
         let pos = pos as u64;
@@ -293,7 +319,7 @@ impl JitterBuffer {
         if pos > self.next_pos || !self.buffer.is_empty() {
             self.stats.reordered += u64::from(self.buffer.range(pos..).next().is_some());
         }
-        self.buffer.insert(pos, pcm);
+        self.buffer.insert(pos, (pcm, wide));
         if pos == self.next_pos {
             // In order: it plays now, and the cadence is measured from its arrival. One
             // that comes early (the 2nd and 3rd packet of a burst) moves the cadence
@@ -315,7 +341,7 @@ impl JitterBuffer {
                 // packet costs what it sent too early; giving up the gap instead would
                 // invent silence ahead of the clock, as much as its timestamps claim,
                 // for every listener and the recording.
-                if let Some((_, dropped)) = self.buffer.pop_last() {
+                if let Some((_, (dropped, _))) = self.buffer.pop_last() {
                     self.stats.lost_samples += dropped.len() as u64;
                 }
                 continue;
@@ -336,7 +362,7 @@ impl JitterBuffer {
             if pos > self.next_pos {
                 break;
             }
-            let mut pcm = entry.remove();
+            let (mut pcm, mut wide) = entry.remove();
             if pos < self.next_pos {
                 // Overlaps what was already emitted (odd packet sizes): keep the rest.
                 let skip = (self.next_pos - pos) as usize;
@@ -345,16 +371,20 @@ impl JitterBuffer {
                     continue;
                 }
                 pcm.drain(..skip);
+                if !wide.is_empty() {
+                    wide.drain(..2 * skip);
+                }
             }
             let at = self.next_pos;
             self.next_pos += pcm.len() as u64;
-            out.push(Heard { pos: at, wall_pos: self.wall(at), pcm, concealed: false, late: false });
+            out.push(Heard { pos: at, wall_pos: self.wall(at), pcm, wide, concealed: false, late: false });
         }
     }
 
-    /// Hands out, marked late, the parts of `pcm` (audio for `pos..`) whose place the
-    /// live stream filled with silence; parts already played are duplicates and go.
-    fn recover(&mut self, pos: u64, pcm: &[i16], out: &mut Vec<Heard>) {
+    /// Hands out, marked late, the parts of `pcm` (audio for `pos..`; `wide`, its 16 kHz
+    /// copy or empty) whose place the live stream filled with silence; parts already
+    /// played are duplicates and go.
+    fn recover(&mut self, pos: u64, pcm: &[i16], wide: &[i16], out: &mut Vec<Heard>) {
         self.forget_old_silence();
         let end = pos + pcm.len() as u64;
         let mut i = 0;
@@ -367,8 +397,10 @@ impl JitterBuffer {
                 i += 1;
                 continue;
             }
-            let piece = pcm[(from - pos) as usize..(to - pos) as usize].to_vec();
-            out.push(Heard { pos: from, wall_pos: self.wall(from), pcm: piece, concealed: false, late: true });
+            let (a, b) = ((from - pos) as usize, (to - pos) as usize);
+            let piece = pcm[a..b].to_vec();
+            let wide = wide.get(2 * a..2 * b).map(<[i16]>::to_vec).unwrap_or_default();
+            out.push(Heard { pos: from, wall_pos: self.wall(from), pcm: piece, wide, concealed: false, late: true });
             self.stats.recovered_samples += to - from;
             // Cut the filled part out of the range: what is left is still silence.
             match (start < from, to < stop) {
@@ -402,7 +434,15 @@ impl JitterBuffer {
         if waiting.is_some() {
             self.stats.lost_samples += n;
         }
-        out.push(Heard { pos: self.next_pos, wall_pos: self.wall(self.next_pos), pcm: vec![0; n as usize], concealed: true, late: false });
+        let wide = if self.wideband { vec![0; 2 * n as usize] } else { Vec::new() };
+        out.push(Heard {
+            pos: self.next_pos,
+            wall_pos: self.wall(self.next_pos),
+            pcm: vec![0; n as usize],
+            wide,
+            concealed: true,
+            late: false,
+        });
         let (start, end) = (self.next_pos, self.next_pos + n);
         match self.concealed.back_mut() {
             Some(last) if last.1 == start => last.1 = end,
@@ -483,6 +523,41 @@ mod tests {
         assert!(out.iter().all(|h| !h.concealed), "no silence stood in for audio that came");
         assert_continuous(&out);
         assert_eq!(flatten(&out), (0..150).flat_map(|k| frame(k + 1)).collect::<Vec<_>>());
+    }
+
+    /// A wideband stream's 16 kHz copy goes through reordering, loss, late arrival and
+    /// overlap exactly as its 8 kHz audio does: always twice as long and the same
+    /// audio (here each 16 kHz sample is the 8 kHz one's tag), silence stood in for a
+    /// lost packet is wideband too, and a copy of the wrong length is not carried.
+    #[test]
+    fn a_wideband_copy_rides_with_its_audio() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(JitterConfig::default(), t0);
+        let mut out = Vec::new();
+        let wide = |tag: i16| vec![tag; 2 * FRAME_SAMPLES];
+        let ms = |n: u64| Duration::from_millis(n);
+        jb.on_wide_packet(t0, id(4, 0), frame(1), wide(1), &mut out);
+        // 160 comes after 320 (reordered); 480 is lost; 640 overlaps 320..800 by half.
+        jb.on_wide_packet(t0 + ms(40), id(4, 320), frame(3), wide(3), &mut out);
+        jb.on_wide_packet(t0 + ms(41), id(4, 160), frame(2), wide(2), &mut out);
+        // 480 is given up for silence, then comes late: for the recording, with its
+        // wide copy. 560 overlaps the (now filled) 560..640 and brings 640..800.
+        jb.on_tick(t0 + ms(130), &mut out);
+        jb.on_wide_packet(t0 + ms(131), id(4, 480), frame(4), wide(4), &mut out);
+        let overlap: Vec<i16> = [vec![5; 80], vec![6; 160]].concat();
+        let overlap_wide: Vec<i16> = [vec![5; 160], vec![6; 320]].concat();
+        jb.on_wide_packet(t0 + ms(132), RtpId { ssrc: 4, seq: 4, ts: 560 }, overlap, overlap_wide, &mut out);
+        // A wide copy of the wrong length is dropped, the audio kept.
+        jb.on_wide_packet(t0 + ms(150), RtpId { ssrc: 4, seq: 5, ts: 800 }, frame(7), vec![7; 100], &mut out);
+        assert_continuous(&out.iter().filter(|h| !h.late).cloned().collect::<Vec<_>>());
+        for h in &out {
+            let expected: Vec<i16> = if h.pos == 800 { Vec::new() } else { h.pcm.iter().flat_map(|&s| [s, s]).collect() };
+            assert_eq!(h.wide, expected, "at {} (late {}, concealed {})", h.pos, h.late, h.concealed);
+        }
+        assert!(out.iter().any(|h| h.concealed && h.wide.len() == 2 * h.pcm.len()), "wideband silence");
+        assert!(out.iter().any(|h| h.late && h.pcm == frame(4)), "the late packet, once, for the recording");
+        let live: Vec<i16> = out.iter().filter(|h| !h.late).flat_map(|h| h.pcm.iter().copied()).collect();
+        assert_eq!(live, [frame(1), frame(2), frame(3), frame(0), vec![6; 160], frame(7)].concat());
     }
 
     #[test]

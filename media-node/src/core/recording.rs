@@ -4,6 +4,10 @@
 //! (stereo: caller left, bot right). Gaps are silence. Only a short window is held in
 //! memory: everything older than the flush point is handed out to be written, so an
 //! hour costs what a minute does.
+//!
+//! A wideband timeline (`RecordingTimeline::wideband`) keeps two samples per position
+//! (16 kHz) on the same clock, so a G.722 or Opus caller's own 16 kHz audio is recorded
+//! as it came; positions, the flush schedule and lateness stay in 8 kHz units.
 
 use std::time::Instant;
 
@@ -109,6 +113,8 @@ impl Track {
 #[derive(Debug)]
 pub struct RecordingTimeline {
     channels: Channels,
+    /// Samples per timeline position: 1 (8 kHz) or 2 (16 kHz, wideband).
+    per_pos: usize,
     /// Timeline position of the first sample not yet handed out.
     flushed: u64,
     caller: Track,
@@ -120,7 +126,18 @@ pub struct RecordingTimeline {
 impl RecordingTimeline {
     /// A recording whose first sample is at timeline position `start`.
     pub fn new(channels: Channels, start: u64) -> RecordingTimeline {
-        RecordingTimeline { channels, flushed: start, caller: Track::default(), bot: Track::default(), late_samples: 0 }
+        RecordingTimeline { channels, per_pos: 1, flushed: start, caller: Track::default(), bot: Track::default(), late_samples: 0 }
+    }
+
+    /// As `new`, holding 16 kHz audio: two samples per 8 kHz position, so what is added
+    /// must be 16 kHz audio (an even number of samples).
+    pub fn wideband(channels: Channels, start: u64) -> RecordingTimeline {
+        RecordingTimeline { per_pos: 2, ..RecordingTimeline::new(channels, start) }
+    }
+
+    /// The sample rate of what it holds and hands out.
+    pub fn rate(&self) -> u32 {
+        TIMELINE_RATE as u32 * self.per_pos as u32
     }
 
     pub fn channels(&self) -> Channels {
@@ -132,21 +149,25 @@ impl RecordingTimeline {
         self.flushed
     }
 
+    /// The caller's audio from position `pos`, at the timeline's rate.
     pub fn add_caller(&mut self, pos: u64, pcm: &[i16]) {
-        Self::place(&mut self.caller, self.flushed, &mut self.late_samples, pos, pcm);
+        Self::place(&mut self.caller, self.per_pos, self.flushed, &mut self.late_samples, pos, pcm);
     }
 
+    /// The bot's audio from position `pos`, at the timeline's rate.
     pub fn add_bot(&mut self, pos: u64, pcm: &[i16]) {
-        Self::place(&mut self.bot, self.flushed, &mut self.late_samples, pos, pcm);
+        Self::place(&mut self.bot, self.per_pos, self.flushed, &mut self.late_samples, pos, pcm);
     }
 
-    fn place(track: &mut Track, flushed: u64, late: &mut u64, pos: u64, pcm: &[i16]) {
+    /// `late` counts positions (8 kHz samples) whatever the timeline's rate.
+    fn place(track: &mut Track, per_pos: usize, flushed: u64, late: &mut u64, pos: u64, pcm: &[i16]) {
         let (skip, offset) = if pos < flushed { ((flushed - pos) as usize, 0) } else { (0, (pos - flushed) as usize) };
+        let (skip, offset) = (skip * per_pos, offset * per_pos);
         if skip >= pcm.len() {
-            *late += pcm.len() as u64;
+            *late += (pcm.len() / per_pos) as u64;
             return;
         }
-        *late += skip as u64;
+        *late += (skip / per_pos) as u64;
         track.add_at(offset, &pcm[skip..]);
     }
 
@@ -155,7 +176,7 @@ impl RecordingTimeline {
         if pos <= self.flushed {
             return;
         }
-        let n = (pos - self.flushed) as usize;
+        let n = (pos - self.flushed) as usize * self.per_pos;
         // Silence where neither side has audio yet, then both tracks drain in step.
         self.caller.extend_to(n);
         self.bot.extend_to(n);
@@ -177,7 +198,7 @@ impl RecordingTimeline {
 
     /// Ends the recording at `end` (or at the last buffered sample, if later).
     pub fn finish(&mut self, end: u64, out: &mut Vec<i16>) {
-        let buffered = self.flushed + self.caller.len().max(self.bot.len()) as u64;
+        let buffered = self.flushed + self.caller.len().max(self.bot.len()).div_ceil(self.per_pos) as u64;
         self.flush_until(end.max(buffered), out);
     }
 
@@ -235,6 +256,29 @@ mod tests {
         assert_eq!(out[1000], 0, "the gap is silence");
         assert_eq!(out[1700], 10);
         assert_eq!(out[2500], 0);
+    }
+
+    /// A wideband timeline holds two samples per position: placement, mixing,
+    /// lateness (counted in positions) and the end all follow the same 8 kHz clock.
+    #[test]
+    fn a_wideband_timeline_places_16k_audio_on_the_8k_clock() {
+        let mut t = RecordingTimeline::wideband(Channels::Mono, 100);
+        assert_eq!(t.rate(), 16000);
+        t.add_caller(100, &[5; 320]); // 20 ms from position 100
+        t.add_bot(180, &[2; 320]); // 20 ms from 10 ms later
+        let mut out = Vec::new();
+        t.flush_until(200, &mut out);
+        assert_eq!(out.len(), 200, "100 positions are 200 samples");
+        assert_eq!((out[0], out[159], out[160], out[199]), (5, 5, 7, 7));
+        // 40 positions of this piece were already written out.
+        t.add_caller(160, &[1; 160]);
+        assert_eq!(t.late_samples, 40);
+        out.clear();
+        t.finish(0, &mut out);
+        // What was buffered ends the recording: to position 340 (the bot's end).
+        assert_eq!(t.flushed(), 340);
+        assert_eq!(out.len(), 280);
+        assert_eq!((out[0], out[79], out[80], out[119], out[120], out[279]), (8, 8, 7, 7, 2, 2));
     }
 
     #[test]

@@ -590,9 +590,12 @@ impl Session {
         let Some((_, decoder)) = self.decoder.as_mut() else { return };
         // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
         let mut pcm = Vec::with_capacity(packet.payload.len() * 2);
+        // A wideband codec's 16 kHz audio rides beside the 8 kHz timeline copy.
+        let wideband = decoder.is_wideband();
+        let mut wide = Vec::new();
         // The clock is read for the transcoding-time metric only; nothing depends on it.
         let began = std::time::Instant::now();
-        let decoded = decoder.decode(packet.payload, &mut pcm);
+        let decoded = decoder.decode_wide(packet.payload, &mut pcm, wideband.then_some(&mut wide));
         self.counters.codec_nanos.get_mut(codec).1 += began.elapsed().as_nanos() as u64;
         if !decoded {
             // A payload the codec refuses: dropped and counted, never played.
@@ -615,11 +618,11 @@ impl Session {
         if let Some(l) = self.last_in.filter(|l| l.ssrc == packet.ssrc && packet.sequence == l.seq.wrapping_add(2)) {
             let missing = ts.wrapping_sub(l.ts8).wrapping_sub(l.samples);
             if (1..=super::codec::MAX_PACKET_SAMPLES).contains(&missing) {
-                let mut lost = Vec::with_capacity(missing as usize);
-                if decoder.recover(packet.payload, missing as usize, &mut lost) == Some(true) {
+                let (mut lost, mut lost_wide) = (Vec::with_capacity(missing as usize), Vec::new());
+                if decoder.recover(packet.payload, missing as usize, &mut lost, wideband.then_some(&mut lost_wide)) == Some(true) {
                     self.counters.fec_recovered += 1;
                     let id = RtpId { ssrc: packet.ssrc, seq: packet.sequence.wrapping_sub(1), ts: ts.wrapping_sub(missing) };
-                    self.jitter.on_packet(now, id, lost, &mut out.heard);
+                    self.jitter.on_wide_packet(now, id, lost, lost_wide, &mut out.heard);
                 }
             }
         }
@@ -628,7 +631,7 @@ impl Session {
             self.playback.push_echo(&pcm);
         }
         self.interarrival.on_packet(now, packet.ssrc, ts);
-        self.jitter.on_packet(now, RtpId { ssrc: packet.ssrc, seq: packet.sequence, ts }, pcm, &mut out.heard);
+        self.jitter.on_wide_packet(now, RtpId { ssrc: packet.ssrc, seq: packet.sequence, ts }, pcm, wide, &mut out.heard);
         self.analyse_heard(first, out);
     }
 
@@ -1489,6 +1492,7 @@ mod tests {
         assert_eq!((c.packets_in, c.unsupported_payload), (8, 0));
         let heard: Vec<i16> = out.heard.iter().flat_map(|h| h.pcm.iter().copied()).collect();
         assert_eq!(heard.len(), 8 * 160, "G.722 is heard at the call's 8 kHz");
+        assert!(out.heard.iter().all(|h| h.wide.len() == 2 * h.pcm.len()), "with its own 16 kHz audio beside it");
         assert!(heard[640..].iter().all(|&v| (2500..3500).contains(&v)), "{:?}", &heard[640..650]);
         // A payload type the negotiation did not name is not decoded.
         s.handle_datagram(t0 + MS20 * 11, caller(), &rtp_from_caller(18, 11, 11 * 160, 0), &mut out);

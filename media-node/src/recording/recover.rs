@@ -198,7 +198,7 @@ mod tests {
     /// order, as after kill -9: the file has a 0-size header and some audio.
     fn killed_mid_recording(spool: &Path, channels: Channels, rate: u32) -> PathBuf {
         let mut w = RecordingWriter::create(spec(channels, rate), spool, 0).unwrap();
-        w.add_caller(0, &vec![3000; 8000 * 2]);
+        w.add_caller(0, &vec![3000; 8000 * 2], &[]);
         w.flush_until(8000 * 2).unwrap();
         // Dropping hound's writer would finalise the header; a killed process does not.
         std::mem::forget(w);

@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::destination::{object_key, safe_name, Destination};
-use crate::core::recording::{Channels, RecordingTimeline};
+use crate::core::recording::{Channels, RecordingTimeline, TIMELINE_RATE};
 use crate::core::resample::Resampler;
 
 #[derive(Debug, Clone)]
@@ -96,7 +96,11 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
 pub struct RecordingWriter {
     spec: RecordingSpec,
     timeline: RecordingTimeline,
+    /// Per channel, the timeline's rate to the file's (identity when they match).
     resamplers: Vec<Resampler>,
+    /// A 16 kHz recording keeps a wideband timeline: narrowband audio (a G.711 caller,
+    /// the bot's 8 kHz prompts) is brought up to it per side, caller then bot.
+    widen: Option<Box<[Widen; 2]>>,
     wav: hound::WavWriter<BufWriter<File>>,
     part: PathBuf,
     /// The manifest it will have, sizes still 0; also in the `.meta` file.
@@ -139,9 +143,15 @@ impl RecordingWriter {
         };
         let wav = hound::WavWriter::new(BufWriter::new(File::create(&part)?), wav_spec).map_err(std::io::Error::other)?;
         let n = spec.channels.count() as usize;
+        // A 16 kHz recording holds 16 kHz: a wideband caller is recorded as it came,
+        // not through the 8 kHz timeline.
+        let wideband = spec.rate > TIMELINE_RATE as u32;
+        let timeline =
+            if wideband { RecordingTimeline::wideband(spec.channels, start_pos) } else { RecordingTimeline::new(spec.channels, start_pos) };
         Ok(RecordingWriter {
-            timeline: RecordingTimeline::new(spec.channels, start_pos),
-            resamplers: (0..n).map(|_| Resampler::new(crate::audio::CALL_RATE, spec.rate)).collect(),
+            resamplers: (0..n).map(|_| Resampler::new(timeline.rate(), spec.rate)).collect(),
+            widen: wideband.then(|| Box::new([Widen::new(), Widen::new()])),
+            timeline,
             spec,
             wav,
             part,
@@ -157,12 +167,22 @@ impl RecordingWriter {
         &self.spec
     }
 
-    pub fn add_caller(&mut self, wall_pos: u64, pcm: &[i16]) {
-        self.timeline.add_caller(wall_pos, pcm);
+    /// The caller's audio at `wall_pos`: `pcm` at 8 kHz and, from a wideband codec,
+    /// `wide`, the same at 16 kHz (empty otherwise).
+    pub fn add_caller(&mut self, wall_pos: u64, pcm: &[i16], wide: &[i16]) {
+        match &mut self.widen {
+            None => self.timeline.add_caller(wall_pos, pcm),
+            Some(_) if !wide.is_empty() => self.timeline.add_caller(wall_pos, wide),
+            Some(w) => self.timeline.add_caller(wall_pos, w[0].widen(wall_pos, pcm)),
+        }
     }
 
+    /// The bot's 8 kHz audio sent at `pos`.
     pub fn add_bot(&mut self, pos: u64, pcm: &[i16]) {
-        self.timeline.add_bot(pos, pcm);
+        match &mut self.widen {
+            None => self.timeline.add_bot(pos, pcm),
+            Some(w) => self.timeline.add_bot(pos, w[1].widen(pos, pcm)),
+        }
     }
 
     pub fn late_samples(&self) -> u64 {
@@ -260,6 +280,33 @@ impl RecordingWriter {
     }
 }
 
+/// One side's narrowband audio brought to a wideband timeline. Audio that follows on
+/// from the last piece goes through the same resampler, so a run of 20 ms pieces is
+/// resampled as one stream (no edge at every piece); a piece elsewhere (late audio,
+/// a gap) starts afresh.
+struct Widen {
+    up: Resampler,
+    /// The position just after the last piece.
+    next: Option<u64>,
+    buf: Vec<i16>,
+}
+
+impl Widen {
+    fn new() -> Widen {
+        Widen { up: Resampler::new(TIMELINE_RATE as u32, 2 * TIMELINE_RATE as u32), next: None, buf: Vec::new() }
+    }
+
+    fn widen(&mut self, pos: u64, pcm: &[i16]) -> &[i16] {
+        if self.next != Some(pos) {
+            self.up = Resampler::new(TIMELINE_RATE as u32, 2 * TIMELINE_RATE as u32);
+        }
+        self.next = Some(pos + pcm.len() as u64);
+        self.buf.clear();
+        self.up.process_into(pcm, &mut self.buf);
+        &self.buf
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +323,7 @@ mod tests {
             segment: 1,
         };
         let mut w = RecordingWriter::create(spec, &spool, 800).unwrap();
-        w.add_caller(800, &[1000; 800]);
+        w.add_caller(800, &[1000; 800], &[]);
         w.add_bot(1600, &[-1000; 800]);
         w.flush_until(1200).unwrap();
         let job = w.finish(2400).unwrap();
@@ -288,6 +335,62 @@ mod tests {
         assert_eq!(job.uri(), format!("s3://calls/{}", job.key));
         let back: RecordingJob = serde_json::from_slice(&std::fs::read(job.manifest_path()).unwrap()).unwrap();
         assert_eq!(back, job);
+        std::fs::remove_dir_all(spool).unwrap();
+    }
+
+    /// A 16 kHz recording of a wideband caller keeps its 6 kHz (the caller's 16 kHz
+    /// copy goes in as it came), while the bot's 8 kHz prompt, placed 20 ms at a time,
+    /// is brought up as one stream: no edge every 20 ms, the same as resampling it whole.
+    /// An 8 kHz recording of the same call cannot hold 6 kHz.
+    #[test]
+    fn a_16k_recording_keeps_a_wideband_callers_audio() {
+        use crate::core::goertzel::power_at;
+        let spool = tempdir();
+        let tone = |f: f64, rate: u32, n: usize| -> Vec<i16> {
+            (0..n).map(|i| (8000.0 * (2.0 * std::f64::consts::PI * f * i as f64 / rate as f64).sin()) as i16).collect()
+        };
+        let wide = tone(6000.0, 16000, 16000);
+        let narrow = crate::core::resample::convert(&wide, 16000, 8000);
+        let prompt = tone(440.0, 8000, 8000);
+        let record = |rate: u32| {
+            let spec = RecordingSpec {
+                call_id: format!("wide-{rate}"),
+                trace_id: String::new(),
+                destination: Destination::File { dir: "x".into() },
+                rate,
+                channels: Channels::Stereo,
+                segment: 1,
+            };
+            let mut w = RecordingWriter::create(spec, &spool, 0).unwrap();
+            for k in 0..50 {
+                let (n, wd) = (&narrow[k * 160..(k + 1) * 160], &wide[k * 320..(k + 1) * 320]);
+                w.add_caller(k as u64 * 160, n, wd);
+                w.add_bot(k as u64 * 160, &prompt[k * 160..(k + 1) * 160]);
+                if k % 5 == 4 {
+                    w.flush_until(k as u64 * 160).unwrap();
+                }
+            }
+            let job = w.finish(8000).unwrap();
+            let mut r = hound::WavReader::open(&job.wav).unwrap();
+            assert_eq!(r.spec().sample_rate, rate);
+            let all: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+            let caller: Vec<i16> = all.iter().step_by(2).copied().collect();
+            let bot: Vec<i16> = all.iter().skip(1).step_by(2).copied().collect();
+            (caller, bot)
+        };
+        let (caller, bot) = record(16000);
+        assert_eq!(caller.len(), 16000);
+        assert_eq!(caller, wide, "the caller's 16 kHz audio, sample for sample");
+        // The prompt went through one resampler: what a whole-file conversion gives,
+        // but for its group delay (the same for every piece).
+        let mut up = Resampler::new(8000, 16000);
+        assert_eq!(bot, up.process(&prompt));
+        let (caller8, _) = record(8000);
+        let full = power_at(&wide[1000..15000], 16000, 6000.0);
+        let at16 = power_at(&caller[1000..15000], 16000, 6000.0);
+        let up8 = crate::core::resample::convert(&caller8, 8000, 16000);
+        assert!(at16 > 0.99 * full);
+        assert!(power_at(&up8[1000..15000], 16000, 6000.0) < 1e-3 * full, "an 8 kHz recording cannot carry 6 kHz");
         std::fs::remove_dir_all(spool).unwrap();
     }
 

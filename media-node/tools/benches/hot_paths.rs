@@ -53,7 +53,7 @@ fn main() {
     let mut frames = Vec::new();
     bench("listener frame 16 kHz (resample + s16le)", secs, |f| {
         frames.clear();
-        fmt.push(f, &mut frames);
+        fmt.push(f, &[], &mut frames);
         black_box(&frames);
     });
     let mut enc = Vec::with_capacity(160);
@@ -94,7 +94,7 @@ fn main() {
     let mut writer = RecordingWriter::create(spec, &dir, 0).unwrap();
     let mut pos = 0u64;
     bench("recording writer, mono 8 kHz (mix + WAV)", secs, |f| {
-        writer.add_caller(pos, f);
+        writer.add_caller(pos, f, &[]);
         writer.add_bot(pos, f);
         pos += f.len() as u64;
         if pos.is_multiple_of(800) && pos >= 4000 {

@@ -83,7 +83,13 @@ impl Redactor {
             let until = until.unwrap_or(u64::MAX);
             let (a, b) = (from.max(start), until.min(end));
             if a < b {
-                h.pcm[(a - start) as usize..(b - start) as usize].fill(0);
+                let (from, to) = ((a - start) as usize, (b - start) as usize);
+                h.pcm[from..to].fill(0);
+                // The 16 kHz copy a wideband call carries is silenced alike: the agent
+                // and a 16 kHz recording hear it, not the 8 kHz audio.
+                if let Some(w) = h.wide.get_mut(2 * from..2 * to) {
+                    w.fill(0);
+                }
                 self.silenced += b - a;
             }
         }
@@ -108,7 +114,7 @@ mod tests {
     use crate::core::goertzel;
 
     fn heard(pos: u64, pcm: &[i16]) -> Heard {
-        Heard { pos, wall_pos: pos, pcm: pcm.to_vec(), concealed: false, late: false }
+        Heard { pos, wall_pos: pos, pcm: pcm.to_vec(), wide: Vec::new(), concealed: false, late: false }
     }
 
     /// Runs 8 kHz audio through the detector and the redactor 20 ms at a time, as the
