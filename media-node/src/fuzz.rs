@@ -156,7 +156,6 @@ mod driver {
 mod targets {
     use std::net::SocketAddr;
     use std::path::Component;
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use super::driver::{fuzz, Bytes};
@@ -246,7 +245,7 @@ mod targets {
         let mut out = Outputs::default();
         let peers: [SocketAddr; 3] = ["127.0.0.1:4000".parse().unwrap(), "127.0.0.2:4000".parse().unwrap(), "[::1]:4002".parse().unwrap()];
         let mut now = t0;
-        s.handle_command(Command::Play { id: 1, pcm: Arc::from(vec![100i16; 800]), barge_in: None }, &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![100i16; 800].into(), barge_in: None }, &mut out);
         while !b.is_empty() {
             now += Duration::from_millis(b.u8() as u64);
             let from = b.u8();
@@ -464,7 +463,7 @@ mod targets {
         use crate::audio::tts::{StreamDecoder, StreamFormat};
         let Some((&cut, stream)) = data.split_first() else { return };
         let run = |size: usize| {
-            let mut d = StreamDecoder::new(StreamFormat::OggOpus).expect("built with opus");
+            let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).expect("built with opus");
             let mut pcm = Vec::new();
             for c in stream.chunks(size) {
                 match d.decode(c) {

@@ -268,20 +268,22 @@ impl Node {
     }
 
     /// Loads a file:// prompt as call PCM through the cache.
-    pub async fn load_prompt(&self, relative: &Path) -> Result<Arc<[i16]>, NodeError> {
+    /// A `file://` prompt's audio at `rate` (the call's 8 kHz, or 16 kHz for the copy a
+    /// wideband call sends), from the cache when it holds it.
+    pub async fn load_prompt(&self, relative: &Path, rate: u32) -> Result<Arc<[i16]>, NodeError> {
         let full = uri::resolve_under(&self.config.assets_root, relative)?;
         let meta = tokio::fs::metadata(&full).await.map_err(|e| NodeError::Read(e.to_string()))?;
         if !meta.is_file() {
             return Err(NodeError::Uri(UriError::NotFound(relative.display().to_string())));
         }
-        let key = PromptKey { path: full.clone(), modified: meta.modified().ok(), len: meta.len() };
+        let key = PromptKey { path: full.clone(), modified: meta.modified().ok(), len: meta.len(), rate };
         if let Some(pcm) = lock(&self.prompts).get(&key) {
             self.metrics.cache_lookups.with_label_values(&["hit"]).inc();
             return Ok(pcm);
         }
         self.metrics.cache_lookups.with_label_values(&["miss"]).inc();
         let bytes = tokio::fs::read(&full).await.map_err(|e| NodeError::Read(e.to_string()))?;
-        let pcm: Arc<[i16]> = tokio::task::spawn_blocking(move || decode::prompt_to_call_pcm(&bytes))
+        let pcm: Arc<[i16]> = tokio::task::spawn_blocking(move || decode::prompt_to_pcm(&bytes, rate))
             .await
             .map_err(|e| NodeError::Read(e.to_string()))??
             .into();

@@ -139,6 +139,17 @@ fn onset_correlation(reference: &[i16], heard: &[i16], window: usize) -> (f64, u
 /// m-line: ffmpeg takes one), recording 2.5 s at `rate` to the returned WAV; ready
 /// once its RTP socket is bound.
 async fn ffmpeg_rtp_receiver(dir: &std::path::Path, sdp: &str, port: u16, rate: u32) -> (std::process::Child, std::path::PathBuf) {
+    ffmpeg_rtp_receiver_for(dir, sdp, port, rate, 2.5).await
+}
+
+/// As `ffmpeg_rtp_receiver`, recording `seconds`.
+async fn ffmpeg_rtp_receiver_for(
+    dir: &std::path::Path,
+    sdp: &str,
+    port: u16,
+    rate: u32,
+    seconds: f64,
+) -> (std::process::Child, std::path::PathBuf) {
     let ffmpeg = which_ffmpeg().expect("ffmpeg is installed by scripts/test (apt-get install ffmpeg)");
     let sdp_path = dir.join("call.sdp");
     std::fs::write(&sdp_path, sdp).unwrap();
@@ -146,7 +157,7 @@ async fn ffmpeg_rtp_receiver(dir: &std::path::Path, sdp: &str, port: u16, rate: 
     let receiver = Command::new(&ffmpeg)
         .args(["-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file,udp,rtp", "-i"])
         .arg(&sdp_path)
-        .args(["-t", "2.5", "-ar", &rate.to_string(), "-ac", "1", "-y"])
+        .args(["-t", &seconds.to_string(), "-ar", &rate.to_string(), "-ac", "1", "-y"])
         .arg(&heard_wav)
         .stdin(Stdio::null())
         .spawn()
@@ -620,96 +631,147 @@ async fn tts_streams_in_ogg_opus_and_raw_opus_packets_reach_the_caller() {
     assert_eq!(e.message(), "audio_format 9 is not one the node knows");
 }
 
-/// The strongest 6 kHz in any 100 ms of `x` (at `rate`), windows 50 ms apart.
-fn peak_6khz(x: &[i16], rate: u32) -> f64 {
+/// The strongest `freq` in any 100 ms of `x` (at `rate`), windows 50 ms apart.
+fn peak_at(x: &[i16], rate: u32, freq: f64) -> f64 {
     let w = rate as usize / 10;
     (0..x.len().saturating_sub(w))
         .step_by(w / 2)
-        .map(|i| media_node::core::goertzel::power_at(&x[i..i + w], rate, 6000.0))
+        .map(|i| media_node::core::goertzel::power_at(&x[i..i + w], rate, freq))
         .fold(0.0, f64::max)
 }
 
-/// Wideband inside, end to end over real UDP: ffmpeg, as the far end of a call set up
-/// by SDP, sends a sentence and then a 6 kHz tone in `codec` (its own encoder's
-/// arguments in `ffmpeg_codec`, the WAV it reads at `wav_rate`). The agent's 16 kHz
-/// listener and a 16 kHz recording carry the sentence and the tone at close to its
-/// level; an 8 kHz listener of the same call, the telephone-band path every call had
-/// before, carries none of the tone.
-async fn a_wideband_caller_reaches_the_agent_and_the_recording_at_16k(
+/// Wideband both ways, end to end over real UDP, with ffmpeg as the far end of a call
+/// set up by SDP (`offer_media`: its m= section; `receiver_media`: the agreed codec
+/// alone, as ffmpeg takes one).
+/// - In: ffmpeg sends a sentence and then a 6 kHz tone (its own encoder's arguments in
+///   `ffmpeg_codec`, from a WAV at `wav_rate`). The agent's 16 kHz listener and a 16 kHz
+///   recording carry the sentence and the tone at close to its level; an 8 kHz listener
+///   of the same call, the telephone-band path every call had before, carries none of it.
+/// - Out: the node plays a 16 kHz prompt with a 6 kHz tone, then a 16 kHz TTS stream
+///   with a 5 kHz one; ffmpeg decodes both tones, and the recording's bot channel has them.
+async fn a_wideband_call_carries_16k_both_ways(
     port_min: u16,
     offer_media: &str,
+    receiver_media: &str,
     wav_rate: u32,
     ffmpeg_codec: &[&str],
 ) {
     use media_node::core::resample::convert;
+    use media_proto::pb::stream_audio_to_call_request::AudioFormat;
     let mut node = TestNode::start_with(port_min, 10, |c| c.symmetric_rtp = false).await;
     let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "wideband".into() }).await.unwrap().into_inner();
     let port = alloc.rtp_port;
-    let offer = format!("v=0\r\no=far 9 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{offer_media}a=sendrecv\r\n");
+    let head = "v=0\r\no=far 9 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n";
+    let offer = format!("{head}{offer_media}a=sendrecv\r\n");
     let r = node.client.negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: offer, ..Default::default() }).await;
     let media = r.expect("NegotiateSdp answers the offer").into_inner().media.expect("what was agreed");
     println!("wideband: agreed {} at {}", media.codec, media.clock_rate);
+    let recv_port: u16 = media.remote_rtp_addr.rsplit(':').next().unwrap().parse().unwrap();
     let wide16 = node.listen(port, 16000).await;
     let narrow8 = node.listen(port, 8000).await;
     let rec = StartRecordingRequest {
         server_rtp_port: port,
         output_uri: "file://calls".into(),
         sample_rate: Some(16000),
-        format: Some("mono".into()),
+        format: Some("stereo".into()),
         call_id: "wideband".into(),
         ..Default::default()
     };
     node.client.start_recording(rec).await.unwrap();
 
-    // A sentence (espeak-ng), a breath, then 1.5 s of a 6 kHz tone: speech tells where
-    // the audio is, the tone is what only a wideband path can carry.
+    // The caller: a sentence (espeak-ng), a breath, then 1.5 s of a 6 kHz tone: speech
+    // tells where the audio is, the tone is what only a wideband path can carry.
     let speech = convert(&fleet_tests::voice::espeak_8k("Your parcel will arrive on Thursday."), 8000, 16000);
     let high = tone(6000.0, 16000, 24000);
     let source: Vec<i16> = [vec![0; 4000], speech.clone(), vec![0; 4000], high.iter().map(|s| s / 2).collect(), vec![0; 8000]].concat();
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("caller.wav");
     std::fs::write(&wav, media_node::audio::decode::wav_bytes(&convert(&source, 16000, wav_rate), wav_rate)).unwrap();
+    // The node: a 16 kHz prompt (a 6 kHz tone), then 16 kHz TTS (a 5 kHz tone); ffmpeg
+    // records less than the 3.4 s they last (it waits for packets until it has it all).
+    let prompt: Vec<i16> = [vec![0; 3200], tone(6000.0, 16000, 19200).iter().map(|s| s / 2).collect()].concat();
+    node.write_prompt("prompt.wav", &prompt, 16000);
+    let tts: Vec<i16> = tone(5000.0, 16000, 32000).iter().map(|s| s / 2).collect();
+    let (receiver, heard_wav) = ffmpeg_rtp_receiver_for(dir.path(), &format!("{head}{receiver_media}"), recv_port, 16000, 2.6).await;
     let sender = ffmpeg_rtp_sender(&wav, ffmpeg_codec, port);
-    assert!(tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap(), "ffmpeg sent it all");
+    assert_eq!(node.play(port, "file://prompt.wav").await.unwrap().message, "finished");
+    let chunks: Vec<StreamAudioToCallRequest> = tts
+        .chunks(3200)
+        .map(|c| StreamAudioToCallRequest {
+            call_id: "wideband".into(),
+            audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            audio_format: AudioFormat::PcmS16le16k as i32,
+            ..Default::default()
+        })
+        .collect();
+    let mut responses = node.client.stream_audio_to_call(tokio_stream::iter(chunks)).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(r) = responses.message().await.unwrap() {
+        last = Some(r);
+    }
+    assert!(last.expect("a final response").success, "the TTS played");
+    let sender_ok = tokio::task::spawn_blocking(move || wait_with_timeout(sender, Duration::from_secs(30))).await.unwrap();
+    let mut receiver = receiver;
+    let receiver_ok = tokio::task::spawn_blocking(move || wait_with_timeout_ref(&mut receiver, Duration::from_secs(30))).await.unwrap();
+    assert!(sender_ok && receiver_ok, "ffmpeg exited cleanly");
     sleep_ms(300).await;
     let stop = node.client.stop_recording(StopRecordingRequest { server_rtp_port: port }).await.unwrap().into_inner();
     let m = node.metrics().await;
     node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
     assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total") + metric_value(&m, "media_rtp_decode_errors_total"), 0.0);
 
+    // In: the caller's audio at the agent and in the recording's caller channel.
     let heard16 = pcm_of(&wide16.await.unwrap().0);
     let heard8 = pcm_of(&narrow8.await.unwrap().0);
     let path = node.assets_path().join("recordings").join(stop.recording_uri.trim_start_matches("file://"));
-    let (recorded, rate) = fleet_tests::voice::read_wav(&path);
-    assert_eq!(rate, 16000);
-    let sent = peak_6khz(&source, 16000);
+    let mut wav = hound::WavReader::open(&path).unwrap();
+    assert_eq!((wav.spec().sample_rate, wav.spec().channels), (16000, 2));
+    let both: Vec<i16> = wav.samples::<i16>().map(Result::unwrap).collect();
+    let (rec_caller, rec_bot): (Vec<i16>, Vec<i16>) = both.chunks_exact(2).map(|f| (f[0], f[1])).unzip();
+    let sent = peak_at(&source, 16000, 6000.0);
     let (c, lag) = onset_correlation(&speech, &heard16, 16000);
     println!("wideband: the 16 kHz listener's speech correlates {c:.3} (lag {lag})");
     assert!(c > 0.85, "the 16 kHz listener heard the sentence: {c:.3} at lag {lag}");
-    let (c, lag) = onset_correlation(&speech, &recorded, 16000);
+    let (c, lag) = onset_correlation(&speech, &rec_caller, 16000);
     println!("wideband: the 16 kHz recording's speech correlates {c:.3} (lag {lag})");
     assert!(c > 0.85, "the 16 kHz recording has the sentence: {c:.3} at lag {lag}");
-    let (l16, r16, l8) =
-        (peak_6khz(&heard16, 16000) / sent, peak_6khz(&recorded, 16000) / sent, peak_6khz(&convert(&heard8, 8000, 16000), 16000) / sent);
-    println!("wideband: 6 kHz power kept, of what was sent: listener 16 kHz {l16:.3}, recording 16 kHz {r16:.3}, listener 8 kHz {l8:.6}");
+    let at6 = |x: &[i16]| peak_at(x, 16000, 6000.0);
+    let (l16, r16, l8) = (at6(&heard16) / sent, at6(&rec_caller) / sent, at6(&convert(&heard8, 8000, 16000)) / sent);
+    println!(
+        "wideband in: 6 kHz power kept, of what was sent: listener 16 kHz {l16:.3}, recording 16 kHz {r16:.3}, listener 8 kHz {l8:.6}"
+    );
     assert!(l16 > 0.3, "the 6 kHz tone reached the agent's 16 kHz stream: {l16:.3} of its power");
     assert!(r16 > 0.3, "the 6 kHz tone is in the 16 kHz recording: {r16:.3} of its power");
     assert!(l8 < 0.01, "an 8 kHz path cannot carry it: {l8:.6}");
+
+    // Out: what ffmpeg decoded of the node's prompt and TTS, and the bot channel.
+    let (theirs, rate) = fleet_tests::voice::read_wav(&heard_wav);
+    assert_eq!(rate, 16000);
+    let (p6, t5) = (peak_at(&prompt, 16000, 6000.0), peak_at(&tts, 16000, 5000.0));
+    let (f6, f5) = (peak_at(&theirs, 16000, 6000.0) / p6, peak_at(&theirs, 16000, 5000.0) / t5);
+    let (b6, b5) = (peak_at(&rec_bot, 16000, 6000.0) / p6, peak_at(&rec_bot, 16000, 5000.0) / t5);
+    println!(
+        "wideband out: power kept at ffmpeg: prompt's 6 kHz {f6:.3}, TTS's 5 kHz {f5:.3}; in the recording's bot channel {b6:.3}, {b5:.3}"
+    );
+    assert!(f6 > 0.3 && f5 > 0.3, "the caller heard the prompt's and the TTS's 16 kHz audio: {f6:.3}, {f5:.3}");
+    assert!(b6 > 0.3 && b5 > 0.3, "the recording has what the caller heard: {b6:.3}, {b5:.3}");
 }
 
 /// G.722 from ffmpeg's own encoder, offered as a desk phone does (static type 9).
 #[tokio::test]
-async fn a_g722_caller_reaches_the_agent_and_the_recording_in_wideband() {
+async fn a_g722_call_carries_16k_audio_both_ways() {
     let offer = "m=audio 30255 RTP/AVP 9 0 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
-    a_wideband_caller_reaches_the_agent_and_the_recording_at_16k(30240, offer, 16000, &["-ar", "16000", "-acodec", "g722"]).await;
+    let receiver = "m=audio 30255 RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n";
+    a_wideband_call_carries_16k_both_ways(30240, offer, receiver, 16000, &["-ar", "16000", "-acodec", "g722"]).await;
 }
 
 #[cfg(feature = "opus")]
 /// Opus from ffmpeg's libopus at 48 kHz, offered as a WebRTC gateway does.
 #[tokio::test]
-async fn an_opus_caller_reaches_the_agent_and_the_recording_in_wideband() {
+async fn an_opus_call_carries_16k_audio_both_ways() {
     let offer =
         "m=audio 30275 RTP/AVP 111 126\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\na=rtpmap:126 telephone-event/48000\r\n";
+    let receiver = "m=audio 30275 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
     let args = ["-ar", "48000", "-acodec", "libopus", "-b:a", "32k", "-application", "voip", "-payload_type", "111"];
-    a_wideband_caller_reaches_the_agent_and_the_recording_at_16k(30260, offer, 48000, &args).await;
+    a_wideband_call_carries_16k_both_ways(30260, offer, receiver, 48000, &args).await;
 }

@@ -1,6 +1,7 @@
 //! Decoded prompts kept in memory, bounded in bytes, least recently used out first.
 //! An entry is keyed by path and the file's modification time and size, so an edited
-//! prompt is picked up without a restart.
+//! prompt is picked up without a restart, and by the rate it was decoded at: a
+//! wideband call's 16 kHz copy of a prompt is an entry of its own.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ pub struct PromptKey {
     pub path: PathBuf,
     pub modified: Option<SystemTime>,
     pub len: u64,
+    /// The rate the audio was decoded at.
+    pub rate: u32,
 }
 
 struct Entry {
@@ -74,7 +77,7 @@ mod tests {
     use super::*;
 
     fn key(name: &str) -> PromptKey {
-        PromptKey { path: name.into(), modified: None, len: 0 }
+        PromptKey { path: name.into(), modified: None, len: 0, rate: 8000 }
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Turning prompt bytes into the call's 8 kHz mono PCM: any WAV sample format,
-//! channel count and rate (downmixed, then band-limited resampling), and FLAC, MP3
-//! and Ogg Vorbis through symphonia (found by their content, not their name). Ogg
-//! Opus is demuxed by symphonia, which has no Opus decoder, and decoded by libopus
-//! (the call's codec already) straight to 8 kHz.
+//! Turning prompt bytes into mono PCM at the call's 8 kHz (or 16 kHz, the copy a
+//! wideband call sends): any WAV sample format, channel count and rate (downmixed, then
+//! band-limited resampling), and FLAC, MP3 and Ogg Vorbis through symphonia (found by
+//! their content, not their name). Ogg Opus is demuxed by symphonia, which has no Opus
+//! decoder, and decoded by libopus (the call's codec already) straight to the rate.
 
 use std::io::Cursor;
 
@@ -31,13 +31,18 @@ pub enum DecodeError {
 /// A prompt file's audio at the call's rate: WAV as always, else FLAC, MP3 or Ogg
 /// Vorbis. A corrupt frame in a compressed prompt is skipped, as players do.
 pub fn prompt_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
-    if bytes.starts_with(b"RIFF") || bytes.starts_with(b"RIFX") {
-        return wav_to_call_pcm(bytes);
-    }
-    compressed_to_call_pcm(bytes)
+    prompt_to_pcm(bytes, CALL_RATE)
 }
 
-fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
+/// As `prompt_to_call_pcm`, at `out_rate` (8000 or 16000; libopus decodes at either).
+pub fn prompt_to_pcm(bytes: &[u8], out_rate: u32) -> Result<Vec<i16>, DecodeError> {
+    if bytes.starts_with(b"RIFF") || bytes.starts_with(b"RIFX") {
+        return wav_to_pcm(bytes, out_rate);
+    }
+    compressed_to_pcm(bytes, out_rate)
+}
+
+fn compressed_to_pcm(bytes: &[u8], out_rate: u32) -> Result<Vec<i16>, DecodeError> {
     use symphonia::core::audio::SampleBuffer;
     use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
     use symphonia::core::errors::Error;
@@ -62,7 +67,7 @@ fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
         return Err(DecodeError::Rate(rate));
     }
     if params.codec == symphonia::core::codecs::CODEC_TYPE_OPUS {
-        return ogg_opus_to_call_pcm(format.as_mut(), track_id, params.delay.unwrap_or(0));
+        return ogg_opus_to_pcm(format.as_mut(), track_id, params.delay.unwrap_or(0), out_rate);
     }
     let mut decoder = symphonia::default::get_codecs().make(&params, &DecoderOptions::default()).map_err(bad)?;
     let mut mono: Vec<i16> = Vec::new();
@@ -85,23 +90,24 @@ fn compressed_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
     if mono.is_empty() {
         return Err(DecodeError::Format("no audio in it".into()));
     }
-    Ok(resample::convert(&mono, rate, CALL_RATE))
+    Ok(resample::convert(&mono, rate, out_rate))
 }
 
-/// Ogg Opus (RFC 7845) by libopus at the call's rate: any channel count decodes to
+/// Ogg Opus (RFC 7845) by libopus at `out_rate`: any channel count decodes to
 /// mono, OpusHead's pre-skip (`pre_skip`, 48 kHz samples: the encoder's delay) is
 /// dropped from the start and the demuxer's end trim (the last granule position) kept,
 /// and a packet libopus refuses is skipped like a corrupt frame elsewhere.
 #[cfg(feature = "opus")]
-fn ogg_opus_to_call_pcm(
+fn ogg_opus_to_pcm(
     format: &mut dyn symphonia::core::formats::FormatReader,
     track_id: u32,
     pre_skip: u32,
+    out_rate: u32,
 ) -> Result<Vec<i16>, DecodeError> {
     // Opus's clock is 48 kHz whatever it decodes to.
-    const PER_CALL_SAMPLE: usize = 48_000 / CALL_RATE as usize;
+    let per_sample = (48_000 / out_rate) as usize;
     let mut decoder =
-        crate::core::opus::OpusDecoder::new(CALL_RATE).ok_or_else(|| DecodeError::Format("libopus refused a decoder".into()))?;
+        crate::core::opus::OpusDecoder::new(out_rate).ok_or_else(|| DecodeError::Format("libopus refused a decoder".into()))?;
     let mut pcm = Vec::new();
     let mut frame = Vec::new();
     while let Some(packet) = next_packet(format, track_id)? {
@@ -111,11 +117,11 @@ fn ogg_opus_to_call_pcm(
         }
         // symphonia 0.5 carries the pre-skip in the track's delay but does not trim
         // packets by it; the end trim it does give.
-        let end = frame.len().saturating_sub(packet.trim_end() as usize / PER_CALL_SAMPLE);
+        let end = frame.len().saturating_sub(packet.trim_end() as usize / per_sample);
         pcm.extend_from_slice(&frame[..end]);
-        check_length(pcm.len(), CALL_RATE)?;
+        check_length(pcm.len(), out_rate)?;
     }
-    pcm.drain(..(pre_skip as usize / PER_CALL_SAMPLE).min(pcm.len()));
+    pcm.drain(..(pre_skip as usize / per_sample).min(pcm.len()));
     if pcm.is_empty() {
         return Err(DecodeError::Format("no audio in it".into()));
     }
@@ -123,7 +129,7 @@ fn ogg_opus_to_call_pcm(
 }
 
 #[cfg(not(feature = "opus"))]
-fn ogg_opus_to_call_pcm(_: &mut dyn symphonia::core::formats::FormatReader, _: u32, _: u32) -> Result<Vec<i16>, DecodeError> {
+fn ogg_opus_to_pcm(_: &mut dyn symphonia::core::formats::FormatReader, _: u32, _: u32, _: u32) -> Result<Vec<i16>, DecodeError> {
     Err(DecodeError::Format("Ogg Opus needs the node built with the opus feature (libopus)".into()))
 }
 
@@ -154,6 +160,11 @@ fn check_length(samples: usize, rate: u32) -> Result<(), DecodeError> {
 }
 
 pub fn wav_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
+    wav_to_pcm(bytes, CALL_RATE)
+}
+
+/// A WAV's audio, mono at `out_rate`.
+pub fn wav_to_pcm(bytes: &[u8], out_rate: u32) -> Result<Vec<i16>, DecodeError> {
     let mut reader = hound::WavReader::new(Cursor::new(bytes))?;
     let spec = reader.spec();
     if spec.channels == 0 {
@@ -180,12 +191,17 @@ pub fn wav_to_call_pcm(bytes: &[u8]) -> Result<Vec<i16>, DecodeError> {
             (avg * 32767.0).round().clamp(-32768.0, 32767.0) as i16
         })
         .collect();
-    Ok(resample::convert(&mono, spec.sample_rate, CALL_RATE))
+    Ok(resample::convert(&mono, spec.sample_rate, out_rate))
 }
 
 pub fn pcm_bytes_to_call_pcm(bytes: &[u8], rate: u32) -> Vec<i16> {
+    pcm_bytes_to_pcm(bytes, rate, CALL_RATE)
+}
+
+/// s16le mono PCM at `rate`, brought to `out_rate`.
+pub fn pcm_bytes_to_pcm(bytes: &[u8], rate: u32, out_rate: u32) -> Vec<i16> {
     let samples: Vec<i16> = bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
-    resample::convert(&samples, rate, CALL_RATE)
+    resample::convert(&samples, rate, out_rate)
 }
 
 /// Encodes mono s16 PCM as a WAV file in memory.

@@ -2,6 +2,9 @@
 //! any length (a chunk may split a sample), turned into the call's 8 kHz PCM. The
 //! decoder keeps the odd byte and the resampler's history across chunks, so the audio
 //! is the same however the sender cut it.
+//!
+//! For a call in a wideband codec the decoder also keeps the stream's 16 kHz audio
+//! (`take_wide`), so the caller hears the TTS engine's own wideband speech.
 
 use crate::core::resample::Resampler;
 
@@ -13,6 +16,9 @@ pub struct TtsDecoder {
     /// The first byte of a sample whose second byte is in the next chunk.
     carry: Option<u8>,
     samples: Vec<i16>,
+    /// Keep the 16 kHz samples too (a wideband call), for `take_wide`.
+    keep_wide: bool,
+    wide: Vec<i16>,
 }
 
 impl Default for TtsDecoder {
@@ -23,7 +29,18 @@ impl Default for TtsDecoder {
 
 impl TtsDecoder {
     pub fn new() -> TtsDecoder {
-        TtsDecoder { resampler: Resampler::new(TTS_RATE, super::CALL_RATE), carry: None, samples: Vec::new() }
+        TtsDecoder {
+            resampler: Resampler::new(TTS_RATE, super::CALL_RATE),
+            carry: None,
+            samples: Vec::new(),
+            keep_wide: false,
+            wide: Vec::new(),
+        }
+    }
+
+    /// A decoder that also keeps the stream's 16 kHz audio (`take_wide`).
+    pub fn wideband() -> TtsDecoder {
+        TtsDecoder { keep_wide: true, ..TtsDecoder::new() }
     }
 
     /// The call PCM of one chunk (empty for a keep-alive, or while too little came).
@@ -43,7 +60,16 @@ impl TtsDecoder {
         if self.samples.is_empty() {
             return Vec::new();
         }
+        if self.keep_wide {
+            self.wide.extend_from_slice(&self.samples);
+        }
         self.resampler.process(&self.samples)
+    }
+
+    /// The 16 kHz audio of what was decoded since the last call (a wideband decoder's;
+    /// empty otherwise).
+    pub fn take_wide(&mut self) -> Vec<i16> {
+        std::mem::take(&mut self.wide)
     }
 }
 
@@ -83,15 +109,21 @@ pub struct OpusStream {
     decoder: crate::core::opus::OpusDecoder,
     /// Ogg Opus's two header packets still to come (OpusHead, OpusTags).
     headers: u8,
-    /// Samples at the start still to drop (OpusHead's pre-skip, at the call's rate).
+    /// Samples at the start still to drop (OpusHead's pre-skip, at the decoder's rate).
     pre_skip: usize,
     packets: Vec<Vec<u8>>,
     chunks: u64,
+    /// A wideband call's: libopus decodes at 16 kHz, kept for `take_wide`, and this
+    /// brings it to the call's 8 kHz.
+    wide: Option<(Resampler, Vec<i16>)>,
 }
 
 impl StreamDecoder {
-    pub fn new(format: StreamFormat) -> Result<StreamDecoder, StreamError> {
+    /// A decoder for a call at 8 kHz; `wideband` (a call in G.722 or Opus) also keeps
+    /// the stream's 16 kHz audio for `take_wide`.
+    pub fn new(format: StreamFormat, wideband: bool) -> Result<StreamDecoder, StreamError> {
         match format {
+            StreamFormat::Pcm16k if wideband => Ok(StreamDecoder::Pcm(TtsDecoder::wideband())),
             StreamFormat::Pcm16k => Ok(StreamDecoder::Pcm(TtsDecoder::new())),
             #[cfg(feature = "opus")]
             StreamFormat::OggOpus | StreamFormat::OpusPackets => {
@@ -99,15 +131,30 @@ impl StreamDecoder {
                 Ok(StreamDecoder::Opus(Box::new(OpusStream {
                     ogg: ogg.then(super::ogg::OggPackets::default),
                     // libopus never refuses a decoder for a valid rate and one channel.
-                    decoder: crate::core::opus::OpusDecoder::new(super::CALL_RATE).ok_or(StreamError::NoOpus)?,
+                    decoder: crate::core::opus::OpusDecoder::new(if wideband { TTS_RATE } else { super::CALL_RATE })
+                        .ok_or(StreamError::NoOpus)?,
                     headers: if ogg { 2 } else { 0 },
                     pre_skip: 0,
                     packets: Vec::new(),
                     chunks: 0,
+                    wide: wideband.then(|| (Resampler::new(TTS_RATE, super::CALL_RATE), Vec::new())),
                 })))
             }
             #[cfg(not(feature = "opus"))]
-            StreamFormat::OggOpus | StreamFormat::OpusPackets => Err(StreamError::NoOpus),
+            StreamFormat::OggOpus | StreamFormat::OpusPackets => {
+                let _ = wideband;
+                Err(StreamError::NoOpus)
+            }
+        }
+    }
+
+    /// The 16 kHz audio of what `decode` gave since the last call: a wideband
+    /// decoder's, the same audio as its 8 kHz output; empty otherwise.
+    pub fn take_wide(&mut self) -> Vec<i16> {
+        match self {
+            StreamDecoder::Pcm(d) => d.take_wide(),
+            #[cfg(feature = "opus")]
+            StreamDecoder::Opus(o) => o.wide.as_mut().map(|(_, w)| std::mem::take(w)).unwrap_or_default(),
         }
     }
 
@@ -140,7 +187,8 @@ impl OpusStream {
                 if p.len() < 19 || !p.starts_with(b"OpusHead") {
                     return Err(StreamError::NotOpus(n));
                 }
-                self.pre_skip = usize::from(u16::from_le_bytes([p[10], p[11]])) * super::CALL_RATE as usize / 48_000;
+                let rate = if self.wide.is_some() { TTS_RATE } else { super::CALL_RATE };
+                self.pre_skip = usize::from(u16::from_le_bytes([p[10], p[11]])) * rate as usize / 48_000;
                 self.headers = 1;
                 continue;
             }
@@ -157,7 +205,14 @@ impl OpusStream {
             pcm.drain(before..before + skip);
             self.pre_skip -= skip;
         }
-        Ok(pcm)
+        match &mut self.wide {
+            // Decoded at 16 kHz: kept as it is, and brought to the call's rate.
+            Some((down, kept)) => {
+                kept.extend_from_slice(&pcm);
+                Ok(down.process(&pcm))
+            }
+            None => Ok(pcm),
+        }
     }
 }
 
@@ -188,6 +243,25 @@ mod tests {
         }
     }
 
+    /// A wideband call's decoder keeps the stream's own 16 kHz samples beside the
+    /// 8 kHz audio it gives, however the bytes are cut; an 8 kHz call's keeps none.
+    #[test]
+    fn a_wideband_decoder_keeps_the_16k_audio() {
+        let tone: Vec<i16> = (0..3200).map(|i| ((i as f64 * 6000.0 * std::f64::consts::TAU / 16000.0).sin() * 8000.0) as i16).collect();
+        let all = bytes(&tone);
+        let mut d = StreamDecoder::new(StreamFormat::Pcm16k, true).unwrap();
+        let (mut pcm, mut wide) = (Vec::new(), Vec::new());
+        for c in all.chunks(333) {
+            pcm.extend(d.decode(c).unwrap());
+            wide.extend(d.take_wide());
+        }
+        assert_eq!(wide, tone);
+        assert_eq!(pcm, TtsDecoder::new().decode(&all), "the 8 kHz audio is as before");
+        let mut narrow = StreamDecoder::new(StreamFormat::Pcm16k, false).unwrap();
+        narrow.decode(&all).unwrap();
+        assert!(narrow.take_wide().is_empty());
+    }
+
     #[test]
     fn a_lone_byte_waits_for_its_pair() {
         let mut d = TtsDecoder::new();
@@ -216,7 +290,7 @@ mod tests {
         use super::super::ogg::page;
         let tone: Vec<i16> = (0..8000).map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16).collect();
         let packets = opus_packets(&tone);
-        let mut raw = StreamDecoder::new(StreamFormat::OpusPackets).unwrap();
+        let mut raw = StreamDecoder::new(StreamFormat::OpusPackets, false).unwrap();
         let mut from_raw = Vec::new();
         for p in &packets {
             from_raw.extend(raw.decode(p).unwrap());
@@ -236,7 +310,7 @@ mod tests {
             stream.extend(page(3, 2 + k as u32, 0, 0, &refs));
         }
         for cut in [1usize, 13, 500, 100_000] {
-            let mut d = StreamDecoder::new(StreamFormat::OggOpus).unwrap();
+            let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
             let mut got = Vec::new();
             for c in stream.chunks(cut) {
                 got.extend(d.decode(c).unwrap());
@@ -248,13 +322,13 @@ mod tests {
     #[cfg(feature = "opus")]
     #[test]
     fn streams_that_are_not_opus_end_with_a_clear_error() {
-        let mut d = StreamDecoder::new(StreamFormat::OggOpus).unwrap();
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
         let vorbis = super::super::ogg::page(1, 0, 0, 2, &[b"\x01vorbis and the rest of its header"]);
         assert_eq!(d.decode(&vorbis), Err(StreamError::NotOpus(1)));
-        let mut d = StreamDecoder::new(StreamFormat::OggOpus).unwrap();
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
         let e = d.decode(&[0u8; 70_000]).unwrap_err();
         assert!(e.to_string().starts_with("audio_chunk 1: not an Ogg stream"), "{e}");
-        let mut d = StreamDecoder::new(StreamFormat::OpusPackets).unwrap();
+        let mut d = StreamDecoder::new(StreamFormat::OpusPackets, false).unwrap();
         // A code-3 packet that claims 0 frames is invalid (RFC 6716 §3.2.5).
         assert_eq!(d.decode(&[0x03, 0x00]), Err(StreamError::BadPacket(1, 2)));
     }

@@ -104,7 +104,7 @@ impl CallRecorder {
             w.add_caller(h.wall_pos, &h.pcm, &h.wide);
         }
         for p in &out.played {
-            w.add_bot(p.pos, &p.pcm);
+            w.add_bot(p.pos, &p.pcm, &p.wide);
         }
         let Some(upto) = self.schedule.due(now, w.flushed_until()) else { return };
         if let Err(e) = w.flush_until(upto) {

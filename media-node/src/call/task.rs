@@ -22,7 +22,7 @@ use crate::audio::listener::ListenerFormat;
 use crate::core::analysis::quality::sum_squares;
 use crate::core::analysis::{samples_to_ms, AnalysisConfig, Signal};
 use crate::core::jitter::JitterConfig;
-use crate::core::playback::{MarkFate, MarkId, PlaybackId, PlaybackOutcome};
+use crate::core::playback::{MarkFate, MarkId, PlaybackId, PlaybackOutcome, Sound};
 use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
 use crate::events::call::{to_broker, to_proto, CallClock, Happened};
@@ -102,7 +102,8 @@ pub enum CallCommand {
     Play {
         id: PlaybackId,
         uri: String,
-        pcm: Arc<[i16]>,
+        /// At 8 kHz, and at 16 kHz too for a call sending in a wideband codec.
+        pcm: Sound,
         target: Option<SocketAddr>,
         barge_in: Option<Duration>,
         /// How it ended, and how many ms of it went out.
@@ -185,6 +186,9 @@ pub struct CallHandle {
     pub sdp_version: std::sync::atomic::AtomicU64,
     /// The call's SDES keys across offers and answers.
     pub sdes: std::sync::Mutex<crate::core::srtp::sdes::CallSdes>,
+    /// The node sends in a wideband codec (G.722, Opus; set by NegotiateSdp): prompts
+    /// and TTS then bring their 16 kHz audio along for the caller.
+    pub wideband: std::sync::atomic::AtomicBool,
 }
 
 impl CallHandle {
@@ -209,9 +213,11 @@ struct Listener {
     frames: mpsc::Sender<Bytes>,
 }
 
-/// A piece of streamed TTS at the call's rate, and the agent's mark after it.
+/// A piece of streamed TTS at the call's rate (and at 16 kHz, or empty), and the
+/// agent's mark after it.
 pub struct TtsChunk {
     pub pcm: Vec<i16>,
+    pub wide: Vec<i16>,
     pub mark: Option<String>,
 }
 
@@ -319,6 +325,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         task: tokio::sync::Mutex::new(Some(join)),
         sdp_version: Default::default(),
         sdes: Default::default(),
+        wideband: Default::default(),
     })
 }
 
@@ -560,7 +567,7 @@ impl CallTask {
             return;
         }
         self.next_mark += 1;
-        self.session.handle_command(Command::Stream { pcm: Vec::new(), mark: Some(end_mark) }, &mut self.out);
+        self.session.handle_command(Command::Stream { pcm: Vec::new(), wide: Vec::new(), mark: Some(end_mark) }, &mut self.out);
         self.retired.push(retired);
     }
 
@@ -632,7 +639,7 @@ impl CallTask {
             }
             _ => None,
         };
-        self.session.handle_command(Command::Stream { pcm: chunk.pcm, mark }, &mut self.out);
+        self.session.handle_command(Command::Stream { pcm: chunk.pcm, wide: chunk.wide, mark }, &mut self.out);
     }
 
     /// Stores a recording in the background, on the serving runtime.

@@ -1,16 +1,17 @@
 //! The audio codecs a call may run, and one direction's codec state: what turns the
-//! call's 8 kHz audio into a payload and back. G.711 is stateless; G.722 carries its
-//! ADPCM state and converts between its 16 kHz and the call's 8 kHz at the edge; Opus
-//! (libopus) runs at 8 kHz itself, with in-band FEC, while RTP counts it at 48 kHz;
-//! G.729 (g729-sys, a pure-Rust port) is 10 ms frames of 10 bytes, Annex B's 2-byte SID
-//! frames understood on the way in.
+//! call's audio into a payload and back. G.711 is stateless; G.722 carries its ADPCM
+//! state at its 16 kHz; Opus (libopus) runs at 16 kHz, with in-band FEC, while RTP counts
+//! it at 48 kHz; G.729 (g729-sys, a pure-Rust port) is 10 ms frames of 10 bytes, Annex
+//! B's 2-byte SID frames understood on the way in.
 //!
 //! The call's timeline is 8 kHz for every codec (the jitter buffer's positions,
-//! playback, the analysis), and a wideband codec (G.722, Opus) also hands out what it
-//! decoded at 16 kHz beside it (`decode_wide`): the jitter buffer carries both, so the
-//! agent's 16 kHz listener and a 16 kHz recording get the caller's real wideband audio,
-//! not 8 kHz audio upsampled. Speech and DTMF analysis need no more than the telephone
-//! band and stay on the 8 kHz copy.
+//! playback, the analysis), and a wideband codec (G.722, Opus) carries 16 kHz audio
+//! beside it both ways: what it decoded (`decode_wide`), which the jitter buffer keeps
+//! with the 8 kHz copy, so the agent's 16 kHz listener and a 16 kHz recording get the
+//! caller's real wideband audio; and what the node plays (`encode_frame`), a prompt's or
+//! a TTS stream's own 16 kHz audio where it has one, so the caller hears it, not 8 kHz
+//! audio upsampled. Speech and DTMF analysis need no more than the telephone band and
+//! stay on the 8 kHz copy.
 
 use super::g711::Codec as G711;
 use super::g722::{G722Decoder, G722Encoder};
@@ -46,9 +47,9 @@ pub const MAX_PACKET_SAMPLES: u32 = 960;
 
 /// The payload type the node offers Opus on (dynamic; what WebRTC stacks use).
 pub const OPUS_PT: u8 = 111;
-/// Opus at the call's 8 kHz: 20 kbit/s leaves room for in-band FEC at 10 % loss.
+/// Opus wideband (16 kHz audio): 28 kbit/s, with room for in-band FEC at 10 % loss.
 #[cfg(feature = "opus")]
-const OPUS_BITRATE: i32 = 20_000;
+const OPUS_BITRATE: i32 = 28_000;
 #[cfg(feature = "opus")]
 const OPUS_EXPECTED_LOSS: i32 = 10;
 
@@ -90,6 +91,11 @@ impl AudioCodec {
 
     pub fn from_name(name: &str) -> Option<AudioCodec> {
         AudioCodec::ALL.iter().copied().find(|c| c.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// True for the codecs that carry 16 kHz audio (G.722, Opus).
+    pub fn is_wideband(self) -> bool {
+        matches!(self, AudioCodec::G722 | AudioCodec::Opus)
     }
 
     /// What SDP and RTP timestamps count (8000 for G.722 too, RFC 3551 §4.5.2; 48000
@@ -135,7 +141,8 @@ impl From<G711> for AudioCodec {
     }
 }
 
-/// One outbound direction: the call's 8 kHz frames to payloads.
+/// One outbound direction: the call's frames to payloads, from its 8 kHz audio or,
+/// for a wideband codec, from 16 kHz audio where the source has it.
 pub struct Encoder {
     pub codec: AudioCodec,
     state: EncoderState,
@@ -143,10 +150,12 @@ pub struct Encoder {
 
 enum EncoderState {
     G711(G711),
-    /// Boxed: its filter state is large next to the others.
+    /// Boxed: its filter state is large next to the others. The resampler brings 8 kHz
+    /// audio up to the codec's 16 kHz (a source with no 16 kHz copy).
     G722(Box<(Resampler, G722Encoder, Vec<i16>)>),
+    /// At 16 kHz, as G.722.
     #[cfg(feature = "opus")]
-    Opus(OpusEncoder),
+    Opus(Box<(Resampler, OpusEncoder, Vec<i16>)>),
     /// Without Annex B (the node answers annexb=no): a voice frame every 10 ms.
     G729(Box<g729_sys::Encoder>),
 }
@@ -158,10 +167,10 @@ impl Encoder {
             AudioCodec::Pcma => EncoderState::G711(G711::Pcma),
             AudioCodec::G722 => EncoderState::G722(Box::new((Resampler::new(8000, 16000), G722Encoder::new(), Vec::with_capacity(320)))),
             #[cfg(feature = "opus")]
-            AudioCodec::Opus => match OpusEncoder::new(8000, OPUS_BITRATE, OPUS_EXPECTED_LOSS) {
-                Some(e) => EncoderState::Opus(e),
+            AudioCodec::Opus => match OpusEncoder::new(WIDE_RATE, OPUS_BITRATE, OPUS_EXPECTED_LOSS) {
+                Some(e) => EncoderState::Opus(Box::new((Resampler::new(8000, WIDE_RATE), e, Vec::with_capacity(640)))),
                 // libopus refuses only bad arguments; these are fixed and valid.
-                None => unreachable!("libopus takes mono VoIP at 8 kHz"),
+                None => unreachable!("libopus takes mono VoIP at 16 kHz"),
             },
             // Never negotiated without the feature (it is not in AudioCodec::ALL).
             #[cfg(not(feature = "opus"))]
@@ -171,17 +180,27 @@ impl Encoder {
         Encoder { codec, state }
     }
 
+    /// Encodes 8 kHz audio (a wideband codec brings it up to its 16 kHz).
     pub fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) {
+        self.encode_frame(pcm, None, out)
+    }
+
+    /// Encodes a packet's audio: `pcm` at 8 kHz and, when its source has it, `wide`,
+    /// the same time at 16 kHz (twice the samples), which a wideband codec encodes as it
+    /// is; the others take `pcm`.
+    pub fn encode_frame(&mut self, pcm: &[i16], wide: Option<&[i16]>, out: &mut Vec<u8>) {
+        let wide = wide.filter(|w| w.len() == 2 * pcm.len());
         match &mut self.state {
             EncoderState::G711(c) => c.encode_into(pcm, out),
             EncoderState::G722(g) => {
-                let (up, enc, wide) = &mut **g;
-                wide.clear();
-                up.process_into(pcm, wide);
-                enc.encode_into(wide, out);
+                let (up, enc, buf) = &mut **g;
+                enc.encode_into(widened(up, buf, pcm, wide), out);
             }
             #[cfg(feature = "opus")]
-            EncoderState::Opus(enc) => enc.encode(pcm, out),
+            EncoderState::Opus(o) => {
+                let (up, enc, buf) = &mut **o;
+                enc.encode(widened(up, buf, pcm, wide), out);
+            }
             EncoderState::G729(enc) => {
                 out.clear();
                 let mut frame = [0i16; g729_sys::FRAME_SAMPLES];
@@ -304,6 +323,18 @@ impl Decoder {
 /// The rate a wideband codec's audio is carried at beside the 8 kHz timeline.
 pub const WIDE_RATE: u32 = 16000;
 
+/// A packet's 16 kHz audio: `wide` as it is, or `pcm` brought up into `buf`.
+fn widened<'a>(up: &mut Resampler, buf: &'a mut Vec<i16>, pcm: &[i16], wide: Option<&'a [i16]>) -> &'a [i16] {
+    match wide {
+        Some(w) => w,
+        None => {
+            buf.clear();
+            up.process_into(pcm, buf);
+            buf
+        }
+    }
+}
+
 /// 16 kHz audio decoded into `buf`: its 8 kHz copy onto `out`, itself onto `wide`.
 /// The resampler's counts are exact (an even number of samples halves exactly), so
 /// the two copies stay two to one however the packets are cut.
@@ -327,7 +358,7 @@ mod tests {
             for f in tone.chunks(160) {
                 enc.encode(f, &mut bytes);
                 if codec == AudioCodec::Opus {
-                    assert!((10..=100).contains(&bytes.len()), "Opus at 20 kbit/s: {} bytes", bytes.len());
+                    assert!((10..=140).contains(&bytes.len()), "Opus at 28 kbit/s (VBR): {} bytes", bytes.len());
                 } else if codec == AudioCodec::G729 {
                     assert_eq!(bytes.len(), 20, "G.729: two 10-byte frames in 20 ms");
                 } else {

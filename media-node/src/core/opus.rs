@@ -3,9 +3,9 @@
 //! or found on the host at build time but a C compiler and cmake). The wrapper is ours
 //! and small: create, encode, decode, conceal, recover from in-band FEC, destroy.
 //!
-//! Both ends run at the call's own 8 kHz (libopus encodes and decodes at 8, 12, 16, 24
-//! or 48 kHz natively), so no resampling is added here; RTP still counts 48000 a second
-//! (RFC 7587 §4.1), which the session scales.
+//! A call's encoder and decoder run at 16 kHz, wideband (libopus encodes and decodes
+//! at 8, 12, 16, 24 or 48 kHz natively, so no resampling is added here); RTP still
+//! counts 48000 a second (RFC 7587 §4.1), which the session scales.
 
 use std::ptr::NonNull;
 

@@ -1,6 +1,13 @@
 //! What the bot says: the prompt playing now, the streamed TTS queue behind it, and
-//! the echo queue used for loop tests. All 8 kHz PCM; the pacer pulls one 20 ms frame
-//! at a time. Barge-in is a method here: it drops everything queued at once.
+//! the echo queue used for loop tests. All 8 kHz PCM on the call's timeline; the pacer
+//! pulls one 20 ms frame at a time. Barge-in is a method here: it drops everything
+//! queued at once.
+//!
+//! For a call in a wideband codec a prompt or a stream may also bring the same audio
+//! at 16 kHz (`Sound::wide`): it is handed out frame by frame beside the 8 kHz frame
+//! (`wide_frame`), so the caller hears the prompt's or the TTS engine's own 16 kHz
+//! audio, not 8 kHz audio upsampled. Positions, marks and played time stay in 8 kHz
+//! samples.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,6 +15,29 @@ use std::sync::Arc;
 use super::jitter::FRAME_SAMPLES;
 
 pub type PlaybackId = u64;
+
+/// 16 kHz samples in one 20 ms frame.
+pub const WIDE_FRAME_SAMPLES: usize = 2 * FRAME_SAMPLES;
+
+/// A prompt's audio: at the call's 8 kHz, and at 16 kHz for a wideband call (about
+/// twice as long: a copy a sample short of that is padded with silence).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sound {
+    pub pcm: Arc<[i16]>,
+    pub wide: Option<Arc<[i16]>>,
+}
+
+impl From<Arc<[i16]>> for Sound {
+    fn from(pcm: Arc<[i16]>) -> Sound {
+        Sound { pcm, wide: None }
+    }
+}
+
+impl From<Vec<i16>> for Sound {
+    fn from(pcm: Vec<i16>) -> Sound {
+        Sound { pcm: pcm.into(), wide: None }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlaybackOutcome {
@@ -64,7 +94,7 @@ impl PlaybackOutcome {
 
 struct Prompt {
     id: PlaybackId,
-    pcm: Arc<[i16]>,
+    sound: Sound,
     pos: usize,
 }
 
@@ -88,6 +118,13 @@ pub enum MarkFate {
 pub struct Playback {
     prompt: Option<Prompt>,
     stream: VecDeque<i16>,
+    /// The stream's 16 kHz copy, kept beside `stream` while every piece queued since
+    /// the queue was last empty brought one (`stream_wide_ok`).
+    stream_wide: VecDeque<i16>,
+    stream_wide_ok: bool,
+    /// The last frame's 16 kHz copy, when its source had one.
+    wide: [i16; WIDE_FRAME_SAMPLES],
+    has_wide: bool,
     echo: VecDeque<i16>,
     echo_cap: usize,
     /// Streamed samples queued and sent so far (the stream's own clock, for marks).
@@ -103,6 +140,10 @@ impl Default for Playback {
         Playback {
             prompt: None,
             stream: VecDeque::new(),
+            stream_wide: VecDeque::new(),
+            stream_wide_ok: true,
+            wide: [0; WIDE_FRAME_SAMPLES],
+            has_wide: false,
             echo: VecDeque::new(),
             echo_cap: 8000,
             stream_pushed: 0,
@@ -115,9 +156,9 @@ impl Default for Playback {
 
 impl Playback {
     /// Starts a prompt, cutting whatever plays; returns the one cut, if any.
-    pub fn play(&mut self, id: PlaybackId, pcm: Arc<[i16]>) -> Option<Cut> {
+    pub fn play(&mut self, id: PlaybackId, sound: Sound) -> Option<Cut> {
         let cut = self.barge_in();
-        self.prompt = Some(Prompt { id, pcm, pos: 0 });
+        self.prompt = Some(Prompt { id, sound, pos: 0 });
         cut
     }
 
@@ -137,7 +178,19 @@ impl Playback {
         self.prompt.as_ref().filter(|p| p.pos == 0).map(|p| p.id)
     }
 
-    pub fn push_stream(&mut self, pcm: &[i16]) {
+    /// Queues streamed audio: `pcm` at 8 kHz and `wide`, the same at 16 kHz, or empty.
+    /// A piece without its 16 kHz copy makes the whole queue 8 kHz until it has played.
+    pub fn push_stream(&mut self, pcm: &[i16], wide: &[i16]) {
+        if self.stream.is_empty() {
+            self.stream_wide.clear();
+            self.stream_wide_ok = true;
+        }
+        if wide.is_empty() && !pcm.is_empty() {
+            self.stream_wide_ok = false;
+            self.stream_wide.clear();
+        } else if self.stream_wide_ok {
+            self.stream_wide.extend(wide);
+        }
         self.stream.extend(pcm);
         self.stream_pushed += pcm.len() as u64;
     }
@@ -155,6 +208,7 @@ impl Playback {
     /// Drops the queued stream; its marks are cleared.
     pub fn clear_stream(&mut self) {
         self.stream.clear();
+        self.stream_wide.clear();
         self.stream_pushed = self.stream_sent;
         self.fates.extend(self.marks.drain(..).map(|(_, id)| MarkFate::Cleared(id)));
     }
@@ -183,15 +237,29 @@ impl Playback {
         self.echo.clear();
     }
 
+    /// The 16 kHz copy of the frame `next_frame` last filled, when its source had one.
+    pub fn wide_frame(&self) -> Option<&[i16; WIDE_FRAME_SAMPLES]> {
+        self.has_wide.then_some(&self.wide)
+    }
+
     /// Fills one frame. Returns where it came from (None = nothing to send) and the
     /// prompt that finished in this frame, if one did.
     pub fn next_frame(&mut self, frame: &mut [i16; FRAME_SAMPLES]) -> (Option<FrameSource>, Option<Cut>) {
+        self.has_wide = false;
         if let Some(p) = &mut self.prompt {
-            let n = (p.pcm.len() - p.pos).min(FRAME_SAMPLES);
-            frame[..n].copy_from_slice(&p.pcm[p.pos..p.pos + n]);
+            let pcm = &p.sound.pcm;
+            let n = (pcm.len() - p.pos).min(FRAME_SAMPLES);
+            frame[..n].copy_from_slice(&pcm[p.pos..p.pos + n]);
             frame[n..].fill(0);
+            if let Some(wide) = &p.sound.wide {
+                let from = (2 * p.pos).min(wide.len());
+                let m = (wide.len() - from).min(2 * n);
+                self.wide[..m].copy_from_slice(&wide[from..from + m]);
+                self.wide[m..].fill(0);
+                self.has_wide = true;
+            }
             p.pos += n;
-            let finished = (p.pos >= p.pcm.len()).then_some(Cut { id: p.id, played: p.pos });
+            let finished = (p.pos >= pcm.len()).then_some(Cut { id: p.id, played: p.pos });
             if finished.is_some() {
                 self.prompt = None;
             }
@@ -205,6 +273,16 @@ impl Playback {
                 }
                 frame[n..].fill(0);
                 if source == FrameSource::Stream {
+                    if self.stream_wide_ok && !self.stream_wide.is_empty() {
+                        // Two to one, but for a sample at most (the streams' resamplers
+                        // round their counts up): what is short is silence.
+                        let m = self.stream_wide.len().min(2 * n);
+                        for (slot, s) in self.wide.iter_mut().zip(self.stream_wide.drain(..m)) {
+                            *slot = s;
+                        }
+                        self.wide[m..].fill(0);
+                        self.has_wide = true;
+                    }
                     self.stream_sent += n as u64;
                     while self.marks.front().is_some_and(|&(at, _)| at <= self.stream_sent) {
                         let (_, id) = self.marks.pop_front().unwrap();
@@ -239,7 +317,7 @@ mod tests {
     fn new_prompt_cuts_current_and_flushes_queues() {
         let mut pb = Playback::default();
         pb.play(1, vec![1i16; 8000].into());
-        pb.push_stream(&[2; 1600]);
+        pb.push_stream(&[2; 1600], &[]);
         let mut f = [0i16; FRAME_SAMPLES];
         pb.next_frame(&mut f);
         assert_eq!(pb.play(2, vec![3i16; 160].into()), Some(Cut { id: 1, played: 160 }), "one frame of it went out");
@@ -250,10 +328,46 @@ mod tests {
         assert_eq!(f, [3; FRAME_SAMPLES], "the very next frame is the new prompt");
     }
 
+    /// A prompt's and a stream's 16 kHz copies come out beside their 8 kHz frames, a
+    /// copy a sample short padded with silence; a stream piece without one makes the
+    /// queue 8 kHz until it has played; the echo has none.
+    #[test]
+    fn wide_copies_come_out_with_their_frames() {
+        let mut pb = Playback::default();
+        let mut f = [0i16; FRAME_SAMPLES];
+        let wide: Vec<i16> = (0..399).map(|i| i as i16).collect();
+        pb.play(1, Sound { pcm: vec![7; 200].into(), wide: Some(wide.clone().into()) });
+        pb.next_frame(&mut f);
+        assert_eq!(pb.wide_frame().unwrap()[..], wide[..320]);
+        assert_eq!(pb.next_frame(&mut f), (Some(FrameSource::Prompt), Some(Cut { id: 1, played: 200 })));
+        let w = pb.wide_frame().unwrap();
+        assert_eq!((&w[..79], w[79], &w[80..]), (&wide[320..], 0, &[0; 240][..]), "what is short is silence");
+        pb.push_stream(&[1; 160], &[2; 320]);
+        pb.push_stream(&[3; 80], &[4; 159]);
+        pb.next_frame(&mut f);
+        assert_eq!(pb.wide_frame(), Some(&[2; WIDE_FRAME_SAMPLES]));
+        pb.next_frame(&mut f);
+        assert_eq!(pb.wide_frame().unwrap()[..160], [[4; 159].as_slice(), &[0]].concat()[..]);
+        // A piece without a 16 kHz copy: the queue it joins goes out at 8 kHz.
+        pb.push_stream(&[5; 160], &[6; 320]);
+        pb.push_stream(&[5; 160], &[]);
+        pb.next_frame(&mut f);
+        assert_eq!((f, pb.wide_frame()), ([5; FRAME_SAMPLES], None));
+        pb.next_frame(&mut f);
+        assert_eq!(pb.wide_frame(), None);
+        // Once it has played, the next stream is wideband again.
+        pb.push_stream(&[8; 160], &[9; 320]);
+        pb.next_frame(&mut f);
+        assert_eq!(pb.wide_frame(), Some(&[9; WIDE_FRAME_SAMPLES]));
+        pb.push_echo(&[1; 160]);
+        pb.next_frame(&mut f);
+        assert_eq!(pb.wide_frame(), None);
+    }
+
     #[test]
     fn stream_plays_after_prompt() {
         let mut pb = Playback::default();
-        pb.push_stream(&[9; 200]);
+        pb.push_stream(&[9; 200], &[]);
         let mut f = [0i16; FRAME_SAMPLES];
         assert_eq!(pb.next_frame(&mut f).0, Some(FrameSource::Stream));
         assert_eq!(pb.next_frame(&mut f).0, Some(FrameSource::Stream));
@@ -267,11 +381,11 @@ mod tests {
         let mut f = [0i16; FRAME_SAMPLES];
         let mut fates = Vec::new();
         pb.mark(1); // nothing queued: played at once
-        pb.push_stream(&[1; 200]);
+        pb.push_stream(&[1; 200], &[]);
         pb.mark(2);
-        pb.push_stream(&[1; 100]);
+        pb.push_stream(&[1; 100], &[]);
         pb.mark(3);
-        pb.push_stream(&[1; 400]);
+        pb.push_stream(&[1; 400], &[]);
         pb.mark(4);
         pb.take_mark_fates(&mut fates);
         assert_eq!(fates, vec![MarkFate::Played(1)]);
@@ -286,7 +400,7 @@ mod tests {
         assert_eq!(fates[3..], [MarkFate::Cleared(4)]);
         assert_eq!(pb.stream_sent(), 320);
         // After the clear, a new stream's marks count from where the stream stands.
-        pb.push_stream(&[1; 160]);
+        pb.push_stream(&[1; 160], &[]);
         pb.mark(5);
         pb.next_frame(&mut f);
         pb.take_mark_fates(&mut fates);

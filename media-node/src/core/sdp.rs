@@ -294,10 +294,11 @@ pub const SUPPORTED: &[CodecSpec] = &[
     CodecSpec { name: "G729", clock: 8000, channels: 1 },
 ];
 
-/// What the node's answer and offer say of Opus: it plays up to 16 kHz (a wideband
-/// caller's audio reaches the agent as it was sent; more would be thrown away), and it
-/// sends in-band FEC.
-pub const OPUS_FMTP: &str = "maxplaybackrate=16000;sprop-maxcapturerate=8000;useinbandfec=1";
+/// What the node's answer and offer say of Opus: it plays and captures up to 16 kHz
+/// (wideband both ways: the caller's audio reaches the agent as it was sent, prompts
+/// and TTS reach the caller at 16 kHz; more would be thrown away), and it sends
+/// in-band FEC.
+pub const OPUS_FMTP: &str = "maxplaybackrate=16000;sprop-maxcapturerate=16000;useinbandfec=1";
 /// telephone-event at 48000 in the node's offer, beside Opus (101 is at 8000).
 pub const TELEPHONE_EVENT_48K_PT: u8 = 110;
 
@@ -670,7 +671,7 @@ mod tests {
         let o = offer(&plain);
         let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 3, 1);
         assert!(a.contains("m=audio 4000 RTP/AVP 111 126\r\n") && a.contains("a=rtpmap:111 opus/48000/2\r\n"), "{a}");
-        assert!(a.contains("a=fmtp:111 maxplaybackrate=16000;sprop-maxcapturerate=8000;useinbandfec=1\r\n"), "{a}");
+        assert!(a.contains("a=fmtp:111 maxplaybackrate=16000;sprop-maxcapturerate=16000;useinbandfec=1\r\n"), "{a}");
         assert!(a.contains("a=rtpmap:126 telephone-event/48000\r\n"), "{a}");
         assert!(a.contains("m=video 0 "), "the video line is refused: {a}");
         // opus/48000 without the /2 some stacks leave out is Opus too; by default

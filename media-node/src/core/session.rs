@@ -6,7 +6,6 @@
 //! tests feed made-up time in.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::analysis::echo_guard::EchoGuard;
@@ -16,7 +15,7 @@ use super::codec::{AudioCodec, ByCodec, Decoder, Encoder};
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
-use super::playback::{Cut, FrameSource, MarkFate, MarkId, Playback, PlaybackId, PlaybackOutcome};
+use super::playback::{Cut, FrameSource, MarkFate, MarkId, Playback, PlaybackId, PlaybackOutcome, Sound};
 use super::rtcp::{FarEndReport, RtcpState};
 use super::rtp::{self, Datagram, RtpHeader};
 use super::srtp::{CallKeys, Srtp, SrtpError};
@@ -65,7 +64,8 @@ impl SessionConfig {
 pub enum Command {
     Play {
         id: PlaybackId,
-        pcm: Arc<[i16]>,
+        /// At 8 kHz, and at 16 kHz too for a call in a wideband codec.
+        pcm: Sound,
         /// Cut the prompt when the caller speaks over it this long (the node's own
         /// barge-in); None lets the caller talk over it.
         barge_in: Option<std::time::Duration>,
@@ -76,9 +76,11 @@ pub enum Command {
     /// A target given alongside a prompt: used only while nothing better is known.
     SuggestTarget(SocketAddr),
     SetEcho(bool),
-    /// Streamed TTS, already at 8 kHz, and the agent's mark after it, if any.
+    /// Streamed TTS, already at 8 kHz (and at 16 kHz in `wide`, or empty), and the
+    /// agent's mark after it, if any.
     Stream {
         pcm: Vec<i16>,
+        wide: Vec<i16>,
         mark: Option<MarkId>,
     },
     /// Send DTMF digits as RFC 4733 events (durations in samples); the audio waits.
@@ -158,6 +160,9 @@ pub struct Transmit {
 pub struct Played {
     pub pos: u64,
     pub pcm: [i16; FRAME_SAMPLES],
+    /// The 16 kHz audio a wideband codec sent for it, when its source had it; empty
+    /// otherwise.
+    pub wide: Vec<i16>,
     pub source: FrameSource,
 }
 
@@ -322,6 +327,9 @@ pub struct Session {
     /// Audio of the packet being filled (ptime over 20 ms), and its timeline position
     /// and marker.
     pending: Vec<i16>,
+    /// The pending audio's 16 kHz copy (a wideband codec), while every frame in it had
+    /// one; else empty, and the packet is made from the 8 kHz audio.
+    pending_wide: Vec<i16>,
     pending_pos: u64,
     pending_marker: bool,
     /// How long after its audio's start a packet goes out: 0 up to 20 ms packets, else
@@ -381,6 +389,7 @@ impl Session {
             wall_start: cfg.wall_start,
             packet_samples: FRAME_SAMPLES,
             pending: Vec::with_capacity(FRAME_SAMPLES * 3),
+            pending_wide: Vec::new(),
             pending_pos: 0,
             pending_marker: false,
             send_delay: std::time::Duration::ZERO,
@@ -829,8 +838,8 @@ impl Session {
                     self.playback.clear_echo();
                 }
             }
-            Command::Stream { pcm, mark } => {
-                self.playback.push_stream(&pcm);
+            Command::Stream { pcm, wide, mark } => {
+                self.playback.push_stream(&pcm, &wide);
                 if let Some(id) = mark {
                     self.playback.mark(id);
                     self.emit_marks(out);
@@ -945,8 +954,9 @@ impl Session {
         true
     }
 
-    /// One packet of the node's audio from timeline position `pos`, encoded.
-    fn send_audio(&mut self, index: u64, pos: u64, marker: bool, pcm: &[i16], out: &mut Outputs) {
+    /// One packet of the node's audio from timeline position `pos` (`wide`: the same at
+    /// 16 kHz, when its source had it), encoded.
+    fn send_audio(&mut self, index: u64, pos: u64, marker: bool, pcm: &[i16], wide: Option<&[i16]>, out: &mut Outputs) {
         let header = RtpHeader {
             marker,
             payload_type: self.outbound_pt,
@@ -956,7 +966,7 @@ impl Session {
         };
         self.sequence = self.sequence.wrapping_add(1);
         let began = std::time::Instant::now();
-        self.encoder.encode(pcm, &mut self.encode_buf);
+        self.encoder.encode_frame(pcm, wide, &mut self.encode_buf);
         self.counters.codec_nanos.get_mut(self.encoder.codec).0 += began.elapsed().as_nanos() as u64;
         let payload = std::mem::take(&mut self.encode_buf);
         // When its audio starts on the call's clock (8 kHz: 125 µs a sample), and later
@@ -983,13 +993,20 @@ impl Session {
             return;
         }
         let mut packet = std::mem::take(&mut self.pending);
+        let mut wide = std::mem::take(&mut self.pending_wide);
         if self.encoder.codec == AudioCodec::Opus {
             let frame = [80, 160, 320, 480].into_iter().find(|n| *n >= packet.len()).unwrap_or(480);
             packet.resize(frame, 0);
+            if !wide.is_empty() {
+                wide.resize(2 * frame, 0);
+            }
         }
-        self.send_audio(index, self.pending_pos, self.pending_marker, &packet, out);
+        let w = (!wide.is_empty()).then_some(&wide[..]);
+        self.send_audio(index, self.pending_pos, self.pending_marker, &packet, w, out);
         packet.clear();
+        wide.clear();
         self.pending = packet;
+        self.pending_wide = wide;
     }
 
     /// Frame `index`'s packet to the far end, when one is known (counted).
@@ -1033,6 +1050,8 @@ impl Session {
             }
         }
         let (source, finished) = self.playback.next_frame(&mut frame);
+        // The source's own 16 kHz audio, for a codec that sends it.
+        let wide = self.playback.wide_frame().filter(|_| self.encoder.codec.is_wideband()).copied();
         if let Some(cut) = finished {
             self.ended(cut, PlaybackOutcome::Finished, out);
         }
@@ -1056,19 +1075,32 @@ impl Session {
         self.in_talkspurt = true;
         if self.packet_samples == FRAME_SAMPLES {
             // 20 ms, what nearly every call asks: the frame is the packet.
-            self.send_audio(index, pos, marker, &frame, out);
+            self.send_audio(index, pos, marker, &frame, wide.as_ref().map(|w| &w[..]), out);
         } else {
             if self.pending.is_empty() {
                 (self.pending_pos, self.pending_marker) = (pos, marker);
+                self.pending_wide.clear();
+            }
+            // The 16 kHz copy goes along while every frame of the packet has one.
+            match &wide {
+                Some(w) if self.pending_wide.len() == 2 * self.pending.len() => self.pending_wide.extend_from_slice(w),
+                _ => self.pending_wide.clear(),
             }
             self.pending.extend_from_slice(&frame);
             // 10 ms packets go two to a frame; 30 ms ones after one frame, then two.
             let n = self.packet_samples;
             while self.pending.len() >= n {
                 let mut packet = [0i16; MAX_PACKET_SAMPLES];
+                let mut packet_wide = [0i16; 2 * MAX_PACKET_SAMPLES];
                 packet[..n].copy_from_slice(&self.pending[..n]);
                 self.pending.drain(..n);
-                self.send_audio(index, self.pending_pos, self.pending_marker, &packet[..n], out);
+                let has_wide = self.pending_wide.len() >= 2 * n;
+                if has_wide {
+                    packet_wide[..2 * n].copy_from_slice(&self.pending_wide[..2 * n]);
+                    self.pending_wide.drain(..2 * n);
+                }
+                let w = has_wide.then_some(&packet_wide[..2 * n]);
+                self.send_audio(index, self.pending_pos, self.pending_marker, &packet[..n], w, out);
                 self.pending_pos += n as u64;
                 self.pending_marker = false;
             }
@@ -1076,7 +1108,7 @@ impl Session {
         if source != FrameSource::Echo {
             self.echo_guard.on_played(pos, &frame);
         }
-        out.played.push(Played { pos, pcm: frame, source });
+        out.played.push(Played { pos, pcm: frame, wide: wide.map(|w| w.to_vec()).unwrap_or_default(), source });
     }
 }
 
@@ -1084,6 +1116,7 @@ impl Session {
 mod tests {
     use super::*;
     use crate::core::g711::{linear_to_ulaw, Codec};
+    use std::sync::Arc;
     use std::time::Duration;
 
     const MS20: Duration = Duration::from_millis(20);
@@ -1211,6 +1244,61 @@ mod tests {
                 assert!(sent[..full].iter().all(|p| p.2 == b * ms as usize / 10), "{codec:?}: {ms} ms payloads");
                 if short > 0 {
                     assert_eq!(sent[full].2, b * short as usize / 10, "{codec:?}: the prompt's end goes out short");
+                }
+            }
+        }
+    }
+
+    /// A wideband codec sends a prompt's own 16 kHz audio: a 6 kHz tone (which its
+    /// 8 kHz copy cannot hold) reaches the far end's decoder, in 20 ms packets and in
+    /// the packets other ptimes make from several frames, and the recording is handed
+    /// the same 16 kHz audio. The same prompt without its 16 kHz copy carries none.
+    #[test]
+    fn a_wideband_codec_sends_the_prompts_own_16k_audio() {
+        use crate::core::goertzel::power_at;
+        let tone: Vec<i16> =
+            (0..16000).map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 6000.0 * i as f64 / 16000.0).sin()) as i16).collect();
+        let narrow = crate::core::resample::convert(&tone, 16000, 8000);
+        let full = power_at(&tone[..8000], 16000, 6000.0);
+        let cases = [
+            (AudioCodec::G722, 9, 20),
+            (AudioCodec::G722, 9, 40),
+            (AudioCodec::G722, 9, 30),
+            #[cfg(feature = "opus")]
+            (AudioCodec::Opus, 111, 20),
+            #[cfg(feature = "opus")]
+            (AudioCodec::Opus, 111, 40),
+        ];
+        for (codec, pt, ptime) in cases {
+            for with_wide in [true, false] {
+                let t0 = Instant::now();
+                let mut s = session(t0);
+                let mut out = Outputs::default();
+                s.handle_command(Command::SetTarget(caller()), &mut out);
+                let mut m = media((pt, codec), Some(101), true);
+                m.ptime_ms = ptime;
+                s.handle_command(Command::SetMedia(m), &mut out);
+                let wide = with_wide.then(|| Arc::from(tone.clone()));
+                s.handle_command(Command::Play { id: 1, pcm: Sound { pcm: narrow.clone().into(), wide }, barge_in: None }, &mut out);
+                let (mut dec, mut heard, mut played) = (Decoder::new(codec), Vec::new(), Vec::new());
+                let mut now = t0;
+                while now < t0 + Duration::from_millis(1200) {
+                    s.handle_tick(now, &mut out);
+                    for t in out.transmit.drain(..).filter(|t| !rtp::is_rtcp(&t.data)) {
+                        let (mut pcm, mut wide) = (Vec::new(), Vec::new());
+                        assert!(dec.decode_wide(rtp::parse(&t.data).unwrap().payload, &mut pcm, Some(&mut wide)));
+                        heard.extend(wide);
+                    }
+                    played.extend(out.played.drain(..).flat_map(|p| p.wide));
+                    now = s.poll_timeout();
+                }
+                let got = power_at(&heard[4000..12000], 16000, 6000.0) / full;
+                if with_wide {
+                    assert!(got > 0.5, "{codec:?} at {ptime} ms: 6 kHz reached the far end at {got:.3} of its power");
+                    assert_eq!(played, tone, "{codec:?}: the recording is handed what was sent");
+                } else {
+                    assert!(got < 0.01, "{codec:?} at {ptime} ms: an 8 kHz prompt has no 6 kHz ({got:.4})");
+                    assert!(played.is_empty());
                 }
             }
         }
@@ -1529,7 +1617,7 @@ mod tests {
         let mut out = Outputs::default();
         s.handle_command(Command::SetTarget(caller()), &mut out);
         s.handle_command(Command::Play { id: 1, pcm: vec![8000i16; 8000].into(), barge_in: None }, &mut out);
-        s.handle_command(Command::Stream { pcm: vec![3000; 1600], mark: None }, &mut out);
+        s.handle_command(Command::Stream { pcm: vec![3000; 1600], wide: Vec::new(), mark: None }, &mut out);
         run_ticks(&mut s, t0, 0, 10, &mut out);
         out.clear();
         s.handle_command(Command::Stop, &mut out);
@@ -1823,7 +1911,7 @@ mod tests {
         s.handle_command(Command::StreamBargeIn(Some(Duration::from_millis(200))), &mut out);
         // Ten seconds of TTS with a mark after every second.
         for m in 0..10 {
-            s.handle_command(Command::Stream { pcm: vec![2500; 8000], mark: Some(m) }, &mut out);
+            s.handle_command(Command::Stream { pcm: vec![2500; 8000], wide: Vec::new(), mark: Some(m) }, &mut out);
         }
         let (pcm, onset) = speech();
         let mut audio = vec![0i16; 16000 + 4000];

@@ -26,8 +26,11 @@ use crate::audio::decode;
 use crate::audio::listener::{media_type, LISTEN_RATES};
 use crate::audio::tts::{StreamDecoder, StreamFormat};
 use crate::audio::uri::{self, AudioUri, Control as UriControl};
+use crate::audio::CALL_RATE;
 use crate::call::task::MAX_LISTENERS;
 use crate::call::{CallCommand, CallHandle, Control, StreamEnd, TtsChunk};
+use crate::core::codec::WIDE_RATE;
+use crate::core::playback::Sound;
 use crate::core::recording::Channels;
 use crate::echo::{bounded, clip};
 use crate::node::{Node, NodeError};
@@ -317,7 +320,9 @@ impl MediaService for MediaSvc {
                 Ok(AudioFormat::OpusPackets) => StreamFormat::OpusPackets,
                 Err(_) => return Err(Status::invalid_argument(format!("audio_format {} is not one the node knows", first.audio_format))),
             };
-            let decoder = StreamDecoder::new(format).map_err(|e| Status::unimplemented(e.to_string()))?;
+            // A call sending in a wideband codec keeps the stream's 16 kHz audio too.
+            let wideband = call.wideband.load(std::sync::atomic::Ordering::Relaxed);
+            let decoder = StreamDecoder::new(format, wideband).map_err(|e| Status::unimplemented(e.to_string()))?;
             let (chunk_tx, chunk_rx) = mpsc::channel::<TtsChunk>(4);
             let (done_tx, done_rx) = oneshot::channel();
             // Room for every mark acknowledgement a client can have pending: marks
@@ -421,7 +426,7 @@ impl MediaSvc {
         }
         let call = self.node.call(r.server_rtp_port)?;
         let sent = if r.inband {
-            let pcm: Arc<[i16]> = crate::audio::dtmf::tones(&digits, duration_ms, DIGIT_GAP_MS).into();
+            let pcm = crate::audio::dtmf::tones(&digits, duration_ms, DIGIT_GAP_MS).into();
             let (done, outcome) = oneshot::channel();
             let id = self.node.next_playback_id();
             call.commands
@@ -504,6 +509,7 @@ impl MediaSvc {
         };
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
         control(Control::SetMedia(settings)).await?;
+        call.wideband.store(codec.is_wideband(), std::sync::atomic::Ordering::Relaxed);
         if let Some(addr) = agreed.remote {
             // The signalled address, under the latching rules: symmetric RTP latches
             // again on the far end's first packet.
@@ -537,7 +543,9 @@ impl MediaSvc {
         let target = parse_target(&r.rtp_target_addr)?;
         let reply = |message: &str| Ok(PlayAudioResponse { success: true, message: message.to_string(), played_ms: 0 });
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
-        let pcm: Arc<[i16]> = match uri::parse(&r.audio_uri).map_err(NodeError::from)? {
+        // A call sending in a wideband codec gets the prompt's 16 kHz audio as well.
+        let wide = call.wideband.load(std::sync::atomic::Ordering::Relaxed).then_some(WIDE_RATE);
+        let pcm: Sound = match uri::parse(&r.audio_uri).map_err(NodeError::from)? {
             AudioUri::Control(UriControl::SetTarget) => {
                 let t = target.ok_or_else(|| Status::invalid_argument("control://set_target needs rtp_target_addr"))?;
                 control(Control::SetTarget(t)).await?;
@@ -556,9 +564,26 @@ impl MediaSvc {
                 control(Control::Stop).await?;
                 return reply("stopped");
             }
-            AudioUri::File(rel) => self.node.load_prompt(&rel).await?,
-            AudioUri::Pcm { rate, bytes } => decode::pcm_bytes_to_call_pcm(&bytes, rate).into(),
-            AudioUri::Wav(bytes) => decode::wav_to_call_pcm(&bytes).map_err(NodeError::from)?.into(),
+            AudioUri::File(rel) => {
+                let pcm = self.node.load_prompt(&rel, CALL_RATE).await?;
+                let wide = match wide {
+                    Some(rate) => Some(self.node.load_prompt(&rel, rate).await?),
+                    None => None,
+                };
+                Sound { pcm, wide }
+            }
+            AudioUri::Pcm { rate, bytes } => Sound {
+                pcm: decode::pcm_bytes_to_call_pcm(&bytes, rate).into(),
+                wide: wide.map(|w| decode::pcm_bytes_to_pcm(&bytes, rate, w).into()),
+            },
+            AudioUri::Wav(bytes) => {
+                let pcm = decode::wav_to_call_pcm(&bytes).map_err(NodeError::from)?.into();
+                let wide = match wide {
+                    Some(w) => Some(decode::wav_to_pcm(&bytes, w).map_err(NodeError::from)?.into()),
+                    None => None,
+                };
+                Sound { pcm, wide }
+            }
         };
         let barge_in = barge_in(r.barge_in_ms);
         let id = self.node.next_playback_id();
@@ -611,8 +636,9 @@ async fn pump_tts(
                 break;
             }
         };
+        let wide = decoder.take_wide();
         let mark = (!m.mark.is_empty()).then(|| clip(&m.mark).to_string());
-        if (!pcm.is_empty() || mark.is_some()) && chunks.send(TtsChunk { pcm, mark }).await.is_err() {
+        if (!pcm.is_empty() || mark.is_some()) && chunks.send(TtsChunk { pcm, wide, mark }).await.is_err() {
             break; // the call ended
         }
         // A client that only sends keep-alives learns at once that its call ended or that

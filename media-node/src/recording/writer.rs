@@ -177,10 +177,12 @@ impl RecordingWriter {
         }
     }
 
-    /// The bot's 8 kHz audio sent at `pos`.
-    pub fn add_bot(&mut self, pos: u64, pcm: &[i16]) {
+    /// The bot's audio sent at `pos`: `pcm` at 8 kHz and, where a wideband codec sent
+    /// its source's own 16 kHz audio, `wide` (empty otherwise).
+    pub fn add_bot(&mut self, pos: u64, pcm: &[i16], wide: &[i16]) {
         match &mut self.widen {
             None => self.timeline.add_bot(pos, pcm),
+            Some(_) if !wide.is_empty() => self.timeline.add_bot(pos, wide),
             Some(w) => self.timeline.add_bot(pos, w[1].widen(pos, pcm)),
         }
     }
@@ -324,7 +326,7 @@ mod tests {
         };
         let mut w = RecordingWriter::create(spec, &spool, 800).unwrap();
         w.add_caller(800, &[1000; 800], &[]);
-        w.add_bot(1600, &[-1000; 800]);
+        w.add_bot(1600, &[-1000; 800], &[]);
         w.flush_until(1200).unwrap();
         let job = w.finish(2400).unwrap();
         let r = hound::WavReader::open(&job.wav).unwrap();
@@ -365,7 +367,7 @@ mod tests {
             for k in 0..50 {
                 let (n, wd) = (&narrow[k * 160..(k + 1) * 160], &wide[k * 320..(k + 1) * 320]);
                 w.add_caller(k as u64 * 160, n, wd);
-                w.add_bot(k as u64 * 160, &prompt[k * 160..(k + 1) * 160]);
+                w.add_bot(k as u64 * 160, &prompt[k * 160..(k + 1) * 160], &[]);
                 if k % 5 == 4 {
                     w.flush_until(k as u64 * 160).unwrap();
                 }

@@ -95,7 +95,7 @@ fn main() {
     let mut pos = 0u64;
     bench("recording writer, mono 8 kHz (mix + WAV)", secs, |f| {
         writer.add_caller(pos, f, &[]);
-        writer.add_bot(pos, f);
+        writer.add_bot(pos, f, &[]);
         pos += f.len() as u64;
         if pos.is_multiple_of(800) && pos >= 4000 {
             writer.flush_until(pos - 4000).unwrap();
