@@ -281,7 +281,10 @@ impl Decoder {
             }
             DecoderState::G729(dec) => {
                 // 10-byte voice frames, then (Annex B) perhaps one 2-byte SID frame of
-                // comfort noise (RFC 3551 §4.5.6); anything else is not G.729.
+                // comfort noise (RFC 3551 §4.5.6); anything else is not G.729. The SID
+                // frame keeps the timeline (10 ms), but sounds as silence: g729-sys
+                // 0.2.1 has no comfort-noise generator (its `decode_sid_frame` zeroes
+                // the excitation).
                 let (voice, rest) = payload.split_at(payload.len() / 10 * 10);
                 if !(rest.is_empty() || rest.len() == 2) || payload.is_empty() {
                     return false;
