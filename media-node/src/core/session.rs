@@ -1187,6 +1187,17 @@ mod tests {
         assert_eq!(c.codec_nanos.0[AudioCodec::Opus as usize], (0, 0));
     }
 
+    /// A session whose far end is known, sending `send` at `ptime` as SDP agreed.
+    fn sending_in(t0: Instant, send: (u8, AudioCodec), ptime: u32) -> (Session, Outputs) {
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        let mut m = media(send, Some(101), true);
+        m.ptime_ms = ptime;
+        s.handle_command(Command::SetMedia(m), &mut out);
+        (s, out)
+    }
+
     #[test]
     fn packets_follow_the_far_ends_ptime() {
         // (codec, payload type, the far end's ptime, the packet the node sends in ms,
@@ -1202,12 +1213,7 @@ mod tests {
         ];
         for (codec, pt, ptime, ms, bytes_per_10ms) in cases {
             let t0 = Instant::now();
-            let mut s = session(t0);
-            let mut out = Outputs::default();
-            s.handle_command(Command::SetTarget(caller()), &mut out);
-            let mut m = media((pt, codec), Some(101), true);
-            m.ptime_ms = ptime;
-            s.handle_command(Command::SetMedia(m), &mut out);
+            let (mut s, mut out) = sending_in(t0, (pt, codec), ptime);
             // A 1 s prompt, then silence.
             s.handle_command(Command::Play { id: 1, pcm: vec![3000i16; 8000].into(), barge_in: None }, &mut out);
             // Driven as the call task drives it: a tick whenever the session asks for one;
@@ -1272,12 +1278,7 @@ mod tests {
         for (codec, pt, ptime) in cases {
             for with_wide in [true, false] {
                 let t0 = Instant::now();
-                let mut s = session(t0);
-                let mut out = Outputs::default();
-                s.handle_command(Command::SetTarget(caller()), &mut out);
-                let mut m = media((pt, codec), Some(101), true);
-                m.ptime_ms = ptime;
-                s.handle_command(Command::SetMedia(m), &mut out);
+                let (mut s, mut out) = sending_in(t0, (pt, codec), ptime);
                 let wide = with_wide.then(|| Arc::from(tone.clone()));
                 s.handle_command(Command::Play { id: 1, pcm: Sound { pcm: narrow.clone().into(), wide }, barge_in: None }, &mut out);
                 let (mut dec, mut heard, mut played) = (Decoder::new(codec), Vec::new(), Vec::new());
