@@ -58,6 +58,7 @@ pub struct Metrics {
     pub decode_errors: IntCounterVec,
     pub codec_seconds: prometheus::CounterVec,
     pub fec_recovered: IntCounter,
+    pub plc_concealed: IntCounter,
     pub dtmf_redacted_seconds: prometheus::Counter,
     pub turn_latency: HistogramVec,
     pub srtp_authenticated: IntCounter,
@@ -180,6 +181,10 @@ impl Metrics {
                 .unwrap(),
             ),
             fec_recovered: counter("media_rtp_fec_recovered_total", "Lost Opus packets rebuilt from the next packet's in-band FEC"),
+            plc_concealed: counter(
+                "media_rtp_plc_concealed_total",
+                "Lost Opus packets (of a run, all but the last, which FEC rebuilds) filled by the decoder's concealment",
+            ),
             telephone_event_ignored: counter(
                 "media_rtp_telephone_event_ignored_total",
                 "RFC 4733 packets dropped as malformed or not a DTMF event (flash, tones), never a digit",
@@ -350,6 +355,7 @@ impl Metrics {
             }
         }
         self.fec_recovered.inc_by(c.fec_recovered);
+        self.plc_concealed.inc_by(c.plc_concealed);
         self.srtp_authenticated.inc_by(c.srtp_in);
         self.srtp_unsent.inc_by(c.srtp_unsent);
         self.rtcp_sent.inc_by(c.rtcp_sent);

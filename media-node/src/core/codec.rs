@@ -300,6 +300,28 @@ impl Decoder {
         true
     }
 
+    /// `samples` (8 kHz) that never came, from the decoder's concealment (and at
+    /// 16 kHz into `wide`, when given), continuing what it decoded last; None for codecs
+    /// without it (the jitter buffer's silence stands in).
+    pub fn conceal(&mut self, samples: usize, out: &mut Vec<i16>, wide: Option<&mut Vec<i16>>) -> Option<bool> {
+        match &mut self.state {
+            #[cfg(feature = "opus")]
+            DecoderState::Opus(o) => {
+                let (dec, down, buf) = &mut **o;
+                buf.clear();
+                if !dec.conceal(samples * 2, buf) {
+                    return Some(false);
+                }
+                narrow_and_wide(down, buf, out, wide);
+                Some(true)
+            }
+            _ => {
+                let _ = (samples, out, wide);
+                None
+            }
+        }
+    }
+
     /// The `samples` (8 kHz) lost just before `next`, rebuilt from the in-band FEC
     /// copy Opus carries in `next` (and at 16 kHz into `wide`, when given); None for
     /// codecs without one.

@@ -38,6 +38,10 @@ pub struct SessionConfig {
 
 /// The longest packet the node sends: 60 ms.
 const MAX_PACKET_SAMPLES: usize = FRAME_SAMPLES * 3;
+/// The longest run of lost packets the decoder rebuilds (FEC and concealment); a
+/// longer one is a dropout, left to the jitter buffer's silence (libopus's concealment
+/// has faded out long before: measured, near silence by its second 20 ms frame).
+const MAX_REBUILT_PACKETS: u16 = 5;
 
 /// The telephone-event payload type SIP stacks offer by custom.
 pub const TELEPHONE_EVENT_PT: u8 = 101;
@@ -219,6 +223,8 @@ pub struct Counters {
     pub codec_nanos: ByCodec<(u64, u64)>,
     /// Lost Opus packets rebuilt from the next one's in-band FEC.
     pub fec_recovered: u64,
+    /// Lost Opus packets before the one lost last, filled by the decoder's concealment.
+    pub plc_concealed: u64,
     /// SRTP and SRTCP packets that authenticated.
     pub srtp_in: u64,
     /// SRTP and SRTCP packets dropped, by reason (`SrtpDrops::REASONS`' order).
@@ -597,20 +603,8 @@ impl Session {
             }
         }
         let Some((_, decoder)) = self.decoder.as_mut() else { return };
-        // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
-        let mut pcm = Vec::with_capacity(packet.payload.len() * 2);
         // A wideband codec's 16 kHz audio rides beside the 8 kHz timeline copy.
         let wideband = decoder.is_wideband();
-        let mut wide = Vec::new();
-        // The clock is read for the transcoding-time metric only; nothing depends on it.
-        let began = std::time::Instant::now();
-        let decoded = decoder.decode_wide(packet.payload, &mut pcm, wideband.then_some(&mut wide));
-        self.counters.codec_nanos.get_mut(codec).1 += began.elapsed().as_nanos() as u64;
-        if !decoded {
-            // A payload the codec refuses: dropped and counted, never played.
-            *self.counters.decode_errors.get_mut(codec) += 1;
-            return;
-        }
         // The jitter buffer, the interarrival jitter and the timeline count 8 kHz; an
         // Opus stream's 48 kHz timestamps are scaled by their difference from the last
         // packet's (so its wrap-around needs no care).
@@ -621,19 +615,64 @@ impl Session {
             }
             _ => packet.timestamp / ratio,
         };
-        let first = out.heard.len();
-        // One packet lost just before this one: Opus rebuilds it from the FEC copy this
-        // one carries, before the jitter buffer gives up on it.
-        if let Some(l) = self.last_in.filter(|l| l.ssrc == packet.ssrc && packet.sequence == l.seq.wrapping_add(2)) {
+        // Packets lost just before this one: Opus rebuilds them before this one is
+        // decoded, in the decoder's own order (libopus needs it so): the last from the
+        // in-band FEC copy this packet carries, any before it by the decoder's
+        // concealment. They reach the jitter buffer before it gives up on them.
+        let mut rebuilt = Vec::new();
+        if let Some(l) = self.last_in.filter(|l| l.ssrc == packet.ssrc) {
+            let lost = packet.sequence.wrapping_sub(l.seq).wrapping_sub(1);
             let missing = ts.wrapping_sub(l.ts8).wrapping_sub(l.samples);
-            if (1..=super::codec::MAX_PACKET_SAMPLES).contains(&missing) {
-                let (mut lost, mut lost_wide) = (Vec::with_capacity(missing as usize), Vec::new());
-                if decoder.recover(packet.payload, missing as usize, &mut lost, wideband.then_some(&mut lost_wide)) == Some(true) {
-                    self.counters.fec_recovered += 1;
-                    let id = RtpId { ssrc: packet.ssrc, seq: packet.sequence.wrapping_sub(1), ts: ts.wrapping_sub(missing) };
-                    self.jitter.on_wide_packet(now, id, lost, lost_wide, &mut out.heard);
+            if (1..=MAX_REBUILT_PACKETS).contains(&lost) && (1..=u32::from(lost) * super::codec::MAX_PACKET_SAMPLES).contains(&missing) {
+                let began = std::time::Instant::now();
+                let each = missing / u32::from(lost);
+                for k in 0..u32::from(lost) {
+                    // The last lost packet takes what the even split left over.
+                    let n = if k + 1 == u32::from(lost) { missing - each * k } else { each };
+                    let (mut pcm, mut wide) = (Vec::with_capacity(n as usize), Vec::new());
+                    let fec = k + 1 == u32::from(lost);
+                    let done = if fec {
+                        decoder.recover(packet.payload, n as usize, &mut pcm, wideband.then_some(&mut wide))
+                    } else {
+                        decoder.conceal(n as usize, &mut pcm, wideband.then_some(&mut wide))
+                    };
+                    match done {
+                        Some(true) => {
+                            if fec {
+                                self.counters.fec_recovered += 1;
+                            } else {
+                                self.counters.plc_concealed += 1;
+                            }
+                            let id = RtpId {
+                                ssrc: packet.ssrc,
+                                seq: l.seq.wrapping_add(1 + k as u16),
+                                ts: l.ts8.wrapping_add(l.samples + each * k),
+                            };
+                            rebuilt.push((id, pcm, wide));
+                        }
+                        // A codec with neither (the jitter buffer's silence stands in).
+                        None => break,
+                        Some(false) => {}
+                    }
                 }
+                self.counters.codec_nanos.get_mut(codec).1 += began.elapsed().as_nanos() as u64;
             }
+        }
+        // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
+        let mut pcm = Vec::with_capacity(packet.payload.len() * 2);
+        let mut wide = Vec::new();
+        // The clock is read for the transcoding-time metric only; nothing depends on it.
+        let began = std::time::Instant::now();
+        let decoded = decoder.decode_wide(packet.payload, &mut pcm, wideband.then_some(&mut wide));
+        self.counters.codec_nanos.get_mut(codec).1 += began.elapsed().as_nanos() as u64;
+        if !decoded {
+            // A payload the codec refuses: dropped and counted, never played.
+            *self.counters.decode_errors.get_mut(codec) += 1;
+            return;
+        }
+        let first = out.heard.len();
+        for (id, lost, lost_wide) in rebuilt {
+            self.jitter.on_wide_packet(now, id, lost, lost_wide, &mut out.heard);
         }
         self.last_in = Some(LastIn { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp, ts8: ts, samples: pcm.len() as u32 });
         if self.echo {
@@ -1717,6 +1756,87 @@ mod tests {
         let pcm: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
         let onset = pcm.iter().position(|s| s.abs() > 300).unwrap();
         (pcm, onset)
+    }
+
+    /// Opus loss in the decoder's order: a lost packet is rebuilt from the next one's
+    /// FEC copy, a run of two or three by concealment then FEC, before the packet after
+    /// them is decoded; a run longer than MAX_REBUILT_PACKETS is left to silence.
+    #[cfg(feature = "opus")]
+    #[test]
+    fn lost_opus_packets_are_rebuilt_in_the_decoders_order() {
+        let (speech, onset) = speech();
+        let speech = &speech[onset..];
+        let frames: Vec<&[i16]> = speech.chunks_exact(FRAME_SAMPLES).take(100).collect();
+        let mut enc = Encoder::new(AudioCodec::Opus);
+        let packets: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|f| {
+                let mut p = Vec::new();
+                enc.encode(f, &mut p);
+                p
+            })
+            .collect();
+        // What the same packets decode to with nothing lost.
+        let mut dec = Decoder::new(AudioCodec::Opus);
+        let mut clean = Vec::new();
+        packets.iter().for_each(|p| assert!(dec.decode(p, &mut clean)));
+        let lost = |k: usize| k == 20 || k == 40 || k == 41 || (60..=62).contains(&k) || (80..=87).contains(&k);
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let mut m = media((111, AudioCodec::Opus), Some(101), true);
+        m.receive = vec![(111, AudioCodec::Opus)];
+        s.handle_command(Command::SetMedia(m), &mut out);
+        let mut heard = Vec::new();
+        for (k, p) in packets.iter().enumerate() {
+            let now = t0 + MS20 * k as u32;
+            if !lost(k) {
+                let ts = 1000 + k as u32 * 960;
+                let data = rtp::build(RtpHeader { marker: false, payload_type: 111, sequence: k as u16, timestamp: ts, ssrc: 7 }, p);
+                s.handle_datagram(now, caller(), &data, &mut out);
+            }
+            s.handle_tick(now, &mut out);
+            heard.append(&mut out.heard);
+        }
+        s.handle_tick(t0 + MS20 * 110, &mut out);
+        heard.append(&mut out.heard);
+        let c = s.take_counters();
+        assert_eq!((c.fec_recovered, c.plc_concealed), (3, 3), "FEC for the last of each run, concealment before it");
+        let live: Vec<&Heard> = heard.iter().filter(|h| !h.late).collect();
+        let at = |k: usize| live.iter().find(|h| h.pos == k as u64 * 160).unwrap_or_else(|| panic!("frame {k} on the timeline"));
+        let loud = |pcm: &[i16]| pcm.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / pcm.len() as f64;
+        // Against the clean decode of the same frame (the codec's delay included).
+        for k in [20, 40, 41, 60, 62] {
+            let h = at(k);
+            assert!(!h.concealed && h.wide.len() == 320, "frame {k} was rebuilt in time, wideband");
+            assert!(loud(&h.pcm) > 1e-3 * loud(&clean[k * 160..k * 160 + 160]), "frame {k} is not silence");
+        }
+        // The second concealed frame of a run is the decoder's too, though libopus has
+        // faded it out by then (measured: near silence by its second 20 ms).
+        assert!(!at(61).concealed);
+        assert!((80..=87).all(|k| at(k).concealed), "a long dropout is silence");
+        // The caller's audio is exactly what libopus gives when used as its API asks:
+        // for a run of lost packets, concealment for all but the last, FEC from the
+        // next packet for the last, then that packet. (Decoding the next packet first
+        // and its FEC copy after, as the node did, leaves another decoder state.)
+        let mut dec = Decoder::new(AudioCodec::Opus);
+        let mut want = Vec::new();
+        let mut last = None;
+        for (k, p) in packets.iter().enumerate().filter(|(k, _)| !lost(*k)) {
+            let gap = last.map_or(0, |l| k - l - 1);
+            if (1..=MAX_REBUILT_PACKETS as usize).contains(&gap) {
+                (1..gap).for_each(|_| assert_eq!(dec.conceal(160, &mut want, None), Some(true)));
+                assert_eq!(dec.recover(p, 160, &mut want, None), Some(true));
+            } else {
+                want.resize(want.len() + 160 * gap, 0);
+            }
+            assert!(dec.decode(p, &mut want));
+            last = Some(k);
+        }
+        let live_pcm: Vec<i16> = live.iter().flat_map(|h| h.pcm.iter().copied()).collect();
+        assert_eq!(live.first().map(|h| h.pos), Some(0));
+        let differs = live_pcm.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(live_pcm.len() >= want.len() && differs.is_none(), "the caller's audio differs from libopus's from sample {differs:?}");
     }
 
     /// The caller sends `pcm` from `from_frame` on, one PCMU packet per tick.
