@@ -56,6 +56,18 @@ fn main() {
         fmt.push(f, &[], &mut frames);
         black_box(&frames);
     });
+    // A wideband caller (G.722, Opus): the 16 kHz listener takes the caller's own 16 kHz
+    // audio as it is, where a G.711 caller's is resampled (the row above).
+    let wide = synth_speech(16000, secs as f64, 1);
+    let mut fmt = ListenerFormat::new(16000);
+    let mut k = 0;
+    bench("listener frame 16 kHz, wideband caller", secs, |f| {
+        frames.clear();
+        let at = (k * 320) % (wide.len() - 320);
+        k += 1;
+        fmt.push(f, &wide[at..at + 320], &mut frames);
+        black_box(&frames);
+    });
     let mut enc = Vec::with_capacity(160);
     let mut dec = Vec::with_capacity(160);
     bench("PCMU encode + decode", secs, |f| {
