@@ -47,7 +47,8 @@ pub const MAX_PACKET_SAMPLES: u32 = 960;
 
 /// The payload type the node offers Opus on (dynamic; what WebRTC stacks use).
 pub const OPUS_PT: u8 = 111;
-/// Opus wideband (16 kHz audio): 28 kbit/s, with room for in-band FEC at 10 % loss.
+/// Opus wideband (16 kHz audio): 28 kbit/s (less when the far end's maxaveragebitrate
+/// says so), with room for in-band FEC at 10 % loss when the far end takes it.
 #[cfg(feature = "opus")]
 const OPUS_BITRATE: i32 = 28_000;
 #[cfg(feature = "opus")]
@@ -141,10 +142,53 @@ impl From<G711> for AudioCodec {
     }
 }
 
+/// What a far end's Opus `fmtp` asks of the Opus it receives (RFC 7587 §6.1); the
+/// defaults are the RFC's for a far end that says nothing. `usedtx` is not among them:
+/// the node sends nothing between its prompts already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusPrefs {
+    /// `maxplaybackrate`: the widest band worth sending (48000 when not said).
+    pub max_playback_rate: u32,
+    /// `maxaveragebitrate`, in bit/s, when said.
+    pub max_average_bitrate: Option<u32>,
+    /// `useinbandfec=1`: its decoder takes in-band FEC, so the node spends bits on it.
+    pub inband_fec: bool,
+    /// `cbr=1`: it prefers constant bitrate.
+    pub cbr: bool,
+}
+
+impl Default for OpusPrefs {
+    fn default() -> Self {
+        OpusPrefs { max_playback_rate: 48000, max_average_bitrate: None, inband_fec: false, cbr: false }
+    }
+}
+
+impl OpusPrefs {
+    /// From an `a=fmtp` value (`useinbandfec=1; maxplaybackrate=16000`): parameters are
+    /// split on `;`, names taken in any case; unknown ones and values out of the RFC's
+    /// ranges are passed over, leaving the default.
+    pub fn parse(fmtp: &str) -> OpusPrefs {
+        let mut p = OpusPrefs::default();
+        for (name, value) in fmtp.split(';').filter_map(|kv| kv.split_once('=')) {
+            let value = value.trim().parse::<u32>().ok();
+            match (name.trim().to_ascii_lowercase().as_str(), value) {
+                ("maxplaybackrate", Some(v @ 8000..=48000)) => p.max_playback_rate = v,
+                ("maxaveragebitrate", Some(v @ 6000..=510_000)) => p.max_average_bitrate = Some(v),
+                ("useinbandfec", Some(v @ 0..=1)) => p.inband_fec = v == 1,
+                ("cbr", Some(v @ 0..=1)) => p.cbr = v == 1,
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
 /// One outbound direction: the call's frames to payloads, from its 8 kHz audio or,
 /// for a wideband codec, from 16 kHz audio where the source has it.
 pub struct Encoder {
     pub codec: AudioCodec,
+    /// What the far end asked of Opus (the default for other codecs).
+    pub opus: OpusPrefs,
     state: EncoderState,
 }
 
@@ -162,22 +206,35 @@ enum EncoderState {
 
 impl Encoder {
     pub fn new(codec: AudioCodec) -> Encoder {
+        Encoder::with_prefs(codec, OpusPrefs::default())
+    }
+
+    /// An encoder for `codec` that, for Opus, follows what the far end asked (`opus`).
+    pub fn with_prefs(codec: AudioCodec, opus: OpusPrefs) -> Encoder {
         let state = match codec {
             AudioCodec::Pcmu => EncoderState::G711(G711::Pcmu),
             AudioCodec::Pcma => EncoderState::G711(G711::Pcma),
             AudioCodec::G722 => EncoderState::G722(Box::new((Resampler::new(8000, 16000), G722Encoder::new(), Vec::with_capacity(320)))),
             #[cfg(feature = "opus")]
-            AudioCodec::Opus => match OpusEncoder::new(WIDE_RATE, OPUS_BITRATE, OPUS_EXPECTED_LOSS) {
-                Some(e) => EncoderState::Opus(Box::new((Resampler::new(8000, WIDE_RATE), e, Vec::with_capacity(640)))),
-                // libopus refuses only bad arguments; these are fixed and valid.
-                None => unreachable!("libopus takes mono VoIP at 16 kHz"),
-            },
+            AudioCodec::Opus => {
+                let bitrate = opus.max_average_bitrate.map_or(OPUS_BITRATE, |b| OPUS_BITRATE.min(b as i32));
+                let loss = if opus.inband_fec { OPUS_EXPECTED_LOSS } else { 0 };
+                match OpusEncoder::new(WIDE_RATE, bitrate, loss) {
+                    Some(mut e) => {
+                        e.set_max_playback_rate(opus.max_playback_rate);
+                        e.set_cbr(opus.cbr);
+                        EncoderState::Opus(Box::new((Resampler::new(8000, WIDE_RATE), e, Vec::with_capacity(640))))
+                    }
+                    // libopus refuses only bad arguments; these are fixed and valid.
+                    None => unreachable!("libopus takes mono VoIP at 16 kHz"),
+                }
+            }
             // Never negotiated without the feature (it is not in AudioCodec::ALL).
             #[cfg(not(feature = "opus"))]
             AudioCodec::Opus => unreachable!("built without the opus feature"),
             AudioCodec::G729 => EncoderState::G729(Box::new(g729_sys::Encoder::new(false))),
         };
-        Encoder { codec, state }
+        Encoder { codec, opus, state }
     }
 
     /// Encodes 8 kHz audio (a wideband codec brings it up to its 16 kHz).
@@ -401,6 +458,70 @@ mod tests {
                 _ => 0.95,
             };
             assert!(corr > want, "{codec:?}: correlation {corr} at lag {lag}");
+        }
+    }
+
+    #[test]
+    fn opus_preferences_come_from_the_far_end_s_fmtp() {
+        let p = OpusPrefs::parse("useinbandfec=1; maxaveragebitrate=30000; maxplaybackrate=16000; ptime=20; minptime=10");
+        assert_eq!(p, OpusPrefs { max_playback_rate: 16000, max_average_bitrate: Some(30000), inband_fec: true, cbr: false });
+        assert_eq!(OpusPrefs::parse("MaxPlaybackRate=8000;CBR=1"), OpusPrefs { max_playback_rate: 8000, cbr: true, ..Default::default() });
+        // Out of the RFC's ranges, malformed or unknown: the default stands.
+        assert_eq!(
+            OpusPrefs::parse("maxplaybackrate=96000; maxaveragebitrate=12; useinbandfec=2; cbr; stereo=1; =3"),
+            OpusPrefs::default()
+        );
+        assert_eq!(OpusPrefs::default().max_playback_rate, 48000);
+    }
+
+    /// The node's Opus follows what the far end asked: wideband unless its
+    /// maxplaybackrate says narrowband; no more than its maxaveragebitrate; constant
+    /// packets for cbr=1; in-band FEC only for useinbandfec=1 (without it, decoding the
+    /// next packet's FEC copy is the decoder's concealment, sample for sample).
+    #[cfg(feature = "opus")]
+    #[test]
+    fn opus_sends_what_the_far_end_asked_for() {
+        let wide = media_tools::analysis::synth_speech(16000, 2.0, 4);
+        let narrow = crate::core::resample::convert(&wide, 16000, 8000);
+        let send = |prefs: OpusPrefs| -> Vec<Vec<u8>> {
+            let mut enc = Encoder::with_prefs(AudioCodec::Opus, prefs);
+            narrow
+                .chunks_exact(160)
+                .zip(wide.chunks_exact(320))
+                .map(|(n, w)| {
+                    let mut out = Vec::new();
+                    enc.encode_frame(n, Some(w), &mut out);
+                    out
+                })
+                .collect()
+        };
+        // RFC 6716 §3.1: the TOC byte's configuration says the packet's audio band.
+        let band = |p: &[u8]| match p[0] >> 3 {
+            0..=3 | 16..=19 => 8000,
+            4..=7 => 12000,
+            8..=11 | 20..=23 => 16000,
+            _ => 24000,
+        };
+        let default = send(OpusPrefs::default());
+        assert!(default.iter().all(|p| band(p) == 16000), "wideband by default");
+        let nb = send(OpusPrefs { max_playback_rate: 8000, ..Default::default() });
+        assert!(nb.iter().all(|p| band(p) == 8000), "narrowband for maxplaybackrate=8000");
+        let mean = |ps: &[Vec<u8>]| ps.iter().map(Vec::len).sum::<usize>() as f64 / ps.len() as f64;
+        let capped = send(OpusPrefs { max_average_bitrate: Some(12000), ..Default::default() });
+        assert!(mean(&capped) <= 12000.0 / 8.0 / 50.0 * 1.1 && mean(&capped) < mean(&default), "{} < {}", mean(&capped), mean(&default));
+        let cbr = send(OpusPrefs { cbr: true, ..Default::default() });
+        assert!(cbr.iter().all(|p| p.len() == cbr[0].len()), "constant packets");
+        for (fec, packets) in [(false, &default), (true, &send(OpusPrefs { inband_fec: true, ..Default::default() }))] {
+            let (mut a, mut b) = (Decoder::new(AudioCodec::Opus), Decoder::new(AudioCodec::Opus));
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            for p in &packets[..50] {
+                assert!(a.decode(p, &mut x) && b.decode(p, &mut y));
+            }
+            // Packet 50 lost: one decoder takes 51's FEC copy, the other conceals.
+            let (mut rebuilt, mut concealed) = (Vec::new(), Vec::new());
+            assert_eq!(a.recover(&packets[51], 160, &mut rebuilt, None), Some(true));
+            assert_eq!(b.conceal(160, &mut concealed, None), Some(true));
+            assert_eq!(rebuilt != concealed, fec, "FEC carried: {fec}");
         }
     }
 

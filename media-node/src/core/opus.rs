@@ -14,6 +14,11 @@ use opusic_sys as ffi;
 /// opus_defines.h: the values are the C API's, stable since libopus 1.0.
 const OPUS_APPLICATION_VOIP: i32 = 2048;
 const OPUS_SET_BITRATE_REQUEST: i32 = 4002;
+const OPUS_SET_MAX_BANDWIDTH_REQUEST: i32 = 4004;
+const OPUS_SET_VBR_REQUEST: i32 = 4006;
+const OPUS_BANDWIDTH_NARROWBAND: i32 = 1101;
+const OPUS_BANDWIDTH_MEDIUMBAND: i32 = 1102;
+const OPUS_BANDWIDTH_WIDEBAND: i32 = 1103;
 const OPUS_SET_COMPLEXITY_REQUEST: i32 = 4010;
 const OPUS_SET_INBAND_FEC_REQUEST: i32 = 4012;
 const OPUS_SET_PACKET_LOSS_PERC_REQUEST: i32 = 4014;
@@ -40,6 +45,25 @@ impl OpusEncoder {
             ffi::opus_encoder_ctl(enc.0.as_ptr(), OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss_percent);
         }
         Some(enc)
+    }
+
+    /// The widest audio band it codes: what a far end plays back at `rate` can hold
+    /// (RFC 7587's `maxplaybackrate`: 8000 is narrowband, 12000 mediumband, more is
+    /// wideband, all a 16 kHz encoder makes).
+    pub fn set_max_playback_rate(&mut self, rate: u32) {
+        let band = match rate {
+            ..=8000 => OPUS_BANDWIDTH_NARROWBAND,
+            8001..=12000 => OPUS_BANDWIDTH_MEDIUMBAND,
+            _ => OPUS_BANDWIDTH_WIDEBAND,
+        };
+        // SAFETY: a live encoder; the request takes one opus_int32.
+        unsafe { ffi::opus_encoder_ctl(self.0.as_ptr(), OPUS_SET_MAX_BANDWIDTH_REQUEST, band) };
+    }
+
+    /// Constant bitrate (RFC 7587's `cbr=1`) or variable (libopus's default).
+    pub fn set_cbr(&mut self, cbr: bool) {
+        // SAFETY: a live encoder; the request takes one opus_int32.
+        unsafe { ffi::opus_encoder_ctl(self.0.as_ptr(), OPUS_SET_VBR_REQUEST, i32::from(!cbr)) };
     }
 
     /// Encodes one frame (2.5 to 60 ms of samples at the encoder's rate) into `out`;

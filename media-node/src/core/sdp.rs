@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
-use crate::core::codec::AudioCodec;
+use crate::core::codec::{AudioCodec, OpusPrefs};
 use crate::core::srtp::sdes::{self, Crypto, Offered, SrtpPolicy};
 use crate::core::srtp::MasterKey;
 use crate::echo::clip;
@@ -357,6 +357,8 @@ pub struct Negotiated {
     /// The far end's `a=rtcp` (RFC 3605): where its RTCP port is, when not the one
     /// above its RTP port.
     pub rtcp_remote: Option<SocketAddr>,
+    /// What the far end's fmtp asks of the Opus the node sends (defaults otherwise).
+    pub opus: OpusPrefs,
 }
 
 /// Answers `offer` by the node's preferences (`prefer`, names like `PCMU`, case
@@ -442,6 +444,10 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str], srtp: SrtpPolicy) 
         Some(SocketAddr::new(ip, port))
     });
     let rtcp_mux = m.has_flag("rtcp-mux");
+    let opus = match codec.audio_codec() {
+        AudioCodec::Opus => m.fmtp(payload_type).map(OpusPrefs::parse).unwrap_or_default(),
+        _ => OpusPrefs::default(),
+    };
     Ok(Negotiated {
         payload_type,
         codec,
@@ -454,6 +460,7 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str], srtp: SrtpPolicy) 
         crypto,
         rtcp_mux,
         rtcp_remote,
+        opus,
     })
 }
 
@@ -677,8 +684,12 @@ mod tests {
         // opus/48000 without the /2 some stacks leave out is Opus too; by default
         // the node prefers G.711 when both are offered.
         let loose = offer(&FREESWITCH.replace("opus/48000/2", "opus/48000"));
-        assert_eq!(negotiate(&loose, &["opus"]).unwrap().codec.audio_codec(), AudioCodec::Opus);
-        assert_eq!(negotiate(&loose, &[]).unwrap().codec.name, "PCMU");
+        let n = negotiate(&loose, &["opus"]).unwrap();
+        assert_eq!(n.codec.audio_codec(), AudioCodec::Opus);
+        // What FreeSWITCH's fmtp asks of the Opus it receives.
+        assert_eq!(n.opus, OpusPrefs { max_playback_rate: 48000, max_average_bitrate: Some(30000), inband_fec: true, cbr: false });
+        let n = negotiate(&loose, &[]).unwrap();
+        assert_eq!((n.codec.name, n.opus), ("PCMU", OpusPrefs::default()));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::analysis::echo_guard::EchoGuard;
 use super::analysis::redact::Redactor;
 use super::analysis::{AnalysisConfig, Analyzer, DtmfSource, Signal};
-use super::codec::{AudioCodec, ByCodec, Decoder, Encoder};
+use super::codec::{AudioCodec, ByCodec, Decoder, Encoder, OpusPrefs};
 use super::jitter::{Heard, JitterBuffer, JitterConfig, RtpId, FRAME_SAMPLES};
 use super::latch::{Latch, Verdict};
 use super::pacer::Pacer;
@@ -104,6 +104,8 @@ pub enum Command {
 pub struct MediaSettings {
     /// What the node sends, and under which payload type.
     pub send: (u8, AudioCodec),
+    /// What the far end asked of the Opus it receives (its fmtp).
+    pub opus: OpusPrefs,
     /// What the node takes from the caller, by payload type (the negotiated ones).
     pub receive: Vec<(u8, AudioCodec)>,
     pub telephone_event_pt: Option<u8>,
@@ -906,12 +908,14 @@ impl Session {
                 let packet_ms = codec.packet_ms(m.ptime_ms);
                 self.packet_samples = packet_ms as usize * FRAME_SAMPLES / 20;
                 self.send_delay = std::time::Duration::from_millis(u64::from(packet_ms.saturating_sub(20).div_ceil(20) * 20));
-                if self.encoder.codec != codec || self.outbound_pt != pt {
-                    // A codec change by re-offer: the new codec's state starts fresh;
-                    // sequence numbers and timestamps run on.
-                    self.encoder = Encoder::new(codec);
+                if self.encoder.codec != codec || self.outbound_pt != pt || self.encoder.opus != m.opus {
+                    // A codec change by re-offer (or new Opus preferences): the new
+                    // codec's state starts fresh; sequence numbers and timestamps run on.
+                    if self.encoder.codec != codec || self.outbound_pt != pt {
+                        out.events.push(Event::CodecChanged(codec));
+                    }
+                    self.encoder = Encoder::with_prefs(codec, m.opus);
                     self.outbound_pt = pt;
-                    out.events.push(Event::CodecChanged(codec));
                 }
                 self.analyzer.set_event_clock(codec.rtp_clock());
                 // A re-offer may give the payload type the caller sends another codec:
@@ -1195,6 +1199,7 @@ mod tests {
     fn media(send: (u8, AudioCodec), te: Option<u8>, sends: bool) -> MediaSettings {
         MediaSettings {
             send,
+            opus: OpusPrefs::default(),
             receive: vec![(0, AudioCodec::Pcmu), (9, AudioCodec::G722), (8, AudioCodec::Pcma)],
             telephone_event_pt: te,
             sends,
@@ -1767,7 +1772,8 @@ mod tests {
         let (speech, onset) = speech();
         let speech = &speech[onset..];
         let frames: Vec<&[i16]> = speech.chunks_exact(FRAME_SAMPLES).take(100).collect();
-        let mut enc = Encoder::new(AudioCodec::Opus);
+        // As a far end that takes FEC asks (useinbandfec=1): the packets carry it.
+        let mut enc = Encoder::with_prefs(AudioCodec::Opus, OpusPrefs { inband_fec: true, ..Default::default() });
         let packets: Vec<Vec<u8>> = frames
             .iter()
             .map(|f| {

@@ -496,6 +496,7 @@ impl MediaSvc {
         };
         let settings = crate::core::session::MediaSettings {
             send: (agreed.payload_type, codec),
+            opus: agreed.opus,
             receive: agreed.receive.clone(),
             telephone_event_pt: agreed.telephone_event,
             sends: agreed.direction.sends(),
