@@ -324,6 +324,54 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     assert!(c > 0.85, "ffmpeg heard the prompt through G.722: correlation {c:.3} at lag {lag}");
 }
 
+/// A G.711 call set up by SDP, PCMA chosen from a trunk's offer, with ffmpeg as the far
+/// end both ways: it sends a spoken sentence that the 16 kHz listener hears, and decodes
+/// the prompt the node plays in PCMA.
+#[tokio::test]
+async fn a_pcma_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
+    use media_node::core::resample::convert;
+    let mut node = TestNode::start_with(30280, 10, |c| c.symmetric_rtp = false).await;
+    let prompt = synth_speech(8000, 3.0, 7);
+    node.write_prompt("prompt.wav", &prompt, 8000);
+    let alloc = node.client.allocate_port(AllocatePortRequest { call_id: "ffmpeg-pcma".into() }).await.unwrap().into_inner();
+    let port = alloc.rtp_port;
+    let recv_port = 30295u16;
+    // A European trunk's offer: A-law first, no rtpmap for the static types.
+    let offer = format!(
+        "v=0\r\no=trunk 4 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {recv_port} RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+    );
+    let r = node.client.negotiate_sdp(NegotiateSdpRequest {
+        server_rtp_port: port,
+        remote_sdp: offer.clone(),
+        preferred_codecs: vec!["PCMA".into()],
+        ..Default::default()
+    });
+    let media = r.await.expect("NegotiateSdp answers the offer").into_inner().media.expect("what was agreed");
+    assert_eq!((media.codec.as_str(), media.payload_type), ("PCMA", 8));
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, heard_wav) = ffmpeg_rtp_receiver(dir.path(), &offer.replace("RTP/AVP 8 0 101", "RTP/AVP 8"), recv_port, 8000).await;
+    let speech = fleet_tests::voice::espeak_8k("Press one to speak to an agent, or stay on the line.");
+    let speech_wav = dir.path().join("speech.wav");
+    std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&speech, 8000)).unwrap();
+    let listen = node.listen(port, 16000).await;
+    let sender = ffmpeg_rtp_sender(&speech_wav, &["-ar", "8000", "-acodec", "pcm_alaw"], port);
+    play_while_ffmpeg_sends(&mut node, port, sender, receiver).await;
+    let m = node.metrics().await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+
+    let heard = pcm_of(&listen.await.unwrap().0);
+    let (c, lag) = onset_correlation(&convert(&speech, 8000, 16000), &heard, 16000);
+    println!("PCMA: the listener's speech correlates {c:.3} (lag {lag})");
+    assert!(c > 0.9, "the 16 kHz listener heard ffmpeg's PCMA speech: correlation {c:.3} at lag {lag}");
+    assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total") + metric_value(&m, "media_rtp_decode_errors_total"), 0.0);
+    let (got, rate) = fleet_tests::voice::read_wav(&heard_wav);
+    assert_eq!(rate, 8000);
+    let begin = got.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
+    let (c, lag) = best_correlation(&got[begin..begin + 8000], &prompt, 16000);
+    println!("PCMA: ffmpeg's decoding of the prompt correlates {c:.3} (lag {lag})");
+    assert!(c > 0.9, "ffmpeg heard the prompt through PCMA: correlation {c:.3} at lag {lag}");
+}
+
 #[cfg(feature = "opus")]
 /// An Opus call (RFC 7587) set up by SDP with ffmpeg (libopus) as the far end: its
 /// offer is answered, it sends Opus speech the listener hears, and it decodes the
