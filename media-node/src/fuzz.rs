@@ -162,10 +162,12 @@ mod targets {
     use crate::audio::decode::{self, MAX_PROMPT_SECONDS};
     use crate::audio::tts::TtsDecoder;
     use crate::audio::uri::{self, AudioUri};
+    use crate::core::codec::{AudioCodec, OpusPrefs};
     use crate::core::jitter::{JitterBuffer, JitterConfig, RtpId};
+    use crate::core::playback::Sound;
     use crate::core::rtp::{self, Datagram};
     use crate::core::sdp::{self, SessionDescription};
-    use crate::core::session::{Command, Outputs, Session, SessionConfig};
+    use crate::core::session::{Command, MediaSettings, Outputs, RtcpTarget, Session, SessionConfig};
     use crate::recording::Destination;
     use media_tools::wav::Header;
 
@@ -227,7 +229,11 @@ mod targets {
         assert!(invented <= elapsed + 160, "{invented} samples of silence invented in {elapsed}");
     }
 
-    /// The whole call core: datagrams from one of a few addresses, ticks, barge-ins.
+    /// The whole call core: datagrams from one of a few addresses, ticks, barge-ins;
+    /// by the input's length, a call that never negotiates (G.711 by payload type, as
+    /// the corpus was made for), or one negotiated to G.722 at 30 ms or Opus at 40 ms
+    /// that plays a prompt with its 16 kHz copy and takes every codec the node runs (so
+    /// wideband packets, their loss rebuilding and multi-frame packets are reached).
     pub fn session(data: &[u8]) {
         let mut b = Bytes(data);
         let t0 = Instant::now();
@@ -245,7 +251,27 @@ mod targets {
         let mut out = Outputs::default();
         let peers: [SocketAddr; 3] = ["127.0.0.1:4000".parse().unwrap(), "127.0.0.2:4000".parse().unwrap(), "[::1]:4002".parse().unwrap()];
         let mut now = t0;
-        s.handle_command(Command::Play { id: 1, pcm: vec![100i16; 800].into(), barge_in: None }, &mut out);
+        let setups = [None, Some((9, AudioCodec::G722, 30)), Some((111, AudioCodec::Opus, 40))];
+        let setup = setups[data.len() % setups.len()].filter(|(_, c, _)| AudioCodec::ALL.contains(c));
+        let mut wide = None;
+        if let Some((pt, codec, ptime)) = setup {
+            let receive = vec![(0, AudioCodec::Pcmu), (8, AudioCodec::Pcma), (9, AudioCodec::G722), (18, AudioCodec::G729), (pt, codec)];
+            let m = MediaSettings {
+                send: (pt, codec),
+                opus: OpusPrefs { inband_fec: true, ..Default::default() },
+                receive,
+                telephone_event_pt: Some(101),
+                sends: true,
+                srtp: None,
+                rtcp: RtcpTarget::Separate(None),
+                ptime_ms: ptime,
+            };
+            s.handle_command(Command::SetMedia(m), &mut out);
+            s.handle_command(Command::SetTarget(peers[0]), &mut out);
+            wide = Some(vec![50i16; 1599].into());
+        }
+        s.handle_command(Command::Play { id: 1, pcm: Sound { pcm: vec![100i16; 800].into(), wide }, barge_in: None }, &mut out);
+        s.handle_command(Command::Stream { pcm: vec![7; 400], wide: vec![9; 799], mark: None }, &mut out);
         while !b.is_empty() {
             now += Duration::from_millis(b.u8() as u64);
             let from = b.u8();
