@@ -510,7 +510,10 @@ impl MediaSvc {
         };
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
         control(Control::SetMedia(settings)).await?;
-        call.wideband.store(codec.is_wideband(), std::sync::atomic::Ordering::Relaxed);
+        // 16 kHz prompts and TTS are worth making when the far end plays them: not for
+        // an Opus far end that said maxplaybackrate=8000 (its Opus is narrowband).
+        let wideband = codec.is_wideband() && agreed.opus.max_playback_rate > 8000;
+        call.wideband.store(wideband, std::sync::atomic::Ordering::Relaxed);
         if let Some(addr) = agreed.remote {
             // The signalled address, under the latching rules: symmetric RTP latches
             // again on the far end's first packet.
