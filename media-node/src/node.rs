@@ -267,7 +267,6 @@ impl Node {
         self.next_playback.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Loads a file:// prompt as call PCM through the cache.
     /// A `file://` prompt's audio at `rate` (the call's 8 kHz, or 16 kHz for the copy a
     /// wideband call sends), from the cache when it holds it.
     pub async fn load_prompt(&self, relative: &Path, rate: u32) -> Result<Arc<[i16]>, NodeError> {

@@ -355,8 +355,10 @@ mod tests {
         assert_eq!((f, pb.wide_frame()), ([5; FRAME_SAMPLES], None));
         pb.next_frame(&mut f);
         assert_eq!(pb.wide_frame(), None);
-        // Once it has played, the next stream is wideband again.
-        pb.push_stream(&[8; 160], &[9; 320]);
+        // Once it has played, the next stream is wideband again; a piece that brought
+        // only a 16 kHz sample (a tiny TTS chunk) keeps its place.
+        pb.push_stream(&[8; 160], &[9; 319]);
+        pb.push_stream(&[], &[9]);
         pb.next_frame(&mut f);
         assert_eq!(pb.wide_frame(), Some(&[9; WIDE_FRAME_SAMPLES]));
         pb.push_echo(&[1; 160]);

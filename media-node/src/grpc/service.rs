@@ -642,7 +642,10 @@ async fn pump_tts(
         };
         let wide = decoder.take_wide();
         let mark = (!m.mark.is_empty()).then(|| clip(&m.mark).to_string());
-        if (!pcm.is_empty() || mark.is_some()) && chunks.send(TtsChunk { pcm, wide, mark }).await.is_err() {
+        // A tiny chunk may bring a 16 kHz sample and no 8 kHz one yet (the resampler
+        // rounds its count up): it still goes, so the two copies stay two to one.
+        let audio = !pcm.is_empty() || !wide.is_empty();
+        if (audio || mark.is_some()) && chunks.send(TtsChunk { pcm, wide, mark }).await.is_err() {
             break; // the call ended
         }
         // A client that only sends keep-alives learns at once that its call ended or that
