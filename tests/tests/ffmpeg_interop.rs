@@ -127,6 +127,34 @@ async fn play_while_ffmpeg_sends(node: &mut TestNode, port: u32, sender: std::pr
     assert!(sender_ok && receiver_ok, "ffmpeg exited cleanly");
 }
 
+/// What each end heard of a call NegotiateSdp set up: ffmpeg sends `speech` (8 kHz,
+/// written as a WAV at `wav_rate` and encoded by `sender_args`) to the node's `port`
+/// while the node plays `prompt.wav` to ffmpeg's receiver (`receiver_sdp`, on
+/// `recv_port`). Returns the 16 kHz listener's audio, ffmpeg's decoding of the node's
+/// audio at 8 kHz, and the node's metrics at the end.
+async fn exchange_with_ffmpeg(
+    node: &mut TestNode,
+    port: u32,
+    (receiver_sdp, recv_port): (&str, u16),
+    speech: &[i16],
+    (wav_rate, sender_args): (u32, &[&str]),
+) -> (Vec<i16>, Vec<i16>, String) {
+    use media_node::core::resample::convert;
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, heard_wav) = ffmpeg_rtp_receiver(dir.path(), receiver_sdp, recv_port, 8000).await;
+    let speech_wav = dir.path().join("speech.wav");
+    std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&convert(speech, 8000, wav_rate), wav_rate)).unwrap();
+    let listen = node.listen(port, 16000).await;
+    let sender = ffmpeg_rtp_sender(&speech_wav, sender_args, port);
+    play_while_ffmpeg_sends(node, port, sender, receiver).await;
+    let m = node.metrics().await;
+    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let heard = pcm_of(&listen.await.unwrap().0);
+    let (got, rate) = fleet_tests::voice::read_wav(&heard_wav);
+    assert_eq!(rate, 8000);
+    (heard, got, m)
+}
+
 /// How well `heard` carries `reference`: both from where the sound first passes
 /// |s| > 300, a `window` of the reference against up to 100 ms of lag either side.
 fn onset_correlation(reference: &[i16], heard: &[i16], window: usize) -> (f64, usize) {
@@ -287,26 +315,15 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     assert!(r.local_sdp.contains("c=IN IP4 127.0.0.1\r\n") && r.local_sdp.contains("a=rtpmap:9 G722/8000\r\n"), "{}", r.local_sdp);
 
     // ffmpeg receives what the node sends, as the answer agreed it (ffmpeg takes one
-    // codec per m-line, so its SDP names the agreed one, as a phone applies an answer).
-    let dir = tempfile::tempdir().unwrap();
+    // codec per m-line, so its SDP names the agreed one, as a phone applies an answer),
+    // and sends a spoken sentence (espeak-ng, at 16 kHz) as G.722 RTP in real time.
     let agreed = offer.replace("RTP/AVP 9 0 8 101", "RTP/AVP 9 101").replace("a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n", "");
-    let (receiver, heard_wav) = ffmpeg_rtp_receiver(dir.path(), &agreed, recv_port, 16000).await;
-
-    // ffmpeg sends a spoken sentence (espeak-ng, 16 kHz) as G.722 RTP in real time.
     let speech = fleet_tests::voice::espeak_8k("The balance of your account is four hundred and twelve pounds.");
-    let speech16 = convert(&speech, 8000, 16000);
-    let speech_wav = dir.path().join("speech.wav");
-    std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&speech16, 16000)).unwrap();
-    let listen = node.listen(port, 16000).await;
-    let sender = ffmpeg_rtp_sender(&speech_wav, &["-ar", "16000", "-acodec", "g722"], port);
-    play_while_ffmpeg_sends(&mut node, port, sender, receiver).await;
-    let m = node.metrics().await;
-    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let (heard, got, m) =
+        exchange_with_ffmpeg(&mut node, port, (&agreed, recv_port), &speech, (16000, &["-ar", "16000", "-acodec", "g722"])).await;
 
     // The node decoded ffmpeg's G.722: the listener hears the sentence (espeak-ng's
     // is telephone-band; the wideband tests below carry what is above it).
-    let (frames, _) = listen.await.unwrap();
-    let heard = pcm_of(&frames);
     let (c, lag) = onset_correlation(&convert(&speech, 8000, 16000), &heard, 16000);
     assert!(c > 0.85, "the listener heard ffmpeg's G.722 speech: correlation {c:.3} at lag {lag}");
     assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total"), 0.0, "every G.722 packet was taken");
@@ -315,12 +332,8 @@ async fn a_g722_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     assert_eq!(metric_value(&m, "media_sdp_negotiations_total{codec=\"G722\"}"), 1.0);
 
     // ffmpeg decoded the node's G.722: it heard the prompt.
-    let bytes = std::fs::read(&heard_wav).expect("ffmpeg wrote what it heard");
-    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
-    let got: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
-    let got8 = convert(&got, 16000, 8000);
-    let begin = got8.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
-    let (c, lag) = best_correlation(&got8[begin..begin + 8000], &prompt, 16000);
+    let begin = got.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
+    let (c, lag) = best_correlation(&got[begin..begin + 8000], &prompt, 16000);
     assert!(c > 0.85, "ffmpeg heard the prompt through G.722: correlation {c:.3} at lag {lag}");
 }
 
@@ -348,24 +361,14 @@ async fn a_pcma_call_negotiated_by_sdp_with_ffmpeg_as_the_far_end() {
     });
     let media = r.await.expect("NegotiateSdp answers the offer").into_inner().media.expect("what was agreed");
     assert_eq!((media.codec.as_str(), media.payload_type), ("PCMA", 8));
-    let dir = tempfile::tempdir().unwrap();
-    let (receiver, heard_wav) = ffmpeg_rtp_receiver(dir.path(), &offer.replace("RTP/AVP 8 0 101", "RTP/AVP 8"), recv_port, 8000).await;
     let speech = fleet_tests::voice::espeak_8k("Press one to speak to an agent, or stay on the line.");
-    let speech_wav = dir.path().join("speech.wav");
-    std::fs::write(&speech_wav, media_node::audio::decode::wav_bytes(&speech, 8000)).unwrap();
-    let listen = node.listen(port, 16000).await;
-    let sender = ffmpeg_rtp_sender(&speech_wav, &["-ar", "8000", "-acodec", "pcm_alaw"], port);
-    play_while_ffmpeg_sends(&mut node, port, sender, receiver).await;
-    let m = node.metrics().await;
-    node.client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
-
-    let heard = pcm_of(&listen.await.unwrap().0);
+    let receiver = offer.replace("RTP/AVP 8 0 101", "RTP/AVP 8");
+    let (heard, got, m) =
+        exchange_with_ffmpeg(&mut node, port, (&receiver, recv_port), &speech, (8000, &["-ar", "8000", "-acodec", "pcm_alaw"])).await;
     let (c, lag) = onset_correlation(&convert(&speech, 8000, 16000), &heard, 16000);
     println!("PCMA: the listener's speech correlates {c:.3} (lag {lag})");
     assert!(c > 0.9, "the 16 kHz listener heard ffmpeg's PCMA speech: correlation {c:.3} at lag {lag}");
     assert_eq!(metric_value(&m, "media_rtp_unsupported_payload_total") + metric_value(&m, "media_rtp_decode_errors_total"), 0.0);
-    let (got, rate) = fleet_tests::voice::read_wav(&heard_wav);
-    assert_eq!(rate, 8000);
     let begin = got.iter().position(|s| s.abs() > 300).expect("ffmpeg heard audio");
     let (c, lag) = best_correlation(&got[begin..begin + 8000], &prompt, 16000);
     println!("PCMA: ffmpeg's decoding of the prompt correlates {c:.3} (lag {lag})");
