@@ -307,7 +307,7 @@ impl Decoder {
     /// True for the codecs that carry 16 kHz audio (G.722, Opus): `decode_wide` hands
     /// it out beside the 8 kHz copy.
     pub fn is_wideband(&self) -> bool {
-        !matches!(self.state, DecoderState::G711(_) | DecoderState::G729(_))
+        self.codec.is_wideband()
     }
 
     /// Appends the payload's audio at 8 kHz. False for a payload the codec refuses
@@ -361,38 +361,32 @@ impl Decoder {
     /// 16 kHz into `wide`, when given), continuing what it decoded last; None for codecs
     /// without it (the jitter buffer's silence stands in).
     pub fn conceal(&mut self, samples: usize, out: &mut Vec<i16>, wide: Option<&mut Vec<i16>>) -> Option<bool> {
-        match &mut self.state {
-            #[cfg(feature = "opus")]
-            DecoderState::Opus(o) => {
-                let (dec, down, buf) = &mut **o;
-                buf.clear();
-                if !dec.conceal(samples * 2, buf) {
-                    return Some(false);
-                }
-                narrow_and_wide(down, buf, out, wide);
-                Some(true)
-            }
-            _ => {
-                let _ = (samples, out, wide);
-                None
-            }
-        }
+        self.rebuild(None, samples, out, wide)
     }
 
     /// The `samples` (8 kHz) lost just before `next`, rebuilt from the in-band FEC
     /// copy Opus carries in `next` (and at 16 kHz into `wide`, when given); None for
     /// codecs without one.
     pub fn recover(&mut self, next: &[u8], samples: usize, out: &mut Vec<i16>, wide: Option<&mut Vec<i16>>) -> Option<bool> {
+        self.rebuild(Some(next), samples, out, wide)
+    }
+
+    /// Lost audio from the FEC copy in `next`, or from concealment without it.
+    fn rebuild(&mut self, next: Option<&[u8]>, samples: usize, out: &mut Vec<i16>, wide: Option<&mut Vec<i16>>) -> Option<bool> {
         match &mut self.state {
             #[cfg(feature = "opus")]
             DecoderState::Opus(o) => {
                 let (dec, down, buf) = &mut **o;
                 buf.clear();
-                if !dec.recover(next, samples * 2, buf) {
-                    return Some(false);
+                // The decoder runs at 16 kHz: twice the timeline's samples.
+                let done = match next {
+                    Some(next) => dec.recover(next, samples * 2, buf),
+                    None => dec.conceal(samples * 2, buf),
+                };
+                if done {
+                    narrow_and_wide(down, buf, out, wide);
                 }
-                narrow_and_wide(down, buf, out, wide);
-                Some(true)
+                Some(done)
             }
             _ => {
                 let _ = (next, samples, out, wide);
