@@ -170,21 +170,15 @@ impl RecordingWriter {
     /// The caller's audio at `wall_pos`: `pcm` at 8 kHz and, from a wideband codec,
     /// `wide`, the same at 16 kHz (empty otherwise).
     pub fn add_caller(&mut self, wall_pos: u64, pcm: &[i16], wide: &[i16]) {
-        match &mut self.widen {
-            None => self.timeline.add_caller(wall_pos, pcm),
-            Some(_) if !wide.is_empty() => self.timeline.add_caller(wall_pos, wide),
-            Some(w) => self.timeline.add_caller(wall_pos, w[0].widen(wall_pos, pcm)),
-        }
+        let widen = self.widen.as_deref_mut().map(|w| &mut w[0]);
+        self.timeline.add_caller(wall_pos, at_rate(widen, wall_pos, pcm, wide));
     }
 
     /// The bot's audio sent at `pos`: `pcm` at 8 kHz and, where a wideband codec sent
     /// its source's own 16 kHz audio, `wide` (empty otherwise).
     pub fn add_bot(&mut self, pos: u64, pcm: &[i16], wide: &[i16]) {
-        match &mut self.widen {
-            None => self.timeline.add_bot(pos, pcm),
-            Some(_) if !wide.is_empty() => self.timeline.add_bot(pos, wide),
-            Some(w) => self.timeline.add_bot(pos, w[1].widen(pos, pcm)),
-        }
+        let widen = self.widen.as_deref_mut().map(|w| &mut w[1]);
+        self.timeline.add_bot(pos, at_rate(widen, pos, pcm, wide));
     }
 
     pub fn late_samples(&self) -> u64 {
@@ -279,6 +273,17 @@ impl RecordingWriter {
         job.write_manifest().map_err(|e| (e, part.clone()))?;
         let _ = std::fs::remove_file(meta_path(&part));
         Ok(job)
+    }
+}
+
+/// What of one side's audio goes on the timeline: the 8 kHz `pcm` on an 8 kHz one
+/// (`widen` None); on a wideband one its 16 kHz copy `wide`, or without one `pcm`
+/// brought up by that side's `widen`.
+fn at_rate<'a>(widen: Option<&'a mut Widen>, pos: u64, pcm: &'a [i16], wide: &'a [i16]) -> &'a [i16] {
+    match widen {
+        None => pcm,
+        Some(_) if !wide.is_empty() => wide,
+        Some(w) => w.widen(pos, pcm),
     }
 }
 
