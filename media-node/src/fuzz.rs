@@ -246,6 +246,7 @@ mod targets {
             analysis: Default::default(),
             telephone_event_pt: crate::core::session::TELEPHONE_EVENT_PT,
             wall_start: std::time::SystemTime::now(),
+            stopwatch: Instant::now,
         };
         let mut s = Session::new(cfg, t0);
         let mut out = Outputs::default();
@@ -366,9 +367,11 @@ mod targets {
     /// SDP offers from anyone who can reach the signalling: parse, negotiate, answer;
     /// an answer the node writes always parses back and negotiates the same codec.
     pub fn sdp_offer(data: &[u8]) {
+        use rand::SeedableRng;
         let Ok(offer) = SessionDescription::parse(data) else { return };
         let Ok(agreed) = sdp::negotiate(&offer, &["PCMU", "PCMA"], crate::core::srtp::sdes::SrtpPolicy::Optional) else { return };
-        let local = agreed.crypto.as_ref().map(|c| crate::core::srtp::MasterKey::random(c.key.suite));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(data.len() as u32));
+        let local = agreed.crypto.as_ref().map(|c| crate::core::srtp::MasterKey::generate(c.key.suite, &mut rng));
         let text = sdp::answer(&offer, &agreed, "192.0.2.1".parse().unwrap(), 30000, 1, 1, local.as_ref());
         let back = SessionDescription::parse(text.as_bytes()).expect("our answer parses");
         assert_eq!(back.media.len(), offer.media.len(), "one m-line per offered m-line");

@@ -4,19 +4,28 @@
 //! in `tools/`. Public here is what the node's binary, the tools and the tests need:
 //! its sans-IO core, its configuration, starting a node, and the node's own types.
 //!
-//! - `core`: pure rules of one call (RTP, G.711, jitter, pacing, playback, latching,
-//!   the recording timeline and its flush schedule), tested with made-up time.
+//! - `core`: pure rules of one call (the session and its parts, offer/answer, SRTP,
+//!   codecs, jitter, pacing, playback, analysis, the recording timeline), tested with
+//!   made-up time.
+//! - `config`: every setting the node reads, parsed and validated once.
+//! - `node`: the node's calls by port and call_id, the port pool, the prompt cache,
+//!   the drain switch.
+//! - `server`: starting and stopping a node (gRPC, health, HTTP, drain).
 //! - `ports`: the UDP port pool with quarantine.
-//! - `audio`: prompts (URIs, WAV decoding, the bounded cache), streamed TTS bytes, and
-//!   listener formatting.
-//! - `call`: the tokio task that runs one call's session over real sockets, and the
-//!   call's recording control.
+//! - `audio`: prompts (URIs, decoding, the bounded cache), streamed TTS bytes (PCM, Ogg
+//!   Opus), in-band DTMF tones, and listener formatting.
+//! - `call`: the tokio task that runs one call's session over real sockets, the media
+//!   runtime, the listener post, and the call's recording control.
 //! - `grpc`: the `sentiric.media.v1.MediaService` server, forwarding and peer clients.
 //! - `http`: Prometheus metrics and health endpoints.
+//! - `metrics`: the node's one registry.
 //! - `recording`: destinations, the spool writer, and storage that never loses one.
-//! - `events`: the platform's events to RabbitMQ through a bounded outbox.
+//! - `events`: the platform's events to RabbitMQ through a bounded outbox, and call
+//!   events.
 //! - `fleet`: the pool's state as this node knows it: peers, placement, placed calls.
 //! - `cluster`: reporting into the node's MediaNode and watching the pool's nodes.
+//! - `echo`: caller input quoted in errors, kept short.
+//! - `fuzz`: fuzz targets over every parser of outside input.
 //! - `sync`: the one poisoned-lock recovery.
 pub mod audio;
 pub mod call;

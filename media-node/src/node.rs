@@ -51,6 +51,10 @@ pub enum NodeError {
     Recording(#[from] RecordingError),
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    #[error(transparent)]
+    Digits(#[from] crate::core::dtmf_out::DigitsError),
+    #[error(transparent)]
+    RecordingFormat(#[from] crate::recording::FormatError),
 }
 
 #[derive(Debug, Clone)]

@@ -546,7 +546,7 @@ async fn an_srtp_call_keyed_by_sdes_with_ffmpeg_as_the_far_end_both_ways() {
     let port = alloc.rtp_port;
     let recv_port = 30235u16;
     let suite = "AES_CM_128_HMAC_SHA1_80";
-    let ffmpeg_key = MasterKey::random(Suite::AesCm128HmacSha1_80).inline().to_string();
+    let ffmpeg_key = MasterKey::generate(Suite::AesCm128HmacSha1_80, &mut rand::rng()).inline().to_string();
     let offer = format!(
         "v=0\r\no=trunk 5 1 IN IP4 127.0.0.1\r\ns=call\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {recv_port} RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=crypto:1 {suite} inline:{ffmpeg_key}\r\na=ptime:20\r\na=sendrecv\r\n"
     );

@@ -99,7 +99,7 @@ async fn an_attacker_on_the_port_is_never_heard_never_latched_and_the_keys_never
     let caller = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let attacker = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
 
-    let far1 = MasterKey::random(Suite::AesCm128HmacSha1_80);
+    let far1 = MasterKey::generate(Suite::AesCm128HmacSha1_80, &mut rand::rng());
     let negotiate = |sdp: String| NegotiateSdpRequest { server_rtp_port: port, remote_sdp: sdp, ..Default::default() };
     let answer = client.negotiate_sdp(negotiate(offer(caller.local_addr().unwrap(), &far1))).await.unwrap().into_inner();
     assert_eq!(answer.media.unwrap().srtp_suite, SUITE);
@@ -131,7 +131,7 @@ async fn an_attacker_on_the_port_is_never_heard_never_latched_and_the_keys_never
     let speech = fleet_tests::voice::espeak_8k("I would like to change the address on my account, please.");
     let frames: Vec<&[i16]> = speech.chunks_exact(160).collect();
     let ssrc = 0x5eed_0001;
-    let far2 = MasterKey::random(Suite::AesCm128HmacSha1_80);
+    let far2 = MasterKey::generate(Suite::AesCm128HmacSha1_80, &mut rand::rng());
     let mut tx = Outbound::new(far1.clone());
     let mut sent: Vec<Vec<u8>> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -149,7 +149,7 @@ async fn an_attacker_on_the_port_is_never_heard_never_latched_and_the_keys_never
             10 => {
                 let tone: Vec<i16> =
                     (0..160).map(|n| (12000.0 * (2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 8000.0).sin()) as i16).collect();
-                let mut wrong = Outbound::new(MasterKey::random(Suite::AesCm128HmacSha1_80));
+                let mut wrong = Outbound::new(MasterKey::generate(Suite::AesCm128HmacSha1_80, &mut rand::rng()));
                 for k in 0..50u16 {
                     attacker.send_to(&pcmu_packet(i as u16 + 1 + k, ssrc, &tone), node_addr).await.unwrap();
                     let mut p = pcmu_packet(i as u16 + 1 + k, ssrc, &tone);
@@ -293,7 +293,7 @@ async fn srtcp_reports_flow_both_ways_and_give_the_round_trip() {
             }
         }
     };
-    let far = MasterKey::random(Suite::AesCm128HmacSha1_80);
+    let far = MasterKey::generate(Suite::AesCm128HmacSha1_80, &mut rand::rng());
     let answer = client
         .negotiate_sdp(NegotiateSdpRequest {
             server_rtp_port: port,

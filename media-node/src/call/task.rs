@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use media_proto::pb;
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 use tracing::{debug, info};
 
@@ -22,6 +22,7 @@ use crate::audio::listener::ListenerFormat;
 use crate::core::analysis::quality::sum_squares;
 use crate::core::analysis::{samples_to_ms, AnalysisConfig, Signal};
 use crate::core::jitter::JitterConfig;
+use crate::core::negotiation::{Negotiation, Outcome};
 use crate::core::playback::{MarkFate, MarkId, PlaybackId, PlaybackOutcome, Sound};
 use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
@@ -82,8 +83,6 @@ pub enum Control {
     SetEcho(bool),
     /// DTMF redaction on or off.
     RedactDtmf(bool),
-    /// What SDP offer/answer agreed.
-    SetMedia(crate::core::session::MediaSettings),
 }
 
 impl From<Control> for Command {
@@ -93,7 +92,6 @@ impl From<Control> for Command {
             Control::SetTarget(t) => Command::SetTarget(t),
             Control::SetEcho(on) => Command::SetEcho(on),
             Control::RedactDtmf(on) => Command::RedactDtmf(on),
-            Control::SetMedia(m) => Command::SetMedia(m),
         }
     }
 }
@@ -124,6 +122,11 @@ pub enum CallCommand {
     Control {
         control: Control,
         applied: oneshot::Sender<()>,
+    },
+    /// SDP offer/answer for the call: what was agreed applies before the reply.
+    Negotiate {
+        request: crate::core::negotiation::Request,
+        reply: oneshot::Sender<Result<crate::core::negotiation::Outcome, crate::core::negotiation::Refused>>,
     },
     /// `attached` says whether the call took the listener (false: MAX_LISTENERS).
     Listen {
@@ -181,31 +184,9 @@ pub struct CallHandle {
     pub started: Instant,
     pub commands: mpsc::Sender<CallCommand>,
     pub task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The version of the node's last SDP for this call (RFC 3264 §8: each new one
-    /// is higher).
-    pub sdp_version: std::sync::atomic::AtomicU64,
-    /// The call's SDES keys across offers and answers.
-    pub sdes: std::sync::Mutex<crate::core::srtp::sdes::CallSdes>,
-    /// The node sends in a wideband codec (G.722, Opus; set by NegotiateSdp): prompts
-    /// and TTS then bring their 16 kHz audio along for the caller.
-    pub wideband: std::sync::atomic::AtomicBool,
-}
-
-impl CallHandle {
-    /// The `o=` line's session id: the same for every SDP the node writes for this
-    /// call, and distinct between calls.
-    pub fn sdp_session_id(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.call_id, self.port).hash(&mut h);
-        // sess-id is a decimal number; kept within 63 bits as most stacks expect.
-        h.finish() >> 1
-    }
-
-    /// The next `o=` version for this call.
-    pub fn next_sdp_version(&self) -> u64 {
-        self.sdp_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
-    }
+    /// The node sends in a wideband codec (G.722, Opus; what the call's last
+    /// negotiation agreed): prompts and TTS then bring their 16 kHz audio along.
+    pub wideband: watch::Receiver<bool>,
 }
 
 struct Listener {
@@ -278,14 +259,18 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
     let (tx, rx) = mpsc::channel(64);
     let started = Instant::now();
     let clock = CallClock { port, started: SystemTime::now() };
-    let session = Session::new(SessionConfig::random(ctx.symmetric_rtp, ctx.jitter, ctx.analysis), started);
+    let cfg = SessionConfig::random(&mut rand::rng(), clock.started, Instant::now, ctx.symmetric_rtp, ctx.jitter, ctx.analysis);
+    let session = Session::new(cfg, started);
     let span = tracing::info_span!("call", port, call_id = %call_id);
     // Where a recording finished by the call's end is stored: the runtime that asked
     // for the call (the serving one), not the media threads. An upload (file copy, or
     // HTTP and TLS to S3) then never competes with other calls' ticks, and runs on the
     // serving runtime's SCHED_BATCH threads.
     let storage = tokio::runtime::Handle::try_current().unwrap_or_else(|_| super::runtime::handle());
+    let (wideband_tx, wideband) = watch::channel(false);
     let task = CallTask {
+        negotiation: Negotiation::new(&call_id, port),
+        wideband: wideband_tx,
         counted_codec: session.outbound_codec(),
         session,
         commands: rx,
@@ -317,16 +302,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         }
     };
     let join = super::runtime::handle().spawn(tracing::Instrument::instrument(run, span));
-    Arc::new(CallHandle {
-        port,
-        call_id,
-        started,
-        commands: tx,
-        task: tokio::sync::Mutex::new(Some(join)),
-        sdp_version: Default::default(),
-        sdes: Default::default(),
-        wideband: Default::default(),
-    })
+    Arc::new(CallHandle { port, call_id, started, commands: tx, task: tokio::sync::Mutex::new(Some(join)), wideband })
 }
 
 /// How often a call's interarrival jitter is sampled into the histogram.
@@ -334,6 +310,9 @@ const JITTER_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct CallTask {
     session: Session,
+    /// The call's offer/answer state.
+    negotiation: Negotiation,
+    wideband: watch::Sender<bool>,
     /// The codec the call's gauge counts it under (what the node sends).
     counted_codec: crate::core::codec::AudioCodec,
     commands: mpsc::Receiver<CallCommand>,
@@ -485,13 +464,23 @@ impl CallTask {
                 if control == Control::Stop {
                     self.interrupt_stream();
                 }
-                let secure = self.session.is_secure();
-                self.session.handle_command(control.into(), &mut self.out);
-                if secure != self.session.is_secure() {
-                    self.metrics.calls_by_transport.with_label_values(&[transport(secure)]).dec();
-                    self.metrics.calls_by_transport.with_label_values(&[transport(!secure)]).inc();
-                }
+                self.apply(control.into());
                 let _ = applied.send(());
+            }
+            CallCommand::Negotiate { request, reply } => {
+                use rand::TryRngCore;
+                // The node's SDES keys come from the OS (see MasterKey::generate).
+                let outcome = self.negotiation.negotiate(request, &mut rand::rngs::OsRng.unwrap_err());
+                if let Ok(Outcome::Agreed(a)) = &outcome {
+                    self.apply(Command::SetMedia(a.media.clone()));
+                    if let Some(addr) = a.remote() {
+                        // The signalled address, under the latching rules: symmetric RTP
+                        // latches again on the far end's first packet.
+                        self.apply(Command::SetTarget(addr));
+                    }
+                    self.wideband.send_replace(a.wideband);
+                }
+                let _ = reply.send(outcome);
             }
             CallCommand::Listen { rate, frames, attached } => {
                 // Listeners that went away since the last frame do not count.
@@ -523,6 +512,17 @@ impl CallTask {
                 self.store_salvaged();
             }
             CallCommand::Shutdown => {}
+        }
+    }
+
+    /// A command to the session, with the transport gauge moved if it changed the
+    /// call's SRTP.
+    fn apply(&mut self, cmd: Command) {
+        let secure = self.session.is_secure();
+        self.session.handle_command(cmd, &mut self.out);
+        if secure != self.session.is_secure() {
+            self.metrics.calls_by_transport.with_label_values(&[transport(secure)]).dec();
+            self.metrics.calls_by_transport.with_label_values(&[transport(!secure)]).inc();
         }
     }
 

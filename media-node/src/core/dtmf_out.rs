@@ -31,6 +31,48 @@ struct Current {
     ends_sent: u8,
 }
 
+/// Digits the agent asked to send, checked: 1 to 64 DTMF keys (any case), each
+/// lasting 40 to 2000 ms (100 when not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigitRequest {
+    /// Upper case, every one a DTMF key.
+    pub digits: String,
+    pub duration_ms: u32,
+}
+
+/// Why a SendDtmf request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigitsError {
+    #[error("digits must be 1 to 64 of 0-9, *, #, A-D")]
+    Length,
+    #[error("{0:?} is not a DTMF digit (0-9, *, #, A-D)")]
+    NotADigit(String),
+    #[error("duration_ms {0} must be 40 to 2000")]
+    Duration(u32),
+}
+
+impl DigitRequest {
+    pub fn new(digits: &str, duration_ms: u32) -> Result<DigitRequest, DigitsError> {
+        let digits = digits.to_ascii_uppercase();
+        if digits.is_empty() || digits.len() > 64 {
+            return Err(DigitsError::Length);
+        }
+        if let Some(bad) = digits.chars().find(|&c| event_code(c).is_none()) {
+            return Err(DigitsError::NotADigit(bad.to_string()));
+        }
+        let duration_ms = if duration_ms == 0 { 100 } else { duration_ms };
+        if !(40..=2000).contains(&duration_ms) {
+            return Err(DigitsError::Duration(duration_ms));
+        }
+        Ok(DigitRequest { digits, duration_ms })
+    }
+
+    /// The digits as RFC 4733 events on the call's 8 kHz, `gap_ms` apart.
+    pub fn sender(&self, gap_ms: u32) -> DigitSender {
+        DigitSender::new(&self.digits, self.duration_ms * 8, gap_ms * 8).expect("checked DTMF digits")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DigitSender {
     digits: VecDeque<u8>,
@@ -90,6 +132,20 @@ mod tests {
     use super::*;
     use crate::core::analysis::telephone_event::{EventReceiver, Received};
     use std::time::Instant;
+
+    #[test]
+    fn requests_are_checked_before_anything_is_sent() {
+        assert_eq!(DigitRequest::new("12#a", 0), Ok(DigitRequest { digits: "12#A".into(), duration_ms: 100 }));
+        assert_eq!(DigitRequest::new("", 100), Err(DigitsError::Length));
+        assert_eq!(DigitRequest::new(&"1".repeat(65), 100), Err(DigitsError::Length));
+        assert_eq!(DigitRequest::new("12x", 100).unwrap_err().to_string(), "\"X\" is not a DTMF digit (0-9, *, #, A-D)");
+        assert_eq!(DigitRequest::new("1", 39), Err(DigitsError::Duration(39)));
+        assert_eq!(DigitRequest::new("1", 2001), Err(DigitsError::Duration(2001)));
+        let frames = std::iter::successors(Some(DigitRequest::new("5", 40).unwrap().sender(60)), |_| None)
+            .map(|mut s| std::iter::from_fn(move || s.next_frame()).count())
+            .sum::<usize>();
+        assert_eq!(frames, 2 + 2 + 3, "40 ms of event (two frames, the last the first end), two repeated ends, 60 ms of pause");
+    }
 
     #[test]
     fn digits_go_out_as_events_a_receiver_decodes() {

@@ -7,7 +7,7 @@
 //! FreeSWITCH and sippy carry) as the `ezk-g722` crate translated it to Rust: a proven
 //! implementation instead of our own, and pure Rust, so it builds from the registry
 //! alone. Encoder and decoder keep the ADPCM state of their direction, one of each per
-//! call. Not yet negotiated in calls (issue 15): this is the codec those calls will use.
+//! call; calls run it once SDP offer/answer agreed it.
 
 use ezk_g722::libg722::{decoder::Decoder, encoder::Encoder, Bitrate};
 

@@ -518,7 +518,8 @@ fn write_rtpmap(s: &mut String, pt: u8, codec: AudioCodec) {
         let _ = write!(s, "a=fmtp:{pt} {OPUS_FMTP}\r\n");
     }
     if codec == AudioCodec::G729 {
-        // The node decodes Annex B's comfort noise but sends plain G.729.
+        // The node takes Annex B's SID frames (as silence: no comfort-noise generator)
+        // but sends plain G.729.
         let _ = write!(s, "a=fmtp:{pt} annexb=no\r\n");
     }
 }

@@ -30,12 +30,12 @@ use crate::audio::CALL_RATE;
 use crate::call::task::MAX_LISTENERS;
 use crate::call::{CallCommand, CallHandle, Control, StreamEnd, TtsChunk};
 use crate::core::codec::WIDE_RATE;
+use crate::core::dtmf_out::DigitRequest;
 use crate::core::playback::Sound;
-use crate::core::recording::Channels;
 use crate::echo::{bounded, clip};
 use crate::node::{Node, NodeError};
 use crate::recording::store::Delivered;
-use crate::recording::{Destination, RecordingSpec};
+use crate::recording::{recording_channels, recording_rate, Destination, RecordingSpec};
 
 pub struct MediaSvc {
     pub(crate) node: Arc<Node>,
@@ -117,7 +117,9 @@ impl From<NodeError> for Status {
             }
             NodeError::Bind(_) => Status::unavailable(message),
             NodeError::Uri(UriError::NotFound(_)) => Status::not_found(message),
-            NodeError::Uri(_) | NodeError::Decode(_) | NodeError::Destination(_) => Status::invalid_argument(message),
+            NodeError::Uri(_) | NodeError::Decode(_) | NodeError::Destination(_) | NodeError::Digits(_) | NodeError::RecordingFormat(_) => {
+                Status::invalid_argument(message)
+            }
             NodeError::Read(_) => Status::internal(message),
             NodeError::Recording(RecordingError::AlreadyRunning | RecordingError::NotRunning) => Status::failed_precondition(message),
             NodeError::Recording(RecordingError::Spool(_)) => Status::unavailable(message),
@@ -248,15 +250,8 @@ impl MediaService for MediaSvc {
                 if let Destination::File { dir } = &destination {
                     crate::recording::destination::contained(&self.node.config.recording.recordings_root, dir).map_err(NodeError::from)?;
                 }
-                let rate = r.sample_rate.unwrap_or(8000);
-                if rate != 8000 && rate != 16000 {
-                    return Err(Status::invalid_argument(format!("sample_rate {rate} is not 8000 or 16000")));
-                }
-                let channels = match r.format.as_deref().map(|f| f.trim().to_ascii_lowercase()).as_deref() {
-                    None | Some("") | Some("wav") | Some("mono") | Some("mixed") => Channels::Mono,
-                    Some("stereo") => Channels::Stereo,
-                    Some(other) => return Err(Status::invalid_argument(format!("format {:?} is not mono or stereo", clip(other)))),
-                };
+                let rate = recording_rate(r.sample_rate).map_err(NodeError::from)?;
+                let channels = recording_channels(r.format.as_deref()).map_err(NodeError::from)?;
                 let call_id = if r.call_id.is_empty() { call.call_id.clone() } else { r.call_id.clone() };
                 let trace_id = if r.trace_id.is_empty() { trace } else { r.trace_id.clone() };
                 let spec = RecordingSpec { call_id, trace_id, destination, rate, channels, segment: 0 };
@@ -321,7 +316,7 @@ impl MediaService for MediaSvc {
                 Err(_) => return Err(Status::invalid_argument(format!("audio_format {} is not one the node knows", first.audio_format))),
             };
             // A call sending in a wideband codec keeps the stream's 16 kHz audio too.
-            let wideband = call.wideband.load(std::sync::atomic::Ordering::Relaxed);
+            let wideband = *call.wideband.borrow();
             let decoder = StreamDecoder::new(format, wideband).map_err(|e| Status::unimplemented(e.to_string()))?;
             let (chunk_tx, chunk_rx) = mpsc::channel::<TtsChunk>(4);
             let (done_tx, done_rx) = oneshot::channel();
@@ -413,20 +408,11 @@ const DIGIT_GAP_MS: u32 = 60;
 
 impl MediaSvc {
     async fn send_digits(&self, r: SendDtmfRequest) -> Result<SendDtmfResponse, Status> {
-        let digits = r.digits.to_ascii_uppercase();
-        if digits.is_empty() || digits.len() > 64 {
-            return Err(Status::invalid_argument("digits must be 1 to 64 of 0-9, *, #, A-D"));
-        }
-        if let Some(bad) = digits.chars().find(|&c| crate::core::analysis::telephone_event::event_code(c).is_none()) {
-            return Err(Status::invalid_argument(format!("{:?} is not a DTMF digit (0-9, *, #, A-D)", clip(&bad.to_string()))));
-        }
-        let duration_ms = if r.duration_ms == 0 { 100 } else { r.duration_ms };
-        if !(40..=2000).contains(&duration_ms) {
-            return Err(Status::invalid_argument(format!("duration_ms {duration_ms} must be 40 to 2000")));
-        }
+        let request = DigitRequest::new(&r.digits, r.duration_ms).map_err(NodeError::from)?;
+        let (digits, duration_ms) = (&request.digits, request.duration_ms);
         let call = self.node.call(r.server_rtp_port)?;
         let sent = if r.inband {
-            let pcm = crate::audio::dtmf::tones(&digits, duration_ms, DIGIT_GAP_MS).into();
+            let pcm = crate::audio::dtmf::tones(digits, duration_ms, DIGIT_GAP_MS).into();
             let (done, outcome) = oneshot::channel();
             let id = self.node.next_playback_id();
             call.commands
@@ -435,8 +421,7 @@ impl MediaSvc {
                 .map_err(|_| NodeError::CallGone)?;
             matches!(outcome.await, Ok((crate::core::playback::PlaybackOutcome::Finished, _)))
         } else {
-            let sender = crate::core::dtmf_out::DigitSender::new(&digits, duration_ms * 8, DIGIT_GAP_MS * 8)
-                .ok_or_else(|| Status::invalid_argument("not DTMF digits"))?;
+            let sender = request.sender(DIGIT_GAP_MS);
             ask(&call, |done| CallCommand::SendDigits { digits: sender, done }).await?
         };
         info!(digits = digits.len(), inband = r.inband, sent, "DTMF sent");
@@ -444,7 +429,7 @@ impl MediaSvc {
     }
 
     async fn negotiate(&self, r: NegotiateSdpRequest) -> Result<NegotiateSdpResponse, Status> {
-        use crate::core::sdp::{self, SessionDescription};
+        use crate::core::negotiation::{Outcome, Remote, Request};
         use crate::core::srtp::sdes::SrtpPolicy;
         use negotiate_sdp_request::{SdpType, SrtpPolicy as RequestPolicy};
         let policy = match r.srtp_policy() {
@@ -460,68 +445,28 @@ impl MediaSvc {
                 .map_err(|e| Status::invalid_argument(format!("preferred_codecs: {e}")))?
         };
         let call = self.node.call(r.server_rtp_port)?;
-        let ip = self.node.advertised_ip();
-        // o= names the call (the same id in every SDP of it) and counts this
-        // description's version.
-        let (session_id, version) = (call.sdp_session_id(), call.next_sdp_version());
-        if r.remote_sdp.is_empty() {
-            if r.remote_type() == SdpType::Answer {
-                return Err(Status::invalid_argument("remote_sdp is empty: an answer needs the far end's SDP"));
-            }
-            let crypto = if policy == SrtpPolicy::Off { Vec::new() } else { call.sdes.lock().expect("sdes lock").offer() };
-            let secure = policy == SrtpPolicy::Required;
-            let offer = sdp::offer(ip, call.port, session_id, version, &prefer, sdp::Direction::SendRecv, &crypto, secure);
-            info!(codecs = prefer.len(), srtp = policy.as_str(), "SDP offer made");
-            return Ok(NegotiateSdpResponse { local_sdp: offer, media: None });
-        }
-        let remote = SessionDescription::parse(r.remote_sdp.as_bytes()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let names: Vec<&str> = prefer.iter().map(|c| c.name()).collect();
-        let agreed = sdp::negotiate(&remote, &names, policy).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let codec = agreed.codec.audio_codec();
-        let keys = {
-            let mut sdes = call.sdes.lock().expect("sdes lock");
-            match (&agreed.crypto, r.remote_type()) {
-                (None, _) => {
-                    sdes.plain();
-                    None
-                }
-                (Some(theirs), SdpType::Answer) => Some(sdes.answered(theirs).ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "the answer's crypto:{} {} names no crypto line of the node's offer",
-                        theirs.tag, theirs.key.suite
-                    ))
-                })?),
-                (Some(theirs), _) => Some(sdes.answer(theirs)),
-            }
+        let remote = match r.remote_type() {
+            SdpType::Answer => Remote::Answer(r.remote_sdp),
+            _ if r.remote_sdp.is_empty() => Remote::Nothing,
+            _ => Remote::Offer(r.remote_sdp),
         };
-        let settings = crate::core::session::MediaSettings {
-            send: (agreed.payload_type, codec),
-            opus: agreed.opus,
-            receive: agreed.receive.clone(),
-            telephone_event_pt: agreed.telephone_event,
-            sends: agreed.direction.sends(),
-            srtp: keys.clone(),
-            rtcp: if agreed.rtcp_mux {
-                crate::core::session::RtcpTarget::Muxed
-            } else {
-                crate::core::session::RtcpTarget::Separate(agreed.rtcp_remote)
-            },
-            ptime_ms: agreed.ptime,
+        let request = Request { remote, policy, prefer, ip: self.node.advertised_ip() };
+        let codecs = request.prefer.len();
+        let outcome = ask(&call, |reply| CallCommand::Negotiate { request, reply }).await?;
+        let a = match outcome.map_err(|e| Status::invalid_argument(e.to_string()))? {
+            Outcome::Offered { local_sdp } => {
+                info!(codecs, srtp = policy.as_str(), "SDP offer made");
+                return Ok(NegotiateSdpResponse { local_sdp, media: None });
+            }
+            Outcome::Agreed(a) => a,
         };
-        let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
-        control(Control::SetMedia(settings)).await?;
-        // 16 kHz prompts and TTS are worth making when the far end plays them: not for
-        // an Opus far end that said maxplaybackrate=8000 (its Opus is narrowband).
-        let wideband = codec.is_wideband() && agreed.opus.max_playback_rate > 8000;
-        call.wideband.store(wideband, std::sync::atomic::Ordering::Relaxed);
-        if let Some(addr) = agreed.remote {
-            // The signalled address, under the latching rules: symmetric RTP latches
-            // again on the far end's first packet.
-            control(Control::SetTarget(addr)).await?;
-        }
+        let (codec, agreed) = (a.codec(), &a.negotiated);
         self.node.metrics.negotiated.with_label_values(&[codec.name()]).inc();
-        let transport = if keys.is_some() { "srtp" } else { "rtp" };
+        let transport = if a.keys.is_some() { "srtp" } else { "rtp" };
         self.node.metrics.negotiated_transport.with_label_values(&[transport, policy.as_str()]).inc();
+        // The suite, never a key.
+        let suite = a.keys.as_ref().map_or("none", |k| k.local.suite.name());
+        info!(codec = codec.name(), pt = agreed.payload_type, direction = agreed.direction.as_str(), srtp = suite, "SDP negotiated");
         let media = NegotiatedMedia {
             codec: codec.name().into(),
             payload_type: agreed.payload_type as u32,
@@ -530,16 +475,9 @@ impl MediaSvc {
             ptime_ms: agreed.ptime,
             direction: agreed.direction.as_str().into(),
             remote_rtp_addr: agreed.remote.map(|a| a.to_string()).unwrap_or_default(),
-            srtp_suite: keys.as_ref().map(|k| k.local.suite.name().to_string()).unwrap_or_default(),
+            srtp_suite: a.keys.as_ref().map(|k| k.local.suite.name().to_string()).unwrap_or_default(),
         };
-        // The suite, never a key.
-        let suite = keys.as_ref().map_or("none", |k| k.local.suite.name());
-        info!(codec = codec.name(), pt = agreed.payload_type, direction = agreed.direction.as_str(), srtp = suite, "SDP negotiated");
-        let local_sdp = match r.remote_type() {
-            SdpType::Answer => String::new(),
-            _ => sdp::answer(&remote, &agreed, ip, call.port, session_id, version, keys.as_ref().map(|k| &k.local)),
-        };
-        Ok(NegotiateSdpResponse { local_sdp, media: Some(media) })
+        Ok(NegotiateSdpResponse { local_sdp: a.local_sdp, media: Some(media) })
     }
 
     async fn play(&self, r: PlayAudioRequest) -> Result<PlayAudioResponse, Status> {
@@ -548,7 +486,7 @@ impl MediaSvc {
         let reply = |message: &str| Ok(PlayAudioResponse { success: true, message: message.to_string(), played_ms: 0 });
         let control = |control: Control| ask(&call, move |applied| CallCommand::Control { control, applied });
         // A call sending in a wideband codec gets the prompt's 16 kHz audio as well.
-        let wide = call.wideband.load(std::sync::atomic::Ordering::Relaxed).then_some(WIDE_RATE);
+        let wide = (*call.wideband.borrow()).then_some(WIDE_RATE);
         let pcm: Sound = match uri::parse(&r.audio_uri).map_err(NodeError::from)? {
             AudioUri::Control(UriControl::SetTarget) => {
                 let t = target.ok_or_else(|| Status::invalid_argument("control://set_target needs rtp_target_addr"))?;

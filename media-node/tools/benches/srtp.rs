@@ -31,7 +31,7 @@ fn main() {
     let plain = t.elapsed().as_nanos() as f64 / PACKETS as f64;
     println!("plain packet built: {plain:.0} ns");
     for suite in Suite::ALL {
-        let key = MasterKey::random(suite);
+        let key = MasterKey::generate(suite, &mut rand::rng());
         let mut tx = Outbound::new(key.clone());
         let mut rx = Inbound::new(key);
         let mut out = Vec::with_capacity(256);

@@ -164,13 +164,20 @@ impl MasterKey {
         })
     }
 
-    /// A fresh key from the OS (getrandom), for the node's own direction. Not from the
-    /// thread's RNG: its output buffer would keep a copy of the key after the call.
+    /// A fresh key for the node's own direction, from `rng`: the node hands in the OS
+    /// source (getrandom), not the thread's RNG, whose output buffer would keep a copy
+    /// of the key after the call; tests hand in a seeded one.
+    pub fn generate<R: rand::CryptoRng + ?Sized>(suite: Suite, rng: &mut R) -> MasterKey {
+        let mut material = Zeroizing::new(vec![0u8; suite.key_len() + suite.salt_len()]);
+        rng.fill_bytes(&mut material);
+        MasterKey { suite, material, lifetime: MAX_LIFETIME, mki: None }
+    }
+
+    /// A fresh key from the OS, for tests.
+    #[cfg(test)]
     pub fn random(suite: Suite) -> MasterKey {
         use rand::TryRngCore;
-        let mut material = Zeroizing::new(vec![0u8; suite.key_len() + suite.salt_len()]);
-        rand::rngs::OsRng.try_fill_bytes(&mut material).expect("the OS random source works");
-        MasterKey { suite, material, lifetime: MAX_LIFETIME, mki: None }
+        MasterKey::generate(suite, &mut rand::rngs::OsRng.unwrap_err())
     }
 
     fn key(&self) -> &[u8] {

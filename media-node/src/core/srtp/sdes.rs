@@ -213,11 +213,12 @@ pub struct CallSdes {
 }
 
 impl CallSdes {
-    /// The keys for answering the far end's `theirs`.
-    pub fn answer(&mut self, theirs: &Crypto) -> CallKeys {
+    /// The keys for answering the far end's `theirs` (a new key of the node's from
+    /// `rng`).
+    pub fn answer<R: rand::CryptoRng + ?Sized>(&mut self, theirs: &Crypto, rng: &mut R) -> CallKeys {
         let local = match &self.agreed {
             Some(k) if k.local.suite == theirs.key.suite => k.local.clone(),
-            _ => MasterKey::random(theirs.key.suite),
+            _ => MasterKey::generate(theirs.key.suite, rng),
         };
         let keys = CallKeys { remote: theirs.key.clone(), local };
         self.agreed = Some(keys.clone());
@@ -225,15 +226,15 @@ impl CallSdes {
     }
 
     /// The node's crypto lines for an offer: one per suite, strongest first, the key in
-    /// use kept for its suite.
-    pub fn offer(&mut self) -> Vec<Crypto> {
+    /// use kept for its suite (new ones from `rng`).
+    pub fn offer<R: rand::CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Vec<Crypto> {
         self.offered = Suite::ALL
             .iter()
             .zip(1..)
             .map(|(suite, tag)| {
                 let key = match &self.agreed {
                     Some(k) if k.local.suite == *suite => k.local.clone(),
-                    _ => MasterKey::random(*suite),
+                    _ => MasterKey::generate(*suite, rng),
                 };
                 Crypto { tag, key }
             })
@@ -327,13 +328,14 @@ mod tests {
     fn the_nodes_key_lives_on_through_re_offers_of_its_suite() {
         let theirs = |suite| Crypto { tag: 1, key: MasterKey::random(suite) };
         let mut call = CallSdes::default();
-        let first = call.answer(&theirs(Suite::AesCm128HmacSha1_80));
-        let again = call.answer(&theirs(Suite::AesCm128HmacSha1_80));
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        let first = call.answer(&theirs(Suite::AesCm128HmacSha1_80), &mut rng);
+        let again = call.answer(&theirs(Suite::AesCm128HmacSha1_80), &mut rng);
         assert_eq!(first.local, again.local, "the far end rekeyed; the node's direction goes on");
         assert_ne!(first.remote, again.remote);
-        let other = call.answer(&theirs(Suite::AeadAes128Gcm));
+        let other = call.answer(&theirs(Suite::AeadAes128Gcm), &mut rng);
         assert_ne!(other.local.suite, first.local.suite);
-        let offered = call.offer();
+        let offered = call.offer(&mut rng);
         assert_eq!(offered.len(), 6);
         assert_eq!(offered.iter().find(|c| c.key.suite == Suite::AeadAes128Gcm).unwrap().key, other.local, "kept in the offer");
         let answer = Crypto { tag: 4, key: MasterKey::random(Suite::AesCm128HmacSha1_80) };

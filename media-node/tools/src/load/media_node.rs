@@ -122,7 +122,9 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             if codec != AudioCodec::Pcmu || srtp {
                 // The caller's offer in its codec (with its SDES key under --srtp); the
                 // node answers and sends in it.
-                let key = srtp.then(|| media_node::core::srtp::MasterKey::random(media_node::core::srtp::Suite::AesCm128HmacSha1_80));
+                let key = srtp.then(|| {
+                    media_node::core::srtp::MasterKey::generate(media_node::core::srtp::Suite::AesCm128HmacSha1_80, &mut rand::rng())
+                });
                 let offer = match &key {
                     Some(k) => crate::ng::srtp_sdp(caller.local_addr(), i as u64, codec, k),
                     None => crate::ng::codec_sdp(caller.local_addr(), i as u64, codec),

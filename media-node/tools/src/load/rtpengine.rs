@@ -93,7 +93,8 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             // Under --srtp the caller offers RTP/SAVP with its SDES key; rtpengine offers
             // plain RTP/AVP to the agent and answers the caller with a key of its own, so
             // it decrypts what the caller sends and encrypts what it plays, as the node does.
-            let key = srtp.then(|| media_node::core::srtp::MasterKey::random(media_node::core::srtp::Suite::AesCm128HmacSha1_80));
+            let key = srtp
+                .then(|| media_node::core::srtp::MasterKey::generate(media_node::core::srtp::Suite::AesCm128HmacSha1_80, &mut rand::rng()));
             let sdp = match &key {
                 Some(k) => crate::ng::srtp_sdp(caller.local_addr(), i as u64, codec, k),
                 None => codec_sdp(caller.local_addr(), i as u64, codec),

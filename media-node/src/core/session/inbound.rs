@@ -1,0 +1,291 @@
+//! The caller's audio on its way in: which codec a payload type is, decoding (and
+//! Opus's loss rebuilding), the 16 kHz copy of a wideband caller, the jitter buffer,
+//! interarrival jitter, and the analysis taps (VAD, DTMF, telephone-events) on what
+//! the jitter buffer releases.
+
+use std::time::Instant;
+
+use super::io::Counters;
+use crate::core::analysis::{AnalysisConfig, Analyzer, Signal};
+use crate::core::codec::{self, AudioCodec, ByCodec, Decoder};
+use crate::core::interarrival::Interarrival;
+use crate::core::jitter::{Heard, JitterBuffer, JitterConfig, JitterStats, RtpId};
+use crate::core::rtp::RtpPacket;
+
+/// The longest run of lost packets the decoder rebuilds (FEC and concealment); a
+/// longer one is a dropout, left to the jitter buffer's silence (libopus's concealment
+/// has faded out long before: measured, near silence by its second 20 ms frame).
+pub(super) const MAX_REBUILT_PACKETS: u16 = 5;
+
+/// A clock read only to measure time spent in codecs, for a metric: handed in, so the
+/// core reads none of its own (`std::time::Instant::now` in the node).
+pub type Stopwatch = fn() -> Instant;
+
+#[derive(Debug, Clone, Copy)]
+struct LastIn {
+    ssrc: u32,
+    seq: u16,
+    /// Its RTP timestamp, and the same on the call's 8 kHz.
+    ts: u32,
+    ts8: u32,
+    samples: u32,
+}
+
+/// What inbound counted since the last `take_counters` (the jitter buffer's and the
+/// analysis's own totals are turned into deltas against what was reported).
+#[derive(Debug, Default)]
+struct Counts {
+    packets_in: u64,
+    bytes_in: u64,
+    unsupported_payload: u64,
+    decode_errors: ByCodec<u64>,
+    decode_nanos: ByCodec<u64>,
+    fec_recovered: u64,
+    plc_concealed: u64,
+    reported_jitter: JitterStats,
+    reported_events: (u64, u64),
+}
+
+pub(super) struct Inbound {
+    /// The negotiated payload types; None: the static G.711 ones.
+    receive: Option<Vec<(u8, AudioCodec)>>,
+    /// The caller's codec now (its payload type and decoder).
+    decoder: Option<(u8, Decoder)>,
+    /// The caller's last audio packet (for timestamp scaling and Opus FEC).
+    last_in: Option<LastIn>,
+    jitter: JitterBuffer,
+    interarrival: Interarrival,
+    analyzer: Analyzer,
+    /// What the analysis found, on its way to the session's events.
+    pub(super) signals: Vec<Signal>,
+    /// The end of the caller's audio analysed so far (timeline position).
+    heard_end: u64,
+    /// Set while the caller's audio is echoed back: its decoded audio in arrival order.
+    echoed: Option<Vec<i16>>,
+    stopwatch: Stopwatch,
+    counts: Counts,
+}
+
+impl Inbound {
+    pub(super) fn new(jitter: JitterConfig, analysis: AnalysisConfig, start: Instant, stopwatch: Stopwatch) -> Inbound {
+        Inbound {
+            receive: None,
+            decoder: None,
+            last_in: None,
+            jitter: JitterBuffer::new(jitter, start),
+            interarrival: Interarrival::default(),
+            analyzer: Analyzer::new(analysis),
+            signals: Vec::new(),
+            heard_end: 0,
+            echoed: None,
+            stopwatch,
+            counts: Counts::default(),
+        }
+    }
+
+    /// What offer/answer agreed the caller sends, and the clock of the call's
+    /// telephone-events. A re-offer may give the payload type the caller sends another
+    /// codec: its decoder starts again then.
+    pub(super) fn set_media(&mut self, receive: Vec<(u8, AudioCodec)>, event_clock: u32) {
+        self.analyzer.set_event_clock(event_clock);
+        if let Some((pt, d)) = &self.decoder {
+            if receive.iter().find(|(p, _)| p == pt).map(|(_, c)| *c) != Some(d.codec) {
+                self.decoder = None;
+            }
+        }
+        self.receive = Some(receive);
+    }
+
+    /// Echo mode on (the caller's audio is handed back to be played) or off.
+    pub(super) fn set_echo(&mut self, on: bool) {
+        self.echoed = on.then(Vec::new);
+    }
+
+    /// The caller's audio decoded since the last call, for echo mode (empty when off).
+    pub(super) fn take_echoed(&mut self) -> Option<&mut Vec<i16>> {
+        self.echoed.as_mut().filter(|e| !e.is_empty())
+    }
+
+    /// The codec the caller sends in, once it has sent any.
+    pub(super) fn codec(&self) -> Option<AudioCodec> {
+        self.decoder.as_ref().map(|(_, d)| d.codec)
+    }
+
+    pub(super) fn heard_end(&self) -> u64 {
+        self.heard_end
+    }
+
+    pub(super) fn speech_onset(&mut self) -> Option<u64> {
+        self.analyzer.speech_onset()
+    }
+
+    /// RFC 3550 interarrival jitter of the caller's RTP so far, in seconds.
+    pub(super) fn interarrival_seconds(&self) -> f64 {
+        self.interarrival.seconds()
+    }
+
+    pub(super) fn interarrival_jitter(&self) -> Option<f64> {
+        self.interarrival.has_data().then(|| self.interarrival.seconds())
+    }
+
+    /// An RFC 4733 telephone-event packet (`len`: the datagram's size).
+    pub(super) fn on_telephone_event(&mut self, now: Instant, packet: &RtpPacket<'_>, len: usize) {
+        self.counts.packets_in += 1;
+        self.counts.bytes_in += len as u64;
+        let pos = self.jitter.position();
+        self.analyzer.on_rtp(now, pos, &mut self.signals);
+        self.analyzer.on_telephone_event(now, pos, packet.timestamp, packet.payload, &mut self.signals);
+    }
+
+    /// An audio packet from the far end (`len`: the datagram's size): decoded (lost
+    /// packets before it rebuilt where the codec can), into the jitter buffer, which
+    /// releases what is due into `heard`. Returns the caller's codec when it changed
+    /// on a call that negotiated nothing (the node answers in it).
+    pub(super) fn on_audio(
+        &mut self,
+        now: Instant,
+        packet: &RtpPacket<'_>,
+        len: usize,
+        heard: &mut Vec<Heard>,
+    ) -> Option<(u8, AudioCodec)> {
+        let pt = packet.payload_type;
+        let codec = match &self.receive {
+            Some(map) => map.iter().find(|(p, _)| *p == pt).map(|(_, c)| *c),
+            // Never negotiated: G.711 only, as before SDP came (PT 9 or 18 from a caller
+            // that negotiated nothing is counted, not decoded).
+            None => AudioCodec::from_static_payload_type(pt).filter(|c| matches!(c, AudioCodec::Pcmu | AudioCodec::Pcma)),
+        };
+        let Some(codec) = codec else {
+            // Comfort noise, a codec nobody negotiated: counted, not played.
+            self.counts.unsupported_payload += 1;
+            return None;
+        };
+        self.counts.packets_in += 1;
+        self.counts.bytes_in += len as u64;
+        self.analyzer.on_rtp(now, self.jitter.position(), &mut self.signals);
+        let mut switched = None;
+        if self.decoder.as_ref().map(|(p, _)| *p) != Some(pt) {
+            self.decoder = Some((pt, Decoder::new(codec)));
+            if self.receive.is_none() {
+                switched = Some((pt, codec));
+            }
+        }
+        self.decode(now, packet, codec, heard);
+        switched
+    }
+
+    fn decode(&mut self, now: Instant, packet: &RtpPacket<'_>, codec: AudioCodec, heard: &mut Vec<Heard>) {
+        let Some((_, decoder)) = self.decoder.as_mut() else { return };
+        // A wideband codec's 16 kHz audio rides beside the 8 kHz timeline copy.
+        let wideband = decoder.is_wideband();
+        // The jitter buffer, the interarrival jitter and the timeline count 8 kHz; an
+        // Opus stream's 48 kHz timestamps are scaled by their difference from the last
+        // packet's (so its wrap-around needs no care).
+        let ratio = codec.clock_ratio();
+        let ts = match self.last_in {
+            Some(l) if ratio > 1 && l.ssrc == packet.ssrc => {
+                l.ts8.wrapping_add((packet.timestamp.wrapping_sub(l.ts) as i32 / ratio as i32) as u32)
+            }
+            _ => packet.timestamp / ratio,
+        };
+        // Packets lost just before this one: Opus rebuilds them before this one is
+        // decoded, in the decoder's own order (libopus needs it so): the last from the
+        // in-band FEC copy this packet carries, any before it by the decoder's
+        // concealment. They reach the jitter buffer before it gives up on them.
+        let mut rebuilt = Vec::new();
+        if let Some(l) = self.last_in.filter(|l| l.ssrc == packet.ssrc) {
+            let lost = packet.sequence.wrapping_sub(l.seq).wrapping_sub(1);
+            let missing = ts.wrapping_sub(l.ts8).wrapping_sub(l.samples);
+            if (1..=MAX_REBUILT_PACKETS).contains(&lost) && (1..=u32::from(lost) * codec::MAX_PACKET_SAMPLES).contains(&missing) {
+                let began = (self.stopwatch)();
+                let each = missing / u32::from(lost);
+                for k in 0..u32::from(lost) {
+                    // The last lost packet takes what the even split left over.
+                    let n = if k + 1 == u32::from(lost) { missing - each * k } else { each };
+                    let (mut pcm, mut wide) = (Vec::with_capacity(n as usize), Vec::new());
+                    let fec = k + 1 == u32::from(lost);
+                    let done = if fec {
+                        decoder.recover(packet.payload, n as usize, &mut pcm, wideband.then_some(&mut wide))
+                    } else {
+                        decoder.conceal(n as usize, &mut pcm, wideband.then_some(&mut wide))
+                    };
+                    match done {
+                        Some(true) => {
+                            if fec {
+                                self.counts.fec_recovered += 1;
+                            } else {
+                                self.counts.plc_concealed += 1;
+                            }
+                            let id = RtpId {
+                                ssrc: packet.ssrc,
+                                seq: l.seq.wrapping_add(1 + k as u16),
+                                ts: l.ts8.wrapping_add(l.samples + each * k),
+                            };
+                            rebuilt.push((id, pcm, wide));
+                        }
+                        // A codec with neither (the jitter buffer's silence stands in).
+                        None => break,
+                        Some(false) => {}
+                    }
+                }
+                *self.counts.decode_nanos.get_mut(codec) += (self.stopwatch)().saturating_duration_since(began).as_nanos() as u64;
+            }
+        }
+        // The jitter buffer keeps the decoded audio, so it is decoded into its own Vec.
+        let mut pcm = Vec::with_capacity(packet.payload.len() * 2);
+        let mut wide = Vec::new();
+        let began = (self.stopwatch)();
+        let decoded = decoder.decode_wide(packet.payload, &mut pcm, wideband.then_some(&mut wide));
+        *self.counts.decode_nanos.get_mut(codec) += (self.stopwatch)().saturating_duration_since(began).as_nanos() as u64;
+        if !decoded {
+            // A payload the codec refuses: dropped and counted, never played.
+            *self.counts.decode_errors.get_mut(codec) += 1;
+            return;
+        }
+        for (id, lost, lost_wide) in rebuilt {
+            self.jitter.on_wide_packet(now, id, lost, lost_wide, heard);
+        }
+        self.last_in = Some(LastIn { ssrc: packet.ssrc, seq: packet.sequence, ts: packet.timestamp, ts8: ts, samples: pcm.len() as u32 });
+        if let Some(e) = &mut self.echoed {
+            e.extend_from_slice(&pcm);
+        }
+        self.interarrival.on_packet(now, packet.ssrc, ts);
+        self.jitter.on_wide_packet(now, RtpId { ssrc: packet.ssrc, seq: packet.sequence, ts }, pcm, wide, heard);
+    }
+
+    /// A tick: the jitter buffer releases what is due (or silence for what is lost)
+    /// into `heard`, and the analysis learns the time.
+    pub(super) fn on_tick(&mut self, now: Instant, heard: &mut Vec<Heard>) {
+        self.jitter.on_tick(now, heard);
+        self.analyzer.on_tick(now, self.jitter.position(), &mut self.signals);
+    }
+
+    /// The analysis over one piece of the caller's audio the jitter buffer released.
+    pub(super) fn analyse(&mut self, h: &Heard) {
+        self.analyzer.on_heard(h.pos, &h.pcm, &mut self.signals);
+        self.heard_end = self.heard_end.max(h.pos + h.pcm.len() as u64);
+    }
+
+    pub(super) fn take_counters(&mut self, c: &mut Counters) {
+        let k = &mut self.counts;
+        c.packets_in = std::mem::take(&mut k.packets_in);
+        c.bytes_in = std::mem::take(&mut k.bytes_in);
+        c.unsupported_payload = std::mem::take(&mut k.unsupported_payload);
+        c.decode_errors = std::mem::take(&mut k.decode_errors);
+        for (both, decode) in c.codec_nanos.0.iter_mut().zip(std::mem::take(&mut k.decode_nanos).0) {
+            both.1 = decode;
+        }
+        c.fec_recovered = std::mem::take(&mut k.fec_recovered);
+        c.plc_concealed = std::mem::take(&mut k.plc_concealed);
+        let (j, r) = (self.jitter.stats, k.reported_jitter);
+        c.late = (j.late + j.duplicate) - (r.late + r.duplicate);
+        c.lost_samples = j.lost_samples - r.lost_samples;
+        c.recovered_samples = j.recovered_samples - r.recovered_samples;
+        c.discontinuities = j.discontinuities - r.discontinuities;
+        k.reported_jitter = j;
+        let (dup, ignored) = self.analyzer.event_counts();
+        c.telephone_event_duplicates = dup - k.reported_events.0;
+        c.telephone_event_ignored = ignored - k.reported_events.1;
+        k.reported_events = (dup, ignored);
+    }
+}
