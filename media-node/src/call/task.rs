@@ -1,7 +1,8 @@
 //! The per-call task: owns the RTP/RTCP sockets, feeds the session real time, fans the
 //! caller's audio out to listeners, and answers PlayAudio when the prompt ends.
-//! Everything audio-related is decided in the sans-IO session; this file only moves
-//! bytes and time.
+//! Everything audio-related is decided in the sans-IO session, offer/answer in the
+//! call's `Negotiation`, TTS stream bookkeeping in `streams`, turn latency and quality
+//! in `measure`; this file moves bytes and time between them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,24 +10,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use media_proto::pb;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 use tracing::{debug, info};
 
 use super::listen_post::ListenerPost;
+use super::measure::{QualityPeriod, Turn};
 use super::recording::CallRecorder;
+use super::streams::{StreamEnd, StreamReplies, Streams, TtsChunk};
 use super::udp;
 use crate::audio::listener::ListenerFormat;
-use crate::core::analysis::quality::sum_squares;
-use crate::core::analysis::{samples_to_ms, AnalysisConfig, Signal};
+use crate::core::analysis::{AnalysisConfig, Signal};
 use crate::core::jitter::JitterConfig;
 use crate::core::negotiation::{Negotiation, Outcome};
-use crate::core::playback::{MarkFate, MarkId, PlaybackId, PlaybackOutcome, Sound};
+use crate::core::playback::{FrameSource, MarkFate, PlaybackId, PlaybackOutcome, Sound};
 use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
-use crate::events::call::{to_broker, to_proto, CallClock, Happened};
+use crate::events::call::{to_broker, CallClock, Happened};
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::recording::{RecordingError, RecordingJob, RecordingSpec, RecordingStore};
@@ -45,32 +46,6 @@ pub const MAX_LISTENERS: usize = 16;
 /// oldest (and is told how many). Events are rare (a few per turn), so this is
 /// minutes of a call.
 pub const EVENTS_QUEUE: usize = 256;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// Everything sent was played.
-    Played,
-    /// Another StreamAudioToCall took over the call.
-    Replaced,
-    /// Barge-in (a new prompt or a stop) cut it; the rest of that stream is discarded.
-    Interrupted,
-    /// The caller spoke over it (the node's own barge-in).
-    BargeIn,
-    CallEnded,
-}
-
-impl StreamEnd {
-    /// StreamAudioToCallResponse.error_message for a stream that did not play out.
-    pub fn message(self) -> &'static str {
-        match self {
-            StreamEnd::Played => "",
-            StreamEnd::Replaced => "another StreamAudioToCall took over this call",
-            StreamEnd::Interrupted => "interrupted by barge-in (stop or new prompt)",
-            StreamEnd::BargeIn => "interrupted by the caller's speech (barge-in)",
-            StreamEnd::CallEnded => "the call ended",
-        }
-    }
-}
 
 /// What the gRPC layer may tell a call's session directly. Audio never goes this way:
 /// a prompt or a TTS stream enters through `CallCommand::Play` or `Stream`, which
@@ -115,7 +90,7 @@ pub enum CallCommand {
     },
     /// A StreamCallEvents subscriber: its own receiver of the call's events.
     Subscribe {
-        reply: oneshot::Sender<broadcast::Receiver<pb::CallEvent>>,
+        reply: oneshot::Sender<broadcast::Receiver<Happened>>,
     },
     /// `applied` fires once the session has applied it, so a caller told "stopped"
     /// knows no further frame of the old audio will be sent.
@@ -134,13 +109,12 @@ pub enum CallCommand {
         frames: mpsc::Sender<Bytes>,
         attached: oneshot::Sender<bool>,
     },
-    /// Attach a TTS stream (8 kHz chunks); `done` fires when it has ended, with the ms
-    /// of it that went out. Mark acknowledgements go to `acks` as they happen.
+    /// Attach a TTS stream (8 kHz chunks): mark acknowledgements go to its replies as
+    /// they happen, then how it ended, with the ms of it that went out.
     Stream {
         chunks: mpsc::Receiver<TtsChunk>,
         barge_in: Option<Duration>,
-        acks: mpsc::Sender<Result<pb::StreamAudioToCallResponse, tonic::Status>>,
-        done: oneshot::Sender<(StreamEnd, u64)>,
+        replies: StreamReplies,
     },
     /// Start recording (the segment number is filled in by the call).
     StartRecording {
@@ -182,6 +156,8 @@ pub struct CallHandle {
     pub port: u16,
     pub call_id: String,
     pub started: Instant,
+    /// Where the call's timeline is on the wall clock (for its events).
+    pub clock: CallClock,
     pub commands: mpsc::Sender<CallCommand>,
     pub task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The node sends in a wideband codec (G.722, Opus; what the call's last
@@ -192,53 +168,6 @@ pub struct CallHandle {
 struct Listener {
     format: ListenerFormat,
     frames: mpsc::Sender<Bytes>,
-}
-
-/// A piece of streamed TTS at the call's rate (and at 16 kHz, or empty), and the
-/// agent's mark after it.
-pub struct TtsChunk {
-    pub pcm: Vec<i16>,
-    pub wide: Vec<i16>,
-    pub mark: Option<String>,
-}
-
-struct AttachedStream {
-    chunks: Option<mpsc::Receiver<TtsChunk>>,
-    done: oneshot::Sender<(StreamEnd, u64)>,
-    acks: mpsc::Sender<Result<pb::StreamAudioToCallResponse, tonic::Status>>,
-    /// Its marks not yet acknowledged, in order, by the session's id.
-    marks: Vec<(MarkId, String)>,
-    /// The session's streamed-sample count where its audio begins.
-    sent_base: u64,
-}
-
-impl AttachedStream {
-    /// How much of this stream went out, given the session's streamed-sample count.
-    fn played_ms(&self, sent: u64) -> u64 {
-        samples_to_ms(sent.saturating_sub(self.sent_base))
-    }
-}
-
-impl RetiredStream {
-    /// How it ended once its audio all went out: played, if its sender had sent
-    /// everything, else taken over.
-    fn played_out(&self) -> StreamEnd {
-        if self.complete {
-            StreamEnd::Played
-        } else {
-            StreamEnd::Replaced
-        }
-    }
-}
-
-/// A stream a newer one replaced while its audio was still queued: it plays out, its
-/// marks are acknowledged as they go, and its sender gets the final answer once the
-/// internal mark after its last sample went out (or was cleared).
-struct RetiredStream {
-    stream: AttachedStream,
-    end_mark: MarkId,
-    /// The sender had sent everything: its audio played out is `Played`, not `Replaced`.
-    complete: bool,
 }
 
 /// What every call of a node shares, built once by the node: the session settings,
@@ -278,7 +207,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         post: ctx.post.clone(),
         listeners: Vec::new(),
         waiters: HashMap::new(),
-        stream: None,
+        streams: Streams::default(),
         out: Outputs::default(),
         frames: Vec::new(),
         recorder: CallRecorder::new(ctx.store.config.spool_dir.clone(), ctx.metrics.clone(), ctx.events.clone()),
@@ -286,12 +215,9 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         events: ctx.events.clone(),
         call_id: call_id.clone(),
         storage,
-        clock,
         call_events: broadcast::channel(EVENTS_QUEUE).0,
-        next_mark: 0,
-        retired: Vec::new(),
         digits_done: None,
-        turn: None,
+        turn: Turn::default(),
         quality: QualityPeriod::default(),
         jitter_hold: ctx.jitter.hold,
     };
@@ -302,7 +228,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
         }
     };
     let join = super::runtime::handle().spawn(tracing::Instrument::instrument(run, span));
-    Arc::new(CallHandle { port, call_id, started, commands: tx, task: tokio::sync::Mutex::new(Some(join)), wideband })
+    Arc::new(CallHandle { port, call_id, started, clock, commands: tx, task: tokio::sync::Mutex::new(Some(join)), wideband })
 }
 
 /// How often a call's interarrival jitter is sampled into the histogram.
@@ -322,8 +248,7 @@ struct CallTask {
     listeners: Vec<Listener>,
     /// Prompts playing or queued: their URI (for the event) and who waits for the end.
     waiters: HashMap<PlaybackId, (String, oneshot::Sender<(PlaybackOutcome, u64)>)>,
-    stream: Option<AttachedStream>,
-    retired: Vec<RetiredStream>,
+    streams: Streams,
     out: Outputs,
     frames: Vec<Bytes>,
     recorder: CallRecorder,
@@ -332,29 +257,14 @@ struct CallTask {
     call_id: String,
     /// The runtime that stores a recording the call's end finishes.
     storage: tokio::runtime::Handle,
-    clock: CallClock,
     /// The call's events to its StreamCallEvents subscribers (each has its own
     /// receiver; the call never waits for one). Dropped with the task, which ends
     /// every subscriber's stream.
-    call_events: broadcast::Sender<pb::CallEvent>,
-    next_mark: MarkId,
+    call_events: broadcast::Sender<Happened>,
     digits_done: Option<oneshot::Sender<bool>>,
-    /// The turn being measured: when the caller's speech ended, and when the agent's
-    /// first audio after it came in.
-    turn: Option<(Instant, Option<Instant>)>,
+    turn: Turn,
     quality: QualityPeriod,
     jitter_hold: Duration,
-}
-
-/// What the periodic quality event is computed from, since the last one.
-#[derive(Default)]
-struct QualityPeriod {
-    packets: u64,
-    lost: u64,
-    heard: u64,
-    heard_sq: f64,
-    played: u64,
-    played_sq: f64,
 }
 
 impl CallTask {
@@ -400,16 +310,15 @@ impl CallTask {
                         self.observe_far_end();
                     }
                 },
-                chunk = recv_stream(&mut self.stream), if wants_stream => match chunk {
+                chunk = recv_stream(&mut self.streams), if wants_stream => match chunk {
                     Some(chunk) => self.on_chunk(chunk),
-                    None => if let Some(s) = &mut self.stream { s.chunks = None },
+                    None => self.streams.input_ended(),
                 },
                 _ = &mut tick => {
                     self.session.handle_tick(Instant::now(), &mut self.out);
                     let counters = self.session.take_counters();
                     self.metrics.add_session_counters(&counters);
-                    self.quality.packets += counters.packets_in;
-                    self.quality.lost += counters.lost_samples;
+                    self.quality.on_packets(counters.packets_in, counters.lost_samples);
                     if jitter_sampled.elapsed() >= JITTER_SAMPLE {
                         jitter_sampled = Instant::now();
                         if let Some(j) = self.session.interarrival_jitter() {
@@ -447,7 +356,7 @@ impl CallTask {
                 if let Some(t) = target {
                     self.session.handle_command(Command::SuggestTarget(t), &mut self.out);
                 }
-                self.agent_audio_in();
+                self.turn.agent_audio(Instant::now());
                 self.waiters.insert(id, (uri, done));
                 self.session.handle_command(Command::Play { id, pcm, barge_in }, &mut self.out);
             }
@@ -495,14 +404,15 @@ impl CallTask {
                 self.listeners.push(Listener { format: ListenerFormat::new(rate), frames });
                 let _ = attached.send(true);
             }
-            CallCommand::Stream { chunks, barge_in, acks, done } => {
+            CallCommand::Stream { chunks, barge_in, replies } => {
                 // The replaced stream takes no more audio, but what it queued still
-                // plays out ahead of the new one, and its marks are acknowledged as
-                // they really go out.
-                self.retire_stream();
+                // plays out ahead of the new one (an internal mark after it says when),
+                // and its marks are acknowledged as they really go out.
+                let (sent, queued) = (self.session.stream_sent(), self.session.stream_queued());
+                if let Some(end_mark) = self.streams.attach(chunks, replies, sent, queued) {
+                    self.session.handle_command(Command::Stream { pcm: Vec::new(), wide: Vec::new(), mark: Some(end_mark) }, &mut self.out);
+                }
                 self.session.handle_command(Command::StreamBargeIn(barge_in), &mut self.out);
-                let sent_base = self.session.stream_sent() + self.session.stream_queued() as u64;
-                self.stream = Some(AttachedStream { chunks: Some(chunks), done, acks, marks: Vec::new(), sent_base });
             }
             CallCommand::StartRecording { spec, reply } => {
                 let _ = reply.send(self.recorder.start(spec, self.now_pos()));
@@ -538,107 +448,25 @@ impl CallTask {
         self.end_stream(StreamEnd::Interrupted);
     }
 
-    /// Ends the attached stream, if one is: the marks it did not reach are cleared
-    /// (acknowledged before the final answer), and its sender learns how it ended.
-    /// An end that drops the queued audio ends the retired streams too.
     fn end_stream(&mut self, end: StreamEnd) {
-        let sent = self.session.stream_sent();
-        if let Some(s) = self.stream.take() {
-            finish_stream(s, end, sent);
-        }
-        if end != StreamEnd::Played {
-            for r in self.retired.drain(..) {
-                finish_stream(r.stream, end, sent);
-            }
-        }
+        self.streams.end(end, self.session.stream_sent());
     }
 
-    /// A new stream takes over: the attached one, if its audio is still queued, plays
-    /// out as a retired stream (an internal mark after its last sample says when).
-    fn retire_stream(&mut self) {
-        let Some(mut s) = self.stream.take() else { return };
-        let complete = s.chunks.is_none();
-        s.chunks = None;
-        let end_mark = self.next_mark;
-        let retired = RetiredStream { stream: s, end_mark, complete };
-        if self.session.stream_queued() == 0 {
-            let end = retired.played_out();
-            finish_stream(retired.stream, end, self.session.stream_sent());
-            return;
-        }
-        self.next_mark += 1;
-        self.session.handle_command(Command::Stream { pcm: Vec::new(), wide: Vec::new(), mark: Some(end_mark) }, &mut self.out);
-        self.retired.push(retired);
-    }
-
-    /// A mark's fate, for whichever stream (attached or retired) it belongs to.
-    fn on_mark(&mut self, id: MarkId, cleared: bool) {
-        let sent = self.session.stream_sent();
-        let streams = self.stream.iter_mut().chain(self.retired.iter_mut().map(|r| &mut r.stream));
-        for s in streams {
-            if let Some(i) = s.marks.iter().position(|(m, _)| *m == id) {
-                let (_, name) = s.marks.remove(i);
-                // The acks channel is sized for every mark a client can have queued
-                // (see service.rs); a client that stopped reading loses its acks,
-                // never the call's time.
-                let _ = s.acks.try_send(Ok(mark_ack(&name, cleared, s.played_ms(sent))));
-                return;
-            }
-        }
-        if let Some(i) = self.retired.iter().position(|r| r.end_mark == id) {
-            let r = self.retired.remove(i);
-            let end = if cleared { StreamEnd::Interrupted } else { r.played_out() };
-            finish_stream(r.stream, end, sent);
-        }
-    }
-
-    /// The period's quality, as a call event (only while the caller sends RTP: a silent
-    /// caller is a media timeout, not bad quality).
+    /// The period's quality, as a call event.
     fn report_quality(&mut self) {
-        use crate::core::analysis::quality::{dbfs, mos, r_factor, Measured};
-        let q = std::mem::take(&mut self.quality);
-        if q.packets == 0 {
-            return;
-        }
-        let jitter_ms = self.session.interarrival_jitter().unwrap_or(0.0) * 1000.0;
+        let jitter = Duration::from_secs_f64(self.session.interarrival_jitter().unwrap_or(0.0));
         // The node's own delay: its playout hold and a packet's length.
-        let delay_ms = self.jitter_hold.as_secs_f64() * 1000.0 + 20.0;
-        let loss = q.lost as f64 / q.heard.max(1) as f64;
-        let r = r_factor(Measured { loss, jitter_ms, delay_ms });
-        // Only audio that went out counts for the bot's level; silence is not sent.
-        let h = Happened::Quality {
-            pos: self.now_pos(),
-            loss_percent: loss * 100.0,
-            jitter_ms,
-            r_factor: r,
-            mos: mos(r),
-            caller_dbfs: dbfs(q.heard_sq, q.heard),
-            bot_dbfs: dbfs(q.played_sq, q.played),
-        };
-        self.publish(h);
-    }
-
-    /// The agent's audio arrived: the first after the caller's speech ended closes
-    /// the turn's agent stage.
-    fn agent_audio_in(&mut self) {
-        if let Some((_, agent @ None)) = &mut self.turn {
-            *agent = Some(Instant::now());
+        let delay = self.jitter_hold + Duration::from_millis(20);
+        if let Some(h) = self.quality.report(self.now_pos(), jitter, delay) {
+            self.publish(h);
         }
     }
 
     fn on_chunk(&mut self, chunk: TtsChunk) {
         if !chunk.pcm.is_empty() {
-            self.agent_audio_in();
+            self.turn.agent_audio(Instant::now());
         }
-        let mark = match (chunk.mark, &mut self.stream) {
-            (Some(name), Some(s)) => {
-                let id = self.next_mark;
-                self.next_mark += 1;
-                s.marks.push((id, name));
-                Some(id)
-            }
-            _ => None,
-        };
+        let mark = chunk.mark.and_then(|name| self.streams.mark(name));
         self.session.handle_command(Command::Stream { pcm: chunk.pcm, wide: chunk.wide, mark }, &mut self.out);
     }
 
@@ -671,12 +499,10 @@ impl CallTask {
     async fn flush(&mut self, sockets: &CallSockets) {
         let rtp = &sockets.rtp;
         for h in self.out.heard.iter().filter(|h| !h.late) {
-            self.quality.heard += h.pcm.len() as u64;
-            self.quality.heard_sq += sum_squares(&h.pcm);
+            self.quality.on_heard(&h.pcm);
         }
         for p in &self.out.played {
-            self.quality.played += p.pcm.len() as u64;
-            self.quality.played_sq += sum_squares(&p.pcm);
+            self.quality.on_played(&p.pcm);
         }
         self.recorder.record(&self.out, self.now_pos());
         self.store_salvaged();
@@ -731,8 +557,7 @@ impl CallTask {
                 }
                 Event::Signal(s @ Signal::SpeechStopped { pos, .. }) => {
                     // Where the speech really ended (the detector says so later).
-                    let ended = self.session.started() + Duration::from_micros(pos * 125);
-                    self.turn = Some((ended, None));
+                    self.turn.speech_ended(self.session.started() + Duration::from_micros(pos * 125));
                     self.publish(Happened::Signal(s));
                 }
                 Event::Signal(s) => {
@@ -748,8 +573,8 @@ impl CallTask {
                     self.metrics.calls_by_codec.with_label_values(&[c.name()]).inc();
                     self.counted_codec = c;
                 }
-                Event::Mark(MarkFate::Played(id)) => self.on_mark(id, false),
-                Event::Mark(MarkFate::Cleared(id)) => self.on_mark(id, true),
+                Event::Mark(MarkFate::Played(id)) => self.streams.on_mark(id, false, self.session.stream_sent()),
+                Event::Mark(MarkFate::Cleared(id)) => self.streams.on_mark(id, true, self.session.stream_sent()),
                 Event::StreamBargedIn => self.end_stream(StreamEnd::BargeIn),
                 Event::DigitsSent => {
                     if let Some(d) = self.digits_done.take() {
@@ -759,26 +584,18 @@ impl CallTask {
             }
         }
         self.out.events = events;
-        if let Some((ended, Some(agent))) = self.turn {
-            if let Some(p) = self.out.played.iter().find(|p| p.source != crate::core::playback::FrameSource::Echo) {
-                let out_at = Instant::now();
-                let agent_s = agent.saturating_duration_since(ended).as_secs_f64();
-                let media_s = out_at.saturating_duration_since(agent).as_secs_f64();
+        if let Some(p) = self.out.played.iter().find(|p| p.source != FrameSource::Echo) {
+            if let Some(turn) = self.turn.bot_audio(Instant::now(), p.pos) {
+                let (agent_s, media_s) = (turn.agent.as_secs_f64(), turn.media.as_secs_f64());
                 self.metrics.turn_latency.with_label_values(&["agent"]).observe(agent_s);
                 self.metrics.turn_latency.with_label_values(&["media"]).observe(media_s);
                 self.metrics.turn_latency.with_label_values(&["total"]).observe(agent_s + media_s);
-                let (agent_ms, media_ms) = ((agent_s * 1000.0) as u64, (media_s * 1000.0) as u64);
-                self.publish(Happened::Turn { pos: p.pos, agent_ms, media_ms });
-                self.turn = None;
+                self.publish(turn.event());
             }
         }
         self.out.played.clear();
         // A finished stream is done once its queued audio has gone out.
-        if let Some(s) = &self.stream {
-            if s.chunks.is_none() && self.session.stream_queued() == 0 {
-                self.end_stream(StreamEnd::Played);
-            }
-        }
+        self.streams.played_out(self.session.stream_sent(), self.session.stream_queued());
     }
 }
 
@@ -786,31 +603,17 @@ impl CallTask {
     /// To the call's StreamCallEvents subscribers and the broker.
     fn publish(&self, h: Happened) {
         self.metrics.call_events.with_label_values(&[h.kind()]).inc();
-        if self.call_events.receiver_count() > 0 {
-            let _ = self.call_events.send(to_proto(self.clock, &self.call_id, &h));
-        }
         if let Some((key, payload)) = to_broker(&self.call_id, &h) {
             self.events.media_event(key, &self.call_id, payload);
         }
+        if self.call_events.receiver_count() > 0 {
+            let _ = self.call_events.send(h);
+        }
     }
 }
 
-/// A stream's end: the marks it did not reach are cleared (acknowledged before the
-/// final answer), and its sender learns how it ended and how much of it played.
-fn finish_stream(s: AttachedStream, end: StreamEnd, sent: u64) {
-    let played_ms = s.played_ms(sent);
-    for (_, name) in &s.marks {
-        let _ = s.acks.try_send(Ok(mark_ack(name, true, played_ms)));
-    }
-    let _ = s.done.send((end, played_ms));
-}
-
-fn mark_ack(name: &str, cleared: bool, played_ms: u64) -> pb::StreamAudioToCallResponse {
-    pb::StreamAudioToCallResponse { success: true, error_message: String::new(), mark: name.to_string(), mark_cleared: cleared, played_ms }
-}
-
-async fn recv_stream(stream: &mut Option<AttachedStream>) -> Option<TtsChunk> {
-    match stream.as_mut().and_then(|s| s.chunks.as_mut()) {
+async fn recv_stream(streams: &mut Streams) -> Option<TtsChunk> {
+    match streams.chunks() {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }

@@ -28,7 +28,7 @@ use crate::audio::tts::{StreamDecoder, StreamFormat};
 use crate::audio::uri::{self, AudioUri, Control as UriControl};
 use crate::audio::CALL_RATE;
 use crate::call::task::MAX_LISTENERS;
-use crate::call::{CallCommand, CallHandle, Control, StreamEnd, TtsChunk};
+use crate::call::{CallCommand, CallHandle, Control, MarkAck, StreamEnd, StreamReplies, TtsChunk};
 use crate::core::codec::WIDE_RATE;
 use crate::core::dtmf_out::DigitRequest;
 use crate::core::playback::Sound;
@@ -323,14 +323,14 @@ impl MediaService for MediaSvc {
             // Room for every mark acknowledgement a client can have pending: marks
             // ride on chunks, and at most STREAM_HIGH_WATER samples plus the chunk
             // channel's few chunks are queued in the call at once.
+            let (acks_tx, acks_rx) = mpsc::channel(MAX_PENDING_ACKS);
             let (resp_tx, resp_rx) = mpsc::channel(MAX_PENDING_ACKS);
             let barge_in = barge_in(first.barge_in_ms);
-            call.commands
-                .send(CallCommand::Stream { chunks: chunk_rx, barge_in, acks: resp_tx.clone(), done: done_tx })
-                .await
-                .map_err(|_| NodeError::CallGone)?;
+            let replies = StreamReplies { acks: acks_tx, done: done_tx };
+            call.commands.send(CallCommand::Stream { chunks: chunk_rx, barge_in, replies }).await.map_err(|_| NodeError::CallGone)?;
             info!(call_id = %first.call_id, "TTS stream attached");
-            tokio::spawn(pump_tts(first, decoder, inbound, chunk_tx, done_rx, resp_tx).in_current_span());
+            let acks = tokio::spawn(forward_acks(acks_rx, resp_tx.clone()));
+            tokio::spawn(pump_tts(first, decoder, inbound, chunk_tx, done_rx, acks, resp_tx).in_current_span());
             Ok(Response::new(Box::pin(ReceiverStream::new(resp_rx)) as Self::StreamAudioToCallStream))
         })
         .await
@@ -391,7 +391,7 @@ impl MediaService for MediaSvc {
                 let call = self.node.call(r.server_rtp_port)?;
                 let rx = ask(&call, |reply| CallCommand::Subscribe { reply }).await?;
                 info!("call events subscriber attached");
-                Ok(crate::call::events_stream::subscriber(rx, self.node.metrics.clone(), call.port, call.call_id.clone()))
+                Ok(super::events_stream::subscriber(rx, self.node.metrics.clone(), call.clock, call.call_id.clone()))
             },
         )
         .await
@@ -554,6 +554,21 @@ fn short(uri: &str) -> String {
     }
 }
 
+/// The call's mark acknowledgements, as the contract's responses, in order.
+async fn forward_acks(mut acks: mpsc::Receiver<MarkAck>, responses: mpsc::Sender<Result<StreamAudioToCallResponse, Status>>) {
+    while let Some(a) = acks.recv().await {
+        let r = StreamAudioToCallResponse {
+            success: true,
+            error_message: String::new(),
+            mark: a.mark,
+            mark_cleared: a.cleared,
+            played_ms: a.played_ms,
+        };
+        // try_send, as the call did: a client that stopped reading loses its acks.
+        let _ = responses.try_send(Ok(r));
+    }
+}
+
 /// Moves TTS chunks from the client to the call (decoded to call PCM). The call's
 /// channel is tiny, so a full call queue stops this loop from reading the client:
 /// HTTP/2 flow control then pushes back on the sender, and nothing is dropped.
@@ -563,6 +578,7 @@ async fn pump_tts(
     mut inbound: Streaming<StreamAudioToCallRequest>,
     chunks: mpsc::Sender<TtsChunk>,
     done: oneshot::Receiver<(StreamEnd, u64)>,
+    acks: tokio::task::JoinHandle<()>,
     responses: mpsc::Sender<Result<StreamAudioToCallResponse, Status>>,
 ) {
     let mut msg = Some(first);
@@ -602,6 +618,9 @@ async fn pump_tts(
     }
     drop(chunks);
     let (outcome, played_ms) = done.await.unwrap_or((StreamEnd::CallEnded, 0));
+    // Every mark is acknowledged before the final answer: the call sent the last ack
+    // before `done` and then let go of the acks channel, so the forwarder ends.
+    let _ = acks.await;
     let end = |success: bool, error_message: String| StreamAudioToCallResponse { success, error_message, played_ms, ..Default::default() };
     let resp = match (bad_audio, failure, outcome) {
         (Some(e), _, _) => end(false, format!("bad audio: {e}")),

@@ -14,6 +14,8 @@ use media_node::core::analysis::{AnalysisConfig, Analyzer};
 use media_node::core::g711::Codec;
 use media_node::core::recording::{Channels, RecordingTimeline};
 use media_node::core::resample::Resampler;
+use media_node::core::rtp::{self, RtpHeader};
+use media_node::core::session::{Command, Outputs, Session, SessionConfig};
 use media_node::recording::destination::Destination;
 use media_node::recording::writer::{RecordingSpec, RecordingWriter};
 use media_tools::analysis::synth_speech;
@@ -133,6 +135,28 @@ fn main() {
     w.finalize().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 
+    // The whole session, as a call task drives it: one PCMU packet in from the caller
+    // (decode, jitter buffer, analysis), one tick, one prompt frame out (encode, RTP).
+    let t0 = Instant::now();
+    let mut session = Session::new(session_config(), t0);
+    let mut outputs = Outputs::default();
+    let caller: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    session.handle_command(Command::SetTarget(caller), &mut outputs);
+    let (mut k, mut payload) = (0u32, Vec::with_capacity(160));
+    let prompt = synth_speech(8000, 10.0, 2);
+    bench("session: PCMU call (in, analysis, prompt out)", secs, |f| {
+        if session.is_idle() {
+            session.handle_command(Command::Play { id: 1, pcm: prompt.clone().into(), barge_in: None }, &mut outputs);
+        }
+        let now = t0 + std::time::Duration::from_millis(20 * u64::from(k));
+        Codec::Pcmu.encode_into(f, &mut payload);
+        let header = RtpHeader { marker: false, payload_type: 0, sequence: k as u16, timestamp: k * 160, ssrc: 7 };
+        session.handle_datagram(now, caller, &rtp::build(header, &payload), &mut outputs);
+        session.handle_tick(now, &mut outputs);
+        black_box(&outputs);
+        outputs.clear();
+        k += 1;
+    });
     // Call analysis (issue 17), on the caller's audio as the session feeds it.
     let mut pos = 0u64;
     let mut analyzer = Analyzer::new(AnalysisConfig::default());
@@ -175,4 +199,19 @@ fn main() {
         black_box(black_box(&guard).residual(black_box(14000), 1600));
     }
     println!("{:<42} {:>8.2} µs per decision (200 ms window, 20-400 ms delays)", "echo guard", t.elapsed().as_secs_f64() / n as f64 * 1e6);
+}
+
+/// A session as the node makes one (fixed origins, so runs compare).
+fn session_config() -> SessionConfig {
+    SessionConfig {
+        ssrc: 1,
+        initial_sequence: 2,
+        initial_timestamp: 3,
+        symmetric_rtp: true,
+        jitter: Default::default(),
+        analysis: AnalysisConfig::default(),
+        telephone_event_pt: media_node::core::session::TELEPHONE_EVENT_PT,
+        wall_start: std::time::SystemTime::now(),
+        stopwatch: Instant::now,
+    }
 }
