@@ -289,3 +289,170 @@ impl Inbound {
         k.reported_events = (dup, ignored);
     }
 }
+
+/// The part through the whole session, as the call task drives it.
+#[cfg(test)]
+mod session_tests {
+    use super::super::tests::*;
+    use super::super::*;
+    use super::MAX_REBUILT_PACKETS;
+    use crate::core::codec::{Decoder, Encoder, OpusPrefs};
+    use crate::core::jitter::Heard;
+    use crate::core::rtp::{self, RtpHeader};
+    use std::time::Instant;
+
+    /// Opus loss in the decoder's order: a lost packet is rebuilt from the next one's
+    /// FEC copy, a run of two or three by concealment then FEC, before the packet after
+    /// them is decoded; a run longer than MAX_REBUILT_PACKETS is left to silence.
+    #[cfg(feature = "opus")]
+    #[test]
+    fn lost_opus_packets_are_rebuilt_in_the_decoders_order() {
+        let (speech, onset) = speech();
+        let speech = &speech[onset..];
+        let frames: Vec<&[i16]> = speech.chunks_exact(FRAME_SAMPLES).take(100).collect();
+        // As a far end that takes FEC asks (useinbandfec=1): the packets carry it.
+        let mut enc = Encoder::with_prefs(AudioCodec::Opus, OpusPrefs { inband_fec: true, ..Default::default() });
+        let packets: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|f| {
+                let mut p = Vec::new();
+                enc.encode(f, &mut p);
+                p
+            })
+            .collect();
+        // What the same packets decode to with nothing lost.
+        let mut dec = Decoder::new(AudioCodec::Opus);
+        let mut clean = Vec::new();
+        packets.iter().for_each(|p| assert!(dec.decode(p, &mut clean)));
+        let lost = |k: usize| k == 20 || k == 40 || k == 41 || (60..=62).contains(&k) || (80..=87).contains(&k);
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let mut m = media((111, AudioCodec::Opus), Some(101), true);
+        m.receive = vec![(111, AudioCodec::Opus)];
+        s.handle_command(Command::SetMedia(m), &mut out);
+        let mut heard = Vec::new();
+        for (k, p) in packets.iter().enumerate() {
+            let now = t0 + MS20 * k as u32;
+            if !lost(k) {
+                let ts = 1000 + k as u32 * 960;
+                let data = rtp::build(RtpHeader { marker: false, payload_type: 111, sequence: k as u16, timestamp: ts, ssrc: 7 }, p);
+                s.handle_datagram(now, caller(), &data, &mut out);
+            }
+            s.handle_tick(now, &mut out);
+            heard.append(&mut out.heard);
+        }
+        s.handle_tick(t0 + MS20 * 110, &mut out);
+        heard.append(&mut out.heard);
+        let c = s.take_counters();
+        assert_eq!((c.fec_recovered, c.plc_concealed), (3, 3), "FEC for the last of each run, concealment before it");
+        let live: Vec<&Heard> = heard.iter().filter(|h| !h.late).collect();
+        let at = |k: usize| live.iter().find(|h| h.pos == k as u64 * 160).unwrap_or_else(|| panic!("frame {k} on the timeline"));
+        let loud = |pcm: &[i16]| pcm.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / pcm.len() as f64;
+        // Against the clean decode of the same frame (the codec's delay included).
+        for k in [20, 40, 41, 60, 62] {
+            let h = at(k);
+            assert!(!h.concealed && h.wide.len() == 320, "frame {k} was rebuilt in time, wideband");
+            assert!(loud(&h.pcm) > 1e-3 * loud(&clean[k * 160..k * 160 + 160]), "frame {k} is not silence");
+        }
+        // The second concealed frame of a run is the decoder's too, though libopus has
+        // faded it out by then (measured: near silence by its second 20 ms).
+        assert!(!at(61).concealed);
+        assert!((80..=87).all(|k| at(k).concealed), "a long dropout is silence");
+        // The caller's audio is exactly what libopus gives when used as its API asks:
+        // for a run of lost packets, concealment for all but the last, FEC from the
+        // next packet for the last, then that packet. (Decoding the next packet first
+        // and its FEC copy after, as the node did, leaves another decoder state.)
+        let mut dec = Decoder::new(AudioCodec::Opus);
+        let mut want = Vec::new();
+        let mut last = None;
+        for (k, p) in packets.iter().enumerate().filter(|(k, _)| !lost(*k)) {
+            let gap = last.map_or(0, |l| k - l - 1);
+            if (1..=MAX_REBUILT_PACKETS as usize).contains(&gap) {
+                (1..gap).for_each(|_| assert_eq!(dec.conceal(160, &mut want, None), Some(true)));
+                assert_eq!(dec.recover(p, 160, &mut want, None), Some(true));
+            } else {
+                want.resize(want.len() + 160 * gap, 0);
+            }
+            assert!(dec.decode(p, &mut want));
+            last = Some(k);
+        }
+        let live_pcm: Vec<i16> = live.iter().flat_map(|h| h.pcm.iter().copied()).collect();
+        assert_eq!(live.first().map(|h| h.pos), Some(0));
+        let differs = live_pcm.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(live_pcm.len() >= want.len() && differs.is_none(), "the caller's audio differs from libopus's from sample {differs:?}");
+    }
+
+    #[test]
+    fn negotiated_payload_types_decide_what_is_heard() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        // Without negotiation G.722 (PT 9) is not taken, as before.
+        let mut enc = Encoder::new(AudioCodec::G722);
+        let mut payload = Vec::new();
+        enc.encode(&[3000; 160], &mut payload);
+        let g722 = |seq: u16, payload: &[u8]| {
+            rtp::build(RtpHeader { marker: false, payload_type: 9, sequence: seq, timestamp: seq as u32 * 160, ssrc: 5 }, payload)
+        };
+        s.handle_datagram(t0, caller(), &g722(1, &payload), &mut out);
+        assert_eq!(s.take_counters().unsupported_payload, 1);
+        // Nor G.729 (PT 18): the node keeps answering in PCMU.
+        let g729 = rtp::build(RtpHeader { marker: false, payload_type: 18, sequence: 1, timestamp: 0, ssrc: 5 }, &[0u8; 20]);
+        s.handle_datagram(t0, caller(), &g729, &mut out);
+        assert_eq!(s.take_counters().unsupported_payload, 1);
+        assert_eq!(s.outbound_codec(), AudioCodec::Pcmu);
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(101), true)), &mut out);
+        for k in 2..10u16 {
+            enc.encode(&[3000; 160], &mut payload);
+            s.handle_datagram(t0 + MS20 * k as u32, caller(), &g722(k, &payload), &mut out);
+        }
+        let c = s.take_counters();
+        assert_eq!((c.packets_in, c.unsupported_payload), (8, 0));
+        let heard: Vec<i16> = out.heard.iter().flat_map(|h| h.pcm.iter().copied()).collect();
+        assert_eq!(heard.len(), 8 * 160, "G.722 is heard at the call's 8 kHz");
+        assert!(out.heard.iter().all(|h| h.wide.len() == 2 * h.pcm.len()), "with its own 16 kHz audio beside it");
+        assert!(heard[640..].iter().all(|&v| (2500..3500).contains(&v)), "{:?}", &heard[640..650]);
+        // A payload type the negotiation did not name is not decoded.
+        s.handle_datagram(t0 + MS20 * 11, caller(), &rtp_from_caller(18, 11, 11 * 160, 0), &mut out);
+        assert_eq!(s.take_counters().unsupported_payload, 1);
+    }
+
+    #[test]
+    fn heard_audio_is_decoded_by_payload_type_and_reply_follows_codec() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_datagram(t0, caller(), &rtp_from_caller(0, 1, 0, 4000), &mut out);
+        s.handle_datagram(t0 + MS20, caller(), &rtp_from_caller(8, 2, 160, -4000), &mut out);
+        assert_eq!(out.heard.len(), 2);
+        assert!((out.heard[0].pcm[0] - 4000).abs() < 200);
+        assert!((out.heard[1].pcm[0] + 4000).abs() < 200);
+        assert!(out.events.contains(&Event::CodecChanged(AudioCodec::Pcma)));
+        s.handle_command(Command::Play { id: 1, pcm: vec![100i16; 160].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 0, 1, &mut out);
+        assert_eq!(rtp::parse(&out.transmit[0].data).unwrap().payload_type, 8, "we answer in PCMA now");
+    }
+
+    #[test]
+    fn refused_payloads_and_codec_time_are_counted_by_codec() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let mut m = media((9, AudioCodec::G722), Some(101), true);
+        m.receive.push((18, AudioCodec::G729));
+        s.handle_command(Command::SetMedia(m), &mut out);
+        // G.729 of 7 bytes is neither 10-byte frames nor a 2-byte SID.
+        let bad = rtp::build(RtpHeader { marker: false, payload_type: 18, sequence: 1, timestamp: 160, ssrc: 99 }, &[0x55; 7]);
+        s.handle_datagram(t0, caller(), &bad, &mut out);
+        s.handle_datagram(t0 + MS20, caller(), &rtp_from_caller(0, 2, 320, 4000), &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 5].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 1, 6, &mut out);
+        let c = s.take_counters();
+        assert_eq!(c.decode_errors.0[AudioCodec::G729 as usize], 1);
+        assert_eq!(c.decode_errors.0.iter().sum::<u64>(), 1);
+        let (enc, dec) = (c.codec_nanos.0[AudioCodec::G722 as usize].0, c.codec_nanos.0[AudioCodec::Pcmu as usize].1);
+        assert!(enc > 0 && dec > 0, "G.722 encoding and PCMU decoding took time: {enc} ns, {dec} ns");
+        assert_eq!(c.codec_nanos.0[AudioCodec::Opus as usize], (0, 0));
+    }
+}

@@ -311,3 +311,185 @@ impl Outbound {
         c.frames_skipped = std::mem::take(&mut self.pacer.skipped);
     }
 }
+
+/// The part through the whole session, as the call task drives it.
+#[cfg(test)]
+mod session_tests {
+    use super::super::tests::*;
+    use super::super::*;
+    use crate::core::codec::Decoder;
+    use crate::core::playback::Sound;
+    use crate::core::rtp::{self, RtpHeader};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn packets_follow_the_far_ends_ptime() {
+        // (codec, payload type, the far end's ptime, the packet the node sends in ms,
+        // payload bytes per 10 ms)
+        let cases = [
+            (AudioCodec::Pcmu, 0, 40, 40, Some(80)),
+            (AudioCodec::Pcma, 8, 30, 30, Some(80)),
+            (AudioCodec::Pcmu, 0, 10, 10, Some(80)),
+            (AudioCodec::G729, 18, 60, 60, Some(10)),
+            (AudioCodec::G722, 9, 25, 20, Some(80)),
+            #[cfg(feature = "opus")]
+            (AudioCodec::Opus, 111, 30, 20, None),
+        ];
+        for (codec, pt, ptime, ms, bytes_per_10ms) in cases {
+            let t0 = Instant::now();
+            let (mut s, mut out) = sending_in(t0, (pt, codec), ptime);
+            // A 1 s prompt, then silence.
+            s.handle_command(Command::Play { id: 1, pcm: vec![3000i16; 8000].into(), barge_in: None }, &mut out);
+            // Driven as the call task drives it: a tick whenever the session asks for one;
+            // a packet's time is the tick that released it.
+            let mut sent: Vec<(Instant, RtpHeader, usize)> = Vec::new();
+            let mut now = t0;
+            while now < t0 + Duration::from_millis(1400) {
+                s.handle_tick(now, &mut out);
+                for t in out.transmit.drain(..).filter(|t| !rtp::is_rtcp(&t.data)) {
+                    let p = rtp::parse(&t.data).unwrap();
+                    sent.push((now, p.header(), p.payload.len()));
+                }
+                now = s.poll_timeout();
+            }
+            let full = 1000 / ms as usize;
+            let short = 1000 % ms as u64;
+            assert_eq!(sent.len(), full + (short > 0) as usize, "{codec:?} at {ms} ms");
+            let step = ms * 8 * codec.clock_ratio();
+            for (k, w) in sent.windows(2).enumerate() {
+                assert_eq!(w[1].1.sequence, w[0].1.sequence.wrapping_add(1), "{codec:?}: continuous numbering");
+                assert_eq!(w[1].1.timestamp.wrapping_sub(w[0].1.timestamp), step, "{codec:?}: packet {k} is {ms} ms on");
+                assert!(!w[1].1.marker, "one talkspurt");
+                // Paced: one packet every ptime (the prompt's short last one aside).
+                if k + 2 < sent.len() || short == 0 {
+                    assert_eq!(
+                        w[1].0 - w[0].0,
+                        Duration::from_millis(ms as u64),
+                        "{codec:?}: packet {k} leaves a ptime after the one before"
+                    );
+                }
+            }
+            assert!(sent[0].1.marker);
+            if let Some(b) = bytes_per_10ms {
+                assert!(sent[..full].iter().all(|p| p.2 == b * ms as usize / 10), "{codec:?}: {ms} ms payloads");
+                if short > 0 {
+                    assert_eq!(sent[full].2, b * short as usize / 10, "{codec:?}: the prompt's end goes out short");
+                }
+            }
+        }
+    }
+
+    /// A wideband codec sends a prompt's own 16 kHz audio: a 6 kHz tone (which its
+    /// 8 kHz copy cannot hold) reaches the far end's decoder, in 20 ms packets and in
+    /// the packets other ptimes make from several frames, and the recording is handed
+    /// the same 16 kHz audio. The same prompt without its 16 kHz copy carries none.
+    #[test]
+    fn a_wideband_codec_sends_the_prompts_own_16k_audio() {
+        use crate::core::goertzel::power_at;
+        let tone: Vec<i16> =
+            (0..16000).map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 6000.0 * i as f64 / 16000.0).sin()) as i16).collect();
+        let narrow = crate::core::resample::convert(&tone, 16000, 8000);
+        let full = power_at(&tone[..8000], 16000, 6000.0);
+        let cases = [
+            (AudioCodec::G722, 9, 20),
+            (AudioCodec::G722, 9, 40),
+            (AudioCodec::G722, 9, 30),
+            #[cfg(feature = "opus")]
+            (AudioCodec::Opus, 111, 20),
+            #[cfg(feature = "opus")]
+            (AudioCodec::Opus, 111, 40),
+        ];
+        for (codec, pt, ptime) in cases {
+            for with_wide in [true, false] {
+                let t0 = Instant::now();
+                let (mut s, mut out) = sending_in(t0, (pt, codec), ptime);
+                let wide = with_wide.then(|| Arc::from(tone.clone()));
+                s.handle_command(Command::Play { id: 1, pcm: Sound { pcm: narrow.clone().into(), wide }, barge_in: None }, &mut out);
+                let (mut dec, mut heard, mut played) = (Decoder::new(codec), Vec::new(), Vec::new());
+                let mut now = t0;
+                while now < t0 + Duration::from_millis(1200) {
+                    s.handle_tick(now, &mut out);
+                    for t in out.transmit.drain(..).filter(|t| !rtp::is_rtcp(&t.data)) {
+                        let (mut pcm, mut wide) = (Vec::new(), Vec::new());
+                        assert!(dec.decode_wide(rtp::parse(&t.data).unwrap().payload, &mut pcm, Some(&mut wide)));
+                        heard.extend(wide);
+                    }
+                    played.extend(out.played.drain(..).flat_map(|p| p.wide));
+                    now = s.poll_timeout();
+                }
+                let got = power_at(&heard[4000..12000], 16000, 6000.0) / full;
+                if with_wide {
+                    assert!(got > 0.5, "{codec:?} at {ptime} ms: 6 kHz reached the far end at {got:.3} of its power");
+                    assert_eq!(played, tone, "{codec:?}: the recording is handed what was sent");
+                } else {
+                    assert!(got < 0.01, "{codec:?} at {ptime} ms: an 8 kHz prompt has no 6 kHz ({got:.4})");
+                    assert!(played.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_and_timestamp_continue_across_prompts_and_silence() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 480].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 0, 5, &mut out); // 3 frames of prompt, 2 of silence
+        s.handle_command(Command::Play { id: 2, pcm: vec![2000i16; 320].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 5, 8, &mut out);
+        let packets: Vec<_> = out.transmit.iter().map(|t| rtp::parse(&t.data).unwrap().clone()).collect();
+        assert_eq!(packets.len(), 5);
+        let seqs: Vec<u16> = packets.iter().map(|p| p.sequence).collect();
+        assert_eq!(seqs, vec![65530, 65531, 65532, 65533, 65534], "sequence continues across prompts");
+        let ts: Vec<u32> = packets.iter().map(|p| p.timestamp.wrapping_sub(u32::MAX - 800)).collect();
+        assert_eq!(ts, vec![0, 160, 320, 800, 960], "timestamps follow the clock through the silence");
+        let markers: Vec<bool> = packets.iter().map(|p| p.marker).collect();
+        assert_eq!(markers, vec![true, false, false, true, false], "marker at each talkspurt start");
+        assert!(packets.iter().all(|p| p.ssrc == 0x1234 && p.payload_type == 0));
+        let ended: Vec<_> = out.events.iter().filter(|e| matches!(e, Event::PlaybackEnded { .. })).collect();
+        assert_eq!(ended.len(), 2);
+    }
+
+    #[test]
+    fn negotiated_media_switches_codec_holds_and_resumes_with_continuous_numbering() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        s.handle_command(Command::SetMedia(media((0, AudioCodec::Pcmu), Some(96), true)), &mut out);
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 20].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 0, 4, &mut out);
+        // A re-offer: G.722 from now on.
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(96), true)), &mut out);
+        assert!(out.events.contains(&Event::CodecChanged(AudioCodec::G722)));
+        run_ticks(&mut s, t0, 4, 8, &mut out);
+        // Hold (the far end's sendonly makes the node recvonly): nothing goes out.
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(96), false)), &mut out);
+        run_ticks(&mut s, t0, 8, 12, &mut out);
+        // Resume.
+        s.handle_command(Command::SetMedia(media((9, AudioCodec::G722), Some(96), true)), &mut out);
+        run_ticks(&mut s, t0, 12, 15, &mut out);
+        let packets: Vec<_> = out.transmit.iter().map(|t| rtp::parse(&t.data).unwrap().clone()).collect();
+        assert_eq!(packets.len(), 11, "4 PCMU + 4 G.722, nothing on hold, 3 after it");
+        let pts: Vec<u8> = packets.iter().map(|p| p.payload_type).collect();
+        assert_eq!(pts, [0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9]);
+        let seq: Vec<u16> = packets.iter().map(|p| p.sequence).collect();
+        assert!(seq.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "sequence numbers run on: {seq:?}");
+        let ts: Vec<u32> = packets.iter().map(|p| p.timestamp.wrapping_sub(u32::MAX - 800)).collect();
+        assert_eq!(ts, [0, 160, 320, 480, 640, 800, 960, 1120, 1920, 2080, 2240], "the clock runs through the hold");
+        let markers: Vec<bool> = packets.iter().map(|p| p.marker).collect();
+        assert_eq!(markers.iter().filter(|&&m| m).count(), 2, "a talkspurt at the start and after the hold: {markers:?}");
+        assert!(packets[8].marker);
+        // The G.722 payloads decode to the prompt's level.
+        let mut dec = Decoder::new(AudioCodec::G722);
+        let mut pcm = Vec::new();
+        for p in &packets[4..8] {
+            dec.decode(p.payload, &mut pcm);
+        }
+        let tail = &pcm[400..];
+        assert!(tail.iter().all(|&v| (700..1300).contains(&v)), "G.722 carried the prompt: {:?}", &tail[..8]);
+    }
+}

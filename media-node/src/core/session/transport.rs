@@ -314,3 +314,248 @@ impl Transport {
         c.rtcp_malformed = k.rtcp_malformed;
     }
 }
+
+/// The part through the whole session, as the call task drives it.
+#[cfg(test)]
+mod session_tests {
+    use super::super::tests::*;
+    use super::super::*;
+    use crate::core::g711::linear_to_ulaw;
+    use crate::core::rtp;
+    use crate::core::srtp::{CallKeys, SrtpError};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn reports_go_back_where_the_far_ends_rtcp_comes_from_on_its_host_only() {
+        use crate::core::rtcp;
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetMedia(media((0, AudioCodec::Pcmu), Some(101), true)), &mut out);
+        s.handle_datagram(t0, caller(), &rtp_from_caller(0, 1, 160, 4000), &mut out);
+        let report_to = |s: &mut Session, from: u64, out: &mut Outputs| {
+            out.rtcp.clear();
+            for k in from..from + 400 {
+                s.handle_tick(t0 + MS20 * k as u32, out);
+                if let Some(t) = out.rtcp.first() {
+                    return (t.to, k + 1);
+                }
+            }
+            panic!("no report in 8 s");
+        };
+        let (to, next) = report_to(&mut s, 0, &mut out);
+        assert_eq!(to, far_rtcp(), "before any RTCP came: the port above the RTP port");
+        // The far end's NAT gave its RTCP another port: reports follow it there.
+        let natted: SocketAddr = "127.0.0.1:45555".parse().unwrap();
+        s.handle_rtcp(t0 + MS20 * next as u32, natted, &rtcp::report(99, None, &[], "far"));
+        let (to, next) = report_to(&mut s, next, &mut out);
+        assert_eq!(to, natted);
+        // RTCP from another host, or junk from the far end's host, moves nothing.
+        s.handle_rtcp(t0 + MS20 * next as u32, "198.51.100.9:7000".parse().unwrap(), &rtcp::report(99, None, &[], "other"));
+        s.handle_rtcp(t0 + MS20 * next as u32, "127.0.0.1:46666".parse().unwrap(), &[0x80, 0xc9, 0, 9]);
+        let (to, _) = report_to(&mut s, next, &mut out);
+        assert_eq!(to, natted);
+        assert_eq!(s.take_counters().rtcp_malformed, 1);
+    }
+
+    #[test]
+    fn a_negotiated_call_reports_by_rtcp_srtcp_under_keys_and_says_bye() {
+        use crate::core::rtcp::{self, ntp_middle};
+        use crate::core::srtp::{Inbound, MasterKey, Outbound, Suite};
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        // A call that never negotiated sends no RTCP, however long it runs.
+        s.handle_datagram(t0, caller(), &rtp_from_caller(0, 1, 160, 4000), &mut out);
+        run_ticks(&mut s, t0, 0, 500, &mut out);
+        assert!(out.rtcp.is_empty() && out.transmit.iter().all(|t| !rtp::is_rtcp(&t.data)));
+        assert_eq!(s.take_counters().rtcp_sent, 0);
+
+        let far = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let node = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        m.srtp = Some(CallKeys { remote: far.clone(), local: node.clone() });
+        s.handle_command(Command::SetMedia(m.clone()), &mut out);
+        let mut caller_tx = Outbound::new(far);
+        let mut far_rx = Inbound::new(node);
+        out.clear();
+        // 20 s of the caller's audio with every 10th packet lost, and the node's prompt.
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 1000].into(), barge_in: None }, &mut out);
+        let mut reports = Vec::new();
+        for k in 500..1500u64 {
+            if k % 10 != 3 {
+                let mut p = rtp_from_caller(0, k as u16, k as u32 * 160, 4000);
+                caller_tx.protect_rtp(&mut p).unwrap();
+                s.handle_datagram(t0 + MS20 * k as u32, caller(), &p, &mut out);
+            }
+            s.handle_tick(t0 + MS20 * k as u32, &mut out);
+            for t in out.rtcp.drain(..) {
+                assert_eq!(t.to, "127.0.0.1:40001".parse().unwrap(), "the port above the caller's RTP port");
+                let mut plain = Vec::new();
+                far_rx.unprotect_rtcp(&t.data, &mut plain).expect("SRTCP under the node's key");
+                reports.push((k, rtcp::parse(&plain).unwrap()));
+            }
+            out.transmit.clear();
+            out.heard.clear();
+        }
+        // 20 s: a report every 2.5-7.5 s, the first within 3.75 s.
+        assert!((3..=8).contains(&reports.len()), "{}", reports.len());
+        assert!(reports[0].0 - 500 <= 188, "{}", reports[0].0);
+        let (at, last) = reports.last().unwrap();
+        let (ssrc, ntp) = last.sender.expect("a sender report while the node sends");
+        assert_eq!(ssrc, 0x1234);
+        let wall = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + MS20 * *at as u32;
+        assert_eq!(ntp_middle(ntp), ntp_middle(rtcp::ntp(wall)), "NTP time of the report");
+        let b = last.blocks[0];
+        assert_eq!((b.ssrc, b.extended_max), (99, (*at as u32) - (*at as u32 % 10 == 3) as u32));
+        // 1 in 10 of the caller's packets lost since the start.
+        let expected = (*at - 500 + 1) as i32 + 1;
+        assert!((b.cumulative_lost - expected / 10).abs() <= 1, "{} of {expected}", b.cumulative_lost);
+        assert!((b.fraction_lost as f64 / 256.0 - 0.1).abs() < 0.03, "{}", b.fraction_lost);
+
+        // The far end's SR, then its report about the node, echoing our last SR 40 ms on.
+        let their_ntp = rtcp::ntp(wall + Duration::from_millis(10));
+        let mut sr = rtcp::report(99, Some(rtcp::SenderInfo { ntp: their_ntp, rtp_timestamp: 0, packets: 1, octets: 160 }), &[], "far");
+        caller_tx.protect_rtcp(&mut sr).unwrap();
+        s.handle_rtcp(t0 + MS20 * 1500, far_rtcp(), &sr);
+        let echoed = rtcp::ReportBlock {
+            ssrc: 0x1234,
+            fraction_lost: 26,
+            cumulative_lost: 3,
+            extended_max: 1,
+            jitter: 160,
+            lsr: ntp_middle(ntp),
+            dlsr: 65536 / 50,
+        };
+        let mut rr = rtcp::report(99, None, &[echoed], "far");
+        caller_tx.protect_rtcp(&mut rr).unwrap();
+        s.handle_rtcp(t0 + MS20 * (*at as u32 + 3), far_rtcp(), &rr);
+        let f = s.take_far_end_report().expect("the far end's report on the node's audio");
+        assert!((f.round_trip.unwrap().as_secs_f64() - 0.040).abs() < 0.001, "{:?}", f.round_trip);
+        assert_eq!(f.jitter_seconds, 0.02);
+        // A forged report (plain, under SRTP) is dropped before it is read.
+        s.handle_rtcp(t0, far_rtcp(), &rtcp::report(99, None, &[echoed], "forged"));
+        assert!(s.take_far_end_report().is_none());
+        let c = s.take_counters();
+        assert_eq!(c.srtp_dropped.of(SrtpError::Auth), 1);
+        assert_eq!(c.rtcp, 2);
+        assert_eq!(c.rtcp_sent, reports.len() as u64);
+
+        // On hold the node sends an RR and echoes the far end's SR; at the end, a BYE.
+        m.sends = false;
+        m.srtp = None;
+        m.rtcp = RtcpTarget::Muxed;
+        s.handle_command(Command::SetMedia(m), &mut out);
+        out.clear();
+        let mut rr_seen = None;
+        for k in 1500..1900u64 {
+            s.handle_tick(t0 + MS20 * k as u32, &mut out);
+            assert!(out.rtcp.is_empty(), "muxed: on the RTP port");
+            if let Some(t) = out.transmit.iter().find(|t| rtp::is_rtcp(&t.data)) {
+                rr_seen.get_or_insert((k, rtcp::parse(&t.data).unwrap()));
+            }
+            out.transmit.clear();
+        }
+        let (k, rr) = rr_seen.expect("a receiver report on hold");
+        assert!(rr.sender.is_none());
+        assert_eq!(rr.blocks[0].lsr, ntp_middle(their_ntp));
+        assert_eq!(rr.blocks[0].dlsr, ((k - 1500) * 20 * 65536 / 1000) as u32);
+        s.close(&mut out);
+        let bye = out.transmit.iter().find(|t| rtp::is_rtcp(&t.data)).expect("a BYE");
+        assert!(rtcp::parse(&bye.data).unwrap().bye);
+    }
+
+    #[test]
+    fn srtp_forgeries_replays_and_floods_are_dropped_before_the_latch_and_the_node_sends_srtp() {
+        use crate::core::srtp::{Inbound, MasterKey, Outbound, Suite};
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let far = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let node = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        m.srtp = Some(CallKeys { remote: far.clone(), local: node.clone() });
+        s.handle_command(Command::SetMedia(m), &mut out);
+        assert!(s.is_secure());
+        let mut caller_tx = Outbound::new(far);
+        let mut genuine = rtp_from_caller(0, 1, 160, 4000);
+        caller_tx.protect_rtp(&mut genuine).unwrap();
+        let attacker: SocketAddr = "198.51.100.66:5000".parse().unwrap();
+        // Before the caller's first packet, an attacker who knows the port: plain RTP,
+        // SRTP under a key of its own, and 10,000 packets of noise with an RTP header.
+        s.handle_datagram(t0, attacker, &rtp_from_caller(0, 1, 160, 9000), &mut out);
+        let mut wrong = rtp_from_caller(0, 2, 320, 9000);
+        Outbound::new(MasterKey::random(Suite::AesCm128HmacSha1_80)).protect_rtp(&mut wrong).unwrap();
+        s.handle_datagram(t0, attacker, &wrong, &mut out);
+        for k in 0..10_000u32 {
+            let mut junk = rtp_from_caller(0, k as u16, k * 160, 0);
+            junk.extend_from_slice(&k.to_be_bytes());
+            for (i, b) in junk[12..].iter_mut().enumerate() {
+                *b = (k as usize * 31 + i * 7) as u8;
+            }
+            s.handle_datagram(t0, attacker, &junk, &mut out);
+        }
+        assert!(out.events.iter().all(|e| !matches!(e, Event::Latched(_))), "nothing latched");
+        assert!(out.heard.is_empty(), "nothing heard");
+        s.handle_datagram(t0, caller(), &genuine, &mut out);
+        assert!(out.events.contains(&Event::Latched(caller())), "the caller's own packet latches");
+        // A replay of it from the attacker's address, and from the caller's.
+        s.handle_datagram(t0, attacker, &genuine, &mut out);
+        s.handle_datagram(t0, caller(), &genuine, &mut out);
+        let c = s.take_counters();
+        assert_eq!(c.srtp_dropped.of(SrtpError::Auth), 10_002);
+        assert_eq!(c.srtp_dropped.of(SrtpError::Replay), 2);
+        assert_eq!((c.packets_in, c.srtp_in, c.foreign), (1, 1, 0), "no forged packet got as far as the latch");
+        assert_eq!(s.target(), Some(caller()));
+        let heard: Vec<i16> = out.heard.iter().flat_map(|h| h.pcm.iter().copied()).collect();
+        assert!(heard.iter().all(|v| (v - 4000).abs() < 200), "only the caller is heard");
+        // What the node sends is SRTP under its own key.
+        out.clear();
+        s.handle_command(Command::Play { id: 1, pcm: vec![1000i16; 160 * 3].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 0, 3, &mut out);
+        assert_eq!(out.transmit.len(), 3);
+        let mut far_rx = Inbound::new(node);
+        let mut plain = Vec::new();
+        for t in &out.transmit {
+            assert!(rtp::parse(&t.data).unwrap().payload != [linear_to_ulaw(1000); 160], "not in the clear");
+            far_rx.unprotect_rtp(&t.data, &mut plain).unwrap();
+            assert_eq!(rtp::parse(&plain).unwrap().payload, &[linear_to_ulaw(1000); 160][..]);
+        }
+        // A re-offer back to plain RTP (an `optional` call's re-INVITE without keys).
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        m.srtp = None;
+        s.handle_command(Command::SetMedia(m), &mut out);
+        s.handle_datagram(t0 + MS20, caller(), &rtp_from_caller(0, 2, 320, 4000), &mut out);
+        assert_eq!(s.take_counters().packets_in, 1);
+    }
+
+    #[test]
+    fn junk_rtcp_foreign_and_unknown_payloads_are_counted_not_played() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_datagram(t0, caller(), &rtp_from_caller(0, 1, 0, 4000), &mut out);
+        s.handle_datagram(t0, caller(), &[0xde, 0xad], &mut out);
+        s.handle_datagram(t0, caller(), &[0x81, 200, 0, 6, 0, 0, 0, 1], &mut out);
+        s.handle_datagram(t0, "10.9.9.9:1".parse().unwrap(), &rtp_from_caller(0, 2, 160, 1), &mut out);
+        s.handle_datagram(t0, caller(), &rtp_from_caller(13, 3, 320, 1), &mut out);
+        let c = s.take_counters();
+        assert_eq!((c.packets_in, c.malformed, c.rtcp, c.foreign, c.unsupported_payload), (1, 1, 1, 1, 1));
+        assert_eq!(out.heard.len(), 1);
+        assert_eq!(s.take_counters(), Counters::default(), "counters are deltas");
+    }
+
+    #[test]
+    fn latches_to_the_source_and_sends_there() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetTarget("192.168.1.2:4000".parse().unwrap()), &mut out);
+        let nat: SocketAddr = "203.0.113.1:50000".parse().unwrap();
+        s.handle_datagram(t0, nat, &rtp_from_caller(0, 1, 0, 0), &mut out);
+        assert!(out.events.contains(&Event::Latched(nat)));
+        s.handle_command(Command::Play { id: 1, pcm: vec![1i16; 160].into(), barge_in: None }, &mut out);
+        run_ticks(&mut s, t0, 0, 1, &mut out);
+        assert_eq!(out.transmit[0].to, nat);
+    }
+}
