@@ -102,8 +102,13 @@ impl OpusDecoder {
     }
 
     /// Appends the packet's audio; false (nothing appended) for a packet libopus
-    /// refuses (corrupt, or not Opus at all).
+    /// refuses (corrupt, or not Opus at all), and for an empty one: RFC 6716 §3.4 (R1)
+    /// makes a packet at least one byte, and libopus would take it as a loss and
+    /// conceal up to 120 ms for nothing.
     pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> bool {
+        if payload.is_empty() {
+            return false;
+        }
         self.run(payload, 0, self.buf.len(), out)
     }
 

@@ -207,6 +207,8 @@ pub fn goodbye(ssrc: u32, cname: &str) -> Vec<u8> {
 /// What one compound packet from the far end said.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Received {
+    /// Who sent it: the SSRC of the compound's first report (SR or RR).
+    pub ssrc: Option<u32>,
     /// The sender report's sender and its NTP timestamp.
     pub sender: Option<(u32, u64)>,
     pub blocks: Vec<ReportBlock>,
@@ -246,6 +248,9 @@ pub fn parse(data: &[u8]) -> Result<Received, Malformed> {
         }
         let body = &rest[4..len];
         let word = |at: usize| body.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        if matches!(pt, SR | RR) && r.ssrc.is_none() {
+            r.ssrc = word(0);
+        }
         let blocks_at = match pt {
             SR if body.len() >= 24 => {
                 let ntp = (u64::from(word(4).unwrap_or(0)) << 32) | u64::from(word(8).unwrap_or(0));
@@ -505,7 +510,7 @@ mod tests {
         // Our SR goes out at 1 s; the far end holds it 250 ms and answers at 1.4 s.
         let sent = ntp_middle(s.ntp_at(start + Duration::from_secs(1)));
         let b = ReportBlock { ssrc: 99, fraction_lost: 128, cumulative_lost: 5, extended_max: 10, jitter: 80, lsr: sent, dlsr: 65536 / 4 };
-        let r = Received { sender: Some((7, 0x0001_2345_6789_0000)), blocks: vec![b], bye: false };
+        let r = Received { ssrc: Some(7), sender: Some((7, 0x0001_2345_6789_0000)), blocks: vec![b], bye: false };
         let f = s.on_received(start + Duration::from_millis(1400), &r, 99, 8000).unwrap();
         let rtt = f.round_trip.unwrap();
         assert!((rtt.as_secs_f64() - 0.150).abs() < 0.001, "{rtt:?}");

@@ -175,6 +175,12 @@ impl Inbound {
     }
 
     fn decode(&mut self, now: Instant, packet: &RtpPacket<'_>, codec: AudioCodec, heard: &mut Vec<Heard>) {
+        if packet.payload.is_empty() {
+            // No codec's packet is empty (an Opus decoder would conceal for it, and
+            // rebuild the packets before it from nothing): refused like bad framing.
+            *self.counts.decode_errors.get_mut(codec) += 1;
+            return;
+        }
         let Some((_, decoder)) = self.decoder.as_mut() else { return };
         // A wideband codec's 16 kHz audio rides beside the 8 kHz timeline copy.
         let wideband = decoder.is_wideband();
@@ -454,5 +460,34 @@ mod session_tests {
         let (enc, dec) = (c.codec_nanos.0[AudioCodec::G722 as usize].0, c.codec_nanos.0[AudioCodec::Pcmu as usize].1);
         assert!(enc > 0 && dec > 0, "G.722 encoding and PCMU decoding took time: {enc} ns, {dec} ns");
         assert_eq!(c.codec_nanos.0[AudioCodec::Opus as usize], (0, 0));
+    }
+
+    /// An empty payload is no codec's packet: refused and counted, never decoded (an
+    /// empty Opus packet used to reach libopus as a loss: 360 ms of concealment at
+    /// 16 kHz each, and a rebuild of the packets before it from nothing).
+    #[test]
+    fn empty_payloads_are_refused_and_counted_never_played() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        #[cfg(feature = "opus")]
+        m.receive.push((111, AudioCodec::Opus));
+        s.handle_command(Command::SetMedia(m), &mut out);
+        let empty = |pt, seq: u16| {
+            rtp::build(RtpHeader { marker: false, payload_type: pt, sequence: seq, timestamp: u32::from(seq) * 160, ssrc: 99 }, &[])
+        };
+        s.handle_datagram(t0, caller(), &empty(0, 1), &mut out);
+        #[cfg(feature = "opus")]
+        {
+            // Three Opus packets lost before it: nothing is rebuilt from an empty one.
+            s.handle_datagram(t0, caller(), &empty(111, 5), &mut out);
+        }
+        run_ticks(&mut s, t0, 0, 10, &mut out);
+        let c = s.take_counters();
+        assert_eq!(c.decode_errors.0[AudioCodec::Pcmu as usize], 1);
+        #[cfg(feature = "opus")]
+        assert_eq!((c.decode_errors.0[AudioCodec::Opus as usize], c.plc_concealed, c.fec_recovered), (1, 0, 0));
+        assert!(out.heard.iter().all(|h| h.pcm.iter().all(|&v| v == 0)), "nothing but silence heard");
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use super::io::{Counters, Event, Outputs, RtcpTarget, SrtpDrops, Transmit};
 use crate::core::latch::{Latch, Verdict};
 use crate::core::rtcp::{self, FarEndReport, RtcpState, SenderInfo};
-use crate::core::rtp::{self, Datagram, RtpHeader, RtpPacket};
+use crate::core::rtp::{self, RtpHeader, RtpPacket};
 use crate::core::srtp::{CallKeys, Srtp};
 
 /// What the transport counted since the last `take_counters`.
@@ -50,6 +50,9 @@ pub(super) struct Transport {
     plain: Vec<u8>,
     /// RTCP once SDP set the call up; None sends none (calls without SDP).
     rtcp: Option<(RtcpState, RtcpTarget)>,
+    /// Where the far end's RTCP comes from, once its first report on the odd port was
+    /// read (without an `a=rtcp`): only that source is read from then on.
+    rtcp_from: Option<SocketAddr>,
     far_end: Option<FarEndReport>,
     counts: Counts,
 }
@@ -64,6 +67,7 @@ impl Transport {
             srtp: None,
             plain: Vec::with_capacity(1500),
             rtcp: None,
+            rtcp_from: None,
             far_end: None,
             counts: Counts::default(),
         }
@@ -102,8 +106,10 @@ impl Transport {
 
     /// A datagram on the call's RTP port; the RTP packet in it, once it is the far
     /// end's. Under SRTP it must authenticate (and not be a replay) before anything else
-    /// looks at it: only then may it latch, be decoded or be heard. Muxed RTCP is read
-    /// here (`send_clock`: the clock of what the node sends, for the far end's report).
+    /// looks at it: only then may it latch, be decoded or be heard; and its index enters
+    /// the replay window (with the ROC) only once the latch took it, so validly keyed
+    /// copies from a foreign source move nothing. Muxed RTCP is read here
+    /// (`send_clock`: the clock of what the node sends, for the far end's report).
     /// Everything not taken is counted and changes nothing.
     pub(super) fn receive<'a>(
         &'a mut self,
@@ -113,30 +119,24 @@ impl Transport {
         send_clock: u32,
         out: &mut Outputs,
     ) -> Option<RtpPacket<'a>> {
-        let bytes: &'a [u8] = match self.srtp.as_mut() {
-            None => data,
-            Some(_) if rtp::is_rtcp(data) => {
-                // SRTCP muxed on the RTP port.
-                self.read_rtcp(now, data, send_clock);
-                return None;
-            }
-            Some(srtp) => match srtp.inbound.unprotect_rtp(data, &mut self.plain) {
-                Ok(_) => {
-                    self.counts.srtp_in += 1;
-                    &self.plain
-                }
+        if rtp::is_rtcp(data) {
+            // RTCP muxed on the RTP port (SRTCP under keys; RTP's header is in the
+            // clear, so SRTP never hides which one a datagram is).
+            self.take_rtcp(now, from, data, true, send_clock);
+            return None;
+        }
+        let (bytes, authenticated): (&'a [u8], _) = match self.srtp.as_mut() {
+            None => (data, None),
+            Some(srtp) => match srtp.inbound.authenticate_rtp(data, &mut self.plain) {
+                Ok(a) => (&self.plain, Some(a)),
                 Err(e) => {
                     self.counts.srtp_dropped.count(e);
                     return None;
                 }
             },
         };
-        let packet = match rtp::classify(bytes) {
-            Ok(Datagram::Rtp(p)) => p,
-            Ok(Datagram::Rtcp) => {
-                Self::on_rtcp(&mut self.counts, &mut self.rtcp, &mut self.far_end, self.ssrc, now, bytes, send_clock);
-                return None;
-            }
+        let packet = match rtp::parse(bytes) {
+            Ok(p) => p,
             Err(_) => {
                 self.counts.malformed += 1;
                 return None;
@@ -150,71 +150,72 @@ impl Transport {
                 return None;
             }
         }
+        if let (Some(srtp), Some(a)) = (self.srtp.as_mut(), authenticated) {
+            srtp.inbound.commit_rtp(a);
+            self.counts.srtp_in += 1;
+        }
         if let Some((state, _)) = &mut self.rtcp {
             state.reception.on_packet(packet.ssrc, packet.sequence);
         }
         Some(packet)
     }
 
-    /// A datagram on the call's RTCP port (the odd one); under SRTP it must
-    /// authenticate as SRTCP before it is read. Symmetric RTCP (RFC 4961): with
-    /// symmetric RTP, the node's reports go back to where the far end's come from, as
-    /// its RTP does, when that is the RTP peer's host (a NAT may give RTCP a port of its
-    /// own); a packet that fails SRTCP or is not RTCP never moves it.
+    /// A datagram on the call's RTCP port (the odd one).
     pub(super) fn receive_rtcp(&mut self, now: Instant, from: SocketAddr, data: &[u8], send_clock: u32) {
-        let taken = self.read_rtcp(now, data, send_clock);
-        if taken && self.latch.is_symmetric() && self.latch.target().is_some_and(|t| t.ip() == from.ip()) {
-            if let Some((state, RtcpTarget::Separate(None))) = &mut self.rtcp {
+        self.take_rtcp(now, from, data, false, send_clock);
+    }
+
+    /// RTCP from the far end, on the odd port or `muxed` on the RTP port: through
+    /// SRTCP when the call has keys, then read only when it is the far end's (see
+    /// `from_far_end`); only then does SRTCP's replay window move, and only then may it
+    /// become where the node's reports go (symmetric RTCP, RFC 4961). Everything else
+    /// is counted and changes nothing. True when it was read.
+    fn take_rtcp(&mut self, now: Instant, from: SocketAddr, data: &[u8], muxed: bool, send_clock: u32) -> bool {
+        let (bytes, authenticated) = match self.srtp.as_mut() {
+            None => (data, None),
+            Some(srtp) => match srtp.inbound.authenticate_rtcp(data, &mut self.plain) {
+                Ok(a) => (&self.plain[..], Some(a)),
+                Err(e) => {
+                    self.counts.srtp_dropped.count(e);
+                    return false;
+                }
+            },
+        };
+        // RTCP as the call sees it: under SRTP, what authenticated.
+        self.counts.rtcp += 1;
+        let Some((state, target)) = self.rtcp.as_mut() else { return false };
+        let Ok(report) = rtcp::parse(bytes) else {
+            self.counts.rtcp_malformed += 1;
+            return false;
+        };
+        let peer = self.latch.target();
+        // Sent by the far end's RTP stream, once one is known.
+        let own_stream = state.reception.ssrc().is_none_or(|ssrc| report.ssrc == Some(ssrc));
+        let from_far_end = own_stream
+            && match (*target, muxed) {
+                (_, true) => peer == Some(from),
+                (RtcpTarget::Separate(Some(signalled)), false) => from == signalled,
+                // No `a=rtcp`: the RTP peer's host; its first report there locks the port.
+                (_, false) => self.rtcp_from.map_or(peer.is_some_and(|p| p.ip() == from.ip()), |locked| locked == from),
+            };
+        if !from_far_end {
+            self.counts.foreign += 1;
+            return false;
+        }
+        if let (Some(srtp), Some(a)) = (self.srtp.as_mut(), authenticated) {
+            srtp.inbound.commit_rtcp(a);
+            self.counts.srtp_in += 1;
+        }
+        if !muxed && matches!(*target, RtcpTarget::Separate(None)) && self.rtcp_from.is_none() {
+            self.rtcp_from = Some(from);
+            if self.latch.is_symmetric() {
                 state.symmetric_to = Some(from);
             }
         }
-    }
-
-    /// RTCP from the far end, on either port: through SRTCP when the call has keys (a
-    /// failure is counted and read no further). True when it was read.
-    fn read_rtcp(&mut self, now: Instant, data: &[u8], send_clock: u32) -> bool {
-        let Some(srtp) = self.srtp.as_mut() else {
-            return Self::on_rtcp(&mut self.counts, &mut self.rtcp, &mut self.far_end, self.ssrc, now, data, send_clock);
-        };
-        match srtp.inbound.unprotect_rtcp(data, &mut self.plain) {
-            Ok(()) => {
-                self.counts.srtp_in += 1;
-                Self::on_rtcp(&mut self.counts, &mut self.rtcp, &mut self.far_end, self.ssrc, now, &self.plain, send_clock)
-            }
-            Err(e) => {
-                self.counts.srtp_dropped.count(e);
-                false
-            }
+        if let Some(f) = state.on_received(now, &report, self.ssrc, send_clock) {
+            self.far_end = Some(f);
         }
-    }
-
-    /// Plain RTCP from the far end: counted, and read for the round trip and for what
-    /// it hears of the node (only on calls that run RTCP). It never moves the latch.
-    /// True when it was well-formed RTCP on a call that runs RTCP. (Fields apart, so the
-    /// plain text buffer may be read meanwhile.)
-    fn on_rtcp(
-        counts: &mut Counts,
-        rtcp: &mut Option<(RtcpState, RtcpTarget)>,
-        far_end: &mut Option<FarEndReport>,
-        ssrc: u32,
-        now: Instant,
-        data: &[u8],
-        send_clock: u32,
-    ) -> bool {
-        counts.rtcp += 1;
-        let Some((state, _)) = rtcp.as_mut() else { return false };
-        match rtcp::parse(data) {
-            Ok(r) => {
-                if let Some(f) = state.on_received(now, &r, ssrc, send_clock) {
-                    *far_end = Some(f);
-                }
-                true
-            }
-            Err(_) => {
-                counts.rtcp_malformed += 1;
-                false
-            }
-        }
+        true
     }
 
     /// The far end's latest report on the node's audio, once.
@@ -557,5 +558,108 @@ mod session_tests {
         s.handle_command(Command::Play { id: 1, pcm: vec![1i16; 160].into(), barge_in: None }, &mut out);
         run_ticks(&mut s, t0, 0, 1, &mut out);
         assert_eq!(out.transmit[0].to, nat);
+    }
+
+    /// A call under SDES keys whose caller has latched; its SRTP sender and the session.
+    fn keyed_call(t0: Instant) -> (Session, Outputs, crate::core::srtp::Outbound) {
+        use crate::core::srtp::{MasterKey, Outbound, Suite};
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        let far = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let mut m = media((0, AudioCodec::Pcmu), Some(101), true);
+        m.srtp = Some(CallKeys { remote: far.clone(), local: MasterKey::random(Suite::AesCm128HmacSha1_80) });
+        s.handle_command(Command::SetMedia(m), &mut out);
+        s.handle_command(Command::SetTarget(caller()), &mut out);
+        (s, out, Outbound::new(far))
+    }
+
+    fn heard_frames(out: &Outputs) -> usize {
+        out.heard.iter().filter(|h| !h.late && !h.concealed && h.pcm.iter().all(|v| (v - 4000).abs() < 200)).count()
+    }
+
+    #[test]
+    fn validly_keyed_copies_from_a_foreign_source_ahead_of_the_caller_move_no_replay_window() {
+        let t0 = Instant::now();
+        let (mut s, mut out, mut caller_tx) = keyed_call(t0);
+        let attacker: SocketAddr = "198.51.100.66:5000".parse().unwrap();
+        let mut wire = Vec::new();
+        for k in 0..45u32 {
+            let mut p = rtp_from_caller(0, k as u16 + 1, 160 * (k + 1), 4000);
+            caller_tx.protect_rtp(&mut p).unwrap();
+            wire.push(p);
+        }
+        // The caller latches with its first packet; then each real packet's copy comes
+        // from the attacker just ahead of it.
+        s.handle_datagram(t0, caller(), &wire[0], &mut out);
+        for (k, p) in wire.iter().enumerate().skip(1) {
+            let at = t0 + MS20 * k as u32;
+            s.handle_datagram(at, attacker, p, &mut out);
+            s.handle_datagram(at, caller(), p, &mut out);
+            s.handle_tick(at, &mut out);
+        }
+        let c = s.take_counters();
+        assert_eq!((c.foreign, c.srtp_in, c.srtp_dropped.total()), (44, 45, 0), "copies refused by the latch, none a replay");
+        assert!(heard_frames(&out) >= 43, "the agent hears the caller: {} of 45", heard_frames(&out));
+    }
+
+    #[test]
+    fn keyed_packets_far_ahead_from_a_foreign_source_do_not_push_the_window_past_the_caller() {
+        let t0 = Instant::now();
+        let (mut s, mut out, mut caller_tx) = keyed_call(t0);
+        let mut ahead = rtp_from_caller(0, 1, 160, 4000);
+        caller_tx.protect_rtp(&mut ahead).unwrap();
+        s.handle_datagram(t0, caller(), &ahead, &mut out);
+        // Three packets of the caller's own stream, keyed, 31,200 ahead, from elsewhere.
+        let mut far_ahead = Vec::new();
+        for k in 0..3u16 {
+            let mut p = rtp_from_caller(0, 31_200 + k, 160 * 31_200, 4000);
+            caller_tx.protect_rtp(&mut p).unwrap();
+            far_ahead.push(p);
+        }
+        for p in &far_ahead {
+            s.handle_datagram(t0, "198.51.100.66:5000".parse().unwrap(), p, &mut out);
+        }
+        for k in 1..=120u32 {
+            let mut p = rtp_from_caller(0, k as u16 + 1, 160 * (k + 1), 4000);
+            caller_tx.protect_rtp(&mut p).unwrap();
+            let at = t0 + MS20 * k;
+            s.handle_datagram(at, caller(), &p, &mut out);
+            s.handle_tick(at, &mut out);
+        }
+        let c = s.take_counters();
+        assert_eq!((c.foreign, c.srtp_dropped.total(), c.srtp_in), (3, 0, 121));
+        assert!(heard_frames(&out) >= 118, "{} of 120 heard", heard_frames(&out));
+    }
+
+    #[test]
+    fn rtcp_on_a_plain_call_is_read_only_from_the_far_ends_rtcp_source_and_stream() {
+        use crate::core::rtcp::{self, ReportBlock};
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let mut out = Outputs::default();
+        s.handle_command(Command::SetMedia(media((0, AudioCodec::Pcmu), Some(101), true)), &mut out);
+        s.handle_datagram(t0, caller(), &rtp_from_caller(0, 1, 160, 4000), &mut out);
+        // A report that the node's audio is 99.6 % lost, about the node's SSRC (0x1234).
+        let lossy = |sender: u32| {
+            let block =
+                ReportBlock { ssrc: 0x1234, fraction_lost: 255, cumulative_lost: 0, extended_max: 0, jitter: 1 << 30, lsr: 0, dlsr: 0 };
+            rtcp::report(sender, None, &[block], "x")
+        };
+        s.handle_rtcp(t0, "198.51.100.9:7001".parse().unwrap(), &lossy(99));
+        assert_eq!(s.take_far_end_report(), None, "another host");
+        s.handle_rtcp(t0, far_rtcp(), &lossy(12345));
+        assert_eq!(s.take_far_end_report(), None, "not the far end's stream");
+        s.handle_rtcp(t0, far_rtcp(), &lossy(99));
+        assert!(s.take_far_end_report().is_some(), "the far end's own report is read");
+        // The far end's RTCP port is locked now: another port of its host is not it.
+        let other: SocketAddr = "127.0.0.1:45999".parse().unwrap();
+        s.handle_rtcp(t0, other, &lossy(99));
+        assert_eq!(s.take_far_end_report(), None);
+        assert_eq!(s.take_counters().foreign, 3);
+        // And the node's reports keep going where the far end's came from.
+        for k in 0..400u32 {
+            s.handle_tick(t0 + MS20 * k, &mut out);
+        }
+        assert!(!out.rtcp.is_empty() && out.rtcp.iter().all(|t| t.to == far_rtcp()));
     }
 }

@@ -284,80 +284,139 @@ impl Inbound {
         self.previous = Some((old, 0));
     }
 
-    /// Checks and decrypts an SRTP packet into `out` (the plain RTP packet). Nothing
-    /// is decrypted, and no state moves, unless the packet authenticates.
+    /// Checks, decrypts and takes an SRTP packet into `out` (the plain RTP packet):
+    /// `authenticate_rtp` then `commit_rtp`, for a receiver with nothing else to check.
     pub fn unprotect_rtp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Unprotected, SrtpError> {
+        let a = self.authenticate_rtp(data, out)?;
+        Ok(self.commit_rtp(a))
+    }
+
+    /// Checks and decrypts an SRTP packet into `out` (the plain RTP packet). Nothing
+    /// is decrypted unless the packet authenticates, and nothing moves (replay window,
+    /// ROC, key use) until it is committed: a validly keyed packet the call then
+    /// refuses (from a foreign source) leaves no trace.
+    pub fn authenticate_rtp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Authenticated, SrtpError> {
         let hlen = super::rtp::header_len(data).map_err(|_| SrtpError::Malformed)?;
         let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
         let seq = u16::from_be_bytes([data[2], data[3]]);
         let window = self.rtp.get(&ssrc).copied().unwrap_or_default();
         let index = estimate_index(&window, seq).ok_or(SrtpError::TooOld)?;
         window.check(index)?;
-        let result = Self::try_rtp(&mut self.current, data, hlen, ssrc, index, out);
-        let result = match (result, self.previous.as_mut()) {
-            (Err(SrtpError::Auth | SrtpError::UnknownMki), Some((old, _))) => Self::try_rtp(old, data, hlen, ssrc, index, out),
-            (Ok(()), Some((_, uses))) => {
-                *uses += 1;
-                if *uses >= PREVIOUS_KEY_GRACE {
-                    self.previous = None;
-                }
-                Ok(())
+        let key = match Self::try_rtp(&self.current, data, hlen, ssrc, index, out) {
+            Err(SrtpError::Auth | SrtpError::UnknownMki) if self.previous.is_some() => {
+                let (old, _) = self.previous.as_ref().expect("checked");
+                Self::try_rtp(old, data, hlen, ssrc, index, out)?;
+                KeyUsed::Previous
             }
-            (r, _) => r,
+            r => r.map(|()| KeyUsed::Current)?,
         };
-        result?;
-        if !self.rtp.contains_key(&ssrc) && self.rtp.len() >= MAX_STREAMS {
-            // The stream heard least recently (the lowest index is a fair stand-in).
-            if let Some(old) = self.rtp.iter().min_by_key(|(_, w)| w.top()).map(|(s, _)| *s) {
-                self.rtp.remove(&old);
-            }
-        }
-        self.rtp.entry(ssrc).or_default().accept(index);
-        Ok(Unprotected { index })
+        Ok(Authenticated { ssrc, index, key })
     }
 
-    fn try_rtp(key: &mut RemoteKey, data: &[u8], hlen: usize, ssrc: u32, index: u64, out: &mut Vec<u8>) -> Result<(), SrtpError> {
+    /// Takes an authenticated RTP packet: its index enters the stream's replay window
+    /// (and with it the ROC), and its key's use is counted.
+    pub fn commit_rtp(&mut self, a: Authenticated) -> Unprotected {
+        match a.key {
+            KeyUsed::Current => {
+                self.current.rtp_left = self.current.rtp_left.saturating_sub(1);
+                if let Some((_, uses)) = self.previous.as_mut() {
+                    *uses += 1;
+                    if *uses >= PREVIOUS_KEY_GRACE {
+                        self.previous = None;
+                    }
+                }
+            }
+            KeyUsed::Previous => {
+                if let Some((old, _)) = self.previous.as_mut() {
+                    old.rtp_left = old.rtp_left.saturating_sub(1);
+                }
+            }
+        }
+        Self::admit(&mut self.rtp, a.ssrc, a.index);
+        Unprotected { index: a.index }
+    }
+
+    /// Records `index` in `ssrc`'s window, making room for a new stream if need be.
+    fn admit(windows: &mut HashMap<u32, ReplayWindow>, ssrc: u32, index: u64) {
+        if !windows.contains_key(&ssrc) && windows.len() >= MAX_STREAMS {
+            // The stream heard least recently (the lowest index is a fair stand-in).
+            if let Some(old) = windows.iter().min_by_key(|(_, w)| w.top()).map(|(s, _)| *s) {
+                windows.remove(&old);
+            }
+        }
+        windows.entry(ssrc).or_default().accept(index);
+    }
+
+    fn try_rtp(key: &RemoteKey, data: &[u8], hlen: usize, ssrc: u32, index: u64, out: &mut Vec<u8>) -> Result<(), SrtpError> {
         let suite = key.key.suite;
         let data = without_mki(key, data, suite.rtp_tag_len())?;
         if key.rtp_left == 0 {
             return Err(SrtpError::KeyExpired);
         }
-        key.transform.unprotect_rtp(&data, hlen, ssrc, index, out)?;
-        key.rtp_left -= 1;
+        key.transform.unprotect_rtp(&data, hlen, ssrc, index, out)
+    }
+
+    /// Checks, decrypts and takes an SRTCP packet into `out` (the plain RTCP compound
+    /// packet): `authenticate_rtcp` then `commit_rtcp`.
+    pub fn unprotect_rtcp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        let a = self.authenticate_rtcp(data, out)?;
+        self.commit_rtcp(a);
         Ok(())
     }
 
-    /// Checks and decrypts an SRTCP packet into `out` (the plain RTCP compound packet).
-    pub fn unprotect_rtcp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
+    /// Checks and decrypts an SRTCP packet into `out`; nothing moves until it is
+    /// committed (as for RTP).
+    pub fn authenticate_rtcp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Authenticated, SrtpError> {
         if data.len() < 8 || data[0] >> 6 != 2 {
             return Err(SrtpError::Malformed);
         }
         let ssrc = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-        let try_key = |key: &mut RemoteKey, out: &mut Vec<u8>, window: &ReplayWindow| -> Result<u64, SrtpError> {
+        let try_key = |key: &RemoteKey, out: &mut Vec<u8>, window: &ReplayWindow| -> Result<u64, SrtpError> {
             let suite = key.key.suite;
             let data = without_mki(key, data, suite.rtcp_tag_len())?;
             if key.rtcp_left == 0 {
                 return Err(SrtpError::KeyExpired);
             }
-            let index = key.transform.unprotect_rtcp(&data, ssrc, window, out)?;
-            key.rtcp_left -= 1;
-            Ok(index)
+            key.transform.unprotect_rtcp(&data, ssrc, window, out)
         };
         let window = self.rtcp.get(&ssrc).copied().unwrap_or_default();
-        let index = match try_key(&mut self.current, out, &window) {
+        let (index, key) = match try_key(&self.current, out, &window) {
             Err(SrtpError::Auth | SrtpError::UnknownMki) if self.previous.is_some() => {
-                try_key(&mut self.previous.as_mut().expect("checked").0, out, &window)?
+                (try_key(&self.previous.as_ref().expect("checked").0, out, &window)?, KeyUsed::Previous)
             }
-            r => r?,
+            r => (r?, KeyUsed::Current),
         };
-        if !self.rtcp.contains_key(&ssrc) && self.rtcp.len() >= MAX_STREAMS {
-            if let Some(old) = self.rtcp.iter().min_by_key(|(_, w)| w.top()).map(|(s, _)| *s) {
-                self.rtcp.remove(&old);
-            }
-        }
-        self.rtcp.entry(ssrc).or_default().accept(index);
-        Ok(())
+        Ok(Authenticated { ssrc, index, key })
     }
+
+    /// Takes an authenticated SRTCP packet (its index into the window, its key's use).
+    pub fn commit_rtcp(&mut self, a: Authenticated) {
+        let key = match a.key {
+            KeyUsed::Current => Some(&mut self.current),
+            KeyUsed::Previous => self.previous.as_mut().map(|(k, _)| k),
+        };
+        if let Some(k) = key {
+            k.rtcp_left = k.rtcp_left.saturating_sub(1);
+        }
+        Self::admit(&mut self.rtcp, a.ssrc, a.index);
+    }
+}
+
+/// Which of the far end's keys a packet authenticated under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyUsed {
+    Current,
+    Previous,
+}
+
+/// A packet that authenticated and is not a replay, not yet taken: `commit_*` takes
+/// it; dropping it leaves the receiver as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an authenticated packet moves nothing until it is committed"]
+pub struct Authenticated {
+    ssrc: u32,
+    index: u64,
+    key: KeyUsed,
 }
 
 /// The packet without its MKI (checked against the key's), the tag still in place.
