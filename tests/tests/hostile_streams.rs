@@ -1,0 +1,222 @@
+//! Streams that must not move a call's state, on the real `media-node` binary over
+//! real UDP (issue 33): validly keyed SRTP copies of the caller's own packets sent from
+//! another address (just ahead of the real ones, and far ahead in sequence), forged
+//! RTCP reports from another port of the far end's host on a plain call, and empty
+//! Opus payloads. Each was measured to silence the caller, skew the far-end metrics or
+//! cost the node concealment before the fix.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_tests::envtest::media_node_binary;
+use fleet_tests::process::NodeProcess;
+use fleet_tests::{collect_listen, metric_value, pcm_of};
+use media_node::core::g711::linear_to_ulaw;
+use media_node::core::rtcp;
+use media_node::core::rtp::{self, RtpHeader};
+use media_node::core::srtp::{MasterKey, Outbound, Suite};
+use media_proto::pb::*;
+use tokio::net::UdpSocket;
+
+fn offer(caller: SocketAddr, proto: &str, extra: &str) -> String {
+    format!(
+        "v=0\r\no=trunk 9 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n{extra}a=sendrecv\r\n",
+        caller.port()
+    )
+}
+
+fn tone_packet(seq: u16, ssrc: u32) -> Vec<u8> {
+    let payload: Vec<u8> =
+        (0..160).map(|n| linear_to_ulaw((8000.0 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / 8000.0).sin()) as i16)).collect();
+    rtp::build(RtpHeader { marker: false, payload_type: 0, sequence: seq, timestamp: u32::from(seq) * 160, ssrc }, &payload)
+}
+
+/// 20 ms frames of the listener's 8 kHz stream that carry the caller's tone.
+fn tone_frames(pcm: &[i16]) -> usize {
+    pcm.chunks_exact(160).filter(|f| f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 160.0 > 1000.0 * 1000.0).count()
+}
+
+/// An even/odd socket pair on loopback: a far end's RTP port and the RTCP port above it.
+async fn rtp_pair() -> (Arc<UdpSocket>, UdpSocket) {
+    loop {
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p % 2 == 0 {
+            if let Ok(b) = UdpSocket::bind(("127.0.0.1", p + 1)).await {
+                return (Arc::new(a), b);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_copies_from_another_address_neither_silence_the_caller_nor_push_its_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30312, 30313, (30300, 30309), tmp.path(), &[]);
+    node.ready().await;
+    let mut client = node.client().await;
+    let port = client.allocate_port(AllocatePortRequest { call_id: "copies".into() }).await.unwrap().into_inner().rtp_port;
+    let node_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let far = MasterKey::generate(Suite::AesCm128HmacSha1_80, &mut rand::rng());
+    let crypto = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n", far.inline().as_str());
+    let sdp = offer(caller.local_addr().unwrap(), "RTP/SAVP", &crypto);
+    client.negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: sdp, ..Default::default() }).await.unwrap();
+    let listen = collect_listen(
+        client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(8000) }).await.unwrap().into_inner(),
+    );
+
+    // 165 packets of the caller's tone; the caller latches with its first five. Then
+    // every one of the next 45 comes from the attacker's address just ahead of the
+    // caller's own; then three of the caller's stream 31,200 ahead in sequence, keyed,
+    // from the attacker; then 115 more of the caller's.
+    let ssrc = 0x5eed_0002;
+    let mut tx = Outbound::new(far);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for seq in 0..165u16 {
+        tick.tick().await;
+        if seq == 50 {
+            for k in 0..3 {
+                let mut ahead = tone_packet(31_200 + k, ssrc);
+                tx.protect_rtp(&mut ahead).unwrap();
+                attacker.send_to(&ahead, node_addr).await.unwrap();
+            }
+        }
+        let mut p = tone_packet(seq, ssrc);
+        tx.protect_rtp(&mut p).unwrap();
+        if (5..50).contains(&seq) {
+            attacker.send_to(&p, node_addr).await.unwrap();
+        }
+        caller.send_to(&p, node_addr).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = node.metrics().await;
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let (frames, _) = listen.await.unwrap();
+    let heard = tone_frames(&pcm_of(&frames));
+    // The first and last frame of the stream may be cut by the listener's start and
+    // the jitter buffer's hold; everything else is heard.
+    assert!(heard as f64 >= 0.95 * 165.0, "the agent heard {heard} of the caller's 165 frames");
+    assert_eq!(metric_value(&metrics, "media_rtp_foreign_total"), 48.0, "45 copies and 3 far ahead, refused by the latch");
+    assert_eq!(metric_value(&metrics, "media_srtp_authenticated_total"), 165.0, "every one of the caller's packets taken");
+    let dropped = metric_value(&metrics, "media_srtp_dropped_total");
+    assert_eq!(dropped, 0.0, "no real packet a replay or too old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_rtcp_from_another_port_of_the_far_ends_host_moves_nothing_on_a_plain_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30332, 30333, (30320, 30329), tmp.path(), &[]);
+    node.ready().await;
+    let mut client = node.client().await;
+    let port = client.allocate_port(AllocatePortRequest { call_id: "rtcp-forged".into() }).await.unwrap().into_inner().rtp_port;
+    let node_rtp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let node_rtcp: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
+    let (rtp_sock, rtcp_sock) = rtp_pair().await;
+    let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sdp = offer(rtp_sock.local_addr().unwrap(), "RTP/AVP", "");
+    client.negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: sdp, ..Default::default() }).await.unwrap();
+
+    // The node's SSRC, from what it sends.
+    let node_ssrc: Arc<Mutex<Option<u32>>> = Default::default();
+    let (sock, seen) = (rtp_sock.clone(), node_ssrc.clone());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = sock.recv(&mut buf).await {
+            if let Ok(p) = rtp::parse(&buf[..n]) {
+                *seen.lock().unwrap() = Some(p.ssrc);
+            }
+        }
+    });
+    let prompt = fleet_tests::synth_speech(8000, 9.0, 5);
+    std::fs::write(tmp.path().join("assets/long.wav"), fleet_tests::wav_bytes(&prompt, 8000)).unwrap();
+    let mut play = client.clone();
+    let playing = tokio::spawn(async move {
+        play.play_audio(PlayAudioRequest {
+            audio_uri: "file://long.wav".into(),
+            server_rtp_port: port,
+            rtp_target_addr: String::new(),
+            barge_in_ms: None,
+        })
+        .await
+    });
+    // The far end sends RTP and, from its own RTCP port, one honest report.
+    let ssrc = 0x5eed_0003;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for seq in 0..400u16 {
+        tick.tick().await;
+        rtp_sock.send_to(&tone_packet(seq, ssrc), node_rtp).await.unwrap();
+        let Some(node) = *node_ssrc.lock().unwrap() else { continue };
+        let about_node = |fraction_lost, jitter| rtcp::ReportBlock {
+            ssrc: node,
+            fraction_lost,
+            cumulative_lost: 0,
+            extended_max: 0,
+            jitter,
+            lsr: 0,
+            dlsr: 0,
+        };
+        if seq == 100 {
+            rtcp_sock.send_to(&rtcp::report(ssrc, None, &[about_node(0, 8)], "far"), node_rtcp).await.unwrap();
+        }
+        // From seq 150 on, an attacker on the far end's host sends 24 reports that the
+        // node's audio is 99.6 % lost with huge jitter, in the far end's own SSRC.
+        if (150..174).contains(&seq) {
+            attacker.send_to(&rtcp::report(ssrc, None, &[about_node(255, 1 << 30)], "far"), node_rtcp).await.unwrap();
+        }
+    }
+    let metrics = node.metrics().await;
+    // What the node sends reaches the far end's RTCP port, never the attacker's.
+    let mut buf = [0u8; 2048];
+    let (mut to_far, mut to_attacker) = (0, 0);
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(10), rtcp_sock.recv(&mut buf)).await {
+        to_far += 1;
+    }
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(10), attacker.recv(&mut buf)).await {
+        to_attacker += 1;
+    }
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let _ = playing.await;
+    assert_eq!(metric_value(&metrics, "media_rtcp_far_end_fraction_lost_count"), 1.0, "only the far end's own report was read");
+    assert_eq!(metric_value(&metrics, "media_rtcp_far_end_fraction_lost_sum"), 0.0);
+    assert!(metric_value(&metrics, "media_rtcp_far_end_jitter_seconds_sum") < 0.01, "no forged jitter");
+    assert_eq!(metric_value(&metrics, "media_rtp_foreign_total"), 24.0, "each forged report refused and counted");
+    assert!(to_far >= 1, "the node's reports go to the far end's RTCP port");
+    assert_eq!(to_attacker, 0, "and none to the attacker's");
+}
+
+#[cfg(feature = "opus")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_opus_payloads_are_refused_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30352, 30353, (30340, 30349), tmp.path(), &[]);
+    node.ready().await;
+    let mut client = node.client().await;
+    let port = client.allocate_port(AllocatePortRequest { call_id: "empty-opus".into() }).await.unwrap().into_inner().rtp_port;
+    let node_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sdp = format!(
+        "v=0\r\no=ua 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n",
+        caller.local_addr().unwrap().port()
+    );
+    let r = client.negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: sdp, ..Default::default() }).await.unwrap();
+    assert_eq!(r.into_inner().media.unwrap().codec, "opus");
+    let listen = collect_listen(
+        client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await.unwrap().into_inner(),
+    );
+    for seq in 0..50u16 {
+        let p =
+            rtp::build(RtpHeader { marker: false, payload_type: 111, sequence: seq * 4, timestamp: u32::from(seq) * 3840, ssrc: 9 }, &[]);
+        caller.send_to(&p, node_addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = node.metrics().await;
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    let (frames, _) = listen.await.unwrap();
+    assert_eq!(metric_value(&metrics, "media_rtp_decode_errors_total{codec=\"opus\"}"), 50.0);
+    assert_eq!(metric_value(&metrics, "media_rtp_plc_concealed_total") + metric_value(&metrics, "media_rtp_fec_recovered_total"), 0.0);
+    assert!(pcm_of(&frames).iter().all(|&s| s == 0), "nothing but silence reached the agent");
+}
