@@ -262,6 +262,8 @@ mod targets {
                 opus: OpusPrefs { inband_fec: true, ..Default::default() },
                 receive,
                 telephone_event_pt: Some(101),
+                // telephone-event/8000 beside Opus, as baresip offers it.
+                telephone_event_clock: 8000,
                 sends: true,
                 srtp: None,
                 rtcp: RtcpTarget::Separate(None),

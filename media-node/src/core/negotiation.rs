@@ -132,6 +132,7 @@ impl Negotiation {
             opus: agreed.opus,
             receive: agreed.receive.clone(),
             telephone_event_pt: agreed.telephone_event,
+            telephone_event_clock: agreed.telephone_event_clock,
             sends: agreed.direction.sends(),
             srtp: keys.clone(),
             rtcp: if agreed.rtcp_mux { RtcpTarget::Muxed } else { RtcpTarget::Separate(agreed.rtcp_remote) },

@@ -335,8 +335,11 @@ pub struct Negotiated {
     /// The payload type the codec has in this call (the offer's numbering).
     pub payload_type: u8,
     pub codec: CodecSpec,
-    /// RFC 4733 events at the codec's clock rate, when offered.
+    /// RFC 4733 events, when offered: at the codec's clock rate, or at 8000 beside a
+    /// codec of another clock.
     pub telephone_event: Option<u8>,
+    /// The clock the telephone-events count in (the codec's when none was offered).
+    pub telephone_event_clock: u32,
     /// The far end's ptime (what it asks to receive: the node sends packets of it).
     pub ptime: u32,
     /// The node's own direction (the answer's).
@@ -407,7 +410,12 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str], srtp: SrtpPolicy) 
             supported: SUPPORTED.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
         });
     };
-    let telephone_event = offered.iter().find(|(_, e)| e.name == "TELEPHONE-EVENT" && e.clock == codec.clock).map(|(pt, _)| *pt);
+    // telephone-event at the codec's clock; beside a codec of another clock (Opus at
+    // 48000), one at 8000 is taken too, as baresip and FreeSWITCH offer it: the events
+    // then count on their own 8 kHz clock, as rtpengine and Asterisk do.
+    let event_at = |clock: u32| offered.iter().find(|(_, e)| e.name == "TELEPHONE-EVENT" && e.clock == clock).map(|(pt, _)| (*pt, clock));
+    let event = event_at(codec.clock).or_else(|| event_at(8000));
+    let (telephone_event, telephone_event_clock) = (event.map(|(pt, _)| pt), event.map_or(codec.clock, |(_, clock)| clock));
     let on_hold = connection.is_unspecified();
     let remote = (!on_hold).then_some(SocketAddr::new(connection, m.port));
     let mut direction = m.direction(&offer.attributes).answer();
@@ -452,6 +460,7 @@ pub fn negotiate(offer: &SessionDescription, prefer: &[&str], srtp: SrtpPolicy) 
         payload_type,
         codec,
         telephone_event,
+        telephone_event_clock,
         ptime: m.ptime(),
         direction,
         remote,
@@ -493,7 +502,7 @@ pub fn answer(
         let codec = agreed.codec.audio_codec();
         write_rtpmap(&mut s, agreed.payload_type, codec);
         if let Some(te) = agreed.telephone_event {
-            let _ = write!(s, "a=rtpmap:{te} telephone-event/{}\r\na=fmtp:{te} 0-16\r\n", agreed.codec.clock);
+            let _ = write!(s, "a=rtpmap:{te} telephone-event/{}\r\na=fmtp:{te} 0-16\r\n", agreed.telephone_event_clock);
         }
         let _ = write!(s, "a=ptime:{NODE_PTIME_MS}\r\n");
         if let (Some(theirs), Some(mine)) = (&agreed.crypto, local) {
@@ -667,6 +676,25 @@ mod tests {
         assert_eq!((n.codec.name, n.telephone_event, n.remote), ("G722", Some(101), Some("192.0.2.9:30002".parse().unwrap())));
         let a = answer(&parsed, &n, "192.0.2.1".parse().unwrap(), 4000, 2, 1);
         assert!(a.contains("a=rtpmap:9 G722/8000\r\n") && a.contains("a=ptime:20\r\n"), "{a}");
+    }
+
+    /// baresip and FreeSWITCH offer telephone-event/8000 beside opus/48000: taken and
+    /// answered at 8000 (its own clock); one at 48000 is preferred where both are.
+    #[cfg(feature = "opus")]
+    #[test]
+    fn telephone_event_at_8000_beside_opus_is_taken_and_answered_at_8000() {
+        const BARESIP: &str = "v=0\r\no=- 1 2 IN IP4 198.51.100.20\r\ns=-\r\nc=IN IP4 198.51.100.20\r\nt=0 0\r\nm=audio 10000 RTP/AVP 111 9 0 8 101\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 stereo=1;sprop-stereo=1\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n";
+        let o = offer(BARESIP);
+        let n = negotiate(&o, &["opus"]).unwrap();
+        assert_eq!((n.codec.audio_codec(), n.telephone_event, n.telephone_event_clock), (AudioCodec::Opus, Some(101), 8000));
+        let a = answer(&o, &n, "192.0.2.1".parse().unwrap(), 4000, 3, 1);
+        assert!(a.contains("m=audio 4000 RTP/AVP 111 101\r\n") && a.contains("a=rtpmap:101 telephone-event/8000\r\n"), "{a}");
+        let both =
+            BARESIP.replace("111 9 0 8 101", "111 9 0 8 101 126").replace("a=sendrecv", "a=rtpmap:126 telephone-event/48000\r\na=sendrecv");
+        let n = negotiate(&offer(&both), &["opus"]).unwrap();
+        assert_eq!((n.telephone_event, n.telephone_event_clock), (Some(126), 48000));
+        let n = negotiate(&o, &["G722"]).unwrap();
+        assert_eq!((n.telephone_event, n.telephone_event_clock), (Some(101), 8000));
     }
 
     #[cfg(feature = "opus")]

@@ -16,6 +16,8 @@ const NO_PT: u8 = 0xff;
 pub(super) struct Dtmf {
     /// The telephone-event payload type both ways.
     payload_type: u8,
+    /// Its clock over the call's 8 kHz (6 for telephone-event/48000 beside Opus).
+    clock_ratio: u32,
     /// Digits going out, if any.
     sending: Option<DigitSender>,
     /// Set while DTMF redaction is on.
@@ -30,16 +32,22 @@ pub(super) struct Dtmf {
 
 impl Dtmf {
     pub(super) fn new(payload_type: u8) -> Dtmf {
-        Dtmf { payload_type, sending: None, redactor: None, reported_redacted: 0, redacted: 0, redact_buf: Vec::new() }
+        Dtmf { payload_type, clock_ratio: 1, sending: None, redactor: None, reported_redacted: 0, redacted: 0, redact_buf: Vec::new() }
     }
 
     pub(super) fn payload_type(&self) -> u8 {
         self.payload_type
     }
 
-    /// Offer/answer's telephone-event payload type (None: none negotiated).
-    pub(super) fn set_payload_type(&mut self, pt: Option<u8>) {
+    pub(super) fn clock_ratio(&self) -> u32 {
+        self.clock_ratio
+    }
+
+    /// Offer/answer's telephone-event payload type (None: none negotiated) and the
+    /// clock its events count in.
+    pub(super) fn set_events(&mut self, pt: Option<u8>, clock: u32) {
         self.payload_type = pt.unwrap_or(NO_PT);
+        self.clock_ratio = (clock / 8000).max(1);
     }
 
     /// Is this packet a telephone-event?
@@ -47,11 +55,11 @@ impl Dtmf {
         self.payload_type != NO_PT && payload_type == self.payload_type
     }
 
-    /// Digits to send, counted on a clock `clock_ratio` times 8 kHz (the sending
-    /// codec's). Digits still going out are replaced (the I/O layer answers their
-    /// sender); DigitsSent then speaks of the new ones only.
-    pub(super) fn send(&mut self, mut digits: DigitSender, clock_ratio: u32) {
-        digits.set_clock_ratio(clock_ratio);
+    /// Digits to send, counted on the events' clock. Digits still going out are
+    /// replaced (the I/O layer answers their sender); DigitsSent then speaks of the new
+    /// ones only.
+    pub(super) fn send(&mut self, mut digits: DigitSender) {
+        digits.set_clock_ratio(self.clock_ratio);
         self.sending = Some(digits);
     }
 
@@ -132,9 +140,9 @@ mod tests {
     fn no_payload_type_matches_when_none_was_negotiated() {
         let mut d = Dtmf::new(TELEPHONE_EVENT_PT);
         assert!(d.is_event(101) && !d.is_event(0));
-        d.set_payload_type(None);
+        d.set_events(None, 8000);
         assert!((0..=127).all(|pt| !d.is_event(pt)));
-        d.set_payload_type(Some(96));
+        d.set_events(Some(96), 8000);
         assert!(d.is_event(96));
     }
 
@@ -144,7 +152,7 @@ mod tests {
         let mut events = Vec::new();
         assert_eq!(d.next_frame(&mut events), None);
         assert!(events.is_empty());
-        d.send(DigitSender::new("1", 800, 480).unwrap(), 1);
+        d.send(DigitSender::new("1", 800, 480).unwrap());
         let frames = std::iter::from_fn(|| d.next_frame(&mut events)).count();
         assert_eq!(frames, 10, "7 of event (with 2 repeated ends), 3 of pause");
         assert_eq!(events, vec![Event::DigitsSent]);

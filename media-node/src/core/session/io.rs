@@ -56,6 +56,9 @@ pub struct MediaSettings {
     /// What the node takes from the caller, by payload type (the negotiated ones).
     pub receive: Vec<(u8, AudioCodec)>,
     pub telephone_event_pt: Option<u8>,
+    /// The clock the telephone-events count in: the codec's, or 8000 beside Opus when
+    /// the far end offered that (their timestamps then run on it too).
+    pub telephone_event_clock: u32,
     /// False on hold (recvonly or inactive for the node): nothing is sent, sequence
     /// numbers wait, timestamps follow the clock, and the first packet after it is a
     /// new talkspurt.

@@ -251,14 +251,14 @@ impl Session {
             }
             Command::StreamBargeIn(b) => self.barge_in.set_stream(b),
             // telephone-event beside Opus counts at 48 kHz, as the codec does.
-            Command::SendDigits(d) => self.dtmf.send(d, self.outbound.codec().clock_ratio()),
+            Command::SendDigits(d) => self.dtmf.send(d),
             Command::RedactDtmf(on) => self.dtmf.redact(on, &mut out.heard),
             Command::SetMedia(m) => {
                 let (payload_type, codec) = m.send;
                 let sending = Sending { payload_type, codec, opus: m.opus, ptime_ms: m.ptime_ms, sends: m.sends };
                 self.outbound.set_media(sending, &mut self.transport, out);
-                self.inbound.set_media(m.receive, codec.rtp_clock());
-                self.dtmf.set_payload_type(m.telephone_event_pt);
+                self.inbound.set_media(m.receive, m.telephone_event_clock);
+                self.dtmf.set_events(m.telephone_event_pt, m.telephone_event_clock);
                 self.transport.set_media(m.srtp.as_ref(), m.rtcp);
             }
         }
@@ -328,7 +328,8 @@ impl Session {
 
     fn produce_frame(&mut self, index: u64, out: &mut Outputs) {
         if let Some(digit) = self.dtmf.next_frame(&mut out.events) {
-            return self.outbound.send_digit(index, digit, self.dtmf.payload_type(), &mut self.transport, out);
+            let (pt, ratio) = (self.dtmf.payload_type(), self.dtmf.clock_ratio());
+            return self.outbound.send_digit(index, digit, pt, ratio, &mut self.transport, out);
         }
         let pos = index * FRAME_SAMPLES as u64;
         if let Some(id) = self.outbound.playback.starting() {

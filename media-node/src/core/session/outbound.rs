@@ -147,8 +147,19 @@ impl Outbound {
     }
 
     /// One frame of telephone-event (or its pause) in place of audio: a packet being
-    /// filled goes out first, and audio after the digits starts a new talkspurt.
-    pub(super) fn send_digit(&mut self, index: u64, frame: DigitFrame, payload_type: u8, transport: &mut Transport, out: &mut Outputs) {
+    /// filled goes out first, and audio after the digits starts a new talkspurt. The
+    /// event's timestamp counts on its own clock (`clock_ratio` times 8 kHz), which may
+    /// not be the codec's (telephone-event/8000 beside Opus).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_digit(
+        &mut self,
+        index: u64,
+        frame: DigitFrame,
+        payload_type: u8,
+        clock_ratio: u32,
+        transport: &mut Transport,
+        out: &mut Outputs,
+    ) {
         self.flush_at(index, transport, out);
         self.in_talkspurt = false;
         if let DigitFrame::Event { marker, start_back, payload } = frame {
@@ -157,7 +168,7 @@ impl Outbound {
                 marker,
                 payload_type,
                 sequence: self.sequence,
-                timestamp: self.rtp_timestamp(pos).wrapping_sub(start_back),
+                timestamp: self.timestamp_origin.wrapping_add(pos.wrapping_mul(u64::from(clock_ratio)) as u32).wrapping_sub(start_back),
                 ssrc: self.ssrc,
             };
             self.sequence = self.sequence.wrapping_add(1);

@@ -49,6 +49,7 @@ pub(super) fn media(send: (u8, AudioCodec), te: Option<u8>, sends: bool) -> Medi
         opus: OpusPrefs::default(),
         receive: vec![(0, AudioCodec::Pcmu), (9, AudioCodec::G722), (8, AudioCodec::Pcma)],
         telephone_event_pt: te,
+        telephone_event_clock: send.1.rtp_clock(),
         sends,
         srtp: None,
         rtcp: RtcpTarget::Separate(None),
@@ -241,6 +242,45 @@ fn telephone_events_become_digits_and_do_not_reach_the_audio() {
     let c = s.take_counters();
     assert_eq!((c.telephone_event_duplicates, c.unsupported_payload), (6, 0));
 }
+/// An Opus call whose far end offered telephone-event/8000 (baresip, FreeSWITCH): its
+/// digits are read on 8 kHz, and the node's go out on it (durations and timestamps in
+/// 8 kHz units while the audio counts at 48 kHz).
+#[cfg(feature = "opus")]
+#[test]
+fn telephone_event_at_8000_beside_opus_counts_on_its_own_clock_both_ways() {
+    let t0 = Instant::now();
+    let mut s = session(t0);
+    let mut out = Outputs::default();
+    s.handle_command(Command::SetTarget(caller()), &mut out);
+    let mut m = media((111, AudioCodec::Opus), Some(101), true);
+    m.receive.push((111, AudioCodec::Opus));
+    m.telephone_event_clock = 8000;
+    s.handle_command(Command::SetMedia(m), &mut out);
+    for (marker, p) in crate::core::analysis::telephone_event::digit_packets('7', 800, 160, 10).unwrap() {
+        let data = rtp::build(RtpHeader { marker, payload_type: 101, sequence: 1, timestamp: 10_000, ssrc: 5 }, &p);
+        s.handle_datagram(t0, caller(), &data, &mut out);
+    }
+    let ends: Vec<_> = signals(&out)
+        .into_iter()
+        .filter_map(|s| if let Signal::Dtmf { digit, end: true, duration_ms, .. } = s { Some((digit, duration_ms)) } else { None })
+        .collect();
+    assert_eq!(ends, vec![('7', 100)], "800 samples at 8000 are 100 ms");
+    s.handle_command(Command::SendDigits(crate::core::dtmf_out::DigitSender::new("5", 800, 480).unwrap()), &mut out);
+    out.transmit.clear();
+    run_ticks(&mut s, t0, 0, 10, &mut out);
+    let events: Vec<_> = out
+        .transmit
+        .iter()
+        .map(|t| rtp::parse(&t.data).unwrap())
+        .filter(|p| p.payload_type == 101)
+        .map(|p| (p.timestamp, u16::from_be_bytes([p.payload[2], p.payload[3]])))
+        .collect();
+    assert_eq!(events.len(), 7, "five updates, the end three times");
+    assert!(events.iter().all(|(ts, _)| *ts == events[0].0), "one event, one timestamp");
+    let durations: Vec<u16> = events.iter().map(|(_, d)| *d).collect();
+    assert_eq!(durations, [160, 320, 480, 640, 800, 800, 800], "durations in 8 kHz units, not 48 kHz");
+}
+
 pub(super) fn fixture(bytes: &[u8]) -> Vec<i16> {
     hound::WavReader::new(bytes).unwrap().into_samples::<i16>().map(|s| s.unwrap()).collect()
 }
