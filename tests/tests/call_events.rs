@@ -636,3 +636,70 @@ async fn a_replaced_tts_stream_plays_out_and_its_marks_are_played_not_cleared() 
     let said = (last_a.played_ms + last_b.played_ms) / 20;
     assert!(got.abs_diff(said) <= 2, "the caller got {got} packets of 20 ms, the streams say {said}");
 }
+
+/// A baresip-style offer: Opus at 48000 with telephone-event at 8000 beside it (as
+/// baresip and FreeSWITCH offer). The node answers telephone-event/8000, reads the
+/// caller's digits on that clock, and sends its own on it.
+#[cfg(feature = "opus")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_both_ways_beside_opus_at_telephone_event_8000() {
+    use media_node::core::analysis::telephone_event::{EventReceiver, Received};
+    let mut node = TestNode::start(30360, 10).await;
+    let port = node.client.allocate_port(AllocatePortRequest { call_id: "opus-te8k".into() }).await.unwrap().into_inner().rtp_port;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let offer = format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 stereo=1;sprop-stereo=1\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
+        sock.local_addr().unwrap().port()
+    );
+    let r = node
+        .client
+        .negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: offer, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let media = r.media.unwrap();
+    assert_eq!((media.codec.as_str(), media.telephone_event_payload_type), ("opus", 101));
+    assert!(r.local_sdp.contains("a=rtpmap:101 telephone-event/8000\r\n"), "{}", r.local_sdp);
+    let (events, _task) = subscribe(&mut node, port).await;
+    let node_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut seq = 0u16;
+    for (n, d) in "42".chars().enumerate() {
+        for (marker, p) in digit_packets(d, 800, 160, 10).unwrap() {
+            seq += 1;
+            let ts = 50_000 + n as u32 * 4000;
+            let data = rtp::build(RtpHeader { marker, payload_type: 101, sequence: seq, timestamp: ts, ssrc: 77 }, &p);
+            sock.send_to(&data, node_addr).await.unwrap();
+            sleep_ms(20).await;
+        }
+    }
+    wait_until("both digits", 5, || digits(&events.lock().unwrap(), "rfc4733") == "42").await;
+    let durations: Vec<u32> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(E::Dtmf(d)) if d.end => Some(d.duration_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(durations, [100, 100], "800 samples at 8000 are 100 ms");
+    // The node's digits on the same clock.
+    let mut client = node.client.clone();
+    let send = tokio::spawn(async move {
+        client.send_dtmf(SendDtmfRequest { server_rtp_port: port, digits: "7".into(), duration_ms: 100, inband: false }).await
+    });
+    let (mut rx, mut out, mut buf) = (EventReceiver::default(), Vec::new(), [0u8; 1500]);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await else { break };
+        let p = rtp::parse(&buf[..n]).unwrap();
+        if p.payload_type == 101 {
+            rx.on_packet(Instant::now(), p.timestamp, p.payload, &mut out);
+        }
+    }
+    assert!(send.await.unwrap().unwrap().into_inner().success);
+    let ends: Vec<_> =
+        out.iter().filter_map(|e| if let Received::Ended { digit, duration, .. } = e { Some((*digit, *duration)) } else { None }).collect();
+    assert_eq!(ends, vec![('7', 800)], "100 ms in 8 kHz units, not 48 kHz ones");
+    println!("DTMF beside Opus at telephone-event/8000: the caller's 42 read at 100 ms each, the node's 7 sent as 800 samples");
+}
