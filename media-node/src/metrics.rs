@@ -28,6 +28,7 @@ pub struct Metrics {
     pub playbacks: IntCounterVec,
     pub listener_frames_dropped: IntCounter,
     pub listeners: IntGauge,
+    pub listeners_evicted: IntCounter,
     pub rpc_requests: IntCounterVec,
     pub rpc_seconds: HistogramVec,
     pub allocate_seconds: Histogram,
@@ -221,6 +222,10 @@ impl Metrics {
                 "Frames a slow RecordAudio listener did not take in time",
             ),
             listeners: reg(&r, IntGauge::new("media_listeners_active", "Open RecordAudio streams").unwrap()),
+            listeners_evicted: counter(
+                "media_listeners_evicted_total",
+                "RecordAudio streams ended to make room on a full call after losing every frame for over a second",
+            ),
             rpc_requests: reg(
                 &r,
                 IntCounterVec::new(Opts::new("media_grpc_requests_total", "gRPC requests by method and status code"), &["method", "code"])

@@ -220,3 +220,88 @@ async fn empty_opus_payloads_are_refused_and_counted() {
     assert_eq!(metric_value(&metrics, "media_rtp_plc_concealed_total") + metric_value(&metrics, "media_rtp_fec_recovered_total"), 0.0);
     assert!(pcm_of(&frames).iter().all(|&s| s == 0), "nothing but silence reached the agent");
 }
+
+/// Sixteen listeners that stopped reading (an agent that reconnected and left its old
+/// streams open, sixteen times) hold every slot of a call: the agent's new stream is
+/// refused and hears nothing. Once the call is full, a listener that has lost every
+/// frame for over a second is ended, with a status saying why, to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_listeners_make_room_for_an_agent_that_reconnects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30372, 30373, (30360, 30369), tmp.path(), &[]);
+    node.ready().await;
+    let mut client = node.client().await;
+    let port = client.allocate_port(AllocatePortRequest { call_id: "stalled".into() }).await.unwrap().into_inner().rtp_port;
+    let node_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let caller = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let sdp = offer(caller.local_addr().unwrap(), "RTP/AVP", "");
+    client.negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: sdp, ..Default::default() }).await.unwrap();
+    // The caller talks throughout: every listener gets a frame each 20 ms.
+    let talker = caller.clone();
+    let talking = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for seq in 0..1000u16 {
+            tick.tick().await;
+            talker.send_to(&tone_packet(seq, 0x5eed_0004), node_addr).await.unwrap();
+        }
+    });
+    // Sixteen streams on one connection, never read. Small HTTP/2 windows make them
+    // stall in seconds (with a client's defaults, 2 MB a stream, it takes a minute).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:30372"))
+        .unwrap()
+        .initial_stream_window_size(Some(4096))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled_client = media_proto::pb::media_service_client::MediaServiceClient::new(channel);
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let s = stalled_client.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await;
+        stalled.push(s.expect("a slot is free").into_inner());
+    }
+    let mut agent = node.client().await;
+    let full = agent.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await;
+    assert_eq!(full.err().map(|s| s.code()), Some(tonic::Code::ResourceExhausted), "sixteen live listeners fill the call");
+    // Their queues fill (HTTP/2's window, then the node's 2 s queue); once one has lost
+    // every frame for a second, the agent gets its slot.
+    let mut attached = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Ok(s) = agent.record_audio(RecordAudioRequest { server_rtp_port: port, target_sample_rate: Some(16000) }).await {
+            attached = Some(s.into_inner());
+            break;
+        }
+    }
+    let listen = collect_listen(attached.expect("the agent got a slot within 10 s"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = node.metrics().await;
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    talking.abort();
+    let (frames, _) = listen.await.unwrap();
+    // 16 kHz frames of 20 ms: at least 1.5 s of the caller's tone in 2 s.
+    let heard = pcm_of(&frames);
+    let tone = heard.chunks_exact(320).filter(|f| f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 320.0 > 1000.0 * 1000.0).count();
+    assert!(tone >= 75, "the agent heard {tone} frames of the caller");
+    assert_eq!(metric_value(&metrics, "media_listeners_evicted_total"), 1.0, "one stalled listener made room");
+    // The evicted stream ends with a status saying why (after the frames it had queued).
+    let mut why = None;
+    for mut s in stalled {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Err(status)) => {
+                    why = Some(status);
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if why.is_some() {
+            break;
+        }
+    }
+    let why = why.expect("one stalled stream ended with a status");
+    assert_eq!(why.code(), tonic::Code::ResourceExhausted);
+    assert!(why.message().contains("ended to make room"), "{}", why.message());
+}

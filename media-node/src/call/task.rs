@@ -37,6 +37,9 @@ use crate::recording::{RecordingError, RecordingJob, RecordingSpec, RecordingSto
 const STREAM_HIGH_WATER: usize = 8000 / 2;
 /// Frames a listener may fall behind before its frames are dropped (and counted).
 pub const LISTENER_QUEUE: usize = 100;
+/// A listener whose queue has stayed full this long (it lost every frame meanwhile) is
+/// ended to make room when the call has MAX_LISTENERS and another wants to listen.
+pub const STALLED_LISTENER: Duration = Duration::from_secs(1);
 /// Listeners one call takes at most. Each one that stalls holds up to LISTENER_QUEUE
 /// frames (about 190 KB at 48 kHz), so without a cap ten thousand RecordAudio streams
 /// on one call would hold 2 GB. An agent, a recorder of its own and a supervisor or
@@ -103,10 +106,12 @@ pub enum CallCommand {
         request: crate::core::negotiation::Request,
         reply: oneshot::Sender<Result<crate::core::negotiation::Outcome, crate::core::negotiation::Refused>>,
     },
-    /// `attached` says whether the call took the listener (false: MAX_LISTENERS).
+    /// `attached` says whether the call took the listener (false: MAX_LISTENERS, none
+    /// of them stalled); `evicted` fires if the call ends it later to make room.
     Listen {
         rate: u32,
         frames: mpsc::Sender<Bytes>,
+        evicted: oneshot::Sender<()>,
         attached: oneshot::Sender<bool>,
     },
     /// Attach a TTS stream (8 kHz chunks): mark acknowledgements go to its replies as
@@ -168,6 +173,9 @@ pub struct CallHandle {
 struct Listener {
     format: ListenerFormat,
     frames: mpsc::Sender<Bytes>,
+    /// Since when its queue has been full (every frame since was lost).
+    full_since: Option<Instant>,
+    evicted: oneshot::Sender<()>,
 }
 
 /// What every call of a node shares, built once by the node: the session settings,
@@ -391,17 +399,17 @@ impl CallTask {
                 }
                 let _ = reply.send(outcome);
             }
-            CallCommand::Listen { rate, frames, attached } => {
+            CallCommand::Listen { rate, frames, evicted, attached } => {
                 // Listeners that went away since the last frame do not count.
                 let before = self.listeners.len();
                 self.listeners.retain(|l| !l.frames.is_closed());
                 self.metrics.listeners.sub((before - self.listeners.len()) as i64);
-                if self.listeners.len() >= MAX_LISTENERS {
+                if self.listeners.len() >= MAX_LISTENERS && !self.evict_stalled_listener() {
                     let _ = attached.send(false);
                     return;
                 }
                 self.metrics.listeners.inc();
-                self.listeners.push(Listener { format: ListenerFormat::new(rate), frames });
+                self.listeners.push(Listener { format: ListenerFormat::new(rate), frames, full_since: None, evicted });
                 let _ = attached.send(true);
             }
             CallCommand::Stream { chunks, barge_in, replies } => {
@@ -423,6 +431,26 @@ impl CallTask {
             }
             CallCommand::Shutdown => {}
         }
+    }
+
+    /// Ends the listener stalled longest, if one has lost every frame for over
+    /// STALLED_LISTENER (an agent that reconnected leaves its old stream unread): its
+    /// stream ends saying why. False when none has.
+    fn evict_stalled_listener(&mut self) -> bool {
+        let now = Instant::now();
+        let stalled = self
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.full_since.filter(|since| now.saturating_duration_since(*since) > STALLED_LISTENER).map(|s| (i, s)))
+            .min_by_key(|(_, since)| *since);
+        let Some((i, _)) = stalled else { return false };
+        let l = self.listeners.remove(i);
+        let _ = l.evicted.send(());
+        self.metrics.listeners.dec();
+        self.metrics.listeners_evicted.inc();
+        info!("a stalled listener was ended to make room for a new one");
+        true
     }
 
     /// A command to the session, with the transport gauge moved if it changed the
@@ -532,6 +560,8 @@ impl CallTask {
                 for f in self.frames.drain(..) {
                     self.post.post(&l.frames, f);
                 }
+                // A full queue loses what comes next: a listener that stays so has stalled.
+                l.full_since = if l.frames.capacity() == 0 { l.full_since.or(Some(Instant::now())) } else { None };
             }
             self.out.heard.clear();
         }

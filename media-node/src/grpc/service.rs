@@ -220,14 +220,26 @@ impl MediaService for MediaSvc {
                 }
                 let call = self.node.call(r.server_rtp_port)?;
                 let (tx, rx) = mpsc::channel(crate::call::task::LISTENER_QUEUE);
-                if !ask(&call, |attached| CallCommand::Listen { rate, frames: tx, attached }).await? {
+                let (evicted_tx, evicted_rx) = oneshot::channel();
+                if !ask(&call, |attached| CallCommand::Listen { rate, frames: tx, evicted: evicted_tx, attached }).await? {
                     return Err(Status::resource_exhausted(format!(
-                        "this call has {MAX_LISTENERS} listeners already (the most one call takes): close one first"
+                        "this call has {MAX_LISTENERS} listeners already (the most one call takes), none of them stalled: close one first"
                     )));
                 }
                 info!(rate, "listener attached");
                 let mt = media_type(rate);
-                let stream = ReceiverStream::new(rx).map(move |audio_data| Ok(RecordAudioResponse { audio_data, media_type: mt.clone() }));
+                // Ended by the call to make room (it lost every frame for a second while
+                // the call was full): the frames it had queued, then a status saying so.
+                let evicted = futures::stream::once(evicted_rx).filter_map(|r| {
+                    r.ok().map(|()| {
+                        Err(Status::resource_exhausted(format!(
+                            "this listener lost every frame for over {} s while the call had {MAX_LISTENERS} listeners; it was ended to make room for a new one",
+                            crate::call::task::STALLED_LISTENER.as_secs()
+                        )))
+                    })
+                });
+                let stream =
+                    ReceiverStream::new(rx).map(move |audio_data| Ok(RecordAudioResponse { audio_data, media_type: mt.clone() })).chain(evicted);
                 Ok(Box::pin(stream) as Self::RecordAudioStream)
             },
         )
