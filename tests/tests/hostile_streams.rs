@@ -247,7 +247,7 @@ async fn stalled_listeners_make_room_for_an_agent_that_reconnects() {
     });
     // Sixteen streams on one connection, never read. Small HTTP/2 windows make them
     // stall in seconds (with a client's defaults, 2 MB a stream, it takes a minute).
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:30372"))
+    let channel = tonic::transport::Endpoint::from_shared("http://127.0.0.1:30372".to_string())
         .unwrap()
         .initial_stream_window_size(Some(4096))
         .initial_connection_window_size(Some(65_535))
