@@ -305,3 +305,61 @@ async fn stalled_listeners_make_room_for_an_agent_that_reconnects() {
     assert_eq!(why.code(), tonic::Code::ResourceExhausted);
     assert!(why.message().contains("ended to make room"), "{}", why.message());
 }
+
+/// A TTS client sends four half seconds of audio, each with its mark, and keeps its
+/// stream open; the agent stops the audio 0.7 s in. The node had read only about 0.6 s
+/// ahead of playout, so the marks further ahead were never answered (m1 played, the
+/// rest silent). Every mark is now answered, in order: played or cleared, then the
+/// final response once the client half-closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mark_is_answered_after_a_cut_even_those_the_node_had_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30392, 30393, (30380, 30389), tmp.path(), &[]);
+    node.ready().await;
+    let mut client = node.client().await;
+    let port = client.allocate_port(AllocatePortRequest { call_id: "marks-cut".into() }).await.unwrap().into_inner().rtp_port;
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let control = |uri: &str| PlayAudioRequest {
+        audio_uri: uri.into(),
+        server_rtp_port: port,
+        rtp_target_addr: caller.local_addr().unwrap().to_string(),
+        barge_in_ms: None,
+    };
+    client.play_audio(control("control://set_target")).await.unwrap();
+    let tts = fleet_tests::synth_speech(16000, 2.0, 7);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for (i, c) in tts.chunks(8000).enumerate() {
+        let req = StreamAudioToCallRequest {
+            call_id: "marks-cut".into(),
+            audio_chunk: c.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            mark: format!("m{}", i + 1),
+            ..Default::default()
+        };
+        tx.send(req).await.unwrap();
+    }
+    let mut replies = client.stream_audio_to_call(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.play_audio(control("control://stop_audio")).await.unwrap();
+    let mut acks = Vec::new();
+    let last = loop {
+        let r = tokio::time::timeout(Duration::from_secs(2), replies.message()).await;
+        let Ok(r) = r else {
+            // The client half-closes only now: the final answer waits for it.
+            drop(tx);
+            break tokio::time::timeout(Duration::from_secs(5), replies.message()).await.expect("the final answer").unwrap().unwrap();
+        };
+        let r = r.unwrap().expect("a response");
+        if r.mark.is_empty() {
+            break r;
+        }
+        acks.push((r.mark, r.mark_cleared));
+    };
+    assert_eq!(
+        acks,
+        [("m1".to_string(), false), ("m2".to_string(), true), ("m3".to_string(), true), ("m4".to_string(), true)],
+        "every mark answered once, in order"
+    );
+    assert!(!last.success);
+    assert_eq!(last.error_message, "interrupted by barge-in (stop or new prompt)");
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+}

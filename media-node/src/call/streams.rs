@@ -64,6 +64,9 @@ struct AttachedStream {
     replies: StreamReplies,
     /// Its marks not yet acknowledged, in order, by the session's id.
     marks: Vec<(MarkId, String)>,
+    /// Marks of chunks it had sent that the call never took (they sat in the channel
+    /// when the stream stopped being read): answered as cleared at its end, last.
+    unread: Vec<String>,
     /// The session's streamed-sample count where its audio begins.
     sent_base: u64,
 }
@@ -74,11 +77,22 @@ impl AttachedStream {
         samples_to_ms(sent.saturating_sub(self.sent_base))
     }
 
+    /// The call takes no more of its chunks: the marks of those already sent are kept
+    /// for its end (their audio is discarded).
+    fn stop_reading(&mut self) {
+        let Some(mut chunks) = self.chunks.take() else { return };
+        chunks.close();
+        while let Ok(c) = chunks.try_recv() {
+            self.unread.extend(c.mark);
+        }
+    }
+
     /// The stream's end: the marks it did not reach are cleared (acknowledged before
     /// the final answer), and its sender learns how it ended and how much of it played.
-    fn finish(self, end: StreamEnd, sent: u64) {
+    fn finish(mut self, end: StreamEnd, sent: u64) {
+        self.stop_reading();
         let played_ms = self.played_ms(sent);
-        for (_, mark) in self.marks {
+        for mark in self.marks.into_iter().map(|(_, m)| m).chain(self.unread) {
             let _ = self.replies.acks.try_send(MarkAck { mark, cleared: true, played_ms });
         }
         let _ = self.replies.done.send((end, played_ms));
@@ -123,14 +137,14 @@ impl Streams {
     pub fn attach(&mut self, chunks: mpsc::Receiver<TtsChunk>, replies: StreamReplies, sent: u64, queued: usize) -> Option<MarkId> {
         let end_mark = self.retire(sent, queued);
         let sent_base = sent + queued as u64;
-        self.attached = Some(AttachedStream { chunks: Some(chunks), replies, marks: Vec::new(), sent_base });
+        self.attached = Some(AttachedStream { chunks: Some(chunks), replies, marks: Vec::new(), unread: Vec::new(), sent_base });
         end_mark
     }
 
     fn retire(&mut self, sent: u64, queued: usize) -> Option<MarkId> {
         let mut s = self.attached.take()?;
         let complete = s.chunks.is_none();
-        s.chunks = None;
+        s.stop_reading();
         let retired = RetiredStream { stream: s, end_mark: self.next_mark, complete };
         if queued == 0 {
             let end = retired.played_out();
@@ -241,6 +255,24 @@ mod tests {
         assert_eq!(c.done.try_recv(), Ok((StreamEnd::BargeIn, 200)));
         // A late fate of an ended stream's mark goes nowhere.
         s.on_mark(m2, false, 2400);
+    }
+
+    #[test]
+    fn marks_of_chunks_the_call_never_took_are_cleared_last() {
+        let mut s = Streams::default();
+        let (chunk_tx, chunks) = mpsc::channel(4);
+        let (acks_tx, mut acks_rx) = mpsc::channel(16);
+        let (done_tx, mut done) = oneshot::channel();
+        s.attach(chunks, StreamReplies { acks: acks_tx, done: done_tx }, 0, 0);
+        s.mark("m1".into()).unwrap();
+        for mark in [Some("m2"), None, Some("m3")] {
+            chunk_tx.try_send(TtsChunk { pcm: vec![0; 160], wide: Vec::new(), mark: mark.map(String::from) }).ok().unwrap();
+        }
+        s.end(StreamEnd::Interrupted, 0);
+        let got: Vec<_> = std::iter::from_fn(|| acks_rx.try_recv().ok()).map(|a| (a.mark, a.cleared)).collect();
+        assert_eq!(got, [("m1".into(), true), ("m2".into(), true), ("m3".into(), true)]);
+        assert_eq!(done.try_recv(), Ok((StreamEnd::Interrupted, 0)));
+        assert!(chunk_tx.is_closed(), "the sender learns the call reads no more");
     }
 
     #[test]

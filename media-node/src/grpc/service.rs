@@ -566,6 +566,40 @@ fn short(uri: &str) -> String {
     }
 }
 
+/// Messages and time a cut stream's client gets to half-close while its marks are
+/// answered (what it sends meanwhile is read and discarded).
+const DRAIN_MESSAGES: usize = 1000;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// After the call cut a stream, the marks its client had already sent further ahead
+/// (the node reads about 0.6 s ahead of playout, a client often far more): each is
+/// acknowledged as cleared, in order, until the client half-closes, so every mark gets
+/// its answer before the final one. Bounded in messages and time; audio is discarded.
+async fn drain_marks(
+    inbound: &mut Streaming<StreamAudioToCallRequest>,
+    unsent_mark: Option<String>,
+    played_ms: u64,
+    responses: &mpsc::Sender<Result<StreamAudioToCallResponse, Status>>,
+) {
+    let cleared =
+        |mark: String| StreamAudioToCallResponse { success: true, error_message: String::new(), mark, mark_cleared: true, played_ms };
+    if let Some(mark) = unsent_mark {
+        let _ = responses.try_send(Ok(cleared(mark)));
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    for _ in 0..DRAIN_MESSAGES {
+        match tokio::time::timeout_at(deadline, inbound.message()).await {
+            Ok(Ok(Some(m))) if !m.mark.is_empty() => {
+                // try_send, as for every ack: a client that stopped reading loses them.
+                let _ = responses.try_send(Ok(cleared(clip(&m.mark))));
+            }
+            Ok(Ok(Some(_))) => {}
+            // Half-closed, broke off, or out of time.
+            _ => return,
+        }
+    }
+}
+
 /// The call's mark acknowledgements, as the contract's responses, in order.
 async fn forward_acks(mut acks: mpsc::Receiver<MarkAck>, responses: mpsc::Sender<Result<StreamAudioToCallResponse, Status>>) {
     while let Some(a) = acks.recv().await {
@@ -596,6 +630,10 @@ async fn pump_tts(
     let mut msg = Some(first);
     let mut failure: Option<Status> = None;
     let mut bad_audio = None;
+    // The call cut the stream (barge-in, stop, another stream, the call's end) while
+    // the client still sends: its marks further ahead are answered as cleared below.
+    let mut cut = false;
+    let mut unsent_mark = None;
     while let Some(m) = msg.take() {
         let pcm = match decoder.decode(&m.audio_chunk) {
             Ok(pcm) => pcm,
@@ -611,14 +649,20 @@ async fn pump_tts(
         // A tiny chunk may bring a 16 kHz sample and no 8 kHz one yet (the resampler
         // rounds its count up): it still goes, so the two copies stay two to one.
         let audio = !pcm.is_empty() || !wide.is_empty();
-        if (audio || mark.is_some()) && chunks.send(TtsChunk { pcm, wide, mark }).await.is_err() {
-            break; // the call ended
+        if audio || mark.is_some() {
+            if let Err(mpsc::error::SendError(chunk)) = chunks.send(TtsChunk { pcm, wide, mark }).await {
+                (cut, unsent_mark) = (true, chunk.mark);
+                break;
+            }
         }
         // A client that only sends keep-alives learns at once that its call ended or that
         // a newer prompt took over, not at its next chunk.
         let next = tokio::select! {
             next = inbound.message() => next,
-            _ = chunks.closed() => break,
+            _ = chunks.closed() => {
+                cut = true;
+                break;
+            }
         };
         match next {
             Ok(next) => msg = next,
@@ -633,6 +677,9 @@ async fn pump_tts(
     // Every mark is acknowledged before the final answer: the call sent the last ack
     // before `done` and then let go of the acks channel, so the forwarder ends.
     let _ = acks.await;
+    if cut {
+        drain_marks(&mut inbound, unsent_mark, played_ms, &responses).await;
+    }
     let end = |success: bool, error_message: String| StreamAudioToCallResponse { success, error_message, played_ms, ..Default::default() };
     let resp = match (bad_audio, failure, outcome) {
         (Some(e), _, _) => end(false, format!("bad audio: {e}")),
