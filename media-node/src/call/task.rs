@@ -207,6 +207,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
     let (wideband_tx, wideband) = watch::channel(false);
     let task = CallTask {
         negotiation: Negotiation::new(&call_id, port),
+        negotiated: None,
         wideband: wideband_tx,
         counted_codec: session.outbound_codec(),
         session,
@@ -242,10 +243,14 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
 /// How often a call's interarrival jitter is sampled into the histogram.
 const JITTER_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
 
+type NegotiateReply = oneshot::Sender<Result<Outcome, crate::core::negotiation::Refused>>;
+
 struct CallTask {
     session: Session,
     /// The call's offer/answer state.
     negotiation: Negotiation,
+    /// A NegotiateSdp answer, sent at the end of the turn that applied it.
+    negotiated: Option<(NegotiateReply, Result<Outcome, crate::core::negotiation::Refused>)>,
     wideband: watch::Sender<bool>,
     /// The codec the call's gauge counts it under (what the node sends).
     counted_codec: crate::core::codec::AudioCodec,
@@ -397,7 +402,10 @@ impl CallTask {
                     }
                     self.wideband.send_replace(a.wideband);
                 }
-                let _ = reply.send(outcome);
+                // Answered once what it changed has gone through the call's events (the
+                // codec gauge, the transport gauge): a caller that reads the metrics
+                // next sees the call as agreed.
+                self.negotiated = Some((reply, outcome));
             }
             CallCommand::Listen { rate, frames, evicted, attached } => {
                 // Listeners that went away since the last frame do not count.
@@ -626,6 +634,9 @@ impl CallTask {
         self.out.played.clear();
         // A finished stream is done once its queued audio has gone out.
         self.streams.played_out(self.session.stream_sent(), self.session.stream_queued());
+        if let Some((reply, outcome)) = self.negotiated.take() {
+            let _ = reply.send(outcome);
+        }
     }
 }
 
