@@ -512,6 +512,14 @@ mod targets {
         if whole.1.is_none() {
             assert_eq!(whole.0, pieces.0);
         }
+        // The budget: taken a piece at a time, no piece holds more than it asked for and
+        // one packet (120 ms at 8 kHz), however little the input weighs.
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).expect("built with opus");
+        if d.push(stream).is_ok() {
+            while let Ok(Some(piece)) = d.next_piece(1600) {
+                assert!(piece.len() <= 1600 + 960, "a piece of {} samples", piece.len());
+            }
+        }
     }
 
     #[cfg(feature = "opus")]

@@ -363,3 +363,82 @@ async fn every_mark_is_answered_after_a_cut_even_those_the_node_had_not_read() {
     assert_eq!(last.error_message, "interrupted by barge-in (stop or new prompt)");
     client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
 }
+
+/// One 64 KB StreamAudioToCall message of Ogg Opus whose packets are one byte each:
+/// a TOC saying SILK 60 ms and no frame data, which libopus conceals as 60 ms (about
+/// 32,000 packets, half an hour of audio). The node decoded a whole message before any
+/// back-pressure applied; it now decodes as playback takes audio, so its memory does
+/// not follow what a few bytes decode to. Then an Ogg stream cut inside a page, and
+/// one with garbage after its last page: each ends as bad audio, not success.
+#[cfg(feature = "opus")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ogg_opus_decode_bomb_costs_no_memory_and_unfinished_streams_are_bad_audio() {
+    use media_node::audio::ogg::page;
+    use media_proto::pb::stream_audio_to_call_request::AudioFormat;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30412, 30413, (30400, 30409), tmp.path(), &[]);
+    node.ready().await;
+    let mut client = node.client().await;
+    let port = client.allocate_port(AllocatePortRequest { call_id: "ogg-bomb".into() }).await.unwrap().into_inner().rtp_port;
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let set_target = PlayAudioRequest {
+        audio_uri: "control://set_target".into(),
+        server_rtp_port: port,
+        rtp_target_addr: caller.local_addr().unwrap().to_string(),
+        barge_in_ms: None,
+    };
+    client.play_audio(set_target).await.unwrap();
+    let mut head = b"OpusHead".to_vec();
+    head.extend_from_slice(&[1, 1, 0, 0]);
+    head.extend_from_slice(&48000u32.to_le_bytes());
+    head.extend_from_slice(&[0, 0, 0]);
+    let mut stream = page(9, 0, 0, 2, &[&head]);
+    stream.extend(page(9, 1, 0, 0, &[b"OpusTags\0\0\0\0\0\0\0\0"]));
+    // TOC: SILK narrowband 60 ms (config 3), code 0; no frame follows.
+    let bomb = [0x18u8];
+    let packets: Vec<&[u8]> = vec![&bomb; 255];
+    let mut seq = 2;
+    while stream.len() + 800 < 64 * 1024 {
+        stream.extend(page(9, seq, 0, 0, &packets));
+        seq += 1;
+    }
+    let msg = |chunk: Vec<u8>| StreamAudioToCallRequest {
+        call_id: "ogg-bomb".into(),
+        audio_chunk: chunk,
+        audio_format: AudioFormat::OggOpus as i32,
+        ..Default::default()
+    };
+    let peak_before = node.memory_kib("VmHWM:");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(msg(stream)).await.unwrap();
+    let mut replies = client.stream_audio_to_call(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    // Three seconds of it play; then the agent stops it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peak = node.memory_kib("VmHWM:");
+    let stop = PlayAudioRequest {
+        audio_uri: "control://stop_audio".into(),
+        server_rtp_port: port,
+        rtp_target_addr: String::new(),
+        barge_in_ms: None,
+    };
+    client.play_audio(stop).await.unwrap();
+    drop(tx);
+    let last = tokio::time::timeout(Duration::from_secs(10), replies.message()).await.unwrap().unwrap().unwrap();
+    assert!(!last.success && last.played_ms >= 2500, "it played until stopped: {last:?}");
+    let grew_mib = (peak.saturating_sub(peak_before)) as f64 / 1024.0;
+    println!("Ogg Opus decode bomb (64 KB, {} packets of 60 ms): peak RSS +{grew_mib:.1} MiB", (seq - 2) * 255);
+    assert!(grew_mib < 32.0, "the node's peak memory grew {grew_mib:.1} MiB");
+
+    // A page cut short, and 2 KB of garbage after the last page: bad audio.
+    let mut good = page(9, 0, 0, 2, &[&head]);
+    good.extend(page(9, 1, 0, 0, &[b"OpusTags\0\0\0\0\0\0\0\0"]));
+    let whole = page(9, 2, 0, 0, &[&[0x1b, 0x01, 0]]);
+    for (what, tail) in [("cut short", whole[..whole.len() - 2].to_vec()), ("garbage after it", vec![0x5a; 2048])] {
+        let msgs = vec![msg(good.clone()), msg(tail)];
+        let mut r = client.stream_audio_to_call(tokio_stream::iter(msgs)).await.unwrap().into_inner();
+        let last = tokio::time::timeout(Duration::from_secs(10), r.message()).await.unwrap().unwrap().unwrap();
+        assert!(!last.success, "{what}: {last:?}");
+        assert!(last.error_message.starts_with("bad audio: at the stream's end"), "{what}: {}", last.error_message);
+    }
+    client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+}

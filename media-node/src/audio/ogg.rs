@@ -25,6 +25,10 @@ pub enum OggError {
     Version(u8),
     #[error("an Ogg packet runs past {MAX_PACKET} bytes")]
     PacketTooLong,
+    #[error("the stream ended with {0} bytes that are no whole Ogg page (cut short, or not Ogg)")]
+    Trailing(usize),
+    #[error("the stream ended inside a packet continued past its last page")]
+    Unfinished,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +41,8 @@ pub struct OggPackets {
     skipped: usize,
     false_starts: u32,
     synced: bool,
+    /// Bytes skipped between pages once synced (not Ogg at all).
+    junk: usize,
 }
 
 /// CRC-32 of Ogg pages: polynomial 0x04c11db7, not reflected, initial 0.
@@ -125,12 +131,26 @@ impl OggPackets {
         }
     }
 
+    /// The stream has ended: bytes that made no whole page, or a packet left
+    /// unfinished, are an error (a client's cut-off or garbage tail is not silence).
+    pub fn finish(&self) -> Result<(), OggError> {
+        if self.junk + self.buf.len() > 0 {
+            return Err(OggError::Trailing(self.junk + self.buf.len()));
+        }
+        if !self.partial.is_empty() {
+            return Err(OggError::Unfinished);
+        }
+        Ok(())
+    }
+
     fn skip(&mut self, n: usize) -> Result<(), OggError> {
         if n == 0 {
             return Ok(());
         }
         self.buf.drain(..n);
-        if !self.synced {
+        if self.synced {
+            self.junk += n;
+        } else {
             self.skipped += n;
             if self.skipped > MAX_PAGE {
                 return Err(OggError::NoPage(self.skipped));

@@ -19,6 +19,8 @@ pub struct TtsDecoder {
     /// Keep the 16 kHz samples too (a wideband call), for `take_wide`.
     keep_wide: bool,
     wide: Vec<i16>,
+    /// What `StreamDecoder::push` converted since `next_piece` last took it.
+    pending: Option<Vec<i16>>,
 }
 
 impl Default for TtsDecoder {
@@ -35,6 +37,7 @@ impl TtsDecoder {
             samples: Vec::new(),
             keep_wide: false,
             wide: Vec::new(),
+            pending: None,
         }
     }
 
@@ -89,6 +92,10 @@ pub enum StreamError {
     Ogg(u64, super::ogg::OggError),
     #[error("audio_chunk {0}: the Ogg stream is not Opus (its first packet is not OpusHead)")]
     NotOpus(u64),
+    #[error("audio_chunk {0}: OpusHead says {1} channels under mapping family {2} (the node takes family 0: mono or stereo)")]
+    Channels(u64, u8, u8),
+    #[error("at the stream's end: {0}")]
+    End(super::ogg::OggError),
     #[error("audio_chunk {0}: libopus refused an Opus packet ({1} bytes)")]
     BadPacket(u64, usize),
     #[error("Opus streams need the node built with the opus feature (libopus)")]
@@ -111,7 +118,11 @@ pub struct OpusStream {
     headers: u8,
     /// Samples at the start still to drop (OpusHead's pre-skip, at the decoder's rate).
     pre_skip: usize,
-    packets: Vec<Vec<u8>>,
+    /// Packets taken from the chunks and not yet decoded (decoding waits for
+    /// `next_piece`, so a few bytes that decode to hours cost nothing until played).
+    packets: std::collections::VecDeque<Vec<u8>>,
+    /// The demuxer's output, reused.
+    demuxed: Vec<Vec<u8>>,
     chunks: u64,
     /// A wideband call's: libopus decodes at 16 kHz, kept for `take_wide`, and this
     /// brings it to the call's 8 kHz.
@@ -135,7 +146,8 @@ impl StreamDecoder {
                         .ok_or(StreamError::NoOpus)?,
                     headers: if ogg { 2 } else { 0 },
                     pre_skip: 0,
-                    packets: Vec::new(),
+                    packets: Default::default(),
+                    demuxed: Vec::new(),
                     chunks: 0,
                     wide: wideband.then(|| (Resampler::new(TTS_RATE, super::CALL_RATE), Vec::new())),
                 })))
@@ -158,34 +170,91 @@ impl StreamDecoder {
         }
     }
 
-    /// The call PCM of one chunk (empty for a keep-alive, or while a page or a sample
-    /// is incomplete). An error ends the stream: what came before it still plays.
+    /// The call PCM of one chunk, all of it (empty for a keep-alive, or while a page
+    /// or a sample is incomplete): `push` and every `next_piece`. An error ends the
+    /// stream: what came before it still plays. (Tests and fuzzing; the node takes
+    /// pieces as playback needs them.)
+    #[cfg(test)]
     pub fn decode(&mut self, chunk: &[u8]) -> Result<Vec<i16>, StreamError> {
+        self.push(chunk)?;
+        let mut pcm = Vec::new();
+        while let Some(piece) = self.next_piece(usize::MAX)? {
+            pcm.extend(piece);
+        }
+        Ok(pcm)
+    }
+
+    /// Takes a chunk; its audio comes out of `next_piece`. PCM is converted here (it
+    /// is never more samples than bytes); Opus is only demuxed.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), StreamError> {
         match self {
-            StreamDecoder::Pcm(d) => Ok(d.decode(chunk)),
+            StreamDecoder::Pcm(d) => {
+                let pcm = d.decode(chunk);
+                d.pending.get_or_insert_with(Vec::new).extend(pcm);
+                Ok(())
+            }
             #[cfg(feature = "opus")]
-            StreamDecoder::Opus(o) => o.decode(chunk),
+            StreamDecoder::Opus(o) => o.push(chunk),
+        }
+    }
+
+    /// At least `max` samples of the call's 8 kHz PCM of what was pushed (less at the
+    /// end of it; the 16 kHz copy in `take_wide`), decoded now; None when nothing is
+    /// left. A caller that takes pieces only as playback needs them holds little
+    /// decoded audio, however much a chunk decodes to.
+    pub fn next_piece(&mut self, max: usize) -> Result<Option<Vec<i16>>, StreamError> {
+        match self {
+            // PCM's one piece a chunk keeps its two copies two to one.
+            StreamDecoder::Pcm(d) => Ok(d.pending.take()),
+            #[cfg(feature = "opus")]
+            StreamDecoder::Opus(o) => o.next_piece(max),
+        }
+    }
+
+    /// The client ended the stream: what it left unfinished is an error (an Ogg page
+    /// cut short, bytes that are no page, a packet continued past the last page).
+    pub fn finish(&self) -> Result<(), StreamError> {
+        match self {
+            StreamDecoder::Pcm(_) => Ok(()),
+            #[cfg(feature = "opus")]
+            StreamDecoder::Opus(o) => o.ogg.as_ref().map_or(Ok(()), |ogg| ogg.finish().map_err(StreamError::End)),
         }
     }
 }
 
 #[cfg(feature = "opus")]
 impl OpusStream {
-    fn decode(&mut self, chunk: &[u8]) -> Result<Vec<i16>, StreamError> {
+    fn push(&mut self, chunk: &[u8]) -> Result<(), StreamError> {
         self.chunks += 1;
         let n = self.chunks;
-        self.packets.clear();
         match &mut self.ogg {
-            Some(ogg) => ogg.push(chunk, &mut self.packets).map_err(|e| StreamError::Ogg(n, e))?,
+            Some(ogg) => {
+                ogg.push(chunk, &mut self.demuxed).map_err(|e| StreamError::Ogg(n, e))?;
+                self.packets.extend(self.demuxed.drain(..));
+            }
             None if chunk.is_empty() => {}
-            None => self.packets.push(chunk.to_vec()),
+            None => self.packets.push_back(chunk.to_vec()),
         }
+        Ok(())
+    }
+
+    fn next_piece(&mut self, max: usize) -> Result<Option<Vec<i16>>, StreamError> {
+        let n = self.chunks;
         let mut pcm = Vec::new();
-        for p in &self.packets {
+        // The decoder's own rate: 16 kHz for a wideband call, else the call's.
+        let per_call_sample = if self.wide.is_some() { 2 } else { 1 };
+        while pcm.len() / per_call_sample < max {
+            let Some(p) = self.packets.pop_front() else { break };
             if self.headers == 2 {
-                // OpusHead (RFC 7845 §5.1): the pre-skip is 48 kHz samples.
+                // OpusHead (RFC 7845 §5.1): the pre-skip is 48 kHz samples; channel
+                // mapping family 0 is mono or stereo (others are multistream, which a
+                // mono decoder would mistake).
                 if p.len() < 19 || !p.starts_with(b"OpusHead") {
                     return Err(StreamError::NotOpus(n));
+                }
+                let (channels, family) = (p[9], p[18]);
+                if family != 0 || !(1..=2).contains(&channels) {
+                    return Err(StreamError::Channels(n, channels, family));
                 }
                 let rate = if self.wide.is_some() { TTS_RATE } else { super::CALL_RATE };
                 self.pre_skip = usize::from(u16::from_le_bytes([p[10], p[11]])) * rate as usize / 48_000;
@@ -198,20 +267,23 @@ impl OpusStream {
                 continue;
             }
             let before = pcm.len();
-            if !self.decoder.decode(p, &mut pcm) {
+            if !self.decoder.decode(&p, &mut pcm) {
                 return Err(StreamError::BadPacket(n, p.len()));
             }
             let skip = self.pre_skip.min(pcm.len() - before);
             pcm.drain(before..before + skip);
             self.pre_skip -= skip;
         }
+        if pcm.is_empty() && self.packets.is_empty() {
+            return Ok(None);
+        }
         match &mut self.wide {
             // Decoded at 16 kHz: kept as it is, and brought to the call's rate.
             Some((down, kept)) => {
                 kept.extend_from_slice(&pcm);
-                Ok(down.process(&pcm))
+                Ok(Some(down.process(&pcm)))
             }
-            None => Ok(pcm),
+            None => Ok(Some(pcm)),
         }
     }
 }
@@ -331,5 +403,79 @@ mod tests {
         let mut d = StreamDecoder::new(StreamFormat::OpusPackets, false).unwrap();
         // A code-3 packet that claims 0 frames is invalid (RFC 6716 §3.2.5).
         assert_eq!(d.decode(&[0x03, 0x00]), Err(StreamError::BadPacket(1, 2)));
+    }
+
+    /// An Ogg Opus stream's header pages (mono, mapping family 0, no pre-skip).
+    #[cfg(feature = "opus")]
+    fn ogg_head(channels: u8, family: u8) -> Vec<u8> {
+        use super::super::ogg::page;
+        let mut head = b"OpusHead".to_vec();
+        head.extend_from_slice(&[1, channels]);
+        head.extend_from_slice(&0u16.to_le_bytes());
+        head.extend_from_slice(&48000u32.to_le_bytes());
+        head.extend_from_slice(&[0, 0, family]);
+        let mut stream = page(3, 0, 0, 2, &[&head]);
+        stream.extend(page(3, 1, 0, 0, &[b"OpusTags\0\0\0\0\0\0\0\0"]));
+        stream
+    }
+
+    /// A few bytes that decode to a lot are decoded a piece at a time, as they are
+    /// taken: memory follows the piece, not the chunk.
+    #[cfg(feature = "opus")]
+    #[test]
+    fn a_chunk_is_decoded_a_piece_at_a_time() {
+        use super::super::ogg::page;
+        let tone: Vec<i16> = (0..16_000).map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16).collect();
+        let packets = opus_packets(&tone);
+        let mut stream = ogg_head(1, 0);
+        for (k, group) in packets.chunks(50).enumerate() {
+            let refs: Vec<&[u8]> = group.iter().map(|p| p.as_slice()).collect();
+            stream.extend(page(3, 2 + k as u32, 0, 0, &refs));
+        }
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
+        d.push(&stream).unwrap();
+        let mut pieces = Vec::new();
+        while let Some(p) = d.next_piece(1600).unwrap() {
+            pieces.push(p.len());
+        }
+        assert_eq!(pieces.iter().sum::<usize>(), 16_000, "all of it, in the end");
+        assert!(pieces.len() >= 10 && pieces.iter().all(|&n| n <= 1600), "pieces of 200 ms at most: {pieces:?}");
+        assert!(d.finish().is_ok(), "the stream ended on a page boundary");
+    }
+
+    /// An empty Opus packet is no packet (RFC 6716 R1); a channel count mapping family
+    /// 0 does not allow; a page cut short or bytes after the last page at the end: each
+    /// ends the stream with what is wrong.
+    #[cfg(feature = "opus")]
+    #[test]
+    fn empty_packets_odd_heads_and_unfinished_ends_are_bad_audio() {
+        use super::super::ogg::page;
+        let packets = opus_packets(&[1000i16; 1600]);
+        let mut stream = ogg_head(1, 0);
+        stream.extend(page(3, 2, 0, 0, &[packets[0].as_slice(), &[]]));
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
+        assert_eq!(d.decode(&stream), Err(StreamError::BadPacket(1, 0)));
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
+        assert_eq!(d.decode(&ogg_head(255, 0)), Err(StreamError::Channels(1, 255, 0)));
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
+        assert_eq!(d.decode(&ogg_head(6, 1)), Err(StreamError::Channels(1, 6, 1)));
+        // Whole pages, then a page cut short: the audio before it plays, the end says so.
+        let mut good = ogg_head(2, 0);
+        good.extend(page(3, 2, 0, 0, &[packets[0].as_slice()]));
+        let cut = page(3, 3, 0, 0, &[packets[1].as_slice()]);
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
+        assert_eq!(d.decode(&good).unwrap().len(), 160);
+        assert!(d.finish().is_ok());
+        d.decode(&cut[..cut.len() - 5]).unwrap();
+        assert!(matches!(d.finish(), Err(StreamError::End(super::super::ogg::OggError::Trailing(_)))));
+        // Whole pages, then 2 KB of garbage.
+        let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
+        d.decode(&good).unwrap();
+        d.decode(&[0x5a; 2048]).unwrap();
+        let e = d.finish().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "at the stream's end: the stream ended with 2048 bytes that are no whole Ogg page (cut short, or not Ogg)"
+        );
     }
 }

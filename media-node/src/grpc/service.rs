@@ -566,6 +566,9 @@ fn short(uri: &str) -> String {
     }
 }
 
+/// The most of a TTS chunk's audio decoded at once (200 ms at 8 kHz).
+const TTS_PIECE: usize = 1600;
+
 /// Messages and time a cut stream's client gets to half-close while its marks are
 /// answered (what it sends meanwhile is read and discarded).
 const DRAIN_MESSAGES: usize = 1000;
@@ -634,25 +637,42 @@ async fn pump_tts(
     // the client still sends: its marks further ahead are answered as cleared below.
     let mut cut = false;
     let mut unsent_mark = None;
-    while let Some(m) = msg.take() {
-        let pcm = match decoder.decode(&m.audio_chunk) {
-            Ok(pcm) => pcm,
-            Err(e) => {
-                // What came before plays out; the stream ends saying what was wrong.
-                warn!(error = %e, "TTS stream's audio is not what it declared");
-                bad_audio = Some(e);
-                break;
-            }
-        };
-        let wide = decoder.take_wide();
+    'messages: while let Some(m) = msg.take() {
         let mark = (!m.mark.is_empty()).then(|| clip(&m.mark).to_string());
-        // A tiny chunk may bring a 16 kHz sample and no 8 kHz one yet (the resampler
-        // rounds its count up): it still goes, so the two copies stay two to one.
-        let audio = !pcm.is_empty() || !wide.is_empty();
-        if audio || mark.is_some() {
-            if let Err(mpsc::error::SendError(chunk)) = chunks.send(TtsChunk { pcm, wide, mark }).await {
-                (cut, unsent_mark) = (true, chunk.mark);
-                break;
+        if let Err(e) = decoder.push(&m.audio_chunk) {
+            // What came before plays out; the stream ends saying what was wrong.
+            warn!(error = %e, "TTS stream's audio is not what it declared");
+            bad_audio = Some(e);
+            break;
+        }
+        // Decoded a piece at a time as the call takes it (the channel to it holds a
+        // few): a chunk that decodes to hours costs the node no more than a piece.
+        // Each piece goes once the next is known, so the chunk's mark rides on its last.
+        let mut current: Option<(Vec<i16>, Vec<i16>)> = None;
+        loop {
+            let next = match decoder.next_piece(TTS_PIECE) {
+                Ok(next) => next.map(|pcm| (pcm, decoder.take_wide())),
+                Err(e) => {
+                    warn!(error = %e, "TTS stream's audio is not what it declared");
+                    bad_audio = Some(e);
+                    break 'messages;
+                }
+            };
+            let mark = if next.is_none() { mark.clone() } else { None };
+            let (pcm, wide) = current.take().unwrap_or_default();
+            // A tiny chunk may bring a 16 kHz sample and no 8 kHz one yet (the
+            // resampler rounds its count up): it still goes, so the two copies stay two
+            // to one.
+            let audio = !pcm.is_empty() || !wide.is_empty();
+            if audio || mark.is_some() {
+                if let Err(mpsc::error::SendError(chunk)) = chunks.send(TtsChunk { pcm, wide, mark }).await {
+                    (cut, unsent_mark) = (true, chunk.mark);
+                    break 'messages;
+                }
+            }
+            match next {
+                Some(piece) => current = Some(piece),
+                None => break,
             }
         }
         // A client that only sends keep-alives learns at once that its call ended or that
@@ -670,6 +690,14 @@ async fn pump_tts(
                 warn!(error = %e, "TTS stream broke off");
                 failure = Some(e);
             }
+        }
+    }
+    if !cut && failure.is_none() && bad_audio.is_none() {
+        // The client half-closed: a page it cut short, or bytes after its last page,
+        // are no audio (what came before played).
+        if let Err(e) = decoder.finish() {
+            warn!(error = %e, "TTS stream ended unfinished");
+            bad_audio = Some(e);
         }
     }
     drop(chunks);
