@@ -34,7 +34,7 @@ struct Current {
 /// Digits the agent asked to send, checked: 1 to 64 DTMF keys (any case), each
 /// lasting 40 to 2000 ms (100 when not given).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DigitRequest {
+pub(crate) struct DigitRequest {
     /// Upper case, every one a DTMF key.
     pub digits: String,
     pub duration_ms: u32,
@@ -52,7 +52,7 @@ pub enum DigitsError {
 }
 
 impl DigitRequest {
-    pub fn new(digits: &str, duration_ms: u32) -> Result<DigitRequest, DigitsError> {
+    pub(crate) fn new(digits: &str, duration_ms: u32) -> Result<DigitRequest, DigitsError> {
         let digits = digits.to_ascii_uppercase();
         if digits.is_empty() || digits.len() > 64 {
             return Err(DigitsError::Length);
@@ -68,7 +68,7 @@ impl DigitRequest {
     }
 
     /// The digits as RFC 4733 events on the call's 8 kHz, `gap_ms` apart.
-    pub fn sender(&self, gap_ms: u32) -> DigitSender {
+    pub(crate) fn sender(&self, gap_ms: u32) -> DigitSender {
         DigitSender::new(&self.digits, self.duration_ms * 8, gap_ms * 8).expect("checked DTMF digits")
     }
 }

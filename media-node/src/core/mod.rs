@@ -27,7 +27,7 @@ pub mod goertzel;
 pub mod interarrival;
 pub mod jitter;
 pub mod latch;
-pub mod negotiation;
+pub(crate) mod negotiation;
 #[cfg(feature = "opus")]
 pub mod opus;
 pub mod pacer;

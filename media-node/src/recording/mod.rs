@@ -40,7 +40,7 @@ pub enum FormatError {
 }
 
 /// The rate a recording is written at: 8000 when not given, else 8000 or 16000.
-pub fn recording_rate(rate: Option<u32>) -> Result<u32, FormatError> {
+pub(crate) fn recording_rate(rate: Option<u32>) -> Result<u32, FormatError> {
     match rate.unwrap_or(8000) {
         r @ (8000 | 16000) => Ok(r),
         r => Err(FormatError::Rate(r)),
@@ -49,7 +49,7 @@ pub fn recording_rate(rate: Option<u32>) -> Result<u32, FormatError> {
 
 /// A request's `format`: none, `wav`, `mono` or `mixed` is one mixed channel;
 /// `stereo` is caller left, bot right (any case, spaces around ignored).
-pub fn recording_channels(format: Option<&str>) -> Result<Channels, FormatError> {
+pub(crate) fn recording_channels(format: Option<&str>) -> Result<Channels, FormatError> {
     match format.map(|f| f.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") | Some("wav") | Some("mono") | Some("mixed") => Ok(Channels::Mono),
         Some("stereo") => Ok(Channels::Stereo),

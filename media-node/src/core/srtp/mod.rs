@@ -295,7 +295,7 @@ impl Inbound {
     /// is decrypted unless the packet authenticates, and nothing moves (replay window,
     /// ROC, key use) until it is committed: a validly keyed packet the call then
     /// refuses (from a foreign source) leaves no trace.
-    pub fn authenticate_rtp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Authenticated, SrtpError> {
+    pub(crate) fn authenticate_rtp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Authenticated, SrtpError> {
         let hlen = super::rtp::header_len(data).map_err(|_| SrtpError::Malformed)?;
         let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
         let seq = u16::from_be_bytes([data[2], data[3]]);
@@ -315,7 +315,7 @@ impl Inbound {
 
     /// Takes an authenticated RTP packet: its index enters the stream's replay window
     /// (and with it the ROC), and its key's use is counted.
-    pub fn commit_rtp(&mut self, a: Authenticated) -> Unprotected {
+    pub(crate) fn commit_rtp(&mut self, a: Authenticated) -> Unprotected {
         match a.key {
             KeyUsed::Current => {
                 self.current.rtp_left = self.current.rtp_left.saturating_sub(1);
@@ -366,7 +366,7 @@ impl Inbound {
 
     /// Checks and decrypts an SRTCP packet into `out`; nothing moves until it is
     /// committed (as for RTP).
-    pub fn authenticate_rtcp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Authenticated, SrtpError> {
+    pub(crate) fn authenticate_rtcp(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Authenticated, SrtpError> {
         if data.len() < 8 || data[0] >> 6 != 2 {
             return Err(SrtpError::Malformed);
         }
@@ -390,7 +390,7 @@ impl Inbound {
     }
 
     /// Takes an authenticated SRTCP packet (its index into the window, its key's use).
-    pub fn commit_rtcp(&mut self, a: Authenticated) {
+    pub(crate) fn commit_rtcp(&mut self, a: Authenticated) {
         let key = match a.key {
             KeyUsed::Current => Some(&mut self.current),
             KeyUsed::Previous => self.previous.as_mut().map(|(k, _)| k),
@@ -413,7 +413,7 @@ enum KeyUsed {
 /// it; dropping it leaves the receiver as it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "an authenticated packet moves nothing until it is committed"]
-pub struct Authenticated {
+pub(crate) struct Authenticated {
     ssrc: u32,
     index: u64,
     key: KeyUsed,
