@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::audio::cache::{PromptCache, PromptKey};
+use crate::audio::cache::{PromptCache, PromptKey, RefusedPrompts};
 use crate::audio::decode::{self, DecodeError};
 use crate::audio::uri::{self, UriError};
 use crate::call::{spawn_call, BoundSockets, CallCommand, CallContext, CallHandle, ListenerPost};
@@ -43,6 +43,9 @@ pub enum NodeError {
     Uri(#[from] UriError),
     #[error("prompt could not be decoded: {0}")]
     Decode(#[from] DecodeError),
+    /// A decode refused for another request of the same prompt (shared, or lately).
+    #[error("prompt could not be decoded: {0}")]
+    Undecodable(Arc<str>),
     #[error("prompt could not be read: {0}")]
     Read(String),
     #[error("the call ended")]
@@ -81,6 +84,11 @@ pub struct Node {
     pool: Mutex<PortPool>,
     calls: Mutex<Calls>,
     prompts: Mutex<PromptCache>,
+    /// Prompt decodes under way, by key: concurrent requests for one prompt share it.
+    decoding: Mutex<HashMap<PromptKey, Arc<SharedDecode>>>,
+    refused: Mutex<RefusedPrompts>,
+    /// Prompt decodes running at once, node-wide: each holds its file and its output.
+    decode_slots: tokio::sync::Semaphore,
     draining: AtomicBool,
     /// Flips to true once when the node starts draining (SIGTERM or the operator).
     drain_signal: tokio::sync::watch::Sender<bool>,
@@ -110,6 +118,9 @@ impl Node {
             calls_context,
             fleet: crate::fleet::Fleet::new(),
             prompts: Mutex::new(PromptCache::new(config.prompt_cache_bytes)),
+            decoding: Mutex::new(HashMap::new()),
+            refused: Mutex::new(RefusedPrompts::new(REFUSED_PROMPT_KEPT, 256)),
+            decode_slots: tokio::sync::Semaphore::new(MAX_PROMPT_DECODES),
             advertised_ip: RwLock::new(config.advertised_ip),
             config,
             metrics,
@@ -285,16 +296,57 @@ impl Node {
             return Ok(pcm);
         }
         self.metrics.cache_lookups.with_label_values(&["miss"]).inc();
-        let bytes = tokio::fs::read(&full).await.map_err(|e| NodeError::Read(e.to_string()))?;
-        let pcm: Arc<[i16]> = tokio::task::spawn_blocking(move || decode::prompt_to_pcm(&bytes, rate))
+        if let Some(why) = lock(&self.refused).check(&key, Instant::now()) {
+            return Err(NodeError::Undecodable(why));
+        }
+        // One decode per prompt however many calls ask for it at once.
+        let cell = lock(&self.decoding).entry(key.clone()).or_default().clone();
+        let result = cell
+            .get_or_init(|| async {
+                // A few decodes at once, node-wide; the rest wait their turn.
+                let _slot = self.decode_slots.acquire().await.map_err(|e| PromptFailure::Read(e.to_string()))?;
+                let bytes = tokio::fs::read(&full).await.map_err(|e| PromptFailure::Read(e.to_string()))?;
+                let pcm = tokio::task::spawn_blocking(move || decode::prompt_to_pcm(&bytes, rate))
+                    .await
+                    .map_err(|e| PromptFailure::Read(e.to_string()))?;
+                match pcm {
+                    Ok(pcm) => {
+                        let pcm: Arc<[i16]> = pcm.into();
+                        let mut cache = lock(&self.prompts);
+                        cache.insert(key.clone(), pcm.clone());
+                        self.metrics.cache_bytes.set(cache.bytes() as i64);
+                        Ok(pcm)
+                    }
+                    Err(e) => {
+                        let why: Arc<str> = e.to_string().into();
+                        lock(&self.refused).remember(key.clone(), why.clone(), Instant::now());
+                        Err(PromptFailure::Undecodable(why))
+                    }
+                }
+            })
             .await
-            .map_err(|e| NodeError::Read(e.to_string()))??
-            .into();
-        let mut cache = lock(&self.prompts);
-        cache.insert(key, pcm.clone());
-        self.metrics.cache_bytes.set(cache.bytes() as i64);
-        Ok(pcm)
+            .clone();
+        lock(&self.decoding).remove(&key);
+        result.map_err(|f| match f {
+            PromptFailure::Read(e) => NodeError::Read(e),
+            PromptFailure::Undecodable(why) => NodeError::Undecodable(why),
+        })
     }
+}
+
+/// Prompt decodes at once, node-wide (a decode holds its file and its output).
+const MAX_PROMPT_DECODES: usize = 2;
+/// How long a refused prompt is answered from memory.
+const REFUSED_PROMPT_KEPT: Duration = Duration::from_secs(60);
+
+/// One prompt's decode, awaited by every request for it meanwhile.
+type SharedDecode = tokio::sync::OnceCell<Result<Arc<[i16]>, PromptFailure>>;
+
+/// Why a shared prompt decode failed (each waiter gets its own copy).
+#[derive(Debug, Clone)]
+enum PromptFailure {
+    Read(String),
+    Undecodable(Arc<str>),
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<BoundSockets> {

@@ -442,3 +442,62 @@ async fn an_ogg_opus_decode_bomb_costs_no_memory_and_unfinished_streams_are_bad_
     }
     client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
 }
+
+/// Prompt decode bombs (`file://`): a FLAC of 700 s of silence at 192 kHz (425 KB, 268 MB
+/// decoded at its rate), as sox writes it, and the same with its stated length zeroed
+/// (unknown), asked for by four calls at once. The node decoded each request whole at
+/// the source rate before the 600 s limit refused it; now the stated length is refused
+/// before decoding, a prompt of unknown length is brought to the call's rate as it is
+/// decoded, and concurrent requests share one decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_decode_bombs_are_refused_without_the_memory_they_would_take() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30432, 30433, (30420, 30429), tmp.path(), &[]);
+    node.ready().await;
+    let bomb = tmp.path().join("assets/bomb.flac");
+    let made = std::process::Command::new("sox")
+        .args(["-D", "-n", "-r", "192000", "-b", "16", "-c", "1"])
+        .arg(&bomb)
+        .args(["trim", "0", "700"])
+        .status()
+        .expect("sox runs");
+    assert!(made.success());
+    // STREAMINFO's 36-bit total sample count (bytes 21-25 of the file) set to 0: unknown.
+    let mut unknown = std::fs::read(&bomb).unwrap();
+    assert_eq!(&unknown[..4], b"fLaC");
+    unknown[21] &= 0xf0;
+    unknown[22..26].fill(0);
+    std::fs::write(tmp.path().join("assets/bomb-unknown.flac"), &unknown).unwrap();
+    let mut client = node.client().await;
+    let mut ports = Vec::new();
+    for i in 0..4 {
+        ports.push(client.allocate_port(AllocatePortRequest { call_id: format!("bomb-{i}") }).await.unwrap().into_inner().rtp_port);
+    }
+    let play = |port: u32, file: &str| PlayAudioRequest {
+        audio_uri: format!("file://{file}"),
+        server_rtp_port: port,
+        rtp_target_addr: "127.0.0.1:9".into(),
+        barge_in_ms: None,
+    };
+    let peak_before = node.memory_kib("VmHWM:");
+    let mut asks = Vec::new();
+    for &port in &ports {
+        let mut c = client.clone();
+        let req = play(port, "bomb-unknown.flac");
+        asks.push(tokio::spawn(async move { c.play_audio(req).await }));
+    }
+    for a in asks {
+        let e = a.await.unwrap().expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("the limit is 600 s"), "{}", e.message());
+    }
+    let grew_mib = node.memory_kib("VmHWM:").saturating_sub(peak_before) as f64 / 1024.0;
+    println!("FLAC decode bomb (700 s at 192 kHz, unknown length) on 4 calls at once: peak RSS +{grew_mib:.1} MiB");
+    assert!(grew_mib < 32.0, "the node's peak memory grew {grew_mib:.1} MiB");
+    // Its stated length is refused before any of it is decoded.
+    let stated = client.play_audio(play(ports[0], "bomb.flac")).await.expect_err("refused");
+    assert!(stated.message().contains("prompt is 700 s long; the limit is 600 s"), "{}", stated.message());
+    for port in ports {
+        client.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    }
+}

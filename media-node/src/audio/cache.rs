@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PromptKey {
@@ -72,9 +72,63 @@ impl PromptCache {
     }
 }
 
+/// Prompts refused lately (undecodable, too long), with why: asked again within
+/// `keep`, the same answer comes at once instead of another decode. Bounded in count;
+/// an edited file is a new key (its time and size), so it is tried afresh.
+pub struct RefusedPrompts {
+    keep: Duration,
+    cap: usize,
+    entries: HashMap<PromptKey, (Instant, Arc<str>)>,
+}
+
+impl RefusedPrompts {
+    pub fn new(keep: Duration, cap: usize) -> RefusedPrompts {
+        RefusedPrompts { keep, cap, entries: HashMap::new() }
+    }
+
+    /// Why `key` was refused, if it was within `keep` of `now`.
+    pub fn check(&mut self, key: &PromptKey, now: Instant) -> Option<Arc<str>> {
+        match self.entries.get(key) {
+            Some((at, why)) if now.saturating_duration_since(*at) < self.keep => Some(why.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn remember(&mut self, key: PromptKey, why: Arc<str>, now: Instant) {
+        let keep = self.keep;
+        self.entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < keep);
+        if self.entries.len() >= self.cap {
+            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(key, (now, why));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_prompt_is_remembered_for_a_while_and_the_list_stays_bounded() {
+        let t0 = Instant::now();
+        let mut r = RefusedPrompts::new(Duration::from_secs(60), 2);
+        r.remember(key("bomb"), "too long".into(), t0);
+        assert_eq!(r.check(&key("bomb"), t0 + Duration::from_secs(59)).as_deref(), Some("too long"));
+        assert_eq!(r.check(&key("bomb"), t0 + Duration::from_secs(60)), None, "forgotten after a minute");
+        let edited = PromptKey { len: 1, ..key("bomb") };
+        r.remember(key("bomb"), "too long".into(), t0);
+        assert_eq!(r.check(&edited, t0), None, "an edited file is tried afresh");
+        r.remember(key("b"), "x".into(), t0 + Duration::from_secs(1));
+        r.remember(key("c"), "x".into(), t0 + Duration::from_secs(2));
+        assert_eq!(r.entries.len(), 2);
+        assert_eq!(r.check(&key("bomb"), t0 + Duration::from_secs(2)), None, "the oldest made room");
+    }
 
     fn key(name: &str) -> PromptKey {
         PromptKey { path: name.into(), modified: None, len: 0, rate: 8000 }

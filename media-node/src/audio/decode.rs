@@ -66,10 +66,17 @@ fn compressed_to_pcm(bytes: &[u8], out_rate: u32) -> Result<Vec<i16>, DecodeErro
     if !(4000..=192_000).contains(&rate) {
         return Err(DecodeError::Rate(rate));
     }
+    // The length the container states (FLAC's STREAMINFO, a WAV-like header, an Ogg
+    // stream's last granule), refused before anything is decoded.
+    if let Some(frames) = params.n_frames {
+        check_length(frames as usize, rate)?;
+    }
     if params.codec == symphonia::core::codecs::CODEC_TYPE_OPUS {
         return ogg_opus_to_pcm(format.as_mut(), track_id, params.delay.unwrap_or(0), out_rate);
     }
     let mut decoder = symphonia::default::get_codecs().make(&params, &DecoderOptions::default()).map_err(bad)?;
+    // Brought to the call's rate as it is decoded: memory follows the output.
+    let mut clip = resample::ClipResampler::new(rate, out_rate);
     let mut mono: Vec<i16> = Vec::new();
     while let Some(packet) = next_packet(format.as_mut(), track_id)? {
         let decoded = match decoder.decode(&packet) {
@@ -81,16 +88,18 @@ fn compressed_to_pcm(bytes: &[u8], out_rate: u32) -> Result<Vec<i16>, DecodeErro
         let channels = spec.channels.count().max(1);
         let mut buf = SampleBuffer::<f32>::new(decoded.capacity() as u64, spec);
         buf.copy_interleaved_ref(decoded);
+        mono.clear();
         mono.extend(buf.samples().chunks(channels).map(|frame| {
             let avg = frame.iter().sum::<f32>() / frame.len() as f32;
             (avg * 32767.0).round().clamp(-32768.0, 32767.0) as i16
         }));
-        check_length(mono.len(), rate)?;
+        clip.push(&mono);
+        check_length(clip.fed() as usize, rate)?;
     }
-    if mono.is_empty() {
+    if clip.fed() == 0 {
         return Err(DecodeError::Format("no audio in it".into()));
     }
-    Ok(resample::convert(&mono, rate, out_rate))
+    Ok(clip.finish())
 }
 
 /// Ogg Opus (RFC 7845) by libopus at `out_rate`: any channel count decodes to
@@ -177,21 +186,37 @@ pub fn wav_to_pcm(bytes: &[u8], out_rate: u32) -> Result<Vec<i16>, DecodeError> 
     if seconds > MAX_PROMPT_SECONDS {
         return Err(DecodeError::TooLong(seconds));
     }
-    let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
-        hound::SampleFormat::Int => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader.samples::<i32>().map(|s| s.map(|v| v as f32 * scale)).collect::<Result<_, _>>()?
+    // Read, downmixed and resampled a block at a time: memory follows the output.
+    let mut clip = resample::ClipResampler::new(spec.sample_rate, out_rate);
+    let channels = spec.channels as usize;
+    let (mut frame, mut block) = (Vec::with_capacity(channels), Vec::with_capacity(4096));
+    let mut take = |v: f32, clip: &mut resample::ClipResampler| {
+        frame.push(v);
+        if frame.len() == channels {
+            let avg = frame.iter().sum::<f32>() / channels as f32;
+            block.push((avg * 32767.0).round().clamp(-32768.0, 32767.0) as i16);
+            frame.clear();
+            if block.len() == block.capacity() {
+                clip.push(&block);
+                block.clear();
+            }
         }
     };
-    let mono: Vec<i16> = interleaved
-        .chunks(spec.channels as usize)
-        .map(|frame| {
-            let avg = frame.iter().sum::<f32>() / frame.len() as f32;
-            (avg * 32767.0).round().clamp(-32768.0, 32767.0) as i16
-        })
-        .collect();
-    Ok(resample::convert(&mono, spec.sample_rate, out_rate))
+    match spec.sample_format {
+        hound::SampleFormat::Float => {
+            for s in reader.samples::<f32>() {
+                take(s?, &mut clip);
+            }
+        }
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            for s in reader.samples::<i32>() {
+                take(s? as f32 * scale, &mut clip);
+            }
+        }
+    }
+    clip.push(&block);
+    Ok(clip.finish())
 }
 
 pub fn pcm_bytes_to_call_pcm(bytes: &[u8], rate: u32) -> Vec<i16> {

@@ -249,15 +249,46 @@ impl Resampler {
 /// One-shot conversion of a whole clip (prompts): the filter's group delay is removed
 /// and its tail flushed, so the clip starts on time and keeps its full length.
 pub fn convert(input: &[i16], from: u32, to: u32) -> Vec<i16> {
-    let mut r = Resampler::new(from, to);
-    let delay = r.delay_out();
-    let want = (input.len() as u64 * to as u64).div_ceil(from as u64) as usize;
-    let mut out = r.process(input);
-    let flush = vec![0i16; (delay * from as usize).div_ceil(to as usize) + 1];
-    r.process_into(&flush, &mut out);
-    out.drain(..delay.min(out.len()));
-    out.truncate(want);
-    out
+    let mut clip = ClipResampler::new(from, to);
+    clip.push(input);
+    clip.finish()
+}
+
+/// `convert` fed a piece at a time, as a decoder produces them: the same output as
+/// `convert` of the whole, while holding only the output (a prompt decoded at 192 kHz
+/// costs its 8 or 16 kHz copy, not its source).
+pub struct ClipResampler {
+    r: Resampler,
+    from: u32,
+    to: u32,
+    fed: u64,
+    out: Vec<i16>,
+}
+
+impl ClipResampler {
+    pub fn new(from: u32, to: u32) -> ClipResampler {
+        ClipResampler { r: Resampler::new(from, to), from, to, fed: 0, out: Vec::new() }
+    }
+
+    pub fn push(&mut self, input: &[i16]) {
+        self.fed += input.len() as u64;
+        self.r.process_into(input, &mut self.out);
+    }
+
+    /// Input samples taken so far (at the source rate).
+    pub fn fed(&self) -> u64 {
+        self.fed
+    }
+
+    pub fn finish(mut self) -> Vec<i16> {
+        let delay = self.r.delay_out();
+        let want = (self.fed * self.to as u64).div_ceil(self.from as u64) as usize;
+        let flush = vec![0i16; (delay * self.from as usize).div_ceil(self.to as usize) + 1];
+        self.r.process_into(&flush, &mut self.out);
+        self.out.drain(..delay.min(self.out.len()));
+        self.out.truncate(want);
+        self.out
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +301,18 @@ pub(crate) mod tests {
 
     pub fn rms(x: &[i16]) -> f64 {
         (x.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+    }
+
+    #[test]
+    fn a_clip_fed_in_pieces_converts_as_the_whole() {
+        let x = tone(440.0, 44_100, 44_100, 8000.0);
+        let whole = convert(&x, 44_100, 8000);
+        let mut clip = ClipResampler::new(44_100, 8000);
+        for piece in x.chunks(1153) {
+            clip.push(piece);
+        }
+        assert_eq!(clip.fed(), 44_100);
+        assert_eq!(clip.finish(), whole);
     }
 
     #[test]

@@ -117,9 +117,12 @@ impl From<NodeError> for Status {
             }
             NodeError::Bind(_) => Status::unavailable(message),
             NodeError::Uri(UriError::NotFound(_)) => Status::not_found(message),
-            NodeError::Uri(_) | NodeError::Decode(_) | NodeError::Destination(_) | NodeError::Digits(_) | NodeError::RecordingFormat(_) => {
-                Status::invalid_argument(message)
-            }
+            NodeError::Uri(_)
+            | NodeError::Decode(_)
+            | NodeError::Undecodable(_)
+            | NodeError::Destination(_)
+            | NodeError::Digits(_)
+            | NodeError::RecordingFormat(_) => Status::invalid_argument(message),
             NodeError::Read(_) => Status::internal(message),
             NodeError::Recording(RecordingError::AlreadyRunning | RecordingError::NotRunning) => Status::failed_precondition(message),
             NodeError::Recording(RecordingError::Spool(_)) => Status::unavailable(message),
