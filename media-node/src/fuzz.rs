@@ -332,6 +332,17 @@ mod targets {
         }
     }
 
+    /// Compressed prompts (FLAC, MP3, Ogg) of any bytes: never a panic, and the budget
+    /// holds: no more than the prompt limit of audio comes out, whatever the bytes
+    /// claim or decode to.
+    pub fn compressed_prompt(data: &[u8]) {
+        for rate in [8000, 16000] {
+            if let Ok(pcm) = decode::prompt_to_pcm(data, rate) {
+                assert!(pcm.len() as u64 <= (MAX_PROMPT_SECONDS + 1) * u64::from(rate), "{} samples at {rate}", pcm.len());
+            }
+        }
+    }
+
     /// TTS chunks cut anywhere: the audio is the same however the sender cut it.
     pub fn tts_chunks(data: &[u8]) {
         let mut b = Bytes(data);
@@ -571,6 +582,11 @@ mod targets {
     #[test]
     fn fuzz_wav_prompt() {
         fuzz("wav_prompt", wav_prompt);
+    }
+
+    #[test]
+    fn fuzz_compressed_prompt() {
+        fuzz("compressed_prompt", compressed_prompt);
     }
 
     #[test]
