@@ -61,7 +61,11 @@ async fn load_run_against_a_media_node_measures_loss_jitter_and_latency() {
 async fn load_run_drives_rtpengine_over_its_ng_protocol() {
     let work = tempfile::tempdir().unwrap();
     let _turn = RTPENGINE.lock().await;
-    let r = run(options(Engine::Rtpengine, None, work.path())).await.expect("rtpengine (Debian's rtpengine-daemon) runs the calls");
+    // Long enough that rtpengine's few tens of ms of CPU show in both of /proc's 10 ms
+    // tick counts (in 2 s its system time read 0 now and then).
+    let r = run(LoadOptions { seconds: 6.0, ..options(Engine::Rtpengine, None, work.path()) })
+        .await
+        .expect("rtpengine (Debian's rtpengine-daemon) runs the calls");
     assert_eq!(r.engine, "rtpengine");
     // rtpengine relayed the caller to the agent socket, and played the prompt back.
     assert!(r.caller_to_node_loss.is_some_and(|l| l < 0.05) && r.node_to_caller_loss < 0.05, "{r}");
