@@ -131,6 +131,42 @@ pub fn collect_listen(mut stream: tonic::Streaming<RecordAudioResponse>) -> toki
     })
 }
 
+/// A far end's RTP socket on an even loopback port and its RTCP socket on the port
+/// above (RFC 3550 §11).
+pub async fn rtp_socket_pair() -> (std::sync::Arc<tokio::net::UdpSocket>, tokio::net::UdpSocket) {
+    loop {
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p % 2 == 0 {
+            if let Ok(b) = tokio::net::UdpSocket::bind(("127.0.0.1", p + 1)).await {
+                return (std::sync::Arc::new(a), b);
+            }
+        }
+    }
+}
+
+/// Plays `seconds` of synthetic speech on the call at `port` in the background (the
+/// prompt is written into `assets` as long.wav): the node sends all the while.
+pub fn play_long_prompt(
+    mut client: MediaServiceClient<Channel>,
+    assets: &Path,
+    port: u32,
+    seconds: f64,
+) -> tokio::task::JoinHandle<Result<tonic::Response<PlayAudioResponse>, tonic::Status>> {
+    let prompt = synth_speech(8000, seconds, 5);
+    std::fs::write(assets.join("long.wav"), wav_bytes(&prompt, 8000)).unwrap();
+    tokio::spawn(async move {
+        client
+            .play_audio(PlayAudioRequest {
+                audio_uri: "file://long.wav".into(),
+                server_rtp_port: port,
+                rtp_target_addr: String::new(),
+                barge_in_ms: None,
+            })
+            .await
+    })
+}
+
 pub fn pcm_of(frames: &[Vec<u8>]) -> Vec<i16> {
     frames.iter().flat_map(|f| f.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]))).collect()
 }

@@ -37,19 +37,6 @@ fn tone_frames(pcm: &[i16]) -> usize {
     pcm.chunks_exact(160).filter(|f| f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 160.0 > 1000.0 * 1000.0).count()
 }
 
-/// An even/odd socket pair on loopback: a far end's RTP port and the RTCP port above it.
-async fn rtp_pair() -> (Arc<UdpSocket>, UdpSocket) {
-    loop {
-        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p % 2 == 0 {
-            if let Ok(b) = UdpSocket::bind(("127.0.0.1", p + 1)).await {
-                return (Arc::new(a), b);
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_copies_from_another_address_neither_silence_the_caller_nor_push_its_window() {
     let tmp = tempfile::tempdir().unwrap();
@@ -114,7 +101,7 @@ async fn forged_rtcp_from_another_port_of_the_far_ends_host_moves_nothing_on_a_p
     let port = client.allocate_port(AllocatePortRequest { call_id: "rtcp-forged".into() }).await.unwrap().into_inner().rtp_port;
     let node_rtp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let node_rtcp: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
-    let (rtp_sock, rtcp_sock) = rtp_pair().await;
+    let (rtp_sock, rtcp_sock) = fleet_tests::rtp_socket_pair().await;
     let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let sdp = offer(rtp_sock.local_addr().unwrap(), "RTP/AVP", "");
     client.negotiate_sdp(NegotiateSdpRequest { server_rtp_port: port, remote_sdp: sdp, ..Default::default() }).await.unwrap();
@@ -130,18 +117,7 @@ async fn forged_rtcp_from_another_port_of_the_far_ends_host_moves_nothing_on_a_p
             }
         }
     });
-    let prompt = fleet_tests::synth_speech(8000, 9.0, 5);
-    std::fs::write(tmp.path().join("assets/long.wav"), fleet_tests::wav_bytes(&prompt, 8000)).unwrap();
-    let mut play = client.clone();
-    let playing = tokio::spawn(async move {
-        play.play_audio(PlayAudioRequest {
-            audio_uri: "file://long.wav".into(),
-            server_rtp_port: port,
-            rtp_target_addr: String::new(),
-            barge_in_ms: None,
-        })
-        .await
-    });
+    let playing = fleet_tests::play_long_prompt(client.clone(), &tmp.path().join("assets"), port, 9.0);
     // The far end sends RTP and, from its own RTCP port, one honest report.
     let ssrc = 0x5eed_0003;
     let mut tick = tokio::time::interval(Duration::from_millis(20));

@@ -284,15 +284,7 @@ async fn srtcp_reports_flow_both_ways_and_give_the_round_trip() {
     let node_rtp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let node_rtcp: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
     // The far end's RTP port and the RTCP port above it (RFC 3550 §11).
-    let (rtp_sock, rtcp_sock) = loop {
-        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p % 2 == 0 {
-            if let Ok(b) = UdpSocket::bind(("127.0.0.1", p + 1)).await {
-                break (Arc::new(a), b);
-            }
-        }
-    };
+    let (rtp_sock, rtcp_sock) = fleet_tests::rtp_socket_pair().await;
     let far = MasterKey::generate(Suite::AesCm128HmacSha1_80, &mut rand::rng());
     let answer = client
         .negotiate_sdp(NegotiateSdpRequest {
@@ -320,18 +312,7 @@ async fn srtcp_reports_flow_both_ways_and_give_the_round_trip() {
             }
         }
     });
-    let prompt = fleet_tests::synth_speech(8000, 9.0, 5);
-    std::fs::write(tmp.path().join("assets/long.wav"), fleet_tests::wav_bytes(&prompt, 8000)).unwrap();
-    let mut play = client.clone();
-    let playing = tokio::spawn(async move {
-        play.play_audio(PlayAudioRequest {
-            audio_uri: "file://long.wav".into(),
-            server_rtp_port: port,
-            rtp_target_addr: String::new(),
-            barge_in_ms: None,
-        })
-        .await
-    });
+    let playing = fleet_tests::play_long_prompt(client.clone(), &tmp.path().join("assets"), port, 9.0);
 
     // The far end speaks for 8 s, every 10th packet lost on the way, and reads the
     // node's reports as they come.
