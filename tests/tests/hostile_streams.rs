@@ -37,13 +37,24 @@ fn tone_frames(pcm: &[i16]) -> usize {
     pcm.chunks_exact(160).filter(|f| f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 160.0 > 1000.0 * 1000.0).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyed_copies_from_another_address_neither_silence_the_caller_nor_push_its_window() {
+/// A node process (gRPC on `grpc`, metrics on the port above, UDP in `udp`) with one
+/// call allocated: its temp dir (assets under it), the process, a client, the port.
+async fn node_with_a_call(
+    grpc: u16,
+    udp: (u16, u16),
+    call_id: &str,
+) -> (tempfile::TempDir, NodeProcess, media_proto::pb::media_service_client::MediaServiceClient<tonic::transport::Channel>, u32) {
     let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30312, 30313, (30300, 30309), tmp.path(), &[]);
+    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), grpc, grpc + 1, udp, tmp.path(), &[]);
     node.ready().await;
     let mut client = node.client().await;
-    let port = client.allocate_port(AllocatePortRequest { call_id: "copies".into() }).await.unwrap().into_inner().rtp_port;
+    let port = client.allocate_port(AllocatePortRequest { call_id: call_id.into() }).await.unwrap().into_inner().rtp_port;
+    (tmp, node, client, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_copies_from_another_address_neither_silence_the_caller_nor_push_its_window() {
+    let (_tmp, node, mut client, port) = node_with_a_call(30312, (30300, 30309), "copies").await;
     let node_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -94,11 +105,7 @@ async fn keyed_copies_from_another_address_neither_silence_the_caller_nor_push_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_rtcp_from_another_port_of_the_far_ends_host_moves_nothing_on_a_plain_call() {
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30332, 30333, (30320, 30329), tmp.path(), &[]);
-    node.ready().await;
-    let mut client = node.client().await;
-    let port = client.allocate_port(AllocatePortRequest { call_id: "rtcp-forged".into() }).await.unwrap().into_inner().rtp_port;
+    let (tmp, node, mut client, port) = node_with_a_call(30332, (30320, 30329), "rtcp-forged").await;
     let node_rtp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let node_rtcp: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
     let (rtp_sock, rtcp_sock) = fleet_tests::rtp_socket_pair().await;
@@ -166,11 +173,7 @@ async fn forged_rtcp_from_another_port_of_the_far_ends_host_moves_nothing_on_a_p
 #[cfg(feature = "opus")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_opus_payloads_are_refused_and_counted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30352, 30353, (30340, 30349), tmp.path(), &[]);
-    node.ready().await;
-    let mut client = node.client().await;
-    let port = client.allocate_port(AllocatePortRequest { call_id: "empty-opus".into() }).await.unwrap().into_inner().rtp_port;
+    let (_tmp, node, mut client, port) = node_with_a_call(30352, (30340, 30349), "empty-opus").await;
     let node_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let sdp = format!(
@@ -203,11 +206,7 @@ async fn empty_opus_payloads_are_refused_and_counted() {
 /// frame for over a second is ended, with a status saying why, to make room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_listeners_make_room_for_an_agent_that_reconnects() {
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30372, 30373, (30360, 30369), tmp.path(), &[]);
-    node.ready().await;
-    let mut client = node.client().await;
-    let port = client.allocate_port(AllocatePortRequest { call_id: "stalled".into() }).await.unwrap().into_inner().rtp_port;
+    let (_tmp, node, mut client, port) = node_with_a_call(30372, (30360, 30369), "stalled").await;
     let node_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let caller = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let sdp = offer(caller.local_addr().unwrap(), "RTP/AVP", "");
@@ -289,11 +288,7 @@ async fn stalled_listeners_make_room_for_an_agent_that_reconnects() {
 /// final response once the client half-closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mark_is_answered_after_a_cut_even_those_the_node_had_not_read() {
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30392, 30393, (30380, 30389), tmp.path(), &[]);
-    node.ready().await;
-    let mut client = node.client().await;
-    let port = client.allocate_port(AllocatePortRequest { call_id: "marks-cut".into() }).await.unwrap().into_inner().rtp_port;
+    let (_tmp, _node, mut client, port) = node_with_a_call(30392, (30380, 30389), "marks-cut").await;
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let control = |uri: &str| PlayAudioRequest {
         audio_uri: uri.into(),
@@ -351,11 +346,7 @@ async fn every_mark_is_answered_after_a_cut_even_those_the_node_had_not_read() {
 async fn an_ogg_opus_decode_bomb_costs_no_memory_and_unfinished_streams_are_bad_audio() {
     use media_node::audio::ogg::page;
     use media_proto::pb::stream_audio_to_call_request::AudioFormat;
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProcess::spawn(std::process::Command::new(media_node_binary()), 30412, 30413, (30400, 30409), tmp.path(), &[]);
-    node.ready().await;
-    let mut client = node.client().await;
-    let port = client.allocate_port(AllocatePortRequest { call_id: "ogg-bomb".into() }).await.unwrap().into_inner().rtp_port;
+    let (_tmp, node, mut client, port) = node_with_a_call(30412, (30400, 30409), "ogg-bomb").await;
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let set_target = PlayAudioRequest {
         audio_uri: "control://set_target".into(),
