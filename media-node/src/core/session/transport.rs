@@ -78,7 +78,20 @@ impl Transport {
     }
 
     pub(super) fn set_target(&mut self, addr: SocketAddr) {
-        self.latch.set_target(addr)
+        self.latch.set_target(addr);
+        Self::peer_moved(&mut self.rtcp_from, &mut self.rtcp, addr);
+    }
+
+    /// The far end moved to `to` (a re-offer's address, a new latch): an RTCP source
+    /// learned on another host is its old one, and is learned again. (Fields apart, so
+    /// a packet read from the plain-text buffer may be held meanwhile.)
+    fn peer_moved(rtcp_from: &mut Option<SocketAddr>, rtcp: &mut Option<(RtcpState, RtcpTarget)>, to: SocketAddr) {
+        if rtcp_from.is_some_and(|from| from.ip() != to.ip()) {
+            *rtcp_from = None;
+            if let Some((state, _)) = rtcp {
+                state.symmetric_to = None;
+            }
+        }
     }
 
     pub(super) fn suggest_target(&mut self, addr: SocketAddr) {
@@ -144,7 +157,10 @@ impl Transport {
         };
         match self.latch.on_packet(from) {
             Verdict::Accept => {}
-            Verdict::Latched(addr) => out.events.push(Event::Latched(addr)),
+            Verdict::Latched(addr) => {
+                Self::peer_moved(&mut self.rtcp_from, &mut self.rtcp, addr);
+                out.events.push(Event::Latched(addr));
+            }
             Verdict::Foreign => {
                 self.counts.foreign += 1;
                 return None;
@@ -661,5 +677,11 @@ mod session_tests {
             s.handle_tick(t0 + MS20 * k, &mut out);
         }
         assert!(!out.rtcp.is_empty() && out.rtcp.iter().all(|t| t.to == far_rtcp()));
+        // The far end moves to another host (a re-offer's address): its RTCP there is
+        // learned afresh.
+        let moved: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+        s.handle_command(Command::SetTarget(moved), &mut out);
+        s.handle_rtcp(t0, "127.0.0.2:40001".parse().unwrap(), &lossy(99));
+        assert!(s.take_far_end_report().is_some(), "read from the far end's new host");
     }
 }
