@@ -23,7 +23,7 @@ use super::udp;
 use crate::audio::listener::ListenerFormat;
 use crate::core::analysis::{AnalysisConfig, Signal};
 use crate::core::jitter::JitterConfig;
-use crate::core::negotiation::{Negotiation, Outcome};
+use crate::core::negotiation::{Negotiation, Outcome, Refused, Request};
 use crate::core::playback::{FrameSource, MarkFate, PlaybackId, PlaybackOutcome, Sound};
 use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
@@ -103,8 +103,8 @@ pub enum CallCommand {
     },
     /// SDP offer/answer for the call: what was agreed applies before the reply.
     Negotiate {
-        request: crate::core::negotiation::Request,
-        reply: oneshot::Sender<Result<crate::core::negotiation::Outcome, crate::core::negotiation::Refused>>,
+        request: Request,
+        reply: NegotiateReply,
     },
     /// `attached` says whether the call took the listener (false: MAX_LISTENERS, none
     /// of them stalled); `evicted` fires if the call ends it later to make room.
@@ -243,14 +243,14 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
 /// How often a call's interarrival jitter is sampled into the histogram.
 const JITTER_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
 
-type NegotiateReply = oneshot::Sender<Result<Outcome, crate::core::negotiation::Refused>>;
+type NegotiateReply = oneshot::Sender<Result<Outcome, Refused>>;
 
 struct CallTask {
     session: Session,
     /// The call's offer/answer state.
     negotiation: Negotiation,
     /// A NegotiateSdp answer, sent at the end of the turn that applied it.
-    negotiated: Option<(NegotiateReply, Result<Outcome, crate::core::negotiation::Refused>)>,
+    negotiated: Option<(NegotiateReply, Result<Outcome, Refused>)>,
     wideband: watch::Sender<bool>,
     /// The codec the call's gauge counts it under (what the node sends).
     counted_codec: crate::core::codec::AudioCodec,
