@@ -18,7 +18,7 @@ use crate::core::rtp::RtpPacket;
 pub(super) const MAX_REBUILT_PACKETS: u16 = 5;
 
 /// A clock read only to measure time spent in codecs, for a metric: handed in, so the
-/// core reads none of its own (`std::time::Instant::now` in the node).
+/// core reads none of its own (the call task hands in the monotonic clock).
 pub type Stopwatch = fn() -> Instant;
 
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,6 @@
 //! The session as a whole (its parts' own tests beside them), and the helpers those
 //! tests share: a session with fixed origins, a caller's packets, ticks, settings.
+#![cfg(test)]
 use super::*;
 use crate::core::analysis::Signal;
 use crate::core::codec::OpusPrefs;

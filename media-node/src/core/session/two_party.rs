@@ -2,6 +2,7 @@
 //! are handed to the other at made-up times, and each side's offer/answer goes through
 //! its own `Negotiation`, so whole calls (SRTP, re-offers, hold, DTMF both ways,
 //! barge-in) run without a socket, deterministically.
+#![cfg(test)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
