@@ -326,7 +326,13 @@ impl Node {
             })
             .await
             .clone();
-        lock(&self.decoding).remove(&key);
+        // Done: later requests find the cache (or the refusal). Only this decode's cell
+        // goes; one that a request after it started stays for its own waiters.
+        let mut decoding = lock(&self.decoding);
+        if decoding.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            decoding.remove(&key);
+        }
+        drop(decoding);
         result.map_err(|f| match f {
             PromptFailure::Read(e) => NodeError::Read(e),
             PromptFailure::Undecodable(why) => NodeError::Undecodable(why),
