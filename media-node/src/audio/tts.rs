@@ -198,9 +198,9 @@ impl StreamDecoder {
         }
     }
 
-    /// At least `max` samples of the call's 8 kHz PCM of what was pushed (less at the
-    /// end of it; the 16 kHz copy in `take_wide`), decoded now; None when nothing is
-    /// left. A caller that takes pieces only as playback needs them holds little
+    /// The call's 8 kHz PCM of what was pushed, decoded now: packets until `max`
+    /// samples are reached (so at most one packet over; less at the end), their 16 kHz
+    /// copy in `take_wide`; None when nothing is left. A caller that takes pieces only as playback needs them holds little
     /// decoded audio, however much a chunk decodes to.
     pub fn next_piece(&mut self, max: usize) -> Result<Option<Vec<i16>>, StreamError> {
         match self {
@@ -370,13 +370,7 @@ mod tests {
         }
         assert_eq!(from_raw.len(), 8000, "20 ms a packet, at 8 kHz");
         // The same packets in Ogg, with a pre-skip of 312 samples at 48 kHz (52 at 8 kHz).
-        let mut head = b"OpusHead".to_vec();
-        head.extend_from_slice(&[1, 1]);
-        head.extend_from_slice(&312u16.to_le_bytes());
-        head.extend_from_slice(&48000u32.to_le_bytes());
-        head.extend_from_slice(&[0, 0, 0]);
-        let mut stream = page(3, 0, 0, 2, &[&head]);
-        stream.extend(page(3, 1, 0, 0, &[b"OpusTags\0\0\0\0\0\0\0\0"]));
+        let mut stream = ogg_head(1, 0, 312);
         for (k, group) in packets.chunks(10).enumerate() {
             let refs: Vec<&[u8]> = group.iter().map(|p| p.as_slice()).collect();
             stream.extend(page(3, 2 + k as u32, 0, 0, &refs));
@@ -405,13 +399,14 @@ mod tests {
         assert_eq!(d.decode(&[0x03, 0x00]), Err(StreamError::BadPacket(1, 2)));
     }
 
-    /// An Ogg Opus stream's header pages (mono, mapping family 0, no pre-skip).
+    /// An Ogg Opus stream's header pages: OpusHead (its channels, mapping family and
+    /// pre-skip at 48 kHz) and OpusTags.
     #[cfg(feature = "opus")]
-    fn ogg_head(channels: u8, family: u8) -> Vec<u8> {
+    fn ogg_head(channels: u8, family: u8, pre_skip: u16) -> Vec<u8> {
         use super::super::ogg::page;
         let mut head = b"OpusHead".to_vec();
         head.extend_from_slice(&[1, channels]);
-        head.extend_from_slice(&0u16.to_le_bytes());
+        head.extend_from_slice(&pre_skip.to_le_bytes());
         head.extend_from_slice(&48000u32.to_le_bytes());
         head.extend_from_slice(&[0, 0, family]);
         let mut stream = page(3, 0, 0, 2, &[&head]);
@@ -427,7 +422,7 @@ mod tests {
         use super::super::ogg::page;
         let tone: Vec<i16> = (0..16_000).map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16).collect();
         let packets = opus_packets(&tone);
-        let mut stream = ogg_head(1, 0);
+        let mut stream = ogg_head(1, 0, 0);
         for (k, group) in packets.chunks(50).enumerate() {
             let refs: Vec<&[u8]> = group.iter().map(|p| p.as_slice()).collect();
             stream.extend(page(3, 2 + k as u32, 0, 0, &refs));
@@ -451,16 +446,16 @@ mod tests {
     fn empty_packets_odd_heads_and_unfinished_ends_are_bad_audio() {
         use super::super::ogg::page;
         let packets = opus_packets(&[1000i16; 1600]);
-        let mut stream = ogg_head(1, 0);
+        let mut stream = ogg_head(1, 0, 0);
         stream.extend(page(3, 2, 0, 0, &[packets[0].as_slice(), &[]]));
         let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
         assert_eq!(d.decode(&stream), Err(StreamError::BadPacket(1, 0)));
         let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
-        assert_eq!(d.decode(&ogg_head(255, 0)), Err(StreamError::Channels(1, 255, 0)));
+        assert_eq!(d.decode(&ogg_head(255, 0, 0)), Err(StreamError::Channels(1, 255, 0)));
         let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
-        assert_eq!(d.decode(&ogg_head(6, 1)), Err(StreamError::Channels(1, 6, 1)));
+        assert_eq!(d.decode(&ogg_head(6, 1, 0)), Err(StreamError::Channels(1, 6, 1)));
         // Whole pages, then a page cut short: the audio before it plays, the end says so.
-        let mut good = ogg_head(2, 0);
+        let mut good = ogg_head(2, 0, 0);
         good.extend(page(3, 2, 0, 0, &[packets[0].as_slice()]));
         let cut = page(3, 3, 0, 0, &[packets[1].as_slice()]);
         let mut d = StreamDecoder::new(StreamFormat::OggOpus, false).unwrap();
