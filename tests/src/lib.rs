@@ -6,6 +6,7 @@ pub mod helm;
 pub mod process;
 pub mod rabbitmq;
 pub mod s3;
+pub mod speakerphone;
 pub mod voice;
 
 use std::net::SocketAddr;

@@ -200,12 +200,17 @@ impl StreamDecoder {
 
     /// The call's 8 kHz PCM of what was pushed, decoded now: packets until `max`
     /// samples are reached (so at most one packet over; less at the end), their 16 kHz
-    /// copy in `take_wide`; None when nothing is left. A caller that takes pieces only as playback needs them holds little
-    /// decoded audio, however much a chunk decodes to.
+    /// copy in `take_wide`; None when nothing is left. A caller that takes pieces only
+    /// as playback needs them holds little decoded audio, however much a chunk decodes
+    /// to.
     pub fn next_piece(&mut self, max: usize) -> Result<Option<Vec<i16>>, StreamError> {
         match self {
-            // PCM's one piece a chunk keeps its two copies two to one.
-            StreamDecoder::Pcm(d) => Ok(d.pending.take()),
+            // PCM's one piece a chunk keeps its two copies two to one: `max` does not
+            // split it.
+            StreamDecoder::Pcm(d) => {
+                let _ = max;
+                Ok(d.pending.take())
+            }
             #[cfg(feature = "opus")]
             StreamDecoder::Opus(o) => o.next_piece(max),
         }

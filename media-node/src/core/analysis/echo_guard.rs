@@ -1,23 +1,436 @@
-//! Is what the caller "says" only the bot's own audio coming back? A speakerphone or
-//! a poor handset returns the prompt 50 to 300 ms late and attenuated, and a voice
-//! detector rightly calls that speech; barge-in on it would cut every prompt. The node
-//! knows what it played, so it can tell: if a delayed, scaled copy of the played audio
-//! explains most of the caller's energy, it is echo.
+//! Is what the caller "says" only the bot's own audio coming back? A speakerphone, a
+//! hands-free kit or a poor handset returns the prompt 20 to 500 ms late, at up to
+//! +6 dB, through a room that adds a decaying tail; a voice detector rightly calls that
+//! speech, and a barge-in on it would cut every prompt. The node knows what it played,
+//! so it can tell, frame by frame (16 ms), before the voice detector's gate counts the
+//! frame as the caller's voice:
 //!
-//! The search: the best delay in `MIN_LAG..MAX_LAG`, first coarsely on both signals
-//! averaged over 4 samples (speech's energy is mostly under 1 kHz), then to the sample
-//! around the coarse best; the least-squares gain at that delay gives the energy the
-//! echo explains. Only run when a barge-in is being decided, so its cost (about 0.3 M
-//! multiply-adds per check) is paid a few times per caller turn, not per frame.
+//! 1. **The echo path** (delay and gain) is found when the caller's audio first
+//!    sounds while the node plays, and followed after. Candidate delays in
+//!    `MIN_LAG..MAX_LAG` come from a generalized cross-correlation with the phase
+//!    transform (GCC-PHAT, one 8192-point FFT pair); each is checked by least squares
+//!    on the waveforms, and the best is adopted when a delayed, scaled copy of what
+//!    was played explains most of what was heard. A young path is searched again
+//!    whenever a frame goes unexplained (a voice's steady pitch can make a near miss
+//!    look good), an older one at most every 250 ms; every 128 ms of echo the delay
+//!    (the far end's clock drifts) and the gain are followed to the sample.
+//! 2. **The echo expected in each band** of the frame: the direct path (what was
+//!    played exactly one delay before, at the path's gain) plus the room's tail (the
+//!    played blocks before that, decaying at a rate learned per call), as WebRTC
+//!    AEC3's residual-echo model does. A pause in the prompt where only the tail
+//!    remains is thus still echo.
+//! 3. **The verdict**: the frame is echo when nearly none of its energy stands above
+//!    the expected echo and the noise floor, band by band. The caller talking over the
+//!    bot fills bands the bot's voice leaves empty at that moment, so double talk at
+//!    0 dB still counts as the caller's voice.
+//!
+//! Nothing runs while the node has played nothing that could still come back. While
+//! it plays: a 128-point FFT per played block, and per frame the voice detector
+//! scores as voice, one more for the delayed played frame; the search (about 1 M
+//! flops) a few times per call; the tracking (33 lags over 64 ms) every 128 ms.
+//! BENCHMARKS.md has the measured cost.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
 
-/// Delays searched, in 8 kHz samples (20 to 400 ms: handset echo plus the round trip).
+use realfft::num_complex::Complex;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+
+use super::bands::{Analyser, Bands, BANDS, FRAME};
+
+/// Delays searched, in 8 kHz samples (20 to 550 ms: a trunk's round trip, a handset or
+/// a car kit, and a little room for the far end's clock drifting over a call).
 pub const MIN_LAG: u64 = 160;
-pub const MAX_LAG: u64 = 3200;
-/// Caller energy left unexplained by the echo below which it is echo (-5 dB).
-const ECHO_RESIDUAL: f64 = 0.3;
-const DECIMATE: u64 = 4;
+pub const MAX_LAG: u64 = 4400;
+/// The search looks at this much of the caller's audio (128 ms).
+const SEARCH: u64 = 1024;
+/// A path is adopted when it explains at least this share of the caller's energy.
+const ADOPT: f64 = 0.6;
+/// Cross-correlation peaks checked at the full rate.
+const CANDIDATES: usize = 3;
+/// The FFT that cross-correlates the search window with what was played before it.
+const GCC_SIZE: usize = 8192;
+
+fn gcc_plans() -> &'static (Arc<dyn RealToComplex<f32>>, Arc<dyn ComplexToReal<f32>>) {
+    static PLANS: OnceLock<(Arc<dyn RealToComplex<f32>>, Arc<dyn ComplexToReal<f32>>)> = OnceLock::new();
+    PLANS.get_or_init(|| {
+        let mut planner = RealFftPlanner::<f32>::new();
+        (planner.plan_fft_forward(GCC_SIZE), planner.plan_fft_inverse(GCC_SIZE))
+    })
+}
+
+/// The room's tail is followed this far behind the direct path (47 blocks, 750 ms).
+const TAIL_BLOCKS: usize = 47;
+/// The tail's energy in the j-th block behind the direct path is `tail_gain * RHO^j`
+/// of what the direct path brought in that block. RHO is 0.55 dB per block (a slow
+/// room: sox's larger rooms fall about that fast after their first 100 ms). The gain
+/// starts at GAMMA and is learned per call from frames judged echo, slowly, and never
+/// below TAIL_MIN: a room that was quiet so far is not assumed to have no tail at all.
+const RHO: f32 = 0.88;
+const GAMMA: f32 = 0.05;
+const TAIL_LEARNING: f32 = 0.05;
+const TAIL_MIN: f32 = 0.03;
+const TAIL_MAX: f32 = 0.6;
+/// A band's energy is explained up to MARGIN times the direct echo and noise floor
+/// expected in it (+3 dB), plus TAIL_MARGIN times the expected tail (+6 dB: a diffuse
+/// tail's level swings more from frame to frame than a direct copy's).
+const MARGIN: f32 = 2.0;
+const TAIL_MARGIN: f32 = 4.0;
+/// A frame is echo when no more than this share of its energy stands above that.
+const UNEXPLAINED: f32 = 0.15;
+/// Played blocks quieter than this (about -60 dBFS) are silence: no FFT for them.
+const SILENT_BLOCK: f32 = 1.0;
+/// Frames between two checks of the path while echo comes back (128 ms).
+const TRACK_EVERY: u32 = 8;
+/// Frames between two searches while frames go unexplained (250 ms), or 2 while the
+/// path has explained fewer than YOUNG frames (about a second of echo).
+const RESEARCH_EVERY: u32 = 16;
+const YOUNG: u32 = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing the node played could have come back in this frame.
+    NothingPlayed,
+    Echo,
+    /// More than the echo: the caller's voice (or something else the node did not play).
+    NotEcho,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Path {
+    delay: u64,
+    /// The path's power gain (its amplitude gain squared).
+    gain2: f32,
+}
+
+pub struct EchoGuard {
+    played: Timeline,
+    heard: Timeline,
+    analyser: Analyser,
+    /// The played audio's bands per FRAME-sample block on the timeline grid (block
+    /// index, bands), the newest last; silent blocks are zeros.
+    played_bands: VecDeque<(u64, Bands)>,
+    /// The block being filled.
+    block: Vec<i16>,
+    block_index: u64,
+    /// The end of the last played block that was not silence.
+    last_loud: Option<u64>,
+    path: Option<Path>,
+    /// Frames since the path was last checked or searched for.
+    since_track: u32,
+    since_search: u32,
+    /// Searches in a row that found no path.
+    failed: u32,
+    /// Frames found to be echo since the path was adopted (a young path may be a
+    /// near miss: a voice's steady pitch explains much at a lag a pitch period off).
+    confirmed: u32,
+    /// The room's tail, learned: its energy per block behind the direct path is
+    /// `tail_gain * RHO^age` of the direct path's.
+    tail_gain: f32,
+}
+
+impl Default for EchoGuard {
+    fn default() -> Self {
+        EchoGuard {
+            played: Timeline::new((MAX_LAG + SEARCH + 2 * FRAME as u64) as usize),
+            heard: Timeline::new(2 * SEARCH as usize),
+            analyser: Analyser::default(),
+            played_bands: VecDeque::with_capacity(blocks_kept()),
+            block: Vec::with_capacity(FRAME),
+            block_index: 0,
+            last_loud: None,
+            path: None,
+            since_track: 0,
+            since_search: RESEARCH_EVERY,
+            failed: 0,
+            confirmed: 0,
+            tail_gain: GAMMA,
+        }
+    }
+}
+
+fn blocks_kept() -> usize {
+    (MAX_LAG as usize + FRAME) / FRAME + TAIL_BLOCKS + 4
+}
+
+/// Energy `h` explained by `p` scaled at best: dot²/‖p‖².
+fn explained(dot: f64, pp: f64) -> f64 {
+    if pp <= 0.0 {
+        0.0
+    } else {
+        dot * dot / pp
+    }
+}
+
+impl EchoGuard {
+    /// Our own audio as it went out, at its timeline position.
+    pub fn on_played(&mut self, pos: u64, pcm: &[i16]) {
+        self.played.push(pos, pcm);
+        let frame = FRAME as u64;
+        let mut at = pos;
+        let mut rest = pcm;
+        while !rest.is_empty() {
+            let index = at / frame;
+            if index != self.block_index || self.block.is_empty() {
+                if !self.block.is_empty() {
+                    self.finish_block();
+                }
+                self.block_index = index;
+                // A block joined part way: silence before.
+                self.block.resize((at % frame) as usize, 0);
+            }
+            let take = rest.len().min(FRAME - self.block.len());
+            self.block.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            at += take as u64;
+            if self.block.len() == FRAME {
+                self.finish_block();
+                self.block_index = index + 1;
+            }
+        }
+    }
+
+    fn finish_block(&mut self) {
+        self.block.resize(FRAME, 0);
+        let power = self.block.iter().map(|&s| (s as f32) * (s as f32)).sum::<f32>() / FRAME as f32;
+        let bands = if power < SILENT_BLOCK {
+            [0.0; BANDS]
+        } else {
+            self.last_loud = Some((self.block_index + 1) * FRAME as u64);
+            self.analyser.bands(&self.block)
+        };
+        if self.played_bands.len() == blocks_kept() {
+            self.played_bands.pop_front();
+        }
+        self.played_bands.push_back((self.block_index, bands));
+        self.block.clear();
+    }
+
+    /// The caller's audio, at its timeline position.
+    pub fn on_heard(&mut self, pos: u64, pcm: &[i16]) {
+        self.heard.push(pos, pcm);
+    }
+
+    /// The bands of the caller's frame at `from` (FRAME samples).
+    pub fn heard_bands(&mut self, from: u64) -> Bands {
+        let mut frame = [0i16; FRAME];
+        for (i, s) in frame.iter_mut().enumerate() {
+            *s = self.heard.at(from + i as u64) as i16;
+        }
+        self.analyser.bands(&frame)
+    }
+
+    /// Could anything the node played be coming back in the frame at `from`?
+    fn anything_played(&self, from: u64) -> bool {
+        let reach = MAX_LAG + (TAIL_BLOCKS * FRAME) as u64;
+        self.last_loud.is_some_and(|end| end + reach > from)
+    }
+
+    /// Is the caller's frame at `from` (its `bands`, over the noise floor `noise`)
+    /// only the node's own audio coming back?
+    pub fn judge(&mut self, from: u64, bands: &Bands, noise: &Bands) -> Verdict {
+        if !self.anything_played(from) {
+            return Verdict::NothingPlayed;
+        }
+        let to = from + FRAME as u64;
+        self.since_search = self.since_search.saturating_add(1);
+        self.since_track = self.since_track.saturating_add(1);
+        // Not found yet: every voiced frame searches (the first echo must not be heard
+        // as speech), every fourth once eight searches in a row found nothing (the
+        // caller talks, and nothing of the bot comes back).
+        if self.path.is_none() && self.since_search >= if self.failed < 8 { 1 } else { 4 } {
+            self.search(to);
+        }
+        let Some(path) = self.path else { return Verdict::NotEcho };
+        let verdict = self.verdict(from, path, bands, noise);
+        let young = self.confirmed < YOUNG;
+        match verdict {
+            Verdict::Echo => {
+                self.confirmed = self.confirmed.saturating_add(1);
+                if self.since_track >= TRACK_EVERY {
+                    self.track(to);
+                }
+            }
+            Verdict::NotEcho if self.since_search >= if young { 2 } else { RESEARCH_EVERY } => {
+                if self.search(to) {
+                    return self.verdict(from, self.path.expect("just found"), bands, noise);
+                }
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    fn verdict(&mut self, from: u64, path: Path, bands: &Bands, noise: &Bands) -> Verdict {
+        let (direct, tail) = self.expected_echo(from, path);
+        let total: f32 = bands.iter().sum();
+        let margin = MARGIN;
+        let above: f32 =
+            (0..BANDS).map(|b| (bands[b] - margin * (direct[b] + noise[b]) - TAIL_MARGIN * self.tail_gain * tail[b]).max(0.0)).sum();
+        if above > UNEXPLAINED * total {
+            return Verdict::NotEcho;
+        }
+        // Echo: learn the room's tail from what the direct path leaves, where the tail
+        // is a fair part of what is expected (a pause in the prompt, a word's end).
+        let unit: f32 = tail.iter().sum();
+        if unit > 0.1 * total {
+            let left: f32 = (0..BANDS).map(|b| (bands[b] - direct[b] - noise[b]).max(0.0)).sum();
+            let observed = (left / unit).min(2.0 * self.tail_gain);
+            self.tail_gain = (self.tail_gain + TAIL_LEARNING * (observed - self.tail_gain)).clamp(TAIL_MIN, TAIL_MAX);
+        }
+        Verdict::Echo
+    }
+
+    /// The echo expected in each band of the caller's frame at `from`: the direct path
+    /// from what was played exactly `delay` before (the delay is followed to the
+    /// sample), the room's tail from the played blocks before that.
+    fn expected_echo(&mut self, from: u64, path: Path) -> (Bands, Bands) {
+        let frame = FRAME as u64;
+        let Some(src) = from.checked_sub(path.delay) else { return ([0.0; BANDS], [0.0; BANDS]) };
+        let mut played = [0i16; FRAME];
+        for (i, s) in played.iter_mut().enumerate() {
+            *s = self.played.at(src + i as u64) as i16;
+        }
+        let direct = self.analyser.bands(&played);
+        let first = src / frame;
+        let mut tail = [0.0f32; BANDS];
+        for &(index, ref b) in self.played_bands.iter().rev() {
+            if index >= first {
+                continue;
+            }
+            let age = (first - index) as i32;
+            if age as usize > TAIL_BLOCKS {
+                break;
+            }
+            let w = RHO.powi(age);
+            for (t, &e) in tail.iter_mut().zip(b) {
+                *t += w * e;
+            }
+        }
+        (direct.map(|d| path.gain2 * d), tail.map(|t| path.gain2 * t))
+    }
+
+    /// Looks for the echo path in the caller's audio up to `to`; true when one was
+    /// found (and adopted).
+    fn search(&mut self, to: u64) -> bool {
+        self.since_search = 0;
+        let found = self.best_lag(to, SEARCH, MIN_LAG, MAX_LAG);
+        match found {
+            Some((lag, gain, share)) if share >= ADOPT => {
+                if self.path.is_none_or(|p| p.delay.abs_diff(lag) > 2) {
+                    self.confirmed = 0;
+                }
+                self.path = Some(Path { delay: lag, gain2: (gain * gain) as f32 });
+                self.since_track = 0;
+                self.failed = 0;
+                true
+            }
+            _ => {
+                self.failed = self.failed.saturating_add(1);
+                false
+            }
+        }
+    }
+
+    /// Follows a known path's delay (the far end's clock drifts) and gain.
+    fn track(&mut self, to: u64) {
+        self.since_track = 0;
+        let Some(path) = self.path else { return };
+        let lo = path.delay.saturating_sub(16).max(MIN_LAG);
+        if let Some((lag, gain, share)) = self.fine(to, SEARCH / 2, lo, path.delay + 16) {
+            if share >= ADOPT {
+                let gain2 = (gain * gain) as f32;
+                self.path = Some(Path { delay: lag, gain2: 0.7 * path.gain2 + 0.3 * gain2 });
+            }
+        }
+    }
+
+    /// The best delay in `lo..=hi` for the `window` samples before `to`: (delay, gain,
+    /// share of the heard energy it explains). Candidates come from the generalized
+    /// cross-correlation with the phase transform (GCC-PHAT: every frequency weighed
+    /// alike, so a voice's steady pitch, strong under 1 kHz, does not make a lag a pitch
+    /// period off look as good as the true one); each is then checked at the full rate
+    /// by least squares. Before the timeline's start the node played silence.
+    fn best_lag(&self, to: u64, window: u64, lo: u64, hi: u64) -> Option<(u64, f64, f64)> {
+        let window = window.min(to.saturating_sub(self.heard.start)).min(self.heard.cap as u64);
+        if window < 2 * FRAME as u64 || hi < lo || window + hi - lo >= GCC_SIZE as u64 {
+            return None;
+        }
+        let from = to - window;
+        let (fwd, inv) = gcc_plans();
+        let mut h = fwd.make_input_vec();
+        for (i, v) in h.iter_mut().take(window as usize).enumerate() {
+            *v = self.heard.at(from + i as u64) as f32;
+        }
+        // q[m] = played[from - hi + m]: lag L pairs h[n] with q[n + hi - L].
+        let mut q = fwd.make_input_vec();
+        let base = from as i64 - hi as i64;
+        for (m, v) in q.iter_mut().take((window + hi - lo) as usize).enumerate() {
+            *v = self.played.at_signed(base + m as i64) as f32;
+        }
+        let mut hs = fwd.make_output_vec();
+        let mut qs = fwd.make_output_vec();
+        fwd.process(&mut h, &mut hs).ok()?;
+        fwd.process(&mut q, &mut qs).ok()?;
+        for (x, hx) in qs.iter_mut().zip(&hs) {
+            let c = hx.conj() * *x;
+            let m = c.norm();
+            *x = if m > 1e-3 { c / m } else { Complex::new(0.0, 0.0) };
+        }
+        // A real signal's spectrum has real DC and Nyquist bins.
+        qs[0].im = 0.0;
+        let last = qs.len() - 1;
+        qs[last].im = 0.0;
+        let mut xc = inv.make_output_vec();
+        inv.process(&mut qs, &mut xc).ok()?;
+        let mut top: [(f32, u64); CANDIDATES] = [(f32::MIN, lo); CANDIDATES];
+        for shift in 0..=(hi - lo) {
+            let x = xc[shift as usize];
+            let lag = hi - shift;
+            if let Some(near) = top.iter_mut().find(|t| t.1.abs_diff(lag) <= 8 && t.0 > f32::MIN) {
+                if x > near.0 {
+                    *near = (x, lag);
+                }
+            } else if x > top[CANDIDATES - 1].0 {
+                top[CANDIDATES - 1] = (x, lag);
+                top.sort_by(|a, b| b.0.total_cmp(&a.0));
+            }
+        }
+        top.iter()
+            .filter(|t| t.0 > f32::MIN)
+            .filter_map(|t| self.fine(to, window, t.1.saturating_sub(2).max(lo), (t.1 + 2).min(hi)))
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+    }
+
+    /// Every lag in `lo..=hi` at the full rate, over the `window` samples before `to`.
+    fn fine(&self, to: u64, window: u64, lo: u64, hi: u64) -> Option<(u64, f64, f64)> {
+        let window = window.min(to.saturating_sub(self.heard.start));
+        let from = to.checked_sub(window)?;
+        let h: Vec<f64> = (from..to).map(|p| self.heard.at(p)).collect();
+        let eh: f64 = h.iter().map(|v| v * v).sum();
+        if eh <= 0.0 {
+            return None;
+        }
+        let mut best: Option<(u64, f64, f64)> = None;
+        for lag in lo..=hi {
+            let start = from as i64 - lag as i64;
+            let (dot, pp) = h.iter().enumerate().fold((0.0, 0.0), |(d, e), (i, a)| {
+                let b = self.played.at_signed(start + i as i64);
+                (d + a * b, e + b * b)
+            });
+            let share = explained(dot, pp) / eh;
+            if best.is_none_or(|b| share > b.2) {
+                best = Some((lag, if pp > 0.0 { dot / pp } else { 0.0 }, share));
+            }
+        }
+        best
+    }
+
+    /// The path's delay in samples, once found.
+    pub fn delay(&self) -> Option<u64> {
+        self.path.map(|p| p.delay)
+    }
+}
 
 struct Timeline {
     samples: VecDeque<i16>,
@@ -58,6 +471,10 @@ impl Timeline {
         self.start += excess as u64;
     }
 
+    fn at_signed(&self, pos: i64) -> f64 {
+        u64::try_from(pos).map_or(0.0, |p| self.at(p))
+    }
+
     fn at(&self, pos: u64) -> f64 {
         if pos < self.start {
             return 0.0;
@@ -66,89 +483,11 @@ impl Timeline {
     }
 }
 
-pub struct EchoGuard {
-    played: Timeline,
-    heard: Timeline,
-}
-
-impl Default for EchoGuard {
-    fn default() -> Self {
-        EchoGuard { played: Timeline::new(8000), heard: Timeline::new(4000) }
-    }
-}
-
-/// Energy `h` explained by `p` scaled at best: dot²/‖p‖².
-fn explained(dot: f64, pp: f64) -> f64 {
-    if pp <= 0.0 {
-        0.0
-    } else {
-        dot * dot / pp
-    }
-}
-
-impl EchoGuard {
-    /// Our own audio as it went out, at its timeline position.
-    pub fn on_played(&mut self, pos: u64, pcm: &[i16]) {
-        self.played.push(pos, pcm);
-    }
-
-    /// The caller's audio, at its timeline position.
-    pub fn on_heard(&mut self, pos: u64, pcm: &[i16]) {
-        self.heard.push(pos, pcm);
-    }
-
-    /// The share of the caller's energy in the `window` samples before `to` that no
-    /// delayed copy of our audio explains (1.0: none of it is echo).
-    pub fn residual(&self, to: u64, window: u64) -> f64 {
-        let window = window.min(to.saturating_sub(self.heard.start)).min(self.heard.cap as u64) / DECIMATE * DECIMATE;
-        if window < 80 {
-            return 1.0;
-        }
-        let from = to - window;
-        let h: Vec<f64> = (from..to).map(|p| self.heard.at(p)).collect();
-        let eh: f64 = h.iter().map(|v| v * v).sum();
-        if eh <= 0.0 {
-            return 1.0;
-        }
-        // Coarse: 4-sample averages, lags in steps of 4.
-        let hd: Vec<f64> = h.chunks(DECIMATE as usize).map(|c| c.iter().sum::<f64>()).collect();
-        let base = from.saturating_sub(MAX_LAG);
-        let pd: Vec<f64> = (0..(window + MAX_LAG - MIN_LAG) / DECIMATE)
-            .map(|j| (0..DECIMATE).map(|i| self.played.at(base + j * DECIMATE + i)).sum())
-            .collect();
-        let mut best = (0.0, MIN_LAG);
-        for lag in (MIN_LAG..=MAX_LAG.min(from)).step_by(DECIMATE as usize) {
-            let off = ((from - lag - base) / DECIMATE) as usize;
-            let Some(p) = pd.get(off..off + hd.len()) else { continue };
-            let (dot, pp) = hd.iter().zip(p).fold((0.0, 0.0), |(d, e), (a, b)| (d + a * b, e + b * b));
-            let x = explained(dot, pp);
-            if x > best.0 {
-                best = (x, lag);
-            }
-        }
-        // Fine: every lag around the coarse best, at the full rate.
-        let mut best_fine = 0.0f64;
-        for lag in best.1.saturating_sub(DECIMATE).max(MIN_LAG)..=(best.1 + DECIMATE).min(MAX_LAG).min(from) {
-            let (dot, pp) = h.iter().enumerate().fold((0.0, 0.0), |(d, e), (i, a)| {
-                let b = self.played.at(from - lag + i as u64);
-                (d + a * b, e + b * b)
-            });
-            best_fine = best_fine.max(explained(dot, pp));
-        }
-        (1.0 - best_fine / eh).clamp(0.0, 1.0)
-    }
-
-    /// True when our own audio, delayed and attenuated, explains the caller's audio.
-    pub fn is_echo(&self, to: u64, window: u64) -> bool {
-        self.residual(to, window) < ECHO_RESIDUAL
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn speech(seed: u32, n: usize) -> Vec<i16> {
+    pub(super) fn speech(seed: u32, n: usize) -> Vec<i16> {
         // Noise shaped into syllables: enough to test alignment, not a voice.
         let mut x = seed;
         (0..n)
@@ -162,43 +501,27 @@ mod tests {
             .collect()
     }
 
-    fn feed(g: &mut EchoGuard, played: &[i16], heard: &[i16]) {
-        for (k, (p, h)) in played.chunks(160).zip(heard.chunks(160)).enumerate() {
-            g.on_played(k as u64 * 160, p);
-            g.on_heard(k as u64 * 160, h);
-        }
-    }
-
     #[test]
-    fn delayed_attenuated_copy_is_echo_and_other_speech_is_not() {
+    fn the_search_finds_the_delay() {
         let bot = speech(3, 16000);
-        let delay = 1200; // 150 ms
-        let gain = 10f64.powf(-10.0 / 20.0);
-        let echo: Vec<i16> = (0..16000).map(|i| if i >= delay { (bot[i - delay] as f64 * gain) as i16 } else { 0 }).collect();
-        let mut g = EchoGuard::default();
-        feed(&mut g, &bot, &echo);
-        assert!(g.residual(16000, 1600) < 0.01, "echo residual {}", g.residual(16000, 1600));
-
-        let caller = speech(99, 16000);
-        let mixed: Vec<i16> = echo.iter().zip(&caller).map(|(&e, &c)| e.saturating_add(c)).collect();
-        let mut g = EchoGuard::default();
-        feed(&mut g, &bot, &mixed);
-        assert!(!g.is_echo(16000, 1600), "speech over the echo: residual {}", g.residual(16000, 1600));
-
-        // Nothing played: never echo.
-        let mut g = EchoGuard::default();
-        feed(&mut g, &vec![0; 16000], &caller);
-        assert_eq!(g.residual(16000, 1600), 1.0);
-    }
-
-    #[test]
-    fn each_delay_in_the_range_is_found() {
-        let bot = speech(5, 16000);
-        for delay in [MIN_LAG as usize, 401, 2400, MAX_LAG as usize] {
-            let echo: Vec<i16> = (0..16000).map(|i| if i >= delay { bot[i - delay] / 4 } else { 0 }).collect();
+        for delay in [MIN_LAG as usize, 1478, 2400, 4000] {
             let mut g = EchoGuard::default();
-            feed(&mut g, &bot, &echo);
-            assert!(g.is_echo(16000, 1600), "delay {delay}: residual {}", g.residual(16000, 1600));
+            for k in 0..100 {
+                g.on_played(k * 160, &bot[k as usize * 160..(k as usize + 1) * 160]);
+                let heard: Vec<i16> = (0..160)
+                    .map(|i| {
+                        let n = k as usize * 160 + i;
+                        if n >= delay {
+                            bot[n - delay] / 2
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                g.on_heard(k * 160, &heard);
+            }
+            let found = g.best_lag(16000, SEARCH, MIN_LAG, MAX_LAG);
+            assert_eq!(found.map(|f| f.0), Some(delay as u64), "{found:?}");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! presses digits, goes silent), found where the audio is. Pure: positions and times
 //! are passed in. Positions are 8 kHz samples on the call's timeline, the clock the
 //! listener stream, the recording and the outbound audio share.
+pub mod bands;
 pub mod echo_guard;
 pub mod inband_dtmf;
 pub mod quality;
@@ -138,6 +139,19 @@ impl Analyzer {
             out.push(Signal::MediaResumed { pos, silent_ms });
         }
         self.last_rtp = Some(now);
+    }
+
+    /// The node's own audio as it went out: the echo guard's reference.
+    pub fn on_played(&mut self, pos: u64, pcm: &[i16]) {
+        if self.cfg.vad_enabled {
+            self.voice.on_played(pos, pcm);
+        }
+    }
+
+    /// Stretches of the caller's "speech" the echo guard found to be the node's own
+    /// audio coming back, since the last call.
+    pub fn take_echo_held(&mut self) -> u64 {
+        self.voice.take_echo_held()
     }
 
     /// A telephone-event packet (its RTP timestamp and payload), arriving at `pos`.

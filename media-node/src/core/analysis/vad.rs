@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use super::bands::{self, NoiseFloor};
+use super::echo_guard::{EchoGuard, Verdict};
 use crate::core::resample::Resampler;
 
 /// Samples per detector frame at 16 kHz (16 ms).
@@ -61,6 +63,10 @@ const MIN_LEVEL: f64 = 1073.0;
 /// Voice frames in a row after which barge-in may count the caller as speaking (the
 /// barge-in time is its own minimum duration).
 pub const BARGE_IN_FRAMES: u32 = 2;
+/// A frame is voice only when it stands this far above the noise floor (the mean of
+/// its bands' SNRs in dB): street noise scores as voice in the network, but does not
+/// stand above its own floor.
+const SPEECH_ABOVE_FLOOR_DB: f32 = 5.0;
 
 /// The hysteresis on the scores, apart from the network so its rules test alone.
 #[derive(Debug, Clone)]
@@ -91,7 +97,11 @@ impl Gate {
 
     /// One frame's score at `pos` (8 kHz samples).
     pub fn on_score(&mut self, pos: u64, score: f32) -> Option<Speech> {
-        let voice = score >= self.threshold;
+        self.on_voice(pos, score >= self.threshold)
+    }
+
+    /// One frame at `pos`, voice or not.
+    pub fn on_voice(&mut self, pos: u64, voice: bool) -> Option<Speech> {
         if voice == self.speaking {
             self.run = 0;
             return None;
@@ -210,6 +220,17 @@ pub struct VoiceDetector {
     run_onset: Option<(u64, u64)>,
     /// The last frame's score, for tests and the quality event.
     pub last_score: f32,
+    /// The bot's own audio coming back, judged before a frame counts as voice.
+    guard: EchoGuard,
+    /// The caller's noise floor, band by band.
+    floor: NoiseFloor,
+    /// The end of the last frame the guard found to be echo: speech starts after it.
+    echo_until: u64,
+    /// Voice-scored frames in a row the guard held back as echo.
+    echo_run: u32,
+    /// Stretches of "speech" (voice as long as speech must be) the guard found to be
+    /// the node's own audio, since the last `take_echo_held`.
+    echo_held: u64,
 }
 
 impl VoiceDetector {
@@ -225,7 +246,44 @@ impl VoiceDetector {
             energy: Energy::default(),
             run_onset: None,
             last_score: 0.0,
+            guard: EchoGuard::default(),
+            floor: NoiseFloor::default(),
+            echo_until: 0,
+            echo_run: 0,
+            echo_held: 0,
         }
+    }
+
+    /// The node's own audio as it went out (what the caller's phone may return).
+    pub fn on_played(&mut self, pos: u64, pcm: &[i16]) {
+        self.guard.on_played(pos, pcm);
+    }
+
+    /// Stretches the echo guard held back since the last call.
+    pub fn take_echo_held(&mut self) -> u64 {
+        std::mem::take(&mut self.echo_held)
+    }
+
+    /// Is the frame at `pos8` the caller's voice: the network's score, the frame
+    /// standing above the noise floor, and not the node's own audio coming back.
+    fn voiced(&mut self, pos8: u64, score: f32) -> bool {
+        let bands = self.guard.heard_bands(pos8);
+        let snr = self.floor.snr_db(&bands);
+        self.floor.push(&bands);
+        if score < self.gate.threshold || snr < SPEECH_ABOVE_FLOOR_DB {
+            self.echo_run = 0;
+            return false;
+        }
+        if self.guard.judge(pos8, &bands, self.floor.floor()) == Verdict::Echo {
+            self.echo_until = pos8 + bands::FRAME as u64;
+            self.echo_run += 1;
+            if self.echo_run == self.gate.min_speech {
+                self.echo_held += 1;
+            }
+            return false;
+        }
+        self.echo_run = 0;
+        true
     }
 
     /// Feeds 8 kHz audio that starts at `pos`; a gap in positions restarts the
@@ -239,6 +297,7 @@ impl VoiceDetector {
             self.energy.reset();
         }
         self.energy.push(pos, pcm);
+        self.guard.on_heard(pos, pcm);
         self.next_pos = Some(pos + pcm.len() as u64);
         self.up.process_into(pcm, &mut self.wide);
         let delay = self.up.delay_out() as u64;
@@ -250,9 +309,10 @@ impl VoiceDetector {
             self.last_score = score;
             let pos8 = self.origin + self.consumed16.saturating_sub(delay) / 2;
             self.consumed16 += CHUNK16 as u64;
-            match self.gate.on_score(pos8, score) {
+            let voiced = self.voiced(pos8, score);
+            match self.gate.on_voice(pos8, voiced) {
                 Some(Speech::Started { pos }) => {
-                    let onset = self.energy.onset_before(pos);
+                    let onset = self.energy.onset_before(pos).max(self.echo_until);
                     self.gate.set_onset(onset);
                     out.push(Speech::Started { pos: onset });
                 }
@@ -274,7 +334,7 @@ impl VoiceDetector {
         match self.run_onset {
             Some((s, onset)) if s == start => Some(onset),
             _ => {
-                let onset = self.energy.onset_before(start);
+                let onset = self.energy.onset_before(start).max(self.echo_until);
                 self.run_onset = Some((start, onset));
                 Some(onset)
             }

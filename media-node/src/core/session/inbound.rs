@@ -272,7 +272,13 @@ impl Inbound {
         self.heard_end = self.heard_end.max(h.pos + h.pcm.len() as u64);
     }
 
+    /// The node's own audio as it went out, for the echo guard.
+    pub(super) fn on_played(&mut self, pos: u64, pcm: &[i16]) {
+        self.analyzer.on_played(pos, pcm);
+    }
+
     pub(super) fn take_counters(&mut self, c: &mut Counters) {
+        c.barge_in_echo = self.analyzer.take_echo_held();
         let k = &mut self.counts;
         c.packets_in = std::mem::take(&mut k.packets_in);
         c.bytes_in = std::mem::take(&mut k.bytes_in);

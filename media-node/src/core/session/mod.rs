@@ -11,7 +11,8 @@
 //! - `inbound`: payload types, decoding and loss rebuilding, the jitter buffer, the
 //!   analysis taps;
 //! - `outbound`: playback, the frame clock, encoding, ptime packets, RTP numbering;
-//! - `barge_in`: the node's own barge-in and its echo guard;
+//! - `barge_in`: the node's own barge-in (the echo guard is the analysis's: speech
+//!   that is the bot's own audio coming back is no speech at all);
 //! - `dtmf`: the telephone-event payload type, digits out, redaction.
 
 mod barge_in;
@@ -169,7 +170,6 @@ impl Session {
         self.transport.take_counters(&mut c);
         self.inbound.take_counters(&mut c);
         self.outbound.take_counters(&mut c);
-        self.barge_in.take_counters(&mut c);
         self.dtmf.take_counters(&mut c);
         c
     }
@@ -281,7 +281,6 @@ impl Session {
     fn analyse_heard(&mut self, first: usize, out: &mut Outputs) {
         for h in out.heard[first..].iter().filter(|h| !h.late) {
             self.inbound.analyse(h);
-            self.barge_in.on_heard(h.pos, &h.pcm);
         }
         self.emit_signals(out);
         self.dtmf.pass(&mut out.heard, first, self.inbound.heard_end());
@@ -351,7 +350,7 @@ impl Session {
         self.outbound.send_frame(index, source, &frame, wide.as_ref().map(|w| &w[..]), &mut self.transport, out);
         let Some(source) = source.filter(|_| self.outbound.is_sending()) else { return };
         if source != FrameSource::Echo {
-            self.barge_in.on_played(pos, &frame);
+            self.inbound.on_played(pos, &frame);
         }
         out.played.push(Played { pos, pcm: frame, wide: wide.map(|w| w.to_vec()).unwrap_or_default(), source });
     }
