@@ -87,16 +87,19 @@ impl Default for NoiseFloor {
 }
 
 impl NoiseFloor {
-    /// One frame's bands.
+    /// One frame's bands. Digital silence (a stream's concealed start, a muted phone)
+    /// is no noise to stand above: it leaves the floor as it was.
     pub fn push(&mut self, bands: &Bands) {
+        if bands.iter().all(|&e| e < FLOOR_MIN) {
+            return;
+        }
         let first = self.frames == 0;
-        for b in 0..BANDS {
-            self.smoothed[b] = if first { bands[b] } else { 0.7 * self.smoothed[b] + 0.3 * bands[b] };
-            let m = &mut self.mins[self.current][b];
-            *m = m.min(self.smoothed[b]);
+        for ((s, &e), m) in self.smoothed.iter_mut().zip(bands).zip(self.mins[self.current].iter_mut()) {
+            *s = if first { e } else { 0.7 * *s + 0.3 * e };
+            *m = m.min(*s);
         }
         self.frames += 1;
-        if self.frames % SUB == 0 {
+        if self.frames.is_multiple_of(SUB) {
             self.current = (self.current + 1) % WINDOWS;
             self.mins[self.current] = [f32::MAX; BANDS];
         }
@@ -104,6 +107,11 @@ impl NoiseFloor {
             let least = self.mins.iter().map(|m| m[b]).fold(f32::MAX, f32::min).min(self.smoothed[b]);
             self.floor[b] = (least * BIAS).max(FLOOR_MIN);
         }
+    }
+
+    /// True once the floor has followed sound (not digital silence) for a sub-window.
+    pub fn settled(&self) -> bool {
+        self.frames >= SUB
     }
 
     pub fn floor(&self) -> &Bands {

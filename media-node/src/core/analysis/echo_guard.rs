@@ -51,8 +51,10 @@ const CANDIDATES: usize = 3;
 /// The FFT that cross-correlates the search window with what was played before it.
 const GCC_SIZE: usize = 8192;
 
-fn gcc_plans() -> &'static (Arc<dyn RealToComplex<f32>>, Arc<dyn ComplexToReal<f32>>) {
-    static PLANS: OnceLock<(Arc<dyn RealToComplex<f32>>, Arc<dyn ComplexToReal<f32>>)> = OnceLock::new();
+type Plans = (Arc<dyn RealToComplex<f32>>, Arc<dyn ComplexToReal<f32>>);
+
+fn gcc_plans() -> &'static Plans {
+    static PLANS: OnceLock<Plans> = OnceLock::new();
     PLANS.get_or_init(|| {
         let mut planner = RealFftPlanner::<f32>::new();
         (planner.plan_fft_forward(GCC_SIZE), planner.plan_fft_inverse(GCC_SIZE))
@@ -251,10 +253,8 @@ impl EchoGuard {
                     self.track(to);
                 }
             }
-            Verdict::NotEcho if self.since_search >= if young { 2 } else { RESEARCH_EVERY } => {
-                if self.search(to) {
-                    return self.verdict(from, self.path.expect("just found"), bands, noise);
-                }
+            Verdict::NotEcho if self.since_search >= if young { 2 } else { RESEARCH_EVERY } && self.search(to) => {
+                return self.verdict(from, self.path.expect("just found"), bands, noise);
             }
             _ => {}
         }

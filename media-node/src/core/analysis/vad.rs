@@ -66,7 +66,9 @@ pub const BARGE_IN_FRAMES: u32 = 2;
 /// A frame is voice only when it stands this far above the noise floor (the mean of
 /// its bands' SNRs in dB): street noise scores as voice in the network, but does not
 /// stand above its own floor.
-const SPEECH_ABOVE_FLOOR_DB: f32 = 5.0;
+const SPEECH_ABOVE_FLOOR_DB: f32 = 4.0;
+/// A frame this close to the floor (mean band SNR in dB) is the noise alone.
+const QUIET_DB: f32 = 2.0;
 
 /// The hysteresis on the scores, apart from the network so its rules test alone.
 #[derive(Debug, Clone)]
@@ -226,6 +228,9 @@ pub struct VoiceDetector {
     floor: NoiseFloor,
     /// The end of the last frame the guard found to be echo: speech starts after it.
     echo_until: u64,
+    /// The end of the last frame that sat in the noise floor: an onset is not walked
+    /// back past it (street noise's level swings would take it there).
+    quiet_until: u64,
     /// Voice-scored frames in a row the guard held back as echo.
     echo_run: u32,
     /// Stretches of "speech" (voice as long as speech must be) the guard found to be
@@ -249,6 +254,7 @@ impl VoiceDetector {
             guard: EchoGuard::default(),
             floor: NoiseFloor::default(),
             echo_until: 0,
+            quiet_until: 0,
             echo_run: 0,
             echo_held: 0,
         }
@@ -270,6 +276,11 @@ impl VoiceDetector {
         let bands = self.guard.heard_bands(pos8);
         let snr = self.floor.snr_db(&bands);
         self.floor.push(&bands);
+        // Only once the floor has heard some noise: right after digital silence, the
+        // first sound (a soft onset) is all the floor knows.
+        if snr < QUIET_DB && self.floor.settled() {
+            self.quiet_until = pos8 + bands::FRAME as u64;
+        }
         if score < self.gate.threshold || snr < SPEECH_ABOVE_FLOOR_DB {
             self.echo_run = 0;
             return false;
@@ -312,7 +323,7 @@ impl VoiceDetector {
             let voiced = self.voiced(pos8, score);
             match self.gate.on_voice(pos8, voiced) {
                 Some(Speech::Started { pos }) => {
-                    let onset = self.energy.onset_before(pos).max(self.echo_until);
+                    let onset = self.energy.onset_before(pos).max(self.echo_until).max(self.quiet_until);
                     self.gate.set_onset(onset);
                     out.push(Speech::Started { pos: onset });
                 }
@@ -334,7 +345,7 @@ impl VoiceDetector {
         match self.run_onset {
             Some((s, onset)) if s == start => Some(onset),
             _ => {
-                let onset = self.energy.onset_before(start).max(self.echo_until);
+                let onset = self.energy.onset_before(start).max(self.echo_until).max(self.quiet_until);
                 self.run_onset = Some((start, onset));
                 Some(onset)
             }
