@@ -127,7 +127,7 @@ impl Metrics {
             ),
             barge_in_echo: counter(
                 "media_barge_in_echo_suppressed_total",
-                "Barge-ins not made because the caller's speech was the prompt's own echo (once per speech segment)",
+                "Stretches of the caller's audio scored as voice that the echo guard found to be the node's own audio coming back (no speech event, no barge-in)",
             ),
             negotiated: reg(
                 &r,

@@ -71,6 +71,8 @@ pub struct NoiseFloor {
     current: usize,
     frames: usize,
     floor: Bands,
+    /// Take digital silence as a floor of its own (FLOOR_MIN) instead of skipping it.
+    with_silence: bool,
 }
 
 const SUB: usize = 24;
@@ -82,7 +84,14 @@ const FLOOR_MIN: f32 = 0.1;
 
 impl Default for NoiseFloor {
     fn default() -> Self {
-        NoiseFloor { smoothed: [0.0; BANDS], mins: [[f32::MAX; BANDS]; WINDOWS], current: 0, frames: 0, floor: [FLOOR_MIN; BANDS] }
+        NoiseFloor {
+            smoothed: [0.0; BANDS],
+            mins: [[f32::MAX; BANDS]; WINDOWS],
+            current: 0,
+            frames: 0,
+            floor: [FLOOR_MIN; BANDS],
+            with_silence: false,
+        }
     }
 }
 
@@ -90,7 +99,7 @@ impl NoiseFloor {
     /// One frame's bands. Digital silence (a stream's concealed start, a muted phone)
     /// is no noise to stand above: it leaves the floor as it was.
     pub fn push(&mut self, bands: &Bands) {
-        if bands.iter().all(|&e| e < FLOOR_MIN) {
+        if !self.with_silence && bands.iter().all(|&e| e < FLOOR_MIN) {
             return;
         }
         let first = self.frames == 0;
@@ -107,6 +116,16 @@ impl NoiseFloor {
             let least = self.mins.iter().map(|m| m[b]).fold(f32::MAX, f32::min).min(self.smoothed[b]);
             self.floor[b] = (least * BIAS).max(FLOOR_MIN);
         }
+    }
+
+    /// A floor that takes digital silence as what it is: no noise at all.
+    pub fn with_silence() -> NoiseFloor {
+        NoiseFloor { with_silence: true, ..NoiseFloor::default() }
+    }
+
+    /// Frames the floor has followed.
+    pub fn frames(&self) -> usize {
+        self.frames
     }
 
     /// True once the floor has followed sound (not digital silence) for a sub-window.

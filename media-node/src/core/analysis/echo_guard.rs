@@ -71,7 +71,7 @@ const TAIL_BLOCKS: usize = 47;
 const RHO: f32 = 0.88;
 const GAMMA: f32 = 0.05;
 const TAIL_LEARNING: f32 = 0.05;
-const TAIL_MIN: f32 = 0.03;
+const TAIL_MIN: f32 = 0.04;
 const TAIL_MAX: f32 = 0.6;
 /// A band's energy is explained up to MARGIN times the direct echo and noise floor
 /// expected in it (+3 dB), plus TAIL_MARGIN times the expected tail (+6 dB: a diffuse
@@ -121,7 +121,8 @@ pub struct EchoGuard {
     /// Frames since the path was last checked or searched for.
     since_track: u32,
     since_search: u32,
-    /// Searches in a row that found no path.
+    /// Searches that found nothing since a path was last confirmed (a young path's
+    /// failed re-searches count too).
     failed: u32,
     /// Frames found to be echo since the path was adopted (a young path may be a
     /// near miss: a voice's steady pitch explains much at a lag a pitch period off).
@@ -223,37 +224,63 @@ impl EchoGuard {
     }
 
     /// Could anything the node played be coming back in the frame at `from`?
-    fn anything_played(&self, from: u64) -> bool {
+    pub fn could_echo(&self, from: u64) -> bool {
         let reach = MAX_LAG + (TAIL_BLOCKS * FRAME) as u64;
         self.last_loud.is_some_and(|end| end + reach > from)
+    }
+
+    /// The caller's frame at `from` with the direct echo the path predicts taken off,
+    /// band by band (what the line's own noise floor is to be learned from while the
+    /// node plays); the frame as it is while no path is known.
+    pub fn without_direct_echo(&mut self, from: u64, bands: &Bands) -> Bands {
+        let Some(path) = self.path else { return *bands };
+        let (direct, _) = self.expected_echo(from, path);
+        std::array::from_fn(|b| (bands[b] - direct[b]).max(0.0))
     }
 
     /// Is the caller's frame at `from` (its `bands`, over the noise floor `noise`)
     /// only the node's own audio coming back?
     pub fn judge(&mut self, from: u64, bands: &Bands, noise: &Bands) -> Verdict {
-        if !self.anything_played(from) {
+        if !self.could_echo(from) {
             return Verdict::NothingPlayed;
         }
         let to = from + FRAME as u64;
         self.since_search = self.since_search.saturating_add(1);
         self.since_track = self.since_track.saturating_add(1);
         // Not found yet: every voiced frame searches (the first echo must not be heard
-        // as speech), every fourth once eight searches in a row found nothing (the
-        // caller talks, and nothing of the bot comes back).
-        if self.path.is_none() && self.since_search >= if self.failed < 8 { 1 } else { 4 } {
+        // as speech); once eight searches in a row found nothing, the caller talks and
+        // nothing of the bot comes back (a headset): every 16th, then after 32 every
+        // 62nd (about a second), so a caller who talks over the bot costs little.
+        let every = match self.failed {
+            0..8 => 1,
+            8..32 => 16,
+            _ => 62,
+        };
+        if self.path.is_none() && self.since_search >= every {
             self.search(to);
         }
         let Some(path) = self.path else { return Verdict::NotEcho };
         let verdict = self.verdict(from, path, bands, noise);
+        // A young path is searched again on every other unexplained frame, as long as
+        // searches keep finding something (a path that explains nothing after eight
+        // failed searches was a fluke, and is dropped).
         let young = self.confirmed < YOUNG;
+        let research = if young { 2.max(every) } else { RESEARCH_EVERY };
         match verdict {
             Verdict::Echo => {
                 self.confirmed = self.confirmed.saturating_add(1);
+                if self.confirmed == YOUNG {
+                    self.failed = 0;
+                }
                 if self.since_track >= TRACK_EVERY {
                     self.track(to);
                 }
             }
-            Verdict::NotEcho if self.since_search >= if young { 2 } else { RESEARCH_EVERY } && self.search(to) => {
+            Verdict::NotEcho if young && self.failed >= 8 => {
+                self.path = None;
+                self.confirmed = 0;
+            }
+            Verdict::NotEcho if self.since_search >= research && self.search(to) => {
                 return self.verdict(from, self.path.expect("just found"), bands, noise);
             }
             _ => {}
@@ -322,7 +349,6 @@ impl EchoGuard {
                 }
                 self.path = Some(Path { delay: lag, gain2: (gain * gain) as f32 });
                 self.since_track = 0;
-                self.failed = 0;
                 true
             }
             _ => {

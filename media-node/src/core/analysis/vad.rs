@@ -226,6 +226,11 @@ pub struct VoiceDetector {
     guard: EchoGuard,
     /// The caller's noise floor, band by band.
     floor: NoiseFloor,
+    /// The line's own floor for the echo guard: from the caller's audio with the
+    /// direct echo taken off (over a prompt the first floor is the echo's own quietest
+    /// level, which would hide the caller's voice from the guard), and digital
+    /// silence taken as no noise.
+    line_floor: NoiseFloor,
     /// The end of the last frame the guard found to be echo: speech starts after it.
     echo_until: u64,
     /// The end of the last frame that sat in the noise floor: an onset is not walked
@@ -253,6 +258,7 @@ impl VoiceDetector {
             last_score: 0.0,
             guard: EchoGuard::default(),
             floor: NoiseFloor::default(),
+            line_floor: NoiseFloor::with_silence(),
             echo_until: 0,
             quiet_until: 0,
             echo_run: 0,
@@ -276,6 +282,8 @@ impl VoiceDetector {
         let bands = self.guard.heard_bands(pos8);
         let snr = self.floor.snr_db(&bands);
         self.floor.push(&bands);
+        let line = if self.guard.could_echo(pos8) { self.guard.without_direct_echo(pos8, &bands) } else { bands };
+        self.line_floor.push(&line);
         // Only once the floor has heard some noise: right after digital silence, the
         // first sound (a soft onset) is all the floor knows.
         if snr < QUIET_DB && self.floor.settled() {
@@ -285,7 +293,8 @@ impl VoiceDetector {
             self.echo_run = 0;
             return false;
         }
-        if self.guard.judge(pos8, &bands, self.floor.floor()) == Verdict::Echo {
+        let noise = *self.line_floor.floor();
+        if self.guard.judge(pos8, &bands, &noise) == Verdict::Echo {
             self.echo_until = pos8 + bands::FRAME as u64;
             self.echo_run += 1;
             if self.echo_run == self.gate.min_speech {
