@@ -264,6 +264,38 @@ impl Convolver {
     }
 }
 
+/// A phone's loudspeaker through its room, for a caller that runs in real time: what
+/// it plays goes in by position on the phone's own clock, the echo comes out.
+pub struct RoomEcho {
+    conv: Convolver,
+    played: Vec<f32>,
+}
+
+impl RoomEcho {
+    /// `room`: an impulse response (`sox_room`), or None for a plain copy.
+    pub fn new(room: Option<Vec<f32>>) -> RoomEcho {
+        RoomEcho { conv: Convolver::new(room.unwrap_or_else(|| vec![1.0])), played: Vec::new() }
+    }
+
+    /// The loudspeaker plays `pcm` from `pos` on.
+    pub fn play(&mut self, pos: usize, pcm: &[i16]) {
+        if self.played.len() < pos + pcm.len() {
+            self.played.resize(pos + pcm.len(), 0.0);
+        }
+        for (i, &v) in pcm.iter().enumerate() {
+            self.played[pos + i] = v as f32;
+        }
+    }
+
+    /// What the room returns at `pos` (silence where the loudspeaker has not played
+    /// far enough yet: a caller asks for it one echo delay late).
+    pub fn at(&mut self, pos: usize) -> f32 {
+        let upto = self.played.len() / 800 * 800;
+        self.conv.advance(&self.played, upto);
+        self.conv.at(pos as f64)
+    }
+}
+
 pub fn session_config(analysis: AnalysisConfig) -> SessionConfig {
     SessionConfig {
         ssrc: 0x5eed,

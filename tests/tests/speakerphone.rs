@@ -4,11 +4,16 @@
 //! node's call engine in made-up time, ten seeds of every case (a seed varies the
 //! room, the noise, the caller's clock drift and its packets' phase).
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use fleet_tests::speakerphone::*;
+use fleet_tests::TestNode;
+use media_node::core::g711::Codec;
 use media_node::core::playback::PlaybackOutcome;
+use media_node::core::rtp::{self, RtpHeader};
+use media_proto::pb::call_event::Event as E;
+use media_proto::pb::*;
 
 const SEEDS: u32 = 10;
 const BARGE_IN: Duration = Duration::from_millis(200);
@@ -179,5 +184,89 @@ fn each_sentence_in_street_noise_gets_its_own_speech_events() {
             assert!((-150..=300).contains(&(start - ms(on))), "seed {seed}: speech_started {} ms from the onset", start - ms(on));
             assert!((stop - ms(off)).abs() <= 300, "seed {seed}: speech_stopped {} ms from the last word", stop - ms(off));
         }
+    }
+}
+
+/// The same caller over real UDP, in real time, against a node on loopback: its phone
+/// plays the node's RTP by timestamp, returns it through a sox room 200 ms later at
+/// 0 dB, and sends what its microphone picks up every 20 ms. The echo alone lets a
+/// 16 s prompt with barge-in play out with no speech event; the caller's words over
+/// the same echo cut it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_real_udp_the_echo_lets_the_prompt_play_out_and_words_over_it_cut_it() {
+    let mut node = TestNode::start(30500, 10).await;
+    node.write_prompt("bot.wav", &prompt()[..16 * 8000], 8000);
+    let words = &caller_words()[0];
+    let (on, _) = extent(words);
+    for talk in [false, true] {
+        let (port, node_rtp, caller) = node.call(if talk { "speakerphone-talk" } else { "speakerphone-echo" }).await;
+        let mut stream =
+            node.client.stream_call_events(StreamCallEventsRequest { server_rtp_port: port }).await.expect("events").into_inner();
+        let events: Arc<Mutex<Vec<CallEvent>>> = Default::default();
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(e)) = stream.message().await {
+                sink.lock().unwrap().push(e);
+            }
+        });
+        let mut client = node.client.clone();
+        let play = tokio::spawn(async move {
+            client
+                .play_audio(PlayAudioRequest {
+                    audio_uri: "file://bot.wav".into(),
+                    server_rtp_port: port,
+                    rtp_target_addr: String::new(),
+                    barge_in_ms: Some(200),
+                })
+                .await
+                .map(|r| r.into_inner())
+        });
+        let mut room = RoomEcho::new(Some(rooms()[3].clone()));
+        let t0 = Instant::now();
+        let mut first: Option<(u32, usize)> = None;
+        let talk_at = 4 * 8000;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut payload = Vec::new();
+        for m in 0..(18 * 50) {
+            tick.tick().await;
+            for p in caller.take_received().into_iter().filter(|p| p.payload_type == 0) {
+                let (ts0, pos0) = *first.get_or_insert((p.timestamp, (p.at.duration_since(t0).as_secs_f64() * 8000.0) as usize));
+                room.play(pos0 + p.timestamp.wrapping_sub(ts0) as usize, &p.pcm);
+            }
+            let frame: Vec<i16> = (0..160)
+                .map(|i| {
+                    let n = m * 160 + i;
+                    let echo = if n >= 1600 { room.at(n - 1600) } else { 0.0 };
+                    let says = if talk && n >= talk_at { words.get(n - talk_at).copied().unwrap_or(0) } else { 0 };
+                    (echo + says as f32).round().clamp(-32768.0, 32767.0) as i16
+                })
+                .collect();
+            payload.clear();
+            Codec::Pcmu.encode_into(&frame, &mut payload);
+            let header = RtpHeader { marker: m == 0, payload_type: 0, sequence: m as u16, timestamp: (m * 160) as u32, ssrc: 0x5eaf };
+            caller.socket.send_to(&rtp::build(header, &payload), node_rtp).await.unwrap();
+            if play.is_finished() {
+                break;
+            }
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(5), play).await.expect("PlayAudio answers").unwrap().expect("PlayAudio");
+        let speech: Vec<_> =
+            events.lock().unwrap().iter().filter(|e| matches!(e.event, Some(E::SpeechStarted(_)))).map(|e| e.media_time_ms).collect();
+        if talk {
+            assert_eq!(reply.message, "interrupted by the caller's speech (barge-in)");
+            let onset_ms = (talk_at + on) as u64 / 8;
+            println!(
+                "real UDP, words over the echo: cut at {} ms, the words began at {onset_ms} ms; speech at {speech:?}",
+                reply.played_ms
+            );
+            assert!(reply.played_ms > onset_ms + 150, "cut at {} ms, before the caller had spoken 200 ms", reply.played_ms);
+            assert!(reply.played_ms < onset_ms + 200 + 400, "cut at {} ms, the words began at {onset_ms} ms", reply.played_ms);
+            assert!(!speech.is_empty(), "the caller's words are speech");
+        } else {
+            println!("real UDP, echo alone: {} after {} ms; speech at {speech:?}", reply.message, reply.played_ms);
+            assert_eq!(reply.message, "finished", "the bot's own echo cut it at {} ms", reply.played_ms);
+            assert!(speech.is_empty(), "the bot's own echo started speech at {speech:?} ms");
+        }
+        node.client.release_port(ReleasePortRequest { rtp_port: port }).await.expect("release");
     }
 }

@@ -123,11 +123,6 @@ impl NoiseFloor {
         NoiseFloor { with_silence: true, ..NoiseFloor::default() }
     }
 
-    /// Frames the floor has followed.
-    pub fn frames(&self) -> usize {
-        self.frames
-    }
-
     /// True once the floor has followed sound (not digital silence) for a sub-window.
     pub fn settled(&self) -> bool {
         self.frames >= SUB
