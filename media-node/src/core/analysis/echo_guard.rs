@@ -51,6 +51,14 @@ const CANDIDATES: usize = 3;
 /// The FFT that cross-correlates the search window with what was played before it.
 const GCC_SIZE: usize = 8192;
 
+struct Scratch {
+    h: Vec<f32>,
+    q: Vec<f32>,
+    hs: Vec<Complex<f32>>,
+    qs: Vec<Complex<f32>>,
+    xc: Vec<f32>,
+}
+
 type Plans = (Arc<dyn RealToComplex<f32>>, Arc<dyn ComplexToReal<f32>>);
 
 fn gcc_plans() -> &'static Plans {
@@ -86,6 +94,8 @@ const TAIL_MARGIN: f32 = 4.0;
 const UNEXPLAINED: f32 = 0.15;
 /// Played blocks quieter than this (about -60 dBFS) are silence: no FFT for them.
 const SILENT_BLOCK: f32 = 1.0;
+/// Played silence after which the bot's audio is a new turn (500 ms).
+const NEW_TURN: u64 = 4000;
 /// Frames between two checks of the path while echo comes back (128 ms).
 const TRACK_EVERY: u32 = 8;
 /// Frames between two searches while frames go unexplained (250 ms), or 2 while the
@@ -203,6 +213,13 @@ impl EchoGuard {
         let bands = if power < SILENT_BLOCK {
             [0.0; BANDS]
         } else {
+            // A new turn of the bot after a pause: a path not found in the last one
+            // is looked for again at the moderate pace (a caller may have switched to
+            // the speakerphone meanwhile).
+            let end = self.block_index * FRAME as u64;
+            if self.path.is_none() && self.last_loud.is_none_or(|l| end >= l + NEW_TURN) {
+                self.failed = self.failed.min(8);
+            }
             self.last_loud = Some((self.block_index + 1) * FRAME as u64);
             self.analyser.bands(&self.block)
         };
@@ -252,13 +269,13 @@ impl EchoGuard {
         self.since_search = self.since_search.saturating_add(1);
         self.since_track = self.since_track.saturating_add(1);
         // Not found yet: every voiced frame searches (the first echo must not be heard
-        // as speech); once eight searches in a row found nothing, the caller talks and
-        // nothing of the bot comes back (a headset): every 16th, then after 32 every
-        // 62nd (about a second), so a caller who talks over the bot costs little.
+        // as speech); once eight searches found nothing, the caller talks and nothing of
+        // the bot comes back (a headset): every 16th, then after 32 every 250th (4 s)
+        // until the bot's next turn, so a caller who talks over the bot costs little.
         let every = match self.failed {
             0..8 => 1,
             8..32 => 16,
-            _ => 62,
+            _ => 250,
         };
         if self.path.is_none() && self.since_search >= every {
             self.search(to);
@@ -390,31 +407,43 @@ impl EchoGuard {
         }
         let from = to - window;
         let (fwd, inv) = gcc_plans();
-        let mut h = fwd.make_input_vec();
-        for (i, v) in h.iter_mut().take(window as usize).enumerate() {
-            *v = self.heard.at(from + i as u64) as f32;
+        // The FFT buffers (about 160 KB) are the thread's, not each call's.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
         }
-        // q[m] = played[from - hi + m]: lag L pairs h[n] with q[n + hi - L].
-        let mut q = fwd.make_input_vec();
-        let base = from as i64 - hi as i64;
-        for (m, v) in q.iter_mut().take((window + hi - lo) as usize).enumerate() {
-            *v = self.played.at_signed(base + m as i64) as f32;
-        }
-        let mut hs = fwd.make_output_vec();
-        let mut qs = fwd.make_output_vec();
-        fwd.process(&mut h, &mut hs).ok()?;
-        fwd.process(&mut q, &mut qs).ok()?;
-        for (x, hx) in qs.iter_mut().zip(&hs) {
-            let c = hx.conj() * *x;
-            let m = c.norm();
-            *x = if m > 1e-3 { c / m } else { Complex::new(0.0, 0.0) };
-        }
-        // A real signal's spectrum has real DC and Nyquist bins.
-        qs[0].im = 0.0;
-        let last = qs.len() - 1;
-        qs[last].im = 0.0;
-        let mut xc = inv.make_output_vec();
-        inv.process(&mut qs, &mut xc).ok()?;
+        let xc = SCRATCH.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let sc = cell.get_or_insert_with(|| Scratch {
+                h: fwd.make_input_vec(),
+                q: fwd.make_input_vec(),
+                hs: fwd.make_output_vec(),
+                qs: fwd.make_output_vec(),
+                xc: inv.make_output_vec(),
+            });
+            sc.h.fill(0.0);
+            for (i, v) in sc.h.iter_mut().take(window as usize).enumerate() {
+                *v = self.heard.at(from + i as u64) as f32;
+            }
+            // q[m] = played[from - hi + m]: lag L pairs h[n] with q[n + hi - L].
+            sc.q.fill(0.0);
+            let base = from as i64 - hi as i64;
+            for (m, v) in sc.q.iter_mut().take((window + hi - lo) as usize).enumerate() {
+                *v = self.played.at_signed(base + m as i64) as f32;
+            }
+            fwd.process(&mut sc.h, &mut sc.hs).ok()?;
+            fwd.process(&mut sc.q, &mut sc.qs).ok()?;
+            for (x, hx) in sc.qs.iter_mut().zip(&sc.hs) {
+                let c = hx.conj() * *x;
+                let m = c.norm();
+                *x = if m > 1e-3 { c / m } else { Complex::new(0.0, 0.0) };
+            }
+            // A real signal's spectrum has real DC and Nyquist bins.
+            sc.qs[0].im = 0.0;
+            let last = sc.qs.len() - 1;
+            sc.qs[last].im = 0.0;
+            inv.process(&mut sc.qs, &mut sc.xc).ok()?;
+            Some(sc.xc[..=(hi - lo) as usize].to_vec())
+        })?;
         let mut top: [(f32, u64); CANDIDATES] = [(f32::MIN, lo); CANDIDATES];
         for shift in 0..=(hi - lo) {
             let x = xc[shift as usize];
