@@ -138,6 +138,8 @@ pub struct EchoGuard {
     /// Searches that found nothing since a path was last confirmed (a young path's
     /// failed re-searches count too).
     failed: u32,
+    /// The delay the last search found, waiting for the next to agree.
+    candidate: Option<u64>,
     /// Frames found to be echo since the path was adopted (a young path may be a
     /// near miss: a voice's steady pitch explains much at a lag a pitch period off).
     confirmed: u32,
@@ -160,6 +162,7 @@ impl Default for EchoGuard {
             since_track: 0,
             since_search: RESEARCH_EVERY,
             failed: 0,
+            candidate: None,
             confirmed: 0,
             tail_gain: GAMMA,
         }
@@ -366,7 +369,16 @@ impl EchoGuard {
         self.since_search = 0;
         let found = self.best_lag(to, SEARCH, MIN_LAG, MAX_LAG);
         match found {
+            // A delay is adopted when two searches in a row agree on it (or it is the
+            // path's own): against a steady tone (hold music, a beep) some lag always
+            // explains much of any voice, but a different one each time.
             Some((lag, gain, share)) if share >= ADOPT => {
+                let agreed = [self.candidate, self.path.map(|p| p.delay)].into_iter().flatten().any(|d| d.abs_diff(lag) <= 2);
+                self.candidate = Some(lag);
+                if !agreed {
+                    self.failed = self.failed.saturating_add(1);
+                    return false;
+                }
                 if self.path.is_none_or(|p| p.delay.abs_diff(lag) > 2) {
                     self.confirmed = 0;
                 }
@@ -375,6 +387,7 @@ impl EchoGuard {
                 true
             }
             _ => {
+                self.candidate = None;
                 self.failed = self.failed.saturating_add(1);
                 false
             }
