@@ -221,7 +221,7 @@ impl EchoGuard {
             // the speakerphone meanwhile).
             let end = self.block_index * FRAME as u64;
             if self.path.is_none() && self.last_loud.is_none_or(|l| end >= l + NEW_TURN) {
-                self.failed = self.failed.min(8);
+                self.failed = self.failed.min(6);
             }
             self.last_loud = Some((self.block_index + 1) * FRAME as u64);
             self.analyser.bands(&self.block)
@@ -272,12 +272,12 @@ impl EchoGuard {
         self.since_search = self.since_search.saturating_add(1);
         self.since_track = self.since_track.saturating_add(1);
         // Not found yet: every voiced frame searches (the first echo must not be heard
-        // as speech); once eight searches found nothing, the caller talks and nothing of
-        // the bot comes back (a headset): every 16th, then after 32 every 250th (4 s)
+        // as speech); once six searches found nothing, the caller talks and nothing of
+        // the bot comes back (a headset): every 16th, then after 14 every 250th (4 s)
         // until the bot's next turn, so a caller who talks over the bot costs little.
         let every = match self.failed {
-            0..8 => 1,
-            8..32 => 16,
+            0..6 => 1,
+            6..14 => 16,
             _ => 250,
         };
         if self.path.is_none() && self.since_search >= every {
@@ -286,7 +286,7 @@ impl EchoGuard {
         let Some(path) = self.path else { return Verdict::NotEcho };
         let verdict = self.verdict(from, path, bands, noise);
         // A young path is searched again on every other unexplained frame, as long as
-        // searches keep finding something (a path that explains nothing after eight
+        // searches keep finding something (a path that explains nothing after six
         // failed searches was a fluke, and is dropped).
         let young = self.confirmed < YOUNG;
         let research = if young { 2.max(every) } else { RESEARCH_EVERY };
@@ -300,7 +300,7 @@ impl EchoGuard {
                     self.track(to);
                 }
             }
-            Verdict::NotEcho if young && self.failed >= 8 => {
+            Verdict::NotEcho if young && self.failed >= 6 => {
                 self.path = None;
                 self.confirmed = 0;
             }
