@@ -576,6 +576,32 @@ mod tests {
     }
 
     #[test]
+    fn a_delay_is_adopted_when_two_searches_agree_and_then_the_echo_is_echo() {
+        let bot = speech(5, 24000);
+        let delay = 2000;
+        let mut g = EchoGuard::default();
+        let noise = [0.1; BANDS];
+        let mut verdicts = Vec::new();
+        for k in 0..150u64 {
+            let at = k as usize * 160;
+            g.on_played(k * 160, &bot[at..at + 160]);
+            let heard: Vec<i16> = (at..at + 160).map(|n| if n >= delay { bot[n - delay] / 2 } else { 0 }).collect();
+            g.on_heard(k * 160, &heard);
+            if k >= 20 && k % 4 == 0 {
+                let from = k * 160 + 160 - FRAME as u64;
+                let bands = g.heard_bands(from);
+                if bands.iter().sum::<f32>() > 1000.0 {
+                    verdicts.push(g.judge(from, &bands, &noise));
+                }
+            }
+        }
+        assert_eq!(verdicts[0], Verdict::NotEcho, "one search alone adopts nothing");
+        assert_eq!(g.delay(), Some(delay as u64));
+        let echo = verdicts.iter().filter(|&&v| v == Verdict::Echo).count();
+        assert!(echo + 1 >= verdicts.len(), "{verdicts:?}");
+    }
+
+    #[test]
     fn the_search_finds_the_delay() {
         let bot = speech(3, 16000);
         for delay in [MIN_LAG as usize, 1478, 2400, 4000] {
