@@ -37,7 +37,24 @@ pub struct TestNode {
     pub assets: tempfile::TempDir,
 }
 
+/// A call's events as they arrive (`TestNode::subscribe`).
+pub type Events = std::sync::Arc<std::sync::Mutex<Vec<CallEvent>>>;
+
 impl TestNode {
+    /// Subscribes to the call's events: they gather in `Events` until the stream ends.
+    pub async fn subscribe(&mut self, port: u32) -> (Events, tokio::task::JoinHandle<()>) {
+        let mut stream =
+            self.client.stream_call_events(StreamCallEventsRequest { server_rtp_port: port }).await.expect("StreamCallEvents").into_inner();
+        let events: Events = Default::default();
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(e)) = stream.message().await {
+                sink.lock().unwrap().push(e);
+            }
+        });
+        (events, task)
+    }
+
     /// A node on loopback owning ports [port_min, port_min + span).
     pub async fn start(port_min: u16, span: u16) -> TestNode {
         Self::start_with(port_min, span, |_| {}).await

@@ -2,7 +2,6 @@
 //! voice detector and the node's barge-in, RFC 4733 digits sent as RTP, in-band
 //! digits made by sox, a caller that goes silent, and a subscriber too slow to keep up.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use fleet_tests::voice::{espeak_8k, sox_dtmf_8k};
@@ -12,21 +11,6 @@ use media_node::core::g711::Codec;
 use media_node::core::rtp::{self, RtpHeader};
 use media_proto::pb::call_event::Event as E;
 use media_proto::pb::*;
-
-type Events = Arc<Mutex<Vec<CallEvent>>>;
-
-async fn subscribe(node: &mut TestNode, port: u32) -> (Events, tokio::task::JoinHandle<()>) {
-    let mut stream =
-        node.client.stream_call_events(StreamCallEventsRequest { server_rtp_port: port }).await.expect("StreamCallEvents").into_inner();
-    let events: Events = Default::default();
-    let sink = events.clone();
-    let task = tokio::spawn(async move {
-        while let Ok(Some(e)) = stream.message().await {
-            sink.lock().unwrap().push(e);
-        }
-    });
-    (events, task)
-}
 
 fn wall(e: &CallEvent) -> SystemTime {
     let t = e.wall_time.unwrap();
@@ -80,7 +64,7 @@ async fn real_speech_is_found_and_barges_in_on_the_prompt() {
     let mut node = TestNode::start(30000, 10).await;
     node.write_prompt("long.wav", &synth_prompt(8000, 8.0), 8000);
     let (port, node_rtp, caller) = node.call("events-speech").await;
-    let (events, _sub) = subscribe(&mut node, port).await;
+    let (events, _sub) = node.subscribe(port).await;
 
     let mut client = node.client.clone();
     let play = tokio::spawn(async move {
@@ -154,7 +138,7 @@ async fn real_speech_is_found_and_barges_in_on_the_prompt() {
 async fn rfc4733_and_inband_digits_are_reported() {
     let mut node = TestNode::start(30010, 10).await;
     let (port, node_rtp, caller) = node.call("events-dtmf").await;
-    let (events, _sub) = subscribe(&mut node, port).await;
+    let (events, _sub) = node.subscribe(port).await;
 
     // RFC 4733: each digit's updates every 50 ms, three end packets, as a trunk sends.
     let mut seq = 100u16;
@@ -200,7 +184,7 @@ async fn rfc4733_and_inband_digits_are_reported() {
 async fn a_silent_caller_times_out_and_resumes() {
     let mut node = TestNode::start_with(30020, 10, |c| c.analysis.media_timeout = Some(Duration::from_millis(800))).await;
     let (port, node_rtp, caller) = node.call("events-timeout").await;
-    let (events, sub) = subscribe(&mut node, port).await;
+    let (events, sub) = node.subscribe(port).await;
     caller.send_speech(node_rtp, &vec![0i16; 1600], Codec::Pcmu, 1).await.unwrap();
     wait_until("media_timeout", 5, || events.lock().unwrap().iter().any(|e| matches!(e.event, Some(E::MediaTimeout(_))))).await;
     caller.send_speech(node_rtp, &vec![0i16; 800], Codec::Pcmu, 1).await.unwrap();
@@ -219,7 +203,7 @@ async fn a_silent_caller_times_out_and_resumes() {
 async fn a_slow_subscriber_loses_its_own_events_only() {
     let mut node = TestNode::start(30030, 10).await;
     let (port, node_rtp, caller) = node.call("events-slow").await;
-    let (fast, _f) = subscribe(&mut node, port).await;
+    let (fast, _f) = node.subscribe(port).await;
     // The slow one asks for the stream and then does not read it for a while; its
     // small HTTP/2 window makes the node's side of its stream fill up soon.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.running.grpc_addr))
@@ -433,7 +417,7 @@ async fn a_turn_s_latency_is_measured_from_the_caller_s_speech_end() {
     let mut node = TestNode::start(30060, 10).await;
     node.write_prompt("answer.wav", &synth_prompt(8000, 0.5), 8000);
     let (port, node_rtp, caller) = node.call("events-turn").await;
-    let (events, _sub) = subscribe(&mut node, port).await;
+    let (events, _sub) = node.subscribe(port).await;
     let speech = espeak_8k("What is my balance?");
     let mut audio = speech.clone();
     audio.extend(vec![0i16; 8000]);
@@ -465,7 +449,7 @@ async fn a_turn_s_latency_is_measured_from_the_caller_s_speech_end() {
 async fn quality_reports_the_loss_the_caller_s_network_caused() {
     let mut node = TestNode::start(30070, 10).await;
     let (port, node_rtp, caller) = node.call("events-quality").await;
-    let (events, _sub) = subscribe(&mut node, port).await;
+    let (events, _sub) = node.subscribe(port).await;
     // 11 s of speech-like audio, every tenth packet lost on the way.
     let speech = synth_speech(8000, 11.0, 4);
     let start = tokio::time::Instant::now();
@@ -503,7 +487,7 @@ async fn redaction_silences_the_caller_s_digits_for_the_agent_and_the_recording(
     use media_node::core::analysis::inband_dtmf::{ToneDetector, ToneDigit};
     let mut node = TestNode::start(30100, 10).await;
     let (port, node_rtp, caller) = node.call("events-redact").await;
-    let (events, _sub) = subscribe(&mut node, port).await;
+    let (events, _sub) = node.subscribe(port).await;
     let listen = node.listen(port, 8000).await;
     node.client
         .start_recording(StartRecordingRequest {
@@ -664,7 +648,7 @@ async fn digits_both_ways_beside_opus_at_telephone_event_8000() {
     let media = r.media.unwrap();
     assert_eq!((media.codec.as_str(), media.telephone_event_payload_type), ("opus", 101));
     assert!(r.local_sdp.contains("a=rtpmap:101 telephone-event/8000\r\n"), "{}", r.local_sdp);
-    let (events, _task) = subscribe(&mut node, port).await;
+    let (events, _task) = node.subscribe(port).await;
     let node_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut seq = 0u16;
     for (n, d) in "42".chars().enumerate() {

@@ -4,7 +4,7 @@
 //! node's call engine in made-up time, ten seeds of every case (a seed varies the
 //! room, the noise, the caller's clock drift and its packets' phase).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fleet_tests::speakerphone::*;
@@ -200,15 +200,7 @@ async fn over_real_udp_the_echo_lets_the_prompt_play_out_and_words_over_it_cut_i
     let (on, _) = extent(words);
     for talk in [false, true] {
         let (port, node_rtp, caller) = node.call(if talk { "speakerphone-talk" } else { "speakerphone-echo" }).await;
-        let mut stream =
-            node.client.stream_call_events(StreamCallEventsRequest { server_rtp_port: port }).await.expect("events").into_inner();
-        let events: Arc<Mutex<Vec<CallEvent>>> = Default::default();
-        let sink = events.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(e)) = stream.message().await {
-                sink.lock().unwrap().push(e);
-            }
-        });
+        let (events, _sub) = node.subscribe(port).await;
         let mut client = node.client.clone();
         let play = tokio::spawn(async move {
             client
