@@ -51,6 +51,9 @@ const CANDIDATES: usize = 3;
 /// The FFT that cross-correlates the search window with what was played before it.
 const GCC_SIZE: usize = 8192;
 
+/// A frame's start, the path's delay and its gain's bits.
+type ExpectedKey = (u64, u64, u32);
+
 struct Scratch {
     h: Vec<f32>,
     q: Vec<f32>,
@@ -138,6 +141,8 @@ pub struct EchoGuard {
     /// Searches that found nothing since a path was last confirmed (a young path's
     /// failed re-searches count too).
     failed: u32,
+    /// The last frame's expected echo (direct, tail), by frame, delay and gain.
+    expected: Option<(ExpectedKey, (Bands, Bands))>,
     /// The delay the last search found, waiting for the next to agree.
     candidate: Option<u64>,
     /// Frames found to be echo since the path was adopted (a young path may be a
@@ -162,6 +167,7 @@ impl Default for EchoGuard {
             since_track: 0,
             since_search: RESEARCH_EVERY,
             failed: 0,
+            expected: None,
             candidate: None,
             confirmed: 0,
             tail_gain: GAMMA,
@@ -338,6 +344,19 @@ impl EchoGuard {
     /// from what was played exactly `delay` before (the delay is followed to the
     /// sample), the room's tail from the played blocks before that.
     fn expected_echo(&mut self, from: u64, path: Path) -> (Bands, Bands) {
+        // The line's floor and the verdict ask for the same frame in turn.
+        let key = (from, path.delay, path.gain2.to_bits());
+        if let Some((k, expected)) = self.expected {
+            if k == key {
+                return expected;
+            }
+        }
+        let expected = self.compute_expected_echo(from, path);
+        self.expected = Some((key, expected));
+        expected
+    }
+
+    fn compute_expected_echo(&mut self, from: u64, path: Path) -> (Bands, Bands) {
         let frame = FRAME as u64;
         let Some(src) = from.checked_sub(path.delay) else { return ([0.0; BANDS], [0.0; BANDS]) };
         let mut played = [0i16; FRAME];

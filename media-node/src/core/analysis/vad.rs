@@ -276,6 +276,12 @@ impl VoiceDetector {
         std::mem::take(&mut self.echo_held)
     }
 
+    /// Where speech the gate found at `pos` began: walked back to where the level rose,
+    /// but not into the echo or the noise before it.
+    fn walk_back(&self, pos: u64) -> u64 {
+        self.energy.onset_before(pos).max(self.echo_until).max(self.quiet_until)
+    }
+
     /// Is the frame at `pos8` the caller's voice: the network's score, the frame
     /// standing above the noise floor, and not the node's own audio coming back.
     fn voiced(&mut self, pos8: u64, score: f32) -> bool {
@@ -332,7 +338,7 @@ impl VoiceDetector {
             let voiced = self.voiced(pos8, score);
             match self.gate.on_voice(pos8, voiced) {
                 Some(Speech::Started { pos }) => {
-                    let onset = self.energy.onset_before(pos).max(self.echo_until).max(self.quiet_until);
+                    let onset = self.walk_back(pos);
                     self.gate.set_onset(onset);
                     out.push(Speech::Started { pos: onset });
                 }
@@ -354,7 +360,7 @@ impl VoiceDetector {
         match self.run_onset {
             Some((s, onset)) if s == start => Some(onset),
             _ => {
-                let onset = self.energy.onset_before(start).max(self.echo_until).max(self.quiet_until);
+                let onset = self.walk_back(start);
                 self.run_onset = Some((start, onset));
                 Some(onset)
             }
