@@ -37,6 +37,16 @@ pub struct TestNode {
     pub assets: tempfile::TempDir,
 }
 
+fn play_audio(
+    mut client: MediaServiceClient<Channel>,
+    port: u32,
+    uri: &str,
+    barge_in_ms: Option<u32>,
+) -> impl std::future::Future<Output = Result<PlayAudioResponse, tonic::Status>> {
+    let request = PlayAudioRequest { audio_uri: uri.into(), server_rtp_port: port, rtp_target_addr: String::new(), barge_in_ms };
+    async move { client.play_audio(request).await.map(|r| r.into_inner()) }
+}
+
 /// A call's events as they arrive (`TestNode::subscribe`).
 pub type Events = std::sync::Arc<std::sync::Mutex<Vec<CallEvent>>>;
 
@@ -97,15 +107,18 @@ impl TestNode {
     }
 
     pub async fn play(&mut self, port: u32, uri: &str) -> Result<PlayAudioResponse, tonic::Status> {
-        self.client
-            .play_audio(PlayAudioRequest {
-                audio_uri: uri.into(),
-                server_rtp_port: port,
-                rtp_target_addr: String::new(),
-                barge_in_ms: None,
-            })
-            .await
-            .map(|r| r.into_inner())
+        play_audio(self.client.clone(), port, uri, None).await
+    }
+
+    /// PlayAudio with the node's barge-in (`barge_in_ms`), run in the background: it
+    /// answers when the prompt ends, however it ends.
+    pub fn play_with_barge_in(
+        &self,
+        port: u32,
+        uri: &str,
+        barge_in_ms: u32,
+    ) -> tokio::task::JoinHandle<Result<PlayAudioResponse, tonic::Status>> {
+        tokio::spawn(play_audio(self.client.clone(), port, uri, Some(barge_in_ms)))
     }
 
     /// A RecordAudio listener on `port` at `rate`, collected in the background.

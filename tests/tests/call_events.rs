@@ -66,18 +66,7 @@ async fn real_speech_is_found_and_barges_in_on_the_prompt() {
     let (port, node_rtp, caller) = node.call("events-speech").await;
     let (events, _sub) = node.subscribe(port).await;
 
-    let mut client = node.client.clone();
-    let play = tokio::spawn(async move {
-        client
-            .play_audio(PlayAudioRequest {
-                audio_uri: "file://long.wav".into(),
-                server_rtp_port: port,
-                rtp_target_addr: String::new(),
-                barge_in_ms: Some(100),
-            })
-            .await
-            .map(|r| r.into_inner())
-    });
+    let play = node.play_with_barge_in(port, "file://long.wav", 100);
     // One second of silence, then a sentence, then silence: what a caller does who
     // waits for the bot and then talks over it.
     let speech = espeak_8k("Hello, I would like to check the balance of my account please.");

@@ -201,18 +201,7 @@ async fn over_real_udp_the_echo_lets_the_prompt_play_out_and_words_over_it_cut_i
     for talk in [false, true] {
         let (port, node_rtp, caller) = node.call(if talk { "speakerphone-talk" } else { "speakerphone-echo" }).await;
         let (events, _sub) = node.subscribe(port).await;
-        let mut client = node.client.clone();
-        let play = tokio::spawn(async move {
-            client
-                .play_audio(PlayAudioRequest {
-                    audio_uri: "file://bot.wav".into(),
-                    server_rtp_port: port,
-                    rtp_target_addr: String::new(),
-                    barge_in_ms: Some(200),
-                })
-                .await
-                .map(|r| r.into_inner())
-        });
+        let play = node.play_with_barge_in(port, "file://bot.wav", 200);
         let mut room = RoomEcho::new(Some(rooms()[3].clone()));
         let t0 = Instant::now();
         let mut first: Option<(u32, usize)> = None;
