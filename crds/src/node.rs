@@ -81,6 +81,14 @@ pub struct MediaNodeStatus {
     /// operator removes a drained node only after this acknowledgement.
     #[serde(default)]
     pub draining: bool,
+    /// True while the node's admission control refuses new calls: its media threads
+    /// are at their load limit (or sending late). It serves its calls; the pool places
+    /// new ones elsewhere and the autoscaler counts it as full.
+    #[serde(default)]
+    pub overloaded: bool,
+    /// The node's media threads' busy share, percent, in steps of 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_percent: Option<i64>,
     /// Ready, with reasons.
     #[serde(default)]
     pub conditions: Vec<Condition>,

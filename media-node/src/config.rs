@@ -155,6 +155,11 @@ pub struct NodeArgs {
     /// Nice value (0-19) of the gRPC/HTTP threads; see BENCHMARKS.md.
     #[arg(long, env = "MEDIA_SERVING_NICE", default_value_t = 0)]
     pub serving_nice: i32,
+    /// Admission control: the busy share (percent of the media threads' time) past
+    /// which the node refuses new calls (RESOURCE_EXHAUSTED) and reports itself
+    /// overloaded; 0 turns it off. See the README and BENCHMARKS.md.
+    #[arg(long, env = "MEDIA_MAX_LOAD_PERCENT", default_value_t = 70)]
+    pub max_load_percent: u32,
     // What the operator gives a node pod: its MediaNode, pool, Kubernetes Node and the
     // advertise rule (downward API and the pool's spec). Unset outside a pool.
     #[arg(long, env = "MEDIA_NODE_NAME", hide = true)]
@@ -221,6 +226,8 @@ pub struct NodeConfig {
     pub rabbitmq_url: Option<String>,
     pub tenant_id: String,
     pub runtime: RuntimeSettings,
+    /// When the node refuses new calls.
+    pub admission: crate::admission::Limits,
     /// Set when the operator runs this node in a pool (MEDIA_NODE_NAME given).
     pub cluster: Option<ReporterConfig>,
 }
@@ -326,6 +333,9 @@ impl NodeConfig {
             // Raising priority would need a privilege the node does not ask for.
             return bad(format!("MEDIA_SERVING_NICE ({}) must be between 0 and 19", a.serving_nice));
         }
+        if a.max_load_percent > 100 {
+            return bad(format!("MEDIA_MAX_LOAD_PERCENT ({}) must be between 0 (off) and 100", a.max_load_percent));
+        }
         let cluster = cluster_settings(a)?;
         Ok(NodeConfig {
             grpc_addr: SocketAddr::new(a.service_listen_address, a.grpc_port),
@@ -359,6 +369,7 @@ impl NodeConfig {
             rabbitmq_url: a.rabbitmq_url.clone().filter(|u| !u.is_empty()),
             tenant_id: a.tenant_id.clone().unwrap_or_default(),
             runtime: RuntimeSettings { media_workers: a.worker_threads, serving_nice: a.serving_nice },
+            admission: crate::admission::Limits { max_load: a.max_load_percent as f64 / 100.0 },
             cluster,
         })
     }
@@ -391,6 +402,9 @@ impl NodeConfig {
             rabbitmq_url: None,
             tenant_id: String::new(),
             runtime: RuntimeSettings::default(),
+            // Off: the demo and the tests measure behaviour, not capacity, and a test
+            // machine's load is not the node's.
+            admission: crate::admission::Limits { max_load: 0.0 },
             cluster: None,
             assets_root,
         }
@@ -442,6 +456,9 @@ mod tests {
     fn defaults_are_valid() {
         let c = NodeConfig::from_args(&args(&[])).unwrap();
         assert_eq!(c.grpc_addr.port(), 13031);
+        assert_eq!(c.admission.max_load, 0.7, "admission control is on by default");
+        let off = NodeConfig::from_args(&args(&["--max-load-percent", "0"])).unwrap();
+        assert_eq!(off.admission.max_load, 0.0);
         assert_eq!(c.http_addr.port(), 13032);
         assert_eq!(c.quarantine, Duration::from_secs(5));
     }
@@ -462,6 +479,8 @@ mod tests {
         assert!(e.to_string().contains("MEDIA_WORKER_THREADS"), "{e}");
         let e = NodeConfig::from_args(&args(&["--serving-nice=-5"])).unwrap_err();
         assert!(e.to_string().contains("MEDIA_SERVING_NICE"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--max-load-percent", "150"])).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_MAX_LOAD_PERCENT"), "{e}");
         let e = NodeConfig::from_args(&args(&["--media-node-name", "n-0", "--advertise-source", "Public"])).unwrap_err();
         assert!(e.to_string().contains("MEDIA_ADVERTISE_SOURCE"), "{e}");
         let e = NodeConfig::from_args(&args(&["--media-node-name", "n-0", "--advertise-source", "Explicit"])).unwrap_err();

@@ -27,6 +27,7 @@
 //! - `echo`: caller input quoted in errors, kept short.
 //! - `fuzz`: fuzz targets over every parser of outside input.
 //! - `sync`: the one poisoned-lock recovery.
+pub mod admission;
 pub mod audio;
 pub mod call;
 pub mod cluster;

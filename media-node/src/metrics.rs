@@ -46,6 +46,11 @@ pub struct Metrics {
     pub placements: IntCounterVec,
     pub forwarded: IntCounterVec,
     pub fleet_peers: IntGauge,
+    /// The media threads' busy share over the last admission window.
+    pub media_load: prometheus::Gauge,
+    /// 1 while the node takes new calls, 0 while admission control refuses them.
+    pub admitting: IntGauge,
+    pub admission_refused: IntCounterVec,
     pub interarrival_jitter: Histogram,
     pub send_lateness: Histogram,
     pub call_events: IntCounterVec,
@@ -291,6 +296,23 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            media_load: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "media_load_ratio",
+                    "Share (0-1) of the media threads' time spent on calls over the last 500 ms (what admission control weighs)",
+                )
+                .unwrap(),
+            ),
+            admitting: reg(&r, IntGauge::new("media_admitting", "1 while the node takes new calls, 0 while it refuses them (at capacity)").unwrap()),
+            admission_refused: reg(
+                &r,
+                IntCounterVec::new(
+                    prometheus::Opts::new("media_admission_refused_total", "AllocatePorts refused because the node was at capacity, by reason"),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
             fleet_peers: reg(
                 &r,
                 IntGauge::new("media_fleet_peers", "Other nodes of the pool this node knows (from their MediaNodes)").unwrap(),
@@ -325,6 +347,10 @@ impl Metrics {
         // Every label shows from the start, at 0, so a rate() over it works at once.
         for reason in crate::core::session::SrtpDrops::REASONS {
             m.srtp_dropped.with_label_values(&[reason.reason()]);
+        }
+        m.admitting.set(1);
+        for reason in ["load", "lateness"] {
+            m.admission_refused.with_label_values(&[reason]);
         }
         for t in ["rtp", "srtp"] {
             m.calls_by_transport.with_label_values(&[t]);

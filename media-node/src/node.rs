@@ -31,6 +31,9 @@ const BIND_ATTEMPTS: usize = 8;
 pub enum NodeError {
     #[error("node is draining and takes no new calls")]
     Draining,
+    /// Admission control: the node is at capacity (the reason says how).
+    #[error("{0}")]
+    AtCapacity(crate::admission::Refusal),
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error("no call on port {0}")]
@@ -95,6 +98,8 @@ pub struct Node {
     /// The IP callers put in SDP; the cluster reporter may resolve it after start.
     advertised_ip: RwLock<IpAddr>,
     next_playback: AtomicU64,
+    /// Admission control: whether a new call may come in (see `admission`).
+    pub admission: crate::admission::Gate,
 }
 
 impl Node {
@@ -103,6 +108,7 @@ impl Node {
         let events =
             EventPublisher::new(config.rabbitmq_url.is_some(), config.tenant_id.clone(), crate::events::OUTBOX_CAPACITY, metrics.clone());
         let recordings = RecordingStore::new(config.recording.clone(), metrics.clone(), events.clone());
+        let config_admission = config.admission;
         let calls_context = CallContext {
             symmetric_rtp: config.symmetric_rtp,
             jitter: JitterConfig { hold: config.jitter_hold, ..JitterConfig::default() },
@@ -129,6 +135,7 @@ impl Node {
             draining: AtomicBool::new(false),
             drain_signal: tokio::sync::watch::channel(false).0,
             next_playback: AtomicU64::new(1),
+            admission: crate::admission::Gate::new(config_admission),
         };
         node.refresh_port_gauges();
         Ok(node)
@@ -194,6 +201,11 @@ impl Node {
             if let Some(&port) = lock(&self.calls).by_call_id.get(call_id) {
                 return Ok(Allocation { port, advertised_ip: self.advertised_ip() });
             }
+        }
+        // A retry of a call already here is answered above: only a new call is refused.
+        if let Err(r) = self.admission.admit() {
+            self.metrics.admission_refused.with_label_values(&[r.reason()]).inc();
+            return Err(NodeError::AtCapacity(r));
         }
         let mut last_err = None;
         for _ in 0..BIND_ATTEMPTS {

@@ -105,6 +105,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         info!(recovered, "recordings left unfinished by the last stop are back in the spool");
     }
     tokio::spawn(node.recordings.clone().run_retries(servers_stop.clone()));
+    tokio::spawn(crate::admission::run(node.clone(), servers_stop.clone()));
     if let Some(url) = cfg.rabbitmq_url.clone() {
         tokio::spawn(node.events.clone().run(url, servers_stop.clone()));
     }

@@ -151,6 +151,7 @@ async fn the_pool_behaves_as_one_media_service() {
     let prompt = synth_prompt(8000, 1.0);
     std::fs::create_dir_all(assets.path().join("prompts")).unwrap();
     std::fs::write(assets.path().join("prompts/hello.wav"), wav_bytes(&prompt, 8000)).unwrap();
+    std::fs::write(assets.path().join("prompts/long.wav"), wav_bytes(&synth_prompt(8000, 40.0), 8000)).unwrap();
     let kubelet = FakeKubelet::start(client.clone(), NS, cp.kubeconfig.clone(), "fleet-node", assets.path().to_path_buf());
     let operator = start_operator(cp.client().await.unwrap(), "fleet-op", 28191);
 
@@ -176,6 +177,7 @@ async fn the_pool_behaves_as_one_media_service() {
     let survivors = scale_down_cuts_no_call(&client, &members, &prompt).await;
     rollout_cuts_no_call(&client, survivors, &prompt).await;
     autoscaler(&client).await;
+    admission(&client).await;
 
     operator.stop().await;
     kubelet.stop().await;
@@ -530,4 +532,120 @@ async fn autoscaler(client: &Client) {
     })
     .await;
     assert_eq!(notes.len(), 2, "{notes:?}");
+}
+
+async fn metrics_of(m: &Member) -> Option<String> {
+    Some(media_tools::http::get(&m.http().to_string(), "/metrics").await.ok()?.1)
+}
+
+/// Admission control: a node at capacity refuses new calls and says why, reports
+/// itself overloaded, and the pool places the calls on its other node; the autoscaler
+/// counts it as full and grows the pool. When its calls end it takes calls again.
+async fn admission(client: &Client) {
+    let api: Api<MediaPool> = Api::namespaced(client.clone(), NS);
+    // Admission at 1 % of the media threads' time: twenty calls playing prompts on a
+    // test build are far past it, an idle node far below. Free capacity of 60 wanted
+    // keeps two nodes of 50 calls while both take calls.
+    api.patch(
+        POOL,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "maxLoadPercent": 1,
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 3, "freeSessions": 60, "scaleDownDelaySeconds": 600},
+        }})),
+    )
+    .await
+    .unwrap();
+    let has_limit = |p: &Pod| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.env.iter().flatten())
+                .any(|e| e.name == "MEDIA_MAX_LOAD_PERCENT" && e.value.as_deref() == Some("1"))
+        })
+    };
+    eventually("two nodes run with admission control at 1 %", 90, || async {
+        let pods = live_pods(client).await;
+        (pods.len() == 2 && pods.iter().all(has_limit)).then_some(())
+    })
+    .await;
+    let members = serving(client, 2).await;
+    let (busy, other) = (&members[0], &members[1]);
+
+    let calls = pin_calls(busy, 20, "load").await;
+    let g = busy.grpc().await;
+    let mut plays = Vec::new();
+    for c in &calls {
+        let mut g = g.clone();
+        let port = c.port;
+        plays.push(tokio::spawn(async move {
+            g.play_audio(PlayAudioRequest {
+                audio_uri: "file://prompts/long.wav".into(),
+                server_rtp_port: port,
+                rtp_target_addr: String::new(),
+                barge_in_ms: None,
+            })
+            .await
+        }));
+    }
+    eventually("the busy node refuses new calls", 30, || async {
+        let text = metrics_of(busy).await?;
+        (metric_value(&text, "media_admitting") == 0.0).then_some(())
+    })
+    .await;
+    let mut g = g;
+    let refused = g.allocate_port(pinned(AllocatePortRequest { call_id: "over-capacity".into() })).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("at capacity"), "the refusal says why: {}", refused.message());
+    // A new call that reaches the busy node goes to the other one.
+    for i in 0..3 {
+        let port = g
+            .allocate_port(AllocatePortRequest { call_id: format!("placed-elsewhere-{i}") })
+            .await
+            .expect("a node at capacity places calls on its peers")
+            .into_inner()
+            .rtp_port;
+        assert!(other.owns(port), "port {port} is on the node with room");
+        g.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    }
+    let text = metrics_of(busy).await.unwrap();
+    assert!(
+        metric_value(&text, "media_admission_refused_total{reason=\"load\"}")
+            + metric_value(&text, "media_admission_refused_total{reason=\"lateness\"}")
+            >= 1.0
+    );
+    eventually("its MediaNode says overloaded", 20, || async {
+        let mn = media_nodes(client).await.into_iter().find(|n| n.name_any() == busy.name)?;
+        mn.status?.overloaded.then_some(())
+    })
+    .await;
+    // Full for the autoscaler: 50 held + the other's 0 leaves 50 free of 100, under
+    // the 60 wanted, so a third node comes.
+    eventually("the autoscaler grows the pool", 30, || async { (pool(client).await.spec.replicas == 3).then_some(()) }).await;
+
+    // Its calls end: it takes calls again.
+    for c in &calls {
+        g.release_port(ReleasePortRequest { rtp_port: c.port }).await.unwrap();
+    }
+    for p in plays {
+        let _ = p.await;
+    }
+    eventually("the node takes calls again", 30, || async {
+        let text = metrics_of(busy).await?;
+        (metric_value(&text, "media_admitting") == 1.0).then_some(())
+    })
+    .await;
+    let port = g
+        .allocate_port(pinned(AllocatePortRequest { call_id: "room-again".into() }))
+        .await
+        .expect("admitted once the load is gone")
+        .into_inner()
+        .rtp_port;
+    assert!(busy.owns(port));
+    g.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+    eventually("its MediaNode no longer says overloaded", 20, || async {
+        let mn = media_nodes(client).await.into_iter().find(|n| n.name_any() == busy.name)?;
+        (!mn.status?.overloaded).then_some(())
+    })
+    .await;
 }

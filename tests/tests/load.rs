@@ -23,6 +23,7 @@ fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> Lo
         allocations: 0,
         codec: media_node::core::codec::AudioCodec::Pcmu,
         srtp: false,
+        max_load_percent: None,
     }
 }
 

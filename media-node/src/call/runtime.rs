@@ -72,3 +72,37 @@ fn batch_scheduling(nice: i32) {
         }
     }
 }
+
+/// One echo search per this much of a media thread's time, at most (see
+/// `core::analysis::echo_guard::ration_searches`): a search costs about 150 µs, so
+/// searches take at most some 15 % of a thread however many calls start at once.
+const ECHO_SEARCH_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+/// Searches a thread may run back to back after a quiet spell.
+const ECHO_SEARCH_BURST: u32 = 2;
+
+thread_local! {
+    static RATIONED_UNTIL: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Grants this media thread the echo searches its time since the last grant allows. A
+/// call task calls it on each tick: with hundreds of calls on a thread, grants come
+/// every few hundred µs.
+pub fn ration_echo_searches(now: std::time::Instant) {
+    use crate::core::analysis::echo_guard::ration_searches;
+    RATIONED_UNTIL.with(|until| match until.get() {
+        None => {
+            ration_searches(ECHO_SEARCH_BURST, ECHO_SEARCH_BURST);
+            until.set(Some(now));
+        }
+        Some(last) => {
+            let earned = (now.saturating_duration_since(last).as_micros() / ECHO_SEARCH_EVERY.as_micros()) as u32;
+            if earned > 0 {
+                ration_searches(earned, ECHO_SEARCH_BURST);
+                // Whole grants only: the remainder counts towards the next one; a long
+                // idle spell gives no more than the burst.
+                let next = if earned > ECHO_SEARCH_BURST { now } else { last + ECHO_SEARCH_EVERY * earned };
+                until.set(Some(next));
+            }
+        }
+    });
+}

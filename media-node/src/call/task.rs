@@ -328,7 +328,9 @@ impl CallTask {
                     None => self.streams.input_ended(),
                 },
                 _ = &mut tick => {
-                    self.session.handle_tick(Instant::now(), &mut self.out);
+                    let now = Instant::now();
+                    super::runtime::ration_echo_searches(now);
+                    self.session.handle_tick(now, &mut self.out);
                     let counters = self.session.take_counters();
                     self.metrics.add_session_counters(&counters);
                     self.quality.on_packets(counters.packets_in, counters.lost_samples);

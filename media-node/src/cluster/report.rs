@@ -1,6 +1,6 @@
 //! What the node reports into its MediaNode and when: the reporter's decision, pure,
 //! so its timing is tested with made-up time. A change the operator or the pool acts
-//! on (draining, readiness, the advertised address) goes out at once; occupancy, which
+//! on (draining, readiness, overload, the advertised address) goes out at once; occupancy, which
 //! feeds placement on the other nodes, at most about once a second; and a heartbeat
 //! every ten seconds when nothing changed, so the operator can tell a live node from a
 //! dead one.
@@ -22,6 +22,11 @@ pub struct Snapshot {
     pub recordings: i64,
     pub ready: bool,
     pub draining: bool,
+    /// Admission control refuses new calls (the node is at capacity).
+    pub overloaded: bool,
+    /// The media threads' busy share, in steps of 10 % (so a load that wavers does
+    /// not make a report a second).
+    pub load_percent: i64,
     pub address: String,
 }
 
@@ -29,7 +34,8 @@ pub struct Snapshot {
 /// nothing reported yet, or the last report failed).
 pub fn report_due(last: Option<(&Snapshot, Duration)>, now: &Snapshot) -> bool {
     let Some((prev, age)) = last else { return true };
-    let meaningful = prev.draining != now.draining || prev.ready != now.ready || prev.address != now.address;
+    let meaningful =
+        prev.draining != now.draining || prev.ready != now.ready || prev.overloaded != now.overloaded || prev.address != now.address;
     meaningful || (prev != now && age >= MIN_INTERVAL) || age >= HEARTBEAT
 }
 
@@ -44,6 +50,8 @@ mod tests {
             recordings: 0,
             ready: true,
             draining: false,
+            overloaded: false,
+            load_percent: 0,
             address: "192.0.2.10".into(),
         }
     }
@@ -80,6 +88,12 @@ mod tests {
         let drained_at = 1250;
         let sent = run(3, |ms| Snapshot { draining: ms >= drained_at, ready: ms < drained_at, ..snap(0) });
         assert_eq!(sent, vec![0, drained_at]);
+        let overloaded_at = 750;
+        assert_eq!(
+            run(2, |ms| Snapshot { overloaded: ms >= overloaded_at, ..snap(0) }),
+            vec![0, overloaded_at],
+            "overload goes out at once"
+        );
         let moved = run(2, |ms| Snapshot { address: if ms >= 500 { "192.0.2.11".into() } else { "192.0.2.10".into() }, ..snap(0) });
         assert_eq!(moved, vec![0, 500]);
     }

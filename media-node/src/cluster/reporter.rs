@@ -47,6 +47,8 @@ fn snapshot(node: &Node) -> Snapshot {
         recordings: node.metrics.recordings_in_flight.get() + node.recordings.pending() as i64,
         ready: !node.is_draining(),
         draining: node.is_draining(),
+        overloaded: node.admission.overloaded(),
+        load_percent: (node.admission.load() * 10.0).round() as i64 * 10,
         address: node.advertised_ip().to_string(),
     }
 }
@@ -134,6 +136,8 @@ pub async fn run(node: Arc<Node>, cfg: ReporterConfig, shutdown: CancellationTok
                     "heartbeatTime": Timestamp::now().to_string(),
                     "ready": snap.ready,
                     "draining": snap.draining,
+                    "overloaded": snap.overloaded,
+                    "loadPercent": snap.load_percent,
                 }
             });
             match api.patch_status(&cfg.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {

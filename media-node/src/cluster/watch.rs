@@ -30,7 +30,8 @@ pub fn peer_of(mn: &MediaNode, me: &str) -> Option<Peer> {
         endpoint,
         udp_min: u16::try_from(mn.spec.udp_min).ok()?,
         udp_max: u16::try_from(mn.spec.udp_max).ok()?,
-        ready: st.ready && !st.draining && !mn.spec.draining,
+        // An overloaded node takes no new calls from placement (it would refuse them).
+        ready: st.ready && !st.draining && !st.overloaded && !mn.spec.draining,
         used: st.ports.allocated + st.ports.quarantined,
         total: st.ports.total,
         heartbeat: st.heartbeat_time.as_deref().and_then(|t| t.parse().ok()),

@@ -87,7 +87,8 @@ impl MediaSvc {
 
     /// AllocatePort at the pool level: the least occupied ready node takes the call
     /// (this one on a tie); if it cannot, the next one; with no node able, the answer
-    /// is this node's own (UNAVAILABLE while draining, RESOURCE_EXHAUSTED when full).
+    /// is this node's own (UNAVAILABLE while draining, RESOURCE_EXHAUSTED when full or
+    /// at capacity). An overloaded node is not a candidate, here or on its peers.
     pub(crate) async fn place(&self, meta: &MetadataMap, call_id: String) -> Result<Response<AllocatePortResponse>, Status> {
         let fleet = &self.node.fleet;
         if !call_id.is_empty() {
@@ -103,7 +104,7 @@ impl MediaSvc {
         }
         let peers = fleet.candidates(Timestamp::now());
         let (used, total) = self.node.occupancy();
-        let mut cands = vec![Candidate { key: 0, ready: !self.node.is_draining(), used, total }];
+        let mut cands = vec![Candidate { key: 0, ready: !self.node.is_draining() && !self.node.admission.overloaded(), used, total }];
         cands.extend(peers.iter().enumerate().map(|(i, (_, used, total))| Candidate {
             key: i + 1,
             ready: true,

@@ -110,6 +110,7 @@ impl From<NodeError> for Status {
         let message = e.to_string();
         match e {
             NodeError::Draining => Status::unavailable(message),
+            NodeError::AtCapacity(_) => Status::resource_exhausted(message),
             NodeError::Pool(PoolError::Exhausted { .. }) => Status::resource_exhausted(message),
             NodeError::Pool(PoolError::EmptyRange { .. }) => Status::failed_precondition(message),
             NodeError::Pool(PoolError::NotAllocated(_)) | NodeError::UnknownPort(_) | NodeError::UnknownCall(_) | NodeError::CallGone => {

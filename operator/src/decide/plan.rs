@@ -37,6 +37,21 @@ pub struct NodeReport {
     pub ports_allocated: i64,
     pub ports_quarantined: i64,
     pub ports_free: i64,
+    /// Admission control refuses new calls on this node (at capacity).
+    pub overloaded: bool,
+}
+
+impl NodeReport {
+    /// Ports this node counts as held for the autoscaler: its calls' and quarantined
+    /// ones, or all of them while it refuses new calls (it has no room left, whatever
+    /// its ports say, so the pool must grow).
+    pub fn held_ports(&self) -> i64 {
+        if self.overloaded {
+            self.ports_total
+        } else {
+            self.ports_total - self.ports_free
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +359,13 @@ mod tests {
 
     fn creates(p: &Plan) -> Vec<i32> {
         p.actions.iter().filter_map(|a| if let Action::Create { ports, .. } = a { Some(ports.slot) } else { None }).collect()
+    }
+
+    #[test]
+    fn an_overloaded_node_counts_as_full_for_the_autoscaler() {
+        let r = NodeReport { ports_total: 500, ports_free: 400, ..Default::default() };
+        assert_eq!(r.held_ports(), 100);
+        assert_eq!(NodeReport { overloaded: true, ..r }.held_ports(), 500, "no room, whatever its ports say");
     }
 
     #[test]

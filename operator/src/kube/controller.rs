@@ -106,6 +106,7 @@ fn observe_node(n: &MediaNode) -> NodeObs {
         ports_allocated: s.ports.allocated,
         ports_quarantined: s.ports.quarantined,
         ports_free: s.ports.free,
+        overloaded: s.overloaded,
     });
     NodeObs {
         name: n.name_any(),
@@ -325,8 +326,7 @@ async fn autoscale_step(
         free_percent: a.free_percent.map(i64::from),
         scale_down_delay: SignedDuration::from_secs(a.scale_down_delay_seconds as i64),
     };
-    let used: i64 =
-        live_nodes(nodes, pods).filter(|n| !n.draining).filter_map(|n| n.report.as_ref()).map(|r| r.ports_total - r.ports_free).sum();
+    let used: i64 = live_nodes(nodes, pods).filter(|n| !n.draining).filter_map(|n| n.report.as_ref()).map(|r| r.held_ports()).sum();
     // Read fresh, not from the cache: a scale changes the spec, and the reconcile that
     // change triggers can see a cached pool older than the status the previous
     // reconcile wrote, which would put back an older lastScaleTime and restart a

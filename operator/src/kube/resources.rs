@@ -89,6 +89,9 @@ pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &
     if let Some(mode) = spec.srtp {
         env.push(json!({"name": "MEDIA_SRTP_POLICY", "value": mode.policy()}));
     }
+    if let Some(p) = spec.max_load_percent {
+        env.push(json!({"name": "MEDIA_MAX_LOAD_PERCENT", "value": p.to_string()}));
+    }
     if let Some(r) = &spec.recording {
         env.push(json!({"name": "BUCKET_NAME", "value": r.bucket}));
         if let Some(e) = &r.endpoint {

@@ -97,6 +97,33 @@ const TAIL_MARGIN: f32 = 4.0;
 const UNEXPLAINED: f32 = 0.15;
 /// Played blocks quieter than this (about -60 dBFS) are silence: no FFT for them.
 const SILENT_BLOCK: f32 = 1.0;
+thread_local! {
+    /// Searches this thread may still run now; None (the default): any number. A
+    /// search is one 8192-point FFT pair (about 150 µs); 200 calls that start together
+    /// would search together and hold every other call's tick on the thread for tens
+    /// of ms. The media runtime rations them (`ration_searches`) by its own clock, so
+    /// this core never reads one.
+    static SEARCH_RATION: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Grants this thread `tokens` more echo searches, keeping at most `cap` in hand: from
+/// then on a search runs only with a token (one is taken per search), and a search
+/// without one waits for a later frame.
+pub fn ration_searches(tokens: u32, cap: u32) {
+    SEARCH_RATION.with(|r| r.set(Some(r.get().unwrap_or(0).saturating_add(tokens).min(cap))));
+}
+
+fn take_search_ration() -> bool {
+    SEARCH_RATION.with(|r| match r.get() {
+        None => true,
+        Some(0) => false,
+        Some(n) => {
+            r.set(Some(n - 1));
+            true
+        }
+    })
+}
+
 /// Played silence after which the bot's audio is a new turn (500 ms).
 const NEW_TURN: u64 = 4000;
 /// Frames between two checks of the path while echo comes back (128 ms).
@@ -385,6 +412,11 @@ impl EchoGuard {
     /// Looks for the echo path in the caller's audio up to `to`; true when one was
     /// found (and adopted).
     fn search(&mut self, to: u64) -> bool {
+        if !take_search_ration() {
+            // The thread's searches are rationed and none is left this moment: try
+            // again on the next frame, with nothing counted as failed.
+            return false;
+        }
         self.since_search = 0;
         let found = self.best_lag(to, SEARCH, MIN_LAG, MAX_LAG);
         match found {

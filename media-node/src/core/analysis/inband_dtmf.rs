@@ -12,7 +12,7 @@
 //!   more is taken (Q.24's shortest accepted) and none under 25.5 ms is; two blocks
 //!   without it end it, so a drop-out of one block (under 13 ms) is bridged.
 
-use crate::core::goertzel::power_at;
+use crate::core::goertzel::powers_at;
 
 pub const RATE: u32 = 8000;
 pub const BLOCK: usize = 102;
@@ -61,15 +61,15 @@ pub fn classify_block(block: &[i16]) -> Option<char> {
     if mean_sq <= 0.0 {
         return None;
     }
-    let rows: Vec<f64> = ROWS.iter().map(|&f| power_at(block, RATE, f)).collect();
-    let cols: Vec<f64> = COLS.iter().map(|&f| power_at(block, RATE, f)).collect();
+    let all = powers_at(block, RATE, &[ROWS[0], ROWS[1], ROWS[2], ROWS[3], COLS[0], COLS[1], COLS[2], COLS[3]]);
+    let (rows, cols) = all.split_at(4);
     let best = |v: &[f64]| {
         let (i, &p) = v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
         let second = v.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, &q)| q).fold(0.0, f64::max);
         (i, p, second)
     };
-    let (r, rp, r2) = best(&rows);
-    let (c, cp, c2) = best(&cols);
+    let (r, rp, r2) = best(rows);
+    let (c, cp, c2) = best(cols);
     // power_at gives A²/4 for a sine of amplitude A.
     let min_power = MIN_TONE_AMPLITUDE * MIN_TONE_AMPLITUDE / 4.0;
     if rp < min_power || cp < min_power {

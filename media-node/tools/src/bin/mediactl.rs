@@ -106,6 +106,11 @@ enum Cmd {
         /// them), for a p99 from enough samples; 0 times the calls' own.
         #[arg(long, default_value_t = 0)]
         allocations: usize,
+        /// The node's admission control (MEDIA_MAX_LOAD_PERCENT, 0 off) for a node
+        /// this tool starts; left out, the node's default. Calls it refuses at set-up
+        /// are counted and left out of the figures.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        max_load_percent: Option<u32>,
     },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
@@ -158,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             srtp,
             allocate_rate,
             allocations,
+            max_load_percent,
         } => {
             use media_tools::load::{self, CallParts, Engine, LoadOptions};
             let parts = CallParts { listen: !no_listen, record: !no_record, events, analysis: !no_analysis };
@@ -184,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
                         allocations,
                         codec,
                         srtp,
+                        max_load_percent,
                     },
                     &levels,
                 )

@@ -23,12 +23,22 @@ use crate::analysis::{synth_prompt, synth_speech};
 use crate::caller::RtpCaller;
 use crate::prometheus::{histogram_quantile, metric_value};
 
-fn start_node(work: &Path, calls: usize, cpus: Option<&str>, analysis: bool) -> anyhow::Result<(EngineProcess, String)> {
+fn start_node(
+    work: &Path,
+    calls: usize,
+    cpus: Option<&str>,
+    analysis: bool,
+    max_load: Option<u32>,
+) -> anyhow::Result<(EngineProcess, String)> {
     let bin = std::env::current_exe()?.with_file_name("media-node");
     let assets = work.join("assets");
     std::fs::create_dir_all(&assets)?;
     let max = ENGINE_RTP_PORT_MIN as u32 + (calls as u32 * 2 + 100).min(19998);
-    let child = engine_command(&bin, cpus)
+    let mut cmd = engine_command(&bin, cpus);
+    if let Some(p) = max_load {
+        cmd.env("MEDIA_MAX_LOAD_PERCENT", p.to_string());
+    }
+    let child = cmd
         .env("MEDIA_SERVICE_GRPC_PORT", NODE_GRPC_PORT.to_string())
         .env("MEDIA_SERVICE_METRICS_PORT", NODE_METRICS_PORT.to_string())
         .env("MEDIA_SERVICE_LISTEN_ADDRESS", "127.0.0.1")
@@ -52,7 +62,13 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let (node, endpoint) = match &opts.target {
         Some(t) => (None, t.clone()),
         None => {
-            let (n, e) = start_node(&opts.work_dir, opts.calls + opts.allocations, opts.engine_cpus.as_deref(), opts.parts.analysis)?;
+            let (n, e) = start_node(
+                &opts.work_dir,
+                opts.calls + opts.allocations,
+                opts.engine_cpus.as_deref(),
+                opts.parts.analysis,
+                opts.max_load_percent,
+            )?;
             (Some(n), e)
         }
     };
@@ -85,7 +101,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     // same rate, then all released (before the CPU count starts).
     let interval = opts.setup_interval();
     let timed_alone = if opts.allocations > 0 {
-        let (ms, ports) = allocate_paced(&client, opts.allocations, interval, "alloc").await?;
+        let (ms, ports, _) = allocate_paced(&client, opts.allocations, interval, "alloc").await?;
         for a in ports {
             client.clone().release_port(ReleasePortRequest { rtp_port: a.rtp_port }).await?;
         }
@@ -96,7 +112,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let usage_before = node.as_ref().and_then(EngineProcess::usage);
     let wall = Instant::now();
 
-    let (calls_ms, ports) = allocate_paced(&client, opts.calls, interval, "load").await?;
+    let (calls_ms, ports, refused) = allocate_paced(&client, opts.calls, interval, "load").await?;
     let alloc_ms = timed_alone.unwrap_or(calls_ms);
 
     let speech = never_silent(synth_speech(8000, opts.seconds, 3));
@@ -246,6 +262,8 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     };
     let mut report = summarise(Engine::MediaNode, &opts, &results, alloc_ms, caller_to_node_loss, usage, wall);
     report.send_lateness_ms = lateness.map(|(a, b)| (a * 1000.0, b * 1000.0));
+    report.refused = refused.len();
+    report.refusal = refused.into_iter().next();
     report.allocate_in_node_ms = metrics.as_deref().map(|body| {
         let q = |p| histogram_quantile(body, "media_allocate_port_duration_seconds", p) * 1000.0;
         (q(0.5), q(0.99))
@@ -253,22 +271,30 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     Ok(report)
 }
 
-/// `n` AllocatePorts at a steady pace, one at a time, each timed (ms).
+/// `n` AllocatePorts at a steady pace, one at a time, each timed (ms); the calls the
+/// node refused at capacity (RESOURCE_EXHAUSTED) are left out and their messages
+/// returned.
 async fn allocate_paced(
     client: &MediaServiceClient<Channel>,
     n: usize,
     interval: Duration,
     prefix: &str,
-) -> anyhow::Result<(Vec<f64>, Vec<AllocatePortResponse>)> {
+) -> anyhow::Result<(Vec<f64>, Vec<AllocatePortResponse>, Vec<String>)> {
     let mut ms = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
+    let mut refused = Vec::new();
     let start = tokio::time::Instant::now();
     for i in 0..n {
         tokio::time::sleep_until(start + interval * i as u32).await;
         let t = Instant::now();
-        let a = client.clone().allocate_port(AllocatePortRequest { call_id: format!("{prefix}-{i}") }).await?.into_inner();
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        ports.push(a);
+        match client.clone().allocate_port(AllocatePortRequest { call_id: format!("{prefix}-{i}") }).await {
+            Ok(a) => {
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                ports.push(a.into_inner());
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => refused.push(s.message().to_string()),
+            Err(s) => return Err(s.into()),
+        }
     }
-    Ok((ms, ports))
+    Ok((ms, ports, refused))
 }

@@ -57,6 +57,9 @@ pub struct LoadOptions {
     /// The callers speak SRTP (SDES keys, AES_CM_128_HMAC_SHA1_80): the node, or
     /// rtpengine, decrypts what they send and encrypts what it plays to them.
     pub srtp: bool,
+    /// The node's MEDIA_MAX_LOAD_PERCENT (admission control) for a node this tool
+    /// starts; None leaves the node's default.
+    pub max_load_percent: Option<u32>,
 }
 
 impl LoadOptions {

@@ -79,6 +79,11 @@ pub struct LoadReport {
     pub events: u64,
     /// Wall time of the whole run (allocation, calls, teardown), for CPU share.
     pub wall_seconds: f64,
+    /// Calls the node refused at set-up (admission control: AllocatePort
+    /// RESOURCE_EXHAUSTED), and the first refusal's message; `calls` counts the
+    /// admitted ones only, and every figure is theirs.
+    pub refused: usize,
+    pub refusal: Option<String>,
 }
 
 impl LoadReport {
@@ -136,6 +141,16 @@ impl std::fmt::Display for LoadReport {
             self.codec,
             if self.srtp { " over SRTP (SDES, AES_CM_128_HMAC_SHA1_80)" } else { "" }
         )?;
+        if self.refused > 0 {
+            writeln!(
+                f,
+                "  refused at set-up: {} of {} calls ({}); the figures below are the {} admitted calls'",
+                self.refused,
+                self.refused + self.calls,
+                self.refusal.as_deref().unwrap_or(""),
+                self.calls
+            )?;
+        }
         let inbound = match self.caller_to_node_loss {
             Some(l) => format!("{:.3} %", l * 100.0),
             None => "not measured (no listener and no engine metrics)".into(),
@@ -242,7 +257,7 @@ pub(crate) fn summarise(
     }
     LoadReport {
         engine: engine.name(),
-        calls: opts.calls,
+        calls: results.len(),
         seconds: opts.seconds,
         caller_to_node_loss: caller_to_engine_loss,
         node_to_caller_loss: loss(expected, received as f64),
@@ -260,6 +275,8 @@ pub(crate) fn summarise(
         listener_frames: frames,
         events: results.iter().map(|r| r.events).sum(),
         wall_seconds: wall,
+        refused: 0,
+        refusal: None,
         send_lateness_ms: None,
         allocate_in_node_ms: None,
         parts: opts.parts,
