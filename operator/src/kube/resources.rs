@@ -296,6 +296,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_pools_load_limit_reaches_its_nodes_and_none_leaves_their_default() {
+        let env = |p: &MediaPool| {
+            let pod = node_pod(p, "voice-0-abcde", SlotPorts { slot: 0, udp_min: 30000, udp_max: 30099 }, "abc");
+            pod.spec.unwrap().containers[0]
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.name == "MEDIA_MAX_LOAD_PERCENT")
+                .and_then(|e| e.value.clone())
+        };
+        let mut p = pool();
+        assert_eq!(env(&p), None);
+        p.spec.max_load_percent = Some(60);
+        assert_eq!(env(&p).as_deref(), Some("60"));
+    }
+
+    #[test]
     fn the_budget_covers_the_pool_pods() {
         let pdb = disruption_budget(&pool());
         let spec = pdb.spec.unwrap();

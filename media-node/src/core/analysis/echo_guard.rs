@@ -653,6 +653,45 @@ mod tests {
     }
 
     #[test]
+    fn rationed_searches_wait_for_a_grant_and_then_find_the_path() {
+        // A thread of its own: the ration is the thread's.
+        std::thread::spawn(|| {
+            let bot = speech(5, 24000);
+            let delay = 2000;
+            let noise = [0.1; BANDS];
+            let mut g = EchoGuard::default();
+            ration_searches(0, 2);
+            let mut judged = 0;
+            let mut feed = |g: &mut EchoGuard, k: u64| {
+                let at = k as usize * 160;
+                g.on_played(k * 160, &bot[at..at + 160]);
+                let heard: Vec<i16> = (at..at + 160).map(|n| if n >= delay { bot[n - delay] / 2 } else { 0 }).collect();
+                g.on_heard(k * 160, &heard);
+                let from = k * 160 + 160 - FRAME as u64;
+                let bands = g.heard_bands(from);
+                if k >= 20 && bands.iter().sum::<f32>() > 1000.0 {
+                    judged += 1;
+                    g.judge(from, &bands, &noise)
+                } else {
+                    Verdict::NothingPlayed
+                }
+            };
+            for k in 0..80 {
+                assert_ne!(feed(&mut g, k), Verdict::Echo);
+            }
+            assert_eq!(g.delay(), None, "no grant, no search: nothing adopted");
+            // Two searches granted, and the two agree.
+            ration_searches(2, 2);
+            let verdicts: Vec<Verdict> = (80..150).map(|k| feed(&mut g, k)).collect();
+            assert_eq!(g.delay(), Some(delay as u64));
+            assert!(verdicts.iter().filter(|&&v| v == Verdict::Echo).count() > 40, "{verdicts:?}");
+            assert!(judged > 100);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn the_search_finds_the_delay() {
         let bot = speech(3, 16000);
         for delay in [MIN_LAG as usize, 1478, 2400, 4000] {

@@ -101,7 +101,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     // same rate, then all released (before the CPU count starts).
     let interval = opts.setup_interval();
     let timed_alone = if opts.allocations > 0 {
-        let (ms, ports, _) = allocate_paced(&client, opts.allocations, interval, "alloc").await?;
+        let (ms, ports) = allocate_paced(&client, opts.allocations, interval, "alloc").await?;
         for a in ports {
             client.clone().release_port(ReleasePortRequest { rtp_port: a.rtp_port }).await?;
         }
@@ -112,12 +112,28 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let usage_before = node.as_ref().and_then(EngineProcess::usage);
     let wall = Instant::now();
 
-    let (calls_ms, ports, refused) = allocate_paced(&client, opts.calls, interval, "load").await?;
-    let alloc_ms = timed_alone.unwrap_or(calls_ms);
-
     let speech = never_silent(synth_speech(8000, opts.seconds, 3));
     let mut tasks = Vec::new();
-    for (i, a) in ports.into_iter().enumerate() {
+    let mut calls_ms = Vec::with_capacity(opts.calls);
+    let mut refused = Vec::new();
+    let start = tokio::time::Instant::now();
+    // Each call starts as soon as its port is allocated, as calls arrive in production:
+    // the node's admission control then weighs the calls that came before.
+    for n in 0..opts.calls {
+        tokio::time::sleep_until(start + interval * n as u32).await;
+        let t = Instant::now();
+        let a = match client.clone().allocate_port(AllocatePortRequest { call_id: format!("load-{n}") }).await {
+            Ok(a) => {
+                calls_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                a.into_inner()
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                refused.push(s.message().to_string());
+                continue;
+            }
+            Err(s) => return Err(s.into()),
+        };
+        let i = tasks.len();
         let mut c = client.clone();
         let speech = speech.clone();
         let prompt_uri = prompt_uri.clone();
@@ -230,6 +246,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
             })
         }));
     }
+    let alloc_ms = timed_alone.unwrap_or(calls_ms);
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await??);
@@ -271,30 +288,22 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     Ok(report)
 }
 
-/// `n` AllocatePorts at a steady pace, one at a time, each timed (ms); the calls the
-/// node refused at capacity (RESOURCE_EXHAUSTED) are left out and their messages
-/// returned.
+/// `n` AllocatePorts at a steady pace, one at a time, each timed (ms).
 async fn allocate_paced(
     client: &MediaServiceClient<Channel>,
     n: usize,
     interval: Duration,
     prefix: &str,
-) -> anyhow::Result<(Vec<f64>, Vec<AllocatePortResponse>, Vec<String>)> {
+) -> anyhow::Result<(Vec<f64>, Vec<AllocatePortResponse>)> {
     let mut ms = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
-    let mut refused = Vec::new();
     let start = tokio::time::Instant::now();
     for i in 0..n {
         tokio::time::sleep_until(start + interval * i as u32).await;
         let t = Instant::now();
-        match client.clone().allocate_port(AllocatePortRequest { call_id: format!("{prefix}-{i}") }).await {
-            Ok(a) => {
-                ms.push(t.elapsed().as_secs_f64() * 1000.0);
-                ports.push(a.into_inner());
-            }
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => refused.push(s.message().to_string()),
-            Err(s) => return Err(s.into()),
-        }
+        let a = client.clone().allocate_port(AllocatePortRequest { call_id: format!("{prefix}-{i}") }).await?.into_inner();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        ports.push(a);
     }
-    Ok((ms, ports, refused))
+    Ok((ms, ports))
 }
