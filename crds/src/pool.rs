@@ -74,7 +74,7 @@ pub struct MediaPoolSpec {
     /// Admission control (the nodes' MEDIA_MAX_LOAD_PERCENT): the busy share of a
     /// node's media threads, percent, past which it refuses new calls and reports
     /// itself overloaded, so the pool places them on other nodes and the autoscaler
-    /// counts it as full; 0 turns it off. Left out, the nodes' default (70).
+    /// counts it as full; 0 turns it off. Left out, the nodes' default (55).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_load_percent: Option<i32>,

@@ -158,7 +158,7 @@ pub struct NodeArgs {
     /// Admission control: the busy share (percent of the media threads' time) past
     /// which the node refuses new calls (RESOURCE_EXHAUSTED) and reports itself
     /// overloaded; 0 turns it off. See the README and BENCHMARKS.md.
-    #[arg(long, env = "MEDIA_MAX_LOAD_PERCENT", default_value_t = 70)]
+    #[arg(long, env = "MEDIA_MAX_LOAD_PERCENT", default_value_t = 55)]
     pub max_load_percent: u32,
     // What the operator gives a node pod: its MediaNode, pool, Kubernetes Node and the
     // advertise rule (downward API and the pool's spec). Unset outside a pool.
@@ -456,7 +456,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = NodeConfig::from_args(&args(&[])).unwrap();
         assert_eq!(c.grpc_addr.port(), 13031);
-        assert_eq!(c.admission.max_load, 0.7, "admission control is on by default");
+        assert_eq!(c.admission.max_load, 0.55, "admission control is on by default");
         let off = NodeConfig::from_args(&args(&["--max-load-percent", "0"])).unwrap();
         assert_eq!(off.admission.max_load, 0.0);
         assert_eq!(c.http_addr.port(), 13032);
