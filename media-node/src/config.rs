@@ -160,6 +160,10 @@ pub struct NodeArgs {
     /// overloaded; 0 turns it off. See the README and BENCHMARKS.md.
     #[arg(long, env = "MEDIA_MAX_LOAD_PERCENT", default_value_t = 55)]
     pub max_load_percent: u32,
+    /// libopus's encoder complexity (0-10) for Opus calls: CPU against quality, the
+    /// measured table is in BENCHMARKS.md.
+    #[arg(long, env = "MEDIA_OPUS_COMPLEXITY", default_value_t = 1)]
+    pub opus_complexity: i32,
     // What the operator gives a node pod: its MediaNode, pool, Kubernetes Node and the
     // advertise rule (downward API and the pool's spec). Unset outside a pool.
     #[arg(long, env = "MEDIA_NODE_NAME", hide = true)]
@@ -228,6 +232,8 @@ pub struct NodeConfig {
     pub runtime: RuntimeSettings,
     /// When the node refuses new calls.
     pub admission: crate::admission::Limits,
+    /// libopus's encoder complexity for Opus calls (0-10).
+    pub opus_complexity: i32,
     /// Set when the operator runs this node in a pool (MEDIA_NODE_NAME given).
     pub cluster: Option<ReporterConfig>,
 }
@@ -333,6 +339,9 @@ impl NodeConfig {
             // Raising priority would need a privilege the node does not ask for.
             return bad(format!("MEDIA_SERVING_NICE ({}) must be between 0 and 19", a.serving_nice));
         }
+        if !(0..=10).contains(&a.opus_complexity) {
+            return bad(format!("MEDIA_OPUS_COMPLEXITY ({}) must be between 0 and 10", a.opus_complexity));
+        }
         if a.max_load_percent > 100 {
             return bad(format!("MEDIA_MAX_LOAD_PERCENT ({}) must be between 0 (off) and 100", a.max_load_percent));
         }
@@ -370,6 +379,7 @@ impl NodeConfig {
             tenant_id: a.tenant_id.clone().unwrap_or_default(),
             runtime: RuntimeSettings { media_workers: a.worker_threads, serving_nice: a.serving_nice },
             admission: crate::admission::Limits { max_load: a.max_load_percent as f64 / 100.0 },
+            opus_complexity: a.opus_complexity,
             cluster,
         })
     }
@@ -405,6 +415,7 @@ impl NodeConfig {
             // Off: the demo and the tests measure behaviour, not capacity, and a test
             // machine's load is not the node's.
             admission: crate::admission::Limits { max_load: 0.0 },
+            opus_complexity: 1, // core::opus::DEFAULT_COMPLEXITY (the module is behind the opus feature)
             cluster: None,
             assets_root,
         }
@@ -479,6 +490,8 @@ mod tests {
         assert!(e.to_string().contains("MEDIA_WORKER_THREADS"), "{e}");
         let e = NodeConfig::from_args(&args(&["--serving-nice=-5"])).unwrap_err();
         assert!(e.to_string().contains("MEDIA_SERVING_NICE"), "{e}");
+        let e = NodeConfig::from_args(&args(&["--opus-complexity", "11"])).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_OPUS_COMPLEXITY"), "{e}");
         let e = NodeConfig::from_args(&args(&["--max-load-percent", "150"])).unwrap_err();
         assert!(e.to_string().contains("MEDIA_MAX_LOAD_PERCENT"), "{e}");
         let e = NodeConfig::from_args(&args(&["--media-node-name", "n-0", "--advertise-source", "Public"])).unwrap_err();

@@ -24,6 +24,7 @@ fn options(engine: Engine, target: Option<String>, work: &std::path::Path) -> Lo
         codec: media_node::core::codec::AudioCodec::Pcmu,
         srtp: false,
         max_load_percent: None,
+        talk_share: 1.0,
     }
 }
 

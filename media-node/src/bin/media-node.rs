@@ -16,6 +16,8 @@ fn main() -> anyhow::Result<()> {
         }
     };
     runtime::configure(cfg.runtime);
+    #[cfg(feature = "opus")]
+    media_node::core::opus::set_default_complexity(cfg.opus_complexity);
     runtime::serving(&cfg.runtime).build()?.block_on(run(args.log_json, cfg))
 }
 

@@ -25,6 +25,19 @@ const OPUS_SET_PACKET_LOSS_PERC_REQUEST: i32 = 4014;
 /// The largest packet libopus writes (RFC 6716 §3.4: 1275 bytes a frame).
 const MAX_PACKET: usize = 1275;
 
+/// libopus's complexity (0-10) for the calls' encoders when the node does not set
+/// one: 1, from the measured table in BENCHMARKS.md (`--bench opus_complexity`): a
+/// quarter of complexity 5's CPU for the same measured quality on speech.
+pub const DEFAULT_COMPLEXITY: i32 = 1;
+
+static COMPLEXITY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(DEFAULT_COMPLEXITY);
+
+/// Sets the complexity every encoder made from now on starts with (the node's
+/// MEDIA_OPUS_COMPLEXITY, set once at start); clamped to libopus's 0-10.
+pub fn set_default_complexity(c: i32) {
+    COMPLEXITY.store(c.clamp(0, 10), std::sync::atomic::Ordering::Relaxed);
+}
+
 pub struct OpusEncoder(NonNull<ffi::OpusEncoder>);
 
 // The encoder state is plain memory libopus owns; one call's task uses it at a time.
@@ -40,7 +53,7 @@ impl OpusEncoder {
         // SAFETY: a live encoder; each request takes one opus_int32.
         unsafe {
             ffi::opus_encoder_ctl(enc.0.as_ptr(), OPUS_SET_BITRATE_REQUEST, bitrate);
-            ffi::opus_encoder_ctl(enc.0.as_ptr(), OPUS_SET_COMPLEXITY_REQUEST, 5i32);
+            ffi::opus_encoder_ctl(enc.0.as_ptr(), OPUS_SET_COMPLEXITY_REQUEST, COMPLEXITY.load(std::sync::atomic::Ordering::Relaxed));
             ffi::opus_encoder_ctl(enc.0.as_ptr(), OPUS_SET_INBAND_FEC_REQUEST, (loss_percent > 0) as i32);
             ffi::opus_encoder_ctl(enc.0.as_ptr(), OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss_percent);
         }
@@ -58,6 +71,12 @@ impl OpusEncoder {
         };
         // SAFETY: a live encoder; the request takes one opus_int32.
         unsafe { ffi::opus_encoder_ctl(self.0.as_ptr(), OPUS_SET_MAX_BANDWIDTH_REQUEST, band) };
+    }
+
+    /// libopus's complexity, 0 (cheapest) to 10 (best).
+    pub fn set_complexity(&mut self, c: i32) {
+        // SAFETY: a live encoder; the request takes one opus_int32.
+        unsafe { ffi::opus_encoder_ctl(self.0.as_ptr(), OPUS_SET_COMPLEXITY_REQUEST, c.clamp(0, 10)) };
     }
 
     /// Constant bitrate (RFC 7587's `cbr=1`) or variable (libopus's default).

@@ -21,8 +21,13 @@ use media_tools::analysis::synth_speech;
 
 /// Runs `f` over `secs` seconds of 20 ms frames, repeated, and prints the cost per
 /// call-second of audio.
-fn bench(name: &str, call_seconds: usize, mut f: impl FnMut(&[i16])) {
-    let speech = synth_speech(8000, call_seconds as f64, 1);
+fn bench(name: &str, call_seconds: usize, f: impl FnMut(&[i16])) {
+    bench_on(name, &synth_speech(8000, call_seconds as f64, 1), f);
+}
+
+/// As `bench`, over the given audio (8 kHz).
+fn bench_on(name: &str, speech: &[i16], mut f: impl FnMut(&[i16])) {
+    let call_seconds = speech.len() as f64 / 8000.0;
     // Warm up, then time.
     for frame in speech.chunks(160).take(100) {
         f(frame);
@@ -37,7 +42,7 @@ fn bench(name: &str, call_seconds: usize, mut f: impl FnMut(&[i16])) {
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
-    let per_call_second = best / call_seconds as f64;
+    let per_call_second = best / call_seconds;
     println!("{name:<42} {:>8.2} µs of CPU per call-second", per_call_second * 1e6);
 }
 
@@ -199,6 +204,27 @@ fn main() {
         held += vad.take_echo_held();
         speech_events.clear();
     });
+    // A caller in turns: talking 40 % of the time, the line's noise while the bot
+    // talks (mediactl load --talk-share 0.4). The network rests in the noise.
+    let turns = media_tools::load::in_turns(synth_speech(8000, secs as f64, 1), 8000, 0.4);
+    let mut pos = 0u64;
+    let mut analyzer = Analyzer::new(AnalysisConfig::default());
+    bench_on("call analysis, caller talking 40 %", &turns, |f| {
+        analyzer.on_heard(pos, f, &mut signals);
+        pos += f.len() as u64;
+        signals.clear();
+    });
+    for (name, mut vad) in [
+        ("  of which the VAD (network rests in the noise)", VoiceDetector::new(VadConfig::default())),
+        ("  the VAD with the network on every frame", VoiceDetector::new(VadConfig::default()).never_resting()),
+    ] {
+        let mut pos = 0u64;
+        bench_on(name, &turns, |f| {
+            vad.push(pos, f, &mut speech_events);
+            pos += f.len() as u64;
+            speech_events.clear();
+        });
+    }
     // What was timed is a real judgment: the echo was heard as voice and held back.
     assert!(held > 0, "the guard held nothing back");
 }

@@ -58,7 +58,11 @@ fn db(ratio: f64) -> f64 {
 pub fn classify_block(block: &[i16]) -> Option<char> {
     let n = block.len() as f64;
     let mean_sq = super::quality::sum_squares(block) / n;
-    if mean_sq <= 0.0 {
+    // power_at never exceeds the block's mean square (Cauchy-Schwarz), so a block too
+    // quiet to hold one tone at the minimum level holds no digit: silence and a line's
+    // noise cost no Goertzel filter.
+    let min_power = MIN_TONE_AMPLITUDE * MIN_TONE_AMPLITUDE / 4.0;
+    if mean_sq < min_power {
         return None;
     }
     let all = powers_at(block, RATE, &[ROWS[0], ROWS[1], ROWS[2], ROWS[3], COLS[0], COLS[1], COLS[2], COLS[3]]);
@@ -71,7 +75,6 @@ pub fn classify_block(block: &[i16]) -> Option<char> {
     let (r, rp, r2) = best(rows);
     let (c, cp, c2) = best(cols);
     // power_at gives A²/4 for a sine of amplitude A.
-    let min_power = MIN_TONE_AMPLITUDE * MIN_TONE_AMPLITUDE / 4.0;
     if rp < min_power || cp < min_power {
         return None;
     }

@@ -69,6 +69,15 @@ pub const BARGE_IN_FRAMES: u32 = 2;
 const SPEECH_ABOVE_FLOOR_DB: f32 = 4.0;
 /// A frame this close to the floor (mean band SNR in dB) is the noise alone.
 const QUIET_DB: f32 = 2.0;
+/// Frames under the voice margin in a row (400 ms, the gate's own minimum silence)
+/// after which the network rests: the pauses inside an utterance, the caller's or the
+/// bot's echo, never rest it, so what it scores there is what it scored before (with
+/// 96 ms, a fresh network in the pauses of a prompt's echo let a barge-in be dated
+/// 80 ms early); a caller who listens rests it.
+const GATE_AFTER: u32 = 25;
+/// Frames replayed into a rested network before it scores again: with the frame
+/// itself, the three frames of context it reads.
+const WARM_UP: usize = 2;
 
 /// The hysteresis on the scores, apart from the network so its rules test alone.
 #[derive(Debug, Clone)]
@@ -241,6 +250,16 @@ pub struct VoiceDetector {
     /// Stretches of "speech" (voice as long as speech must be) the guard found to be
     /// the node's own audio, since the last `take_echo_held`.
     echo_held: u64,
+    /// Frames in a row under the floor's voice margin, and whether the network has
+    /// been left idle since (see `score`).
+    quiet_frames: u32,
+    net_idle: bool,
+    /// The last frames at 16 kHz, to bring an idle network back.
+    recent: [[i16; CHUNK16]; WARM_UP],
+    /// Frames the network was not run for (tests and the benchmark).
+    pub gated_frames: u64,
+    /// GATE_AFTER; u32::MAX runs the network on every frame (tests compare).
+    gate_after: u32,
 }
 
 impl VoiceDetector {
@@ -263,7 +282,19 @@ impl VoiceDetector {
             quiet_until: 0,
             echo_run: 0,
             echo_held: 0,
+            quiet_frames: 0,
+            net_idle: false,
+            recent: [[0; CHUNK16]; WARM_UP],
+            gated_frames: 0,
+            gate_after: GATE_AFTER,
         }
+    }
+
+    /// The same detector with the network run on every frame, never rested (the
+    /// benchmark and the tests compare the two).
+    pub fn never_resting(mut self) -> VoiceDetector {
+        self.gate_after = u32::MAX;
+        self
     }
 
     /// The node's own audio as it went out (what the caller's phone may return).
@@ -282,11 +313,42 @@ impl VoiceDetector {
         self.energy.onset_before(pos).max(self.echo_until).max(self.quiet_until)
     }
 
-    /// Is the frame at `pos8` the caller's voice: the network's score, the frame
-    /// standing above the noise floor, and not the node's own audio coming back.
-    fn voiced(&mut self, pos8: u64, score: f32) -> bool {
+    /// The network's score for a 16 kHz frame whose 8 kHz copy stands `snr` dB over the
+    /// floor. A frame under `SPEECH_ABOVE_FLOOR_DB` is never voice whatever it scores,
+    /// so once `GATE_AFTER` such frames have come in a row the network is not run
+    /// (silence, a line's noise, a caller who listens: most of a call). It keeps a
+    /// recurrent state and three frames of context, so when a frame rises again it
+    /// starts afresh, as at the start of a call, from the two frames before it.
+    fn score(&mut self, frame: &[i16; CHUNK16], snr: f32) -> f32 {
+        let quiet = snr < SPEECH_ABOVE_FLOOR_DB;
+        let gated = quiet && self.quiet_frames >= self.gate_after;
+        self.quiet_frames = if quiet { self.quiet_frames.saturating_add(1) } else { 0 };
+        let score = if gated {
+            self.net_idle = true;
+            self.gated_frames += 1;
+            0.0
+        } else {
+            if std::mem::take(&mut self.net_idle) {
+                self.net.reset();
+                for before in &self.recent {
+                    self.net.predict_i16(before);
+                }
+            }
+            self.net.predict_i16(frame)
+        };
+        self.recent.rotate_left(1);
+        self.recent[WARM_UP - 1] = *frame;
+        score
+    }
+
+    /// Is the frame at `pos8` (`frame` at 16 kHz) the caller's voice: the network's
+    /// score, the frame standing above the noise floor, and not the node's own audio
+    /// coming back.
+    fn voiced(&mut self, pos8: u64, frame: &[i16; CHUNK16]) -> bool {
         let bands = self.guard.heard_bands(pos8);
         let snr = self.floor.snr_db(&bands);
+        let score = self.score(frame, snr);
+        self.last_score = score;
         self.floor.push(&bands);
         let line = if self.guard.could_echo(pos8) { self.guard.without_direct_echo(pos8, &bands) } else { bands };
         self.line_floor.push(&line);
@@ -329,13 +391,12 @@ impl VoiceDetector {
         let delay = self.up.delay_out() as u64;
         let mut taken = 0;
         while self.wide.len() - taken >= CHUNK16 {
-            let chunk = &self.wide[taken..taken + CHUNK16];
+            let mut frame = [0i16; CHUNK16];
+            frame.copy_from_slice(&self.wide[taken..taken + CHUNK16]);
             taken += CHUNK16;
-            let score = self.net.predict_i16(chunk);
-            self.last_score = score;
             let pos8 = self.origin + self.consumed16.saturating_sub(delay) / 2;
             self.consumed16 += CHUNK16 as u64;
-            let voiced = self.voiced(pos8, score);
+            let voiced = self.voiced(pos8, &frame);
             match self.gate.on_voice(pos8, voiced) {
                 Some(Speech::Started { pos }) => {
                     let onset = self.walk_back(pos);
@@ -447,5 +508,55 @@ mod tests {
             v.push(k * 160, &frame, &mut out);
         }
         assert!(out.is_empty(), "{out:?}");
+        assert!(v.gated_frames > 250, "silence and steady noise rest the network: {} of 312 frames", v.gated_frames);
+    }
+
+    /// Real speech between stretches of line noise: the gate rests the network through
+    /// the noise and the speech events land where they land with the network run on
+    /// every frame.
+    #[test]
+    fn resting_the_network_in_the_noise_changes_no_speech_event() {
+        let wav = hound::WavReader::new(&include_bytes!("../../../testdata/speech-8k.wav")[..]).unwrap();
+        let speech: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
+        let mut x: u32 = 11;
+        let mut noise = |n: usize| -> Vec<i16> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x as i32 >> 24) as i16
+                })
+                .collect()
+        };
+        let mut pcm = noise(16000);
+        for _ in 0..3 {
+            pcm.extend(speech.iter().zip(noise(speech.len())).map(|(&s, n)| s.saturating_add(n)));
+            pcm.extend(noise(12000));
+        }
+        let run = |gate_after: u32| {
+            let mut v = VoiceDetector::new(VadConfig::default());
+            v.gate_after = gate_after;
+            let mut out = Vec::new();
+            for (k, f) in pcm.chunks(160).enumerate() {
+                v.push(k as u64 * 160, f, &mut out);
+            }
+            (out, v.gated_frames)
+        };
+        let (always, none) = run(u32::MAX);
+        let (gated, rested) = run(GATE_AFTER);
+        assert_eq!(none, 0);
+        let frames = pcm.len() as u64 / 128;
+        assert!(rested * 3 > frames, "the network rested {rested} of {frames} frames");
+        assert_eq!(always.len(), gated.len(), "{always:?}\n{gated:?}");
+        assert!(always.len() >= 6, "three utterances, each started and stopped: {always:?}");
+        for (a, g) in always.iter().zip(&gated) {
+            let (pa, pg) = match (a, g) {
+                (Speech::Started { pos: a }, Speech::Started { pos: g }) => (*a, *g),
+                (Speech::Stopped { pos: a, .. }, Speech::Stopped { pos: g, .. }) => (*a, *g),
+                _ => panic!("{a:?} against {g:?}"),
+            };
+            assert!(pa.abs_diff(pg) <= 2 * CHUNK8, "{a:?} against {g:?}: within two frames");
+        }
     }
 }

@@ -111,6 +111,11 @@ enum Cmd {
         /// are counted and left out of the figures.
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
         max_load_percent: Option<u32>,
+        /// Share of the time the callers talk, in turns (0.4: 4 s of every 10 s, the
+        /// line's noise between, as a caller who listens to the bot); 1 talks all the
+        /// time.
+        #[arg(long, default_value_t = 1.0)]
+        talk_share: f64,
     },
     /// Play a whole demo call. Without --target, starts a standalone node on loopback.
     Demo {
@@ -164,7 +169,9 @@ async fn main() -> anyhow::Result<()> {
             allocate_rate,
             allocations,
             max_load_percent,
+            talk_share,
         } => {
+            anyhow::ensure!((0.0..=1.0).contains(&talk_share), "--talk-share must be between 0 and 1");
             use media_tools::load::{self, CallParts, Engine, LoadOptions};
             let parts = CallParts { listen: !no_listen, record: !no_record, events, analysis: !no_analysis };
             let levels = if ramp.is_empty() { vec![calls] } else { ramp };
@@ -191,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
                         codec,
                         srtp,
                         max_load_percent,
+                        talk_share,
                     },
                     &levels,
                 )

@@ -112,7 +112,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let usage_before = node.as_ref().and_then(EngineProcess::usage);
     let wall = Instant::now();
 
-    let speech = never_silent(synth_speech(8000, opts.seconds, 3));
+    let speech = never_silent(super::in_turns(synth_speech(8000, opts.seconds, 3), 8000, opts.talk_share));
     let mut tasks = Vec::new();
     let mut calls_ms = Vec::with_capacity(opts.calls);
     let mut refused = Vec::new();

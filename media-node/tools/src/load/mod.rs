@@ -29,6 +29,30 @@ pub(crate) fn never_silent(mut pcm: Vec<i16>) -> Vec<i16> {
     pcm
 }
 
+/// The caller's audio in turns: it talks for `share` of every `TURN_CYCLE` seconds
+/// and listens the rest, sending the line's noise (about -50 dBFS) as a phone does,
+/// while the bot talks. `share` 1 leaves the speech as it is.
+pub fn in_turns(mut speech: Vec<i16>, rate: u32, share: f64) -> Vec<i16> {
+    if share >= 1.0 {
+        return speech;
+    }
+    let cycle = (TURN_CYCLE * rate as f64) as usize;
+    let talk = (share.max(0.0) * cycle as f64) as usize;
+    let mut x: u32 = 0x9e37_79b9;
+    for (i, s) in speech.iter_mut().enumerate() {
+        if i % cycle >= talk {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *s = (x >> 25) as i16 - 64;
+        }
+    }
+    speech
+}
+
+/// Seconds of one talk-and-listen cycle (`in_turns`).
+pub const TURN_CYCLE: f64 = 10.0;
+
 pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     match opts.engine {
         Engine::MediaNode => media_node::run(opts).await,

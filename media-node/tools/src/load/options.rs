@@ -60,6 +60,8 @@ pub struct LoadOptions {
     /// The node's MEDIA_MAX_LOAD_PERCENT (admission control) for a node this tool
     /// starts; None leaves the node's default.
     pub max_load_percent: Option<u32>,
+    /// Share of the time the callers talk (in turns, see `in_turns`); 1 is all the time.
+    pub talk_share: f64,
 }
 
 impl LoadOptions {

@@ -84,6 +84,8 @@ pub struct LoadReport {
     /// admitted ones only, and every figure is theirs.
     pub refused: usize,
     pub refusal: Option<String>,
+    /// Share of the time the callers talked.
+    pub talk_share: f64,
 }
 
 impl LoadReport {
@@ -141,6 +143,15 @@ impl std::fmt::Display for LoadReport {
             self.codec,
             if self.srtp { " over SRTP (SDES, AES_CM_128_HMAC_SHA1_80)" } else { "" }
         )?;
+        if self.talk_share > 0.0 && self.talk_share < 1.0 {
+            writeln!(
+                f,
+                "  callers talk {:.0} % of the time ({:.0} s of every {:.0} s, the line's noise between)",
+                self.talk_share * 100.0,
+                self.talk_share * super::TURN_CYCLE,
+                super::TURN_CYCLE
+            )?;
+        }
         if self.refused > 0 {
             writeln!(
                 f,
@@ -277,6 +288,7 @@ pub(crate) fn summarise(
         wall_seconds: wall,
         refused: 0,
         refusal: None,
+        talk_share: opts.talk_share,
         send_lateness_ms: None,
         allocate_in_node_ms: None,
         parts: opts.parts,

@@ -71,7 +71,7 @@ pub(super) async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
 
     // Set up every call first (at the rate AllocatePort is paced at), then run the
     // media, so both engines carry all N calls at once.
-    let speech = never_silent(synth_speech(8000, opts.seconds, 3));
+    let speech = never_silent(super::in_turns(synth_speech(8000, opts.seconds, 3), 8000, opts.talk_share));
     let start = tokio::time::Instant::now();
     let interval = opts.setup_interval();
     let media_start = start + interval * opts.calls as u32 + Duration::from_millis(500);
