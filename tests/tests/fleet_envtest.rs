@@ -90,9 +90,8 @@ async fn serving(client: &Client, n: usize) -> Vec<Member> {
     for m in &members {
         // Peers come from the watch; every node must know the others before the
         // pool can act as one service.
-        let addr = m.http();
         eventually("node knows its peers", 30, || async {
-            let text = media_tools::http::get(&addr.to_string(), "/metrics").await.ok()?.1;
+            let text = metrics_of(m).await?;
             (metric_value(&text, "media_fleet_peers") >= (n - 1) as f64).then_some(())
         })
         .await;

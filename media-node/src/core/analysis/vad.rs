@@ -250,10 +250,8 @@ pub struct VoiceDetector {
     /// Stretches of "speech" (voice as long as speech must be) the guard found to be
     /// the node's own audio, since the last `take_echo_held`.
     echo_held: u64,
-    /// Frames in a row under the floor's voice margin, and whether the network has
-    /// been left idle since (see `score`).
+    /// Frames in a row under the floor's voice margin (see `score`).
     quiet_frames: u32,
-    net_idle: bool,
     /// The last frames at 16 kHz, to bring an idle network back.
     recent: [[i16; CHUNK16]; WARM_UP],
     /// Frames the network was not run for (tests and the benchmark).
@@ -283,7 +281,6 @@ impl VoiceDetector {
             echo_run: 0,
             echo_held: 0,
             quiet_frames: 0,
-            net_idle: false,
             recent: [[0; CHUNK16]; WARM_UP],
             gated_frames: 0,
             gate_after: GATE_AFTER,
@@ -321,14 +318,14 @@ impl VoiceDetector {
     /// starts afresh, as at the start of a call, from the two frames before it.
     fn score(&mut self, frame: &[i16; CHUNK16], snr: f32) -> f32 {
         let quiet = snr < SPEECH_ABOVE_FLOOR_DB;
-        let gated = quiet && self.quiet_frames >= self.gate_after;
-        self.quiet_frames = if quiet { self.quiet_frames.saturating_add(1) } else { 0 };
-        let score = if gated {
-            self.net_idle = true;
+        let before = self.quiet_frames;
+        self.quiet_frames = if quiet { before.saturating_add(1) } else { 0 };
+        let score = if quiet && before >= self.gate_after {
             self.gated_frames += 1;
             0.0
         } else {
-            if std::mem::take(&mut self.net_idle) {
+            // The frame before rested if it was past the first `gate_after` quiet ones.
+            if before > self.gate_after {
                 self.net.reset();
                 for before in &self.recent {
                     self.net.predict_i16(before);
