@@ -26,10 +26,10 @@ const OPUS_SET_PACKET_LOSS_PERC_REQUEST: i32 = 4014;
 const MAX_PACKET: usize = 1275;
 
 /// libopus's complexity (0-10) for the calls' encoders when the node does not set
-/// one: 3, from the measured table in BENCHMARKS.md (`--bench opus_complexity`) and
-/// the interop test with ffmpeg: 1 costs a third of 5 but lost most of a prompt's
-/// 6 kHz band over a real call (0.27 of its power at ffmpeg); 3 keeps it (0.97) at
-/// four fifths of 5's CPU.
+/// one: 3, from the measured table in BENCHMARKS.md (`--bench opus_complexity`, at the
+/// call's 28 kb/s with FEC) and the interop test with ffmpeg: 1 costs a third of 5 but
+/// gives up the band above 4 kHz (0.27 of a prompt's 6 kHz tone reached ffmpeg); 3
+/// keeps it (0.97) at four fifths of 5's CPU.
 pub const DEFAULT_COMPLEXITY: i32 = 3;
 
 static COMPLEXITY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(DEFAULT_COMPLEXITY);
