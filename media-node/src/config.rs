@@ -162,7 +162,7 @@ pub struct NodeArgs {
     pub max_load_percent: u32,
     /// libopus's encoder complexity (0-10) for Opus calls: CPU against quality, the
     /// measured table is in BENCHMARKS.md.
-    #[arg(long, env = "MEDIA_OPUS_COMPLEXITY", default_value_t = 3)]
+    #[arg(long, env = "MEDIA_OPUS_COMPLEXITY", default_value_t = crate::core::codec::OPUS_COMPLEXITY)]
     pub opus_complexity: i32,
     // What the operator gives a node pod: its MediaNode, pool, Kubernetes Node and the
     // advertise rule (downward API and the pool's spec). Unset outside a pool.
@@ -415,7 +415,7 @@ impl NodeConfig {
             // Off: the demo and the tests measure behaviour, not capacity, and a test
             // machine's load is not the node's.
             admission: crate::admission::Limits { max_load: 0.0 },
-            opus_complexity: 3, // core::opus::DEFAULT_COMPLEXITY (the module is behind the opus feature)
+            opus_complexity: crate::core::codec::OPUS_COMPLEXITY,
             cluster: None,
             assets_root,
         }

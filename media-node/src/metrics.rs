@@ -349,7 +349,7 @@ impl Metrics {
             m.srtp_dropped.with_label_values(&[reason.reason()]);
         }
         m.admitting.set(1);
-        for reason in ["load", "lateness"] {
+        for reason in crate::admission::Refusal::REASONS {
             m.admission_refused.with_label_values(&[reason]);
         }
         for t in ["rtp", "srtp"] {

@@ -331,6 +331,23 @@ struct LiveCall {
     caller: RtpCaller,
 }
 
+/// `n` new calls sent to `via` without pinning, as a caller would: the ports the pool
+/// placed them on (each released again).
+async fn placed_through(via: &mut Grpc, tag: &str, n: usize) -> Vec<u32> {
+    let mut ports = Vec::new();
+    for i in 0..n {
+        let port = via
+            .allocate_port(AllocatePortRequest { call_id: format!("{tag}-{i}") })
+            .await
+            .expect("the node places the call, on a peer if not on itself")
+            .into_inner()
+            .rtp_port;
+        via.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
+        ports.push(port);
+    }
+    ports
+}
+
 /// Pins `n` calls on a node and points each at its own caller socket.
 async fn pin_calls(m: &Member, n: usize, tag: &str) -> Vec<LiveCall> {
     let mut g = m.grpc().await;
@@ -371,15 +388,8 @@ async fn scale_down_cuts_no_call(client: &Client, members: &[Member], prompt: &[
     prompt_reaches_caller(&mut v, call.port, &call.caller, prompt).await;
     assert!(live_pods(client).await.iter().any(|p| p.name_any() == victim.name), "a node with a call is not removed");
     // New calls that reach it go elsewhere.
-    for i in 0..6 {
-        let port = v
-            .allocate_port(AllocatePortRequest { call_id: format!("while-draining-{i}") })
-            .await
-            .expect("a draining node places calls on its peers")
-            .into_inner()
-            .rtp_port;
+    for port in placed_through(&mut v, "while-draining", 6).await {
         assert!(!victim.owns(port), "a draining node takes no new call");
-        v.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
     }
 
     // Its call ends: then, and only then, the pod goes.
@@ -572,7 +582,7 @@ async fn admission(client: &Client) {
     let (busy, other) = (&members[0], &members[1]);
 
     let calls = pin_calls(busy, 20, "load").await;
-    let g = busy.grpc().await;
+    let mut g = busy.grpc().await;
     let mut plays = Vec::new();
     for c in &calls {
         let mut g = g.clone();
@@ -592,20 +602,12 @@ async fn admission(client: &Client) {
         (metric_value(&text, "media_admitting") == 0.0).then_some(())
     })
     .await;
-    let mut g = g;
     let refused = g.allocate_port(pinned(AllocatePortRequest { call_id: "over-capacity".into() })).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("at capacity"), "the refusal says why: {}", refused.message());
     // A new call that reaches the busy node goes to the other one.
-    for i in 0..3 {
-        let port = g
-            .allocate_port(AllocatePortRequest { call_id: format!("placed-elsewhere-{i}") })
-            .await
-            .expect("a node at capacity places calls on its peers")
-            .into_inner()
-            .rtp_port;
+    for port in placed_through(&mut g, "placed-elsewhere", 3).await {
         assert!(other.owns(port), "port {port} is on the node with room");
-        g.release_port(ReleasePortRequest { rtp_port: port }).await.unwrap();
     }
     let text = metrics_of(busy).await.unwrap();
     assert!(

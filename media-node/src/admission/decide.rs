@@ -66,6 +66,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every `reason()`, for the metric's labels.
+    pub const REASONS: [&'static str; 2] = ["load", "lateness"];
+
     /// A short name for metrics and events.
     pub fn reason(&self) -> &'static str {
         match self {

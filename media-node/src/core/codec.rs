@@ -45,6 +45,14 @@ impl<T> ByCodec<T> {
 /// before a packet, and the most one packet decodes to.
 pub const MAX_PACKET_SAMPLES: u32 = 960;
 
+/// libopus's complexity (0-10) for the calls' encoders when the node does not set
+/// one: 3, from the measured table in BENCHMARKS.md (`--bench opus_complexity`, at the
+/// call's 28 kb/s with FEC) and the interop test with ffmpeg: 1 costs a third of 5 but
+/// gives up the band above 4 kHz (0.27 of a prompt's 6 kHz tone reached ffmpeg); 3
+/// keeps it (0.97) at four fifths of 5's CPU.
+/// Not behind the `opus` feature: the node's settings name it either way.
+pub const OPUS_COMPLEXITY: i32 = 3;
+
 /// The payload type the node offers Opus on (dynamic; what WebRTC stacks use).
 pub const OPUS_PT: u8 = 111;
 /// Opus wideband (16 kHz audio): 28 kbit/s (less when the far end's maxaveragebitrate

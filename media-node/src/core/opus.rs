@@ -25,14 +25,8 @@ const OPUS_SET_PACKET_LOSS_PERC_REQUEST: i32 = 4014;
 /// The largest packet libopus writes (RFC 6716 §3.4: 1275 bytes a frame).
 const MAX_PACKET: usize = 1275;
 
-/// libopus's complexity (0-10) for the calls' encoders when the node does not set
-/// one: 3, from the measured table in BENCHMARKS.md (`--bench opus_complexity`, at the
-/// call's 28 kb/s with FEC) and the interop test with ffmpeg: 1 costs a third of 5 but
-/// gives up the band above 4 kHz (0.27 of a prompt's 6 kHz tone reached ffmpeg); 3
-/// keeps it (0.97) at four fifths of 5's CPU.
-pub const DEFAULT_COMPLEXITY: i32 = 3;
-
-static COMPLEXITY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(DEFAULT_COMPLEXITY);
+/// The complexity new encoders start with (`set_default_complexity`).
+static COMPLEXITY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(super::codec::OPUS_COMPLEXITY);
 
 /// Sets the complexity every encoder made from now on starts with (the node's
 /// MEDIA_OPUS_COMPLEXITY, set once at start); clamped to libopus's 0-10.
