@@ -164,6 +164,14 @@ pub struct NodeArgs {
     /// measured table is in BENCHMARKS.md.
     #[arg(long, env = "MEDIA_OPUS_COMPLEXITY", default_value_t = crate::core::codec::OPUS_COMPLEXITY)]
     pub opus_complexity: i32,
+    /// Cancel the echo of the node's own audio in every call's caller audio from the
+    /// start (a call may turn it on or off: SetAudioProcessing). Off by default: it
+    /// triples a call's CPU (BENCHMARKS.md).
+    #[arg(long, env = "MEDIA_ECHO_CANCELLATION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub echo_cancellation: bool,
+    /// Suppress the caller's background noise in every call from the start.
+    #[arg(long, env = "MEDIA_NOISE_SUPPRESSION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub noise_suppression: bool,
     // What the operator gives a node pod: its MediaNode, pool, Kubernetes Node and the
     // advertise rule (downward API and the pool's spec). Unset outside a pool.
     #[arg(long, env = "MEDIA_NODE_NAME", hide = true)]
@@ -234,6 +242,8 @@ pub struct NodeConfig {
     pub admission: crate::admission::Limits,
     /// libopus's encoder complexity for Opus calls (0-10).
     pub opus_complexity: i32,
+    /// Echo cancellation and noise suppression a call starts with.
+    pub processing: crate::core::voice_processing::ProcessingConfig,
     /// Set when the operator runs this node in a pool (MEDIA_NODE_NAME given).
     pub cluster: Option<ReporterConfig>,
 }
@@ -380,6 +390,10 @@ impl NodeConfig {
             runtime: RuntimeSettings { media_workers: a.worker_threads, serving_nice: a.serving_nice },
             admission: crate::admission::Limits { max_load: a.max_load_percent as f64 / 100.0 },
             opus_complexity: a.opus_complexity,
+            processing: crate::core::voice_processing::ProcessingConfig {
+                echo_cancellation: a.echo_cancellation,
+                noise_suppression: a.noise_suppression,
+            },
             cluster,
         })
     }
@@ -416,6 +430,7 @@ impl NodeConfig {
             // machine's load is not the node's.
             admission: crate::admission::Limits { max_load: 0.0 },
             opus_complexity: crate::core::codec::OPUS_COMPLEXITY,
+            processing: Default::default(),
             cluster: None,
             assets_root,
         }

@@ -247,6 +247,7 @@ mod targets {
             telephone_event_pt: crate::core::session::TELEPHONE_EVENT_PT,
             wall_start: std::time::SystemTime::now(),
             stopwatch: Instant::now,
+            processing: Default::default(),
         };
         let mut s = Session::new(cfg, t0);
         let mut out = Outputs::default();

@@ -66,6 +66,12 @@ pub struct Metrics {
     pub fec_recovered: IntCounter,
     pub plc_concealed: IntCounter,
     pub dtmf_redacted_seconds: prometheus::Counter,
+    /// Echo cancellation and noise suppression (issue 35).
+    pub echo_erle: Histogram,
+    pub echo_delay: Histogram,
+    pub residual_echo_seconds: prometheus::Counter,
+    pub processed_seconds: prometheus::Counter,
+    pub processing_cpu_seconds: prometheus::Counter,
     pub turn_latency: HistogramVec,
     pub srtp_authenticated: IntCounter,
     pub srtp_dropped: IntCounterVec,
@@ -332,6 +338,40 @@ impl Metrics {
                 "Interarrival jitter of the node's RTP as the far end reports it (RTCP), per report",
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16],
             ),
+            echo_erle: histogram(
+                "media_echo_return_loss_enhancement_db",
+                "Echo cancellation: how much of the node's own echo AEC3 removes (ERLE, dB), per call each second the bot talks",
+                vec![0.0, 3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0],
+            ),
+            echo_delay: histogram(
+                "media_echo_delay_seconds",
+                "Echo cancellation: the echo's delay AEC3 found (the network both ways, the phone, the room, the jitter buffer), per call each second the bot talks",
+                vec![0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0],
+            ),
+            residual_echo_seconds: reg(
+                &r,
+                prometheus::Counter::new(
+                    "media_residual_echo_seconds_total",
+                    "Caller audio in which echo of the node's own audio was still found after cancellation, in seconds",
+                )
+                .unwrap(),
+            ),
+            processed_seconds: reg(
+                &r,
+                prometheus::Counter::new(
+                    "media_voice_processed_seconds_total",
+                    "Caller audio that went through echo cancellation or noise suppression, in seconds",
+                )
+                .unwrap(),
+            ),
+            processing_cpu_seconds: reg(
+                &r,
+                prometheus::Counter::new(
+                    "media_voice_processing_cpu_seconds_total",
+                    "CPU time echo cancellation and noise suppression took (divide by media_voice_processed_seconds_total for the cost per call-second)",
+                )
+                .unwrap(),
+            ),
             round_trip: histogram(
                 "media_rtcp_round_trip_seconds",
                 "Round trip to the far end from its RTCP reports echoing the node's (LSR/DLSR)",
@@ -395,6 +435,13 @@ impl Metrics {
             for (reason, n) in crate::core::session::SrtpDrops::REASONS.iter().zip(c.srtp_dropped.0) {
                 self.srtp_dropped.with_label_values(&[reason.reason()]).inc_by(n);
             }
+        }
+        let p = &c.processing;
+        if p.processed_samples > 0 {
+            let rate = crate::core::jitter::RATE as f64;
+            self.processed_seconds.inc_by(p.processed_samples as f64 / rate);
+            self.residual_echo_seconds.inc_by(p.residual_echo_samples as f64 / rate);
+            self.processing_cpu_seconds.inc_by(c.processing_nanos as f64 * 1e-9);
         }
         if c.redacted_samples > 0 {
             self.dtmf_redacted_seconds.inc_by(c.redacted_samples as f64 / crate::core::jitter::RATE as f64);

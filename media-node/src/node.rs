@@ -117,6 +117,7 @@ impl Node {
             store: recordings.clone(),
             events: events.clone(),
             analysis: config.analysis,
+            processing: config.processing,
         };
         let node = Node {
             recordings,

@@ -23,6 +23,7 @@ use media_node::core::playback::PlaybackOutcome;
 use media_node::core::resample;
 use media_node::core::rtp::{self, RtpHeader};
 use media_node::core::session::{Command as SessionCommand, Event, Outputs, Session, SessionConfig, TELEPHONE_EVENT_PT};
+use media_node::core::voice_processing::ProcessingConfig;
 use realfft::RealFftPlanner;
 
 use crate::voice::read_wav;
@@ -176,7 +177,7 @@ impl CallLog {
         let mut out: Vec<(u64, Option<u64>)> = Vec::new();
         for (_, e) in &self.events {
             match e {
-                Event::Signal(Signal::SpeechStarted { pos }) => out.push((pos.saturating_sub(origin), None)),
+                Event::Signal(Signal::SpeechStarted { pos, .. }) => out.push((pos.saturating_sub(origin), None)),
                 Event::Signal(Signal::SpeechStopped { pos, .. }) => {
                     if let Some(last) = out.last_mut() {
                         last.1 = Some(pos.saturating_sub(origin));
@@ -307,6 +308,7 @@ pub fn session_config(analysis: AnalysisConfig) -> SessionConfig {
         telephone_event_pt: TELEPHONE_EVENT_PT,
         wall_start: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         stopwatch: Instant::now,
+        processing: Default::default(),
     }
 }
 
@@ -317,9 +319,25 @@ pub fn run_call(caller: &Speakerphone, prompt: &[i16], barge_in: Option<Duration
 }
 
 pub fn run_call_with(caller: &Speakerphone, prompt: &[i16], barge_in: Option<Duration>, seconds: f64, analysis: AnalysisConfig) -> CallLog {
+    run_call_config(caller, prompt, barge_in, seconds, session_config(analysis))
+}
+
+/// A call with echo cancellation and noise suppression as `processing` says.
+pub fn run_call_processed(
+    caller: &Speakerphone,
+    prompt: &[i16],
+    barge_in: Option<Duration>,
+    seconds: f64,
+    processing: ProcessingConfig,
+) -> CallLog {
+    let cfg = SessionConfig { processing, ..session_config(AnalysisConfig::default()) };
+    run_call_config(caller, prompt, barge_in, seconds, cfg)
+}
+
+pub fn run_call_config(caller: &Speakerphone, prompt: &[i16], barge_in: Option<Duration>, seconds: f64, cfg: SessionConfig) -> CallLog {
     let t0 = Instant::now();
     let peer = "127.0.0.1:41000".parse().unwrap();
-    let mut s = Session::new(session_config(analysis), t0);
+    let mut s = Session::new(cfg, t0);
     let mut out = Outputs::default();
     s.handle_command(SessionCommand::SetTarget(peer), &mut out);
     s.handle_command(SessionCommand::Play { id: 1, pcm: prompt.to_vec().into(), barge_in }, &mut out);

@@ -101,7 +101,12 @@ impl CallRecorder {
     pub(crate) fn record(&mut self, out: &Outputs, now: u64) {
         let Some(w) = self.writer.as_mut() else { return };
         for h in &out.heard {
-            w.add_caller(h.wall_pos, &h.pcm, &h.wide);
+            // What the caller really sent, also when echo cancellation or noise
+            // suppression changed what listeners hear.
+            match &h.as_sent {
+                Some(a) => w.add_caller(h.wall_pos, &a.pcm, &a.wide),
+                None => w.add_caller(h.wall_pos, &h.pcm, &h.wide),
+            }
         }
         for p in &out.played {
             w.add_bot(p.pos, &p.pcm, &p.wide);

@@ -27,6 +27,7 @@ use crate::core::negotiation::{Negotiation, Outcome, Refused, Request};
 use crate::core::playback::{FrameSource, MarkFate, PlaybackId, PlaybackOutcome, Sound};
 use crate::core::recording::timeline_position;
 use crate::core::session::{Command, Event, Outputs, Session, SessionConfig};
+use crate::core::voice_processing::ProcessingConfig;
 use crate::events::call::{to_broker, CallClock, Happened};
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
@@ -130,6 +131,13 @@ pub enum CallCommand {
     StopRecording {
         reply: oneshot::Sender<Result<RecordingJob, RecordingError>>,
     },
+    /// Echo cancellation and noise suppression: each None keeps what the call has;
+    /// the reply is what the call has then.
+    SetProcessing {
+        echo_cancellation: Option<bool>,
+        noise_suppression: Option<bool>,
+        reply: oneshot::Sender<ProcessingConfig>,
+    },
     Shutdown,
 }
 
@@ -189,6 +197,8 @@ pub struct CallContext {
     pub store: Arc<RecordingStore>,
     pub events: Arc<EventPublisher>,
     pub analysis: AnalysisConfig,
+    /// Echo cancellation and noise suppression a call starts with (the node's default).
+    pub processing: ProcessingConfig,
 }
 
 /// Starts a call's task on the media runtime over its bound sockets.
@@ -197,7 +207,7 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
     let started = Instant::now();
     let clock = CallClock { port, started: SystemTime::now() };
     let cfg = SessionConfig::random(&mut rand::rng(), clock.started, Instant::now, ctx.symmetric_rtp, ctx.jitter, ctx.analysis);
-    let session = Session::new(cfg, started);
+    let session = Session::new(SessionConfig { processing: ctx.processing, ..cfg }, started);
     let span = tracing::info_span!("call", port, call_id = %call_id);
     // Where a recording finished by the call's end is stored: the runtime that asked
     // for the call (the serving one), not the media threads. An upload (file copy, or
@@ -242,6 +252,8 @@ pub fn spawn_call(ctx: &CallContext, port: u16, call_id: String, sockets: BoundS
 
 /// How often a call's interarrival jitter is sampled into the histogram.
 const JITTER_SAMPLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a call's echo canceller figures (ERLE, delay) go into the metrics.
+const ECHO_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 type NegotiateReply = oneshot::Sender<Result<Outcome, Refused>>;
 
@@ -288,6 +300,7 @@ impl CallTask {
         let mut rtp_in = udp::Received::default();
         let mut rtcp_buf = vec![0u8; 2048];
         let mut jitter_sampled = Instant::now();
+        let (mut echo_sampled, mut echo_seen) = (Instant::now(), (None, None));
         // One timer for the call's life, moved only when the session's next deadline
         // changes (once a tick): a fresh sleep per loop turn entered and left the
         // timer wheel on every packet as well.
@@ -334,6 +347,19 @@ impl CallTask {
                     let counters = self.session.take_counters();
                     self.metrics.add_session_counters(&counters);
                     self.quality.on_packets(counters.packets_in, counters.lost_samples);
+                    if counters.processing.erle_db.is_some() {
+                        echo_seen = (counters.processing.erle_db, counters.processing.delay_ms);
+                    }
+                    if echo_sampled.elapsed() >= ECHO_SAMPLE {
+                        // The canceller's view once a second while the bot talks.
+                        echo_sampled = Instant::now();
+                        if let (Some(erle), delay) = std::mem::take(&mut echo_seen) {
+                            self.metrics.echo_erle.observe(erle);
+                            if let Some(ms) = delay {
+                                self.metrics.echo_delay.observe(f64::from(ms) / 1000.0);
+                            }
+                        }
+                    }
                     if jitter_sampled.elapsed() >= JITTER_SAMPLE {
                         jitter_sampled = Instant::now();
                         if let Some(j) = self.session.interarrival_jitter() {
@@ -390,6 +416,15 @@ impl CallTask {
                 }
                 self.apply(control.into());
                 let _ = applied.send(());
+            }
+            CallCommand::SetProcessing { echo_cancellation, noise_suppression, reply } => {
+                let now = self.session.processing();
+                let cfg = ProcessingConfig {
+                    echo_cancellation: echo_cancellation.unwrap_or(now.echo_cancellation),
+                    noise_suppression: noise_suppression.unwrap_or(now.noise_suppression),
+                };
+                self.session.handle_command(Command::SetProcessing(cfg), &mut self.out);
+                let _ = reply.send(cfg);
             }
             CallCommand::Negotiate { request, reply } => {
                 use rand::TryRngCore;

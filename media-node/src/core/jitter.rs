@@ -59,6 +59,9 @@ pub struct Heard {
     /// True when this audio came after its place had been filled with silence: the
     /// live stream has moved on, only the recording takes it.
     pub late: bool,
+    /// What the caller really sent, when echo cancellation or noise suppression
+    /// changed `pcm` and `wide` (the recording keeps it unless asked otherwise).
+    pub as_sent: Option<Box<crate::core::voice_processing::AsSent>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -377,7 +380,7 @@ impl JitterBuffer {
             }
             let at = self.next_pos;
             self.next_pos += pcm.len() as u64;
-            out.push(Heard { pos: at, wall_pos: self.wall(at), pcm, wide, concealed: false, late: false });
+            out.push(Heard { pos: at, wall_pos: self.wall(at), pcm, wide, concealed: false, late: false, as_sent: None });
         }
     }
 
@@ -400,7 +403,7 @@ impl JitterBuffer {
             let (a, b) = ((from - pos) as usize, (to - pos) as usize);
             let piece = pcm[a..b].to_vec();
             let wide = wide.get(2 * a..2 * b).map(<[i16]>::to_vec).unwrap_or_default();
-            out.push(Heard { pos: from, wall_pos: self.wall(from), pcm: piece, wide, concealed: false, late: true });
+            out.push(Heard { pos: from, wall_pos: self.wall(from), pcm: piece, wide, concealed: false, late: true, as_sent: None });
             self.stats.recovered_samples += to - from;
             // Cut the filled part out of the range: what is left is still silence.
             match (start < from, to < stop) {
@@ -442,6 +445,7 @@ impl JitterBuffer {
             wide,
             concealed: true,
             late: false,
+            as_sent: None,
         });
         let (start, end) = (self.next_pos, self.next_pos + n);
         match self.concealed.back_mut() {

@@ -18,6 +18,8 @@
 //! - `goertzel`: one frequency's power (tones).
 //! - `analysis`: VAD, DTMF in-band and RFC 4733, the echo guard, redaction, quality.
 //! - `recording`: the recording's timeline and flush rules.
+//! - `voice_processing`: echo cancellation against the node's own playout and noise
+//!   suppression of the caller's audio.
 pub mod analysis;
 pub mod codec;
 pub mod dtmf_out;
@@ -39,3 +41,4 @@ pub mod rtp;
 pub mod sdp;
 pub mod session;
 pub mod srtp;
+pub mod voice_processing;

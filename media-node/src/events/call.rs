@@ -57,7 +57,9 @@ pub struct CallClock {
 pub fn to_proto(clock: CallClock, call_id: &str, h: &Happened) -> pb::CallEvent {
     let media_time_ms = samples_to_ms(h.pos());
     let event = match h {
-        Happened::Signal(Signal::SpeechStarted { .. }) => E::SpeechStarted(pb::SpeechStarted {}),
+        Happened::Signal(Signal::SpeechStarted { residual_echo, .. }) => {
+            E::SpeechStarted(pb::SpeechStarted { residual_echo: *residual_echo })
+        }
         Happened::Signal(Signal::SpeechStopped { duration_ms, .. }) => E::SpeechStopped(pb::SpeechStopped { duration_ms: *duration_ms }),
         Happened::Signal(Signal::Dtmf { digit, duration_ms, end, source, .. }) => {
             E::Dtmf(pb::Dtmf { digit: digit.to_string(), end: *end, duration_ms: *duration_ms, source: source.label().into() })

@@ -378,6 +378,35 @@ impl MediaService for MediaSvc {
         .await
     }
 
+    async fn set_audio_processing(&self, req: Request<SetAudioProcessingRequest>) -> Result<Response<SetAudioProcessingResponse>, Status> {
+        let port = req.get_ref().server_rtp_port;
+        self.per_port(
+            "SetAudioProcessing",
+            req,
+            port,
+            Some(FORWARD_TIMEOUT),
+            |mut c, r| async move { c.set_audio_processing(r).await },
+            |r| async move {
+                let call = self.node.call(r.server_rtp_port)?;
+                let (echo_cancellation, noise_suppression) = (r.echo_cancellation, r.noise_suppression);
+                let now = ask(&call, move |reply| CallCommand::SetProcessing { echo_cancellation, noise_suppression, reply }).await?;
+                info!(echo_cancellation = now.echo_cancellation, noise_suppression = now.noise_suppression, "audio processing set");
+                let on_off = |b: bool| if b { "on" } else { "off" };
+                Ok(SetAudioProcessingResponse {
+                    success: true,
+                    message: format!(
+                        "echo cancellation {}, noise suppression {}",
+                        on_off(now.echo_cancellation),
+                        on_off(now.noise_suppression)
+                    ),
+                    echo_cancellation: now.echo_cancellation,
+                    noise_suppression: now.noise_suppression,
+                })
+            },
+        )
+        .await
+    }
+
     async fn negotiate_sdp(&self, req: Request<NegotiateSdpRequest>) -> Result<Response<NegotiateSdpResponse>, Status> {
         let port = req.get_ref().server_rtp_port;
         self.per_port(

@@ -241,5 +241,6 @@ fn session_config() -> SessionConfig {
         telephone_event_pt: media_node::core::session::TELEPHONE_EVENT_PT,
         wall_start: std::time::SystemTime::now(),
         stopwatch: Instant::now,
+        processing: Default::default(),
     }
 }

@@ -59,6 +59,9 @@ impl DtmfSource {
 pub enum Signal {
     SpeechStarted {
         pos: u64,
+        /// Echo of the node's own audio was still in the caller's audio (after
+        /// cancellation) when the speech began: double talk, or a leak.
+        residual_echo: bool,
     },
     SpeechStopped {
         pos: u64,
@@ -85,7 +88,7 @@ pub enum Signal {
 impl Signal {
     pub fn pos(&self) -> u64 {
         match *self {
-            Signal::SpeechStarted { pos }
+            Signal::SpeechStarted { pos, .. }
             | Signal::SpeechStopped { pos, .. }
             | Signal::Dtmf { pos, .. }
             | Signal::MediaTimeout { pos, .. }
@@ -162,12 +165,18 @@ impl Analyzer {
 
     /// The caller's audio as the listener hears it (continuous, concealment included).
     pub fn on_heard(&mut self, pos: u64, pcm: &[i16], out: &mut Vec<Signal>) {
+        self.on_heard_processed(pos, pcm, pcm, out);
+    }
+
+    /// `on_heard` for processed audio (echo cancelled, noise suppressed), with what
+    /// the caller really sent beside it for the echo guard.
+    pub fn on_heard_processed(&mut self, pos: u64, pcm: &[i16], as_sent: &[i16], out: &mut Vec<Signal>) {
         if self.cfg.vad_enabled {
-            self.voice.push(pos, pcm, &mut self.speech);
+            self.voice.push_processed(pos, pcm, as_sent, &mut self.speech);
         }
         for s in self.speech.drain(..) {
             out.push(match s {
-                Speech::Started { pos } => Signal::SpeechStarted { pos },
+                Speech::Started { pos } => Signal::SpeechStarted { pos, residual_echo: false },
                 Speech::Stopped { pos, onset } => Signal::SpeechStopped { pos, duration_ms: samples_to_ms(pos - onset) },
             });
         }

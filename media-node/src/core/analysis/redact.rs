@@ -90,6 +90,16 @@ impl Redactor {
                 if let Some(w) = h.wide.get_mut(2 * from..2 * to) {
                     w.fill(0);
                 }
+                // And what the caller sent, kept beside processed audio for the
+                // recording: a digit never reaches it by that way round.
+                if let Some(sent) = &mut h.as_sent {
+                    if let Some(p) = sent.pcm.get_mut(from..to) {
+                        p.fill(0);
+                    }
+                    if let Some(w) = sent.wide.get_mut(2 * from..2 * to) {
+                        w.fill(0);
+                    }
+                }
                 self.silenced += b - a;
             }
         }
@@ -114,7 +124,7 @@ mod tests {
     use crate::core::goertzel;
 
     fn heard(pos: u64, pcm: &[i16]) -> Heard {
-        Heard { pos, wall_pos: pos, pcm: pcm.to_vec(), wide: Vec::new(), concealed: false, late: false }
+        Heard { pos, wall_pos: pos, pcm: pcm.to_vec(), wide: Vec::new(), concealed: false, late: false, as_sent: None }
     }
 
     /// Runs 8 kHz audio through the detector and the redactor 20 ms at a time, as the

@@ -374,6 +374,16 @@ impl VoiceDetector {
     /// Feeds 8 kHz audio that starts at `pos`; a gap in positions restarts the
     /// resampler's alignment (the network keeps its context).
     pub fn push(&mut self, pos: u64, pcm: &[i16], out: &mut Vec<Speech>) {
+        self.push_processed(pos, pcm, pcm, out);
+    }
+
+    /// `push` for audio that echo cancellation or noise suppression processed: the
+    /// network and the level judge `pcm`, the echo guard (and the noise floor it
+    /// keeps) what the caller really sent. A canceller that is still converging
+    /// leaves an echo too distorted to correlate with what was played, yet voiced
+    /// enough for the network; as sent, it is the echo the guard knows. So a
+    /// processed call holds back at least what an unprocessed one would.
+    pub fn push_processed(&mut self, pos: u64, pcm: &[i16], as_sent: &[i16], out: &mut Vec<Speech>) {
         if self.next_pos != Some(pos) {
             self.up = Resampler::new(8000, 16000);
             self.wide.clear();
@@ -382,7 +392,7 @@ impl VoiceDetector {
             self.energy.reset();
         }
         self.energy.push(pos, pcm);
-        self.guard.on_heard(pos, pcm);
+        self.guard.on_heard(pos, as_sent);
         self.next_pos = Some(pos + pcm.len() as u64);
         self.up.process_into(pcm, &mut self.wide);
         let delay = self.up.delay_out() as u64;

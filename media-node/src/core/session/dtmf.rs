@@ -161,7 +161,7 @@ mod tests {
     }
 
     fn heard(pos: u64, v: i16) -> Heard {
-        Heard { pos, wall_pos: pos, pcm: vec![v; 160], wide: Vec::new(), concealed: false, late: false }
+        Heard { pos, wall_pos: pos, pcm: vec![v; 160], wide: Vec::new(), concealed: false, late: false, as_sent: None }
     }
 
     #[test]

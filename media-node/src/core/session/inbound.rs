@@ -11,6 +11,7 @@ use crate::core::codec::{self, AudioCodec, ByCodec, Decoder};
 use crate::core::interarrival::Interarrival;
 use crate::core::jitter::{Heard, JitterBuffer, JitterConfig, JitterStats, RtpId};
 use crate::core::rtp::RtpPacket;
+use crate::core::voice_processing::{ProcessingConfig, VoiceProcessing};
 
 /// The longest run of lost packets the decoder rebuilds (FEC and concealment); a
 /// longer one is a dropout, left to the jitter buffer's silence (libopus's concealment
@@ -62,6 +63,9 @@ pub(super) struct Inbound {
     heard_end: u64,
     /// Set while the caller's audio is echoed back: its decoded audio in arrival order.
     echoed: Option<Vec<i16>>,
+    /// Echo cancellation and noise suppression, when the call has either on.
+    processing: Option<VoiceProcessing>,
+    processing_nanos: u64,
     stopwatch: Stopwatch,
     counts: Counts,
 }
@@ -78,9 +82,46 @@ impl Inbound {
             signals: Vec::new(),
             heard_end: 0,
             echoed: None,
+            processing: None,
+            processing_nanos: 0,
             stopwatch,
             counts: Counts::default(),
         }
+    }
+
+    /// Echo cancellation and noise suppression on or off; a change starts them afresh.
+    pub(super) fn set_processing(&mut self, cfg: ProcessingConfig) {
+        if self.processing.as_ref().map(|p| p.config()) != Some(cfg) {
+            let wideband = self.decoder.as_ref().is_some_and(|(_, d)| d.is_wideband());
+            self.processing = VoiceProcessing::new(cfg, wideband);
+        }
+    }
+
+    pub(super) fn processing(&self) -> ProcessingConfig {
+        self.processing.as_ref().map(|p| p.config()).unwrap_or_default()
+    }
+
+    /// Echo of the node's audio still in the caller's processed audio.
+    pub(super) fn residual_echo(&self) -> bool {
+        self.processing.as_ref().is_some_and(|p| p.residual_echo())
+    }
+
+    /// A frame of the call's clock went out at `pos`, with this audio (None: none).
+    pub(super) fn on_frame(&mut self, pos: u64, sent: Option<(&[i16], &[i16])>) {
+        if let Some(p) = &mut self.processing {
+            p.on_frame(pos, sent);
+        }
+    }
+
+    /// Echo cancellation and noise suppression of what the jitter buffer released
+    /// live (late audio is the recording's alone, and stays as sent).
+    pub(super) fn process(&mut self, heard: &mut [Heard]) {
+        let Some(p) = &mut self.processing else { return };
+        let began = (self.stopwatch)();
+        for h in heard.iter_mut().filter(|h| !h.late) {
+            h.as_sent = Some(Box::new(p.process(h)));
+        }
+        self.processing_nanos += (self.stopwatch)().saturating_duration_since(began).as_nanos() as u64;
     }
 
     /// What offer/answer agreed the caller sends, and the clock of the call's
@@ -268,7 +309,10 @@ impl Inbound {
 
     /// The analysis over one piece of the caller's audio the jitter buffer released.
     pub(super) fn analyse(&mut self, h: &Heard) {
-        self.analyzer.on_heard(h.pos, &h.pcm, &mut self.signals);
+        let as_sent = h.as_sent.as_ref().map_or(&h.pcm[..], |a| &a.pcm[..]);
+        // A canceller still converging leaves echo the detector would take for speech.
+        let pcm = if self.processing.as_ref().is_some_and(|p| p.converged()) { &h.pcm[..] } else { as_sent };
+        self.analyzer.on_heard_processed(h.pos, pcm, as_sent, &mut self.signals);
         self.heard_end = self.heard_end.max(h.pos + h.pcm.len() as u64);
     }
 
@@ -279,6 +323,10 @@ impl Inbound {
 
     pub(super) fn take_counters(&mut self, c: &mut Counters) {
         c.barge_in_echo = self.analyzer.take_echo_held();
+        if let Some(p) = &mut self.processing {
+            c.processing = p.take_stats();
+        }
+        c.processing_nanos = std::mem::take(&mut self.processing_nanos);
         let k = &mut self.counts;
         c.packets_in = std::mem::take(&mut k.packets_in);
         c.bytes_in = std::mem::take(&mut k.bytes_in);

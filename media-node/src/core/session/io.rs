@@ -43,6 +43,8 @@ pub enum Command {
     /// DTMF redaction on or off: digits silenced in the caller's audio for listeners
     /// and the recording (which then lags by the redactor's delay line).
     RedactDtmf(bool),
+    /// Echo cancellation and noise suppression of the caller's audio, on or off.
+    SetProcessing(crate::core::voice_processing::ProcessingConfig),
 }
 
 /// The call's audio as SDP negotiated it. Without it the node speaks the static
@@ -145,7 +147,7 @@ impl Outputs {
 }
 
 /// Counters since the last `take_counters`, so the I/O layer can add them to metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Counters {
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -187,6 +189,9 @@ pub struct Counters {
     pub rtcp_sent: u64,
     /// RTCP that was not a well-formed compound packet (after SRTCP, if any).
     pub rtcp_malformed: u64,
+    /// Echo cancellation and noise suppression: what they saw, and their time in ns.
+    pub processing: crate::core::voice_processing::ProcessingStats,
+    pub processing_nanos: u64,
 }
 
 /// Dropped SRTP packets by reason, as the counters' label says them.

@@ -30,11 +30,12 @@ mod two_party;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::core::analysis::AnalysisConfig;
+use crate::core::analysis::{AnalysisConfig, Signal};
 use crate::core::codec::AudioCodec;
 use crate::core::jitter::{JitterConfig, FRAME_SAMPLES};
 use crate::core::playback::{Cut, FrameSource, PlaybackId, PlaybackOutcome};
 use crate::core::rtcp::FarEndReport;
+use crate::core::voice_processing::ProcessingConfig;
 use barge_in::{BargeIn, Interrupt, Playing};
 use dtmf::Dtmf;
 use inbound::Inbound;
@@ -61,6 +62,9 @@ pub struct SessionConfig {
     pub wall_start: std::time::SystemTime,
     /// Read around encoding and decoding for the codec-time metric only.
     pub stopwatch: Stopwatch,
+    /// Echo cancellation and noise suppression from the start (the node's default;
+    /// a call may change it).
+    pub processing: ProcessingConfig,
 }
 
 impl SessionConfig {
@@ -84,6 +88,7 @@ impl SessionConfig {
             telephone_event_pt: TELEPHONE_EVENT_PT,
             wall_start,
             stopwatch,
+            processing: ProcessingConfig::default(),
         }
     }
 }
@@ -101,10 +106,12 @@ pub struct Session {
 
 impl Session {
     pub fn new(cfg: SessionConfig, start: Instant) -> Session {
+        let mut inbound = Inbound::new(cfg.jitter, cfg.analysis, start, cfg.stopwatch);
+        inbound.set_processing(cfg.processing);
         Session {
             start,
             transport: Transport::new(cfg.ssrc, cfg.symmetric_rtp, start, cfg.wall_start),
-            inbound: Inbound::new(cfg.jitter, cfg.analysis, start, cfg.stopwatch),
+            inbound,
             outbound: Outbound::new(cfg.ssrc, cfg.initial_sequence, cfg.initial_timestamp, start, cfg.stopwatch),
             barge_in: BargeIn::default(),
             dtmf: Dtmf::new(cfg.telephone_event_pt),
@@ -151,6 +158,11 @@ impl Session {
     /// True when nothing is playing or queued.
     pub fn is_idle(&self) -> bool {
         self.current_playback().is_none() && self.stream_queued() == 0
+    }
+
+    /// Echo cancellation and noise suppression as the call has them now.
+    pub fn processing(&self) -> ProcessingConfig {
+        self.inbound.processing()
     }
 
     /// RFC 3550 interarrival jitter of the caller's RTP so far, in seconds (None before
@@ -253,6 +265,7 @@ impl Session {
             // telephone-event beside Opus counts at 48 kHz, as the codec does.
             Command::SendDigits(d) => self.dtmf.send(d),
             Command::RedactDtmf(on) => self.dtmf.redact(on, &mut out.heard),
+            Command::SetProcessing(cfg) => self.inbound.set_processing(cfg),
             Command::SetMedia(m) => {
                 let (payload_type, codec) = m.send;
                 let sending = Sending { payload_type, codec, opus: m.opus, ptime_ms: m.ptime_ms, sends: m.sends };
@@ -279,6 +292,8 @@ impl Session {
     /// Runs the analysis over the caller's audio the jitter buffer just released, and
     /// applies the node's barge-in to what it found.
     fn analyse_heard(&mut self, first: usize, out: &mut Outputs) {
+        // Listeners, the analysis and barge-in hear the caller without the bot's echo.
+        self.inbound.process(&mut out.heard[first..]);
         for h in out.heard[first..].iter().filter(|h| !h.late) {
             self.inbound.analyse(h);
         }
@@ -289,7 +304,11 @@ impl Session {
 
     fn emit_signals(&mut self, out: &mut Outputs) {
         let heard_end = self.inbound.heard_end();
-        for s in self.inbound.signals.drain(..) {
+        let residual = self.inbound.residual_echo();
+        for mut s in self.inbound.signals.drain(..) {
+            if let Signal::SpeechStarted { residual_echo, .. } = &mut s {
+                *residual_echo = residual;
+            }
             self.dtmf.on_signal(&s, heard_end);
             out.events.push(Event::Signal(s));
         }
@@ -327,6 +346,7 @@ impl Session {
 
     fn produce_frame(&mut self, index: u64, out: &mut Outputs) {
         if let Some(digit) = self.dtmf.next_frame(&mut out.events) {
+            self.inbound.on_frame(index * FRAME_SAMPLES as u64, None);
             let (pt, ratio) = (self.dtmf.payload_type(), self.dtmf.clock_ratio());
             return self.outbound.send_digit(index, digit, pt, ratio, &mut self.transport, out);
         }
@@ -348,7 +368,10 @@ impl Session {
             self.emit_marks(out);
         }
         self.outbound.send_frame(index, source, &frame, wide.as_ref().map(|w| &w[..]), &mut self.transport, out);
-        let Some(source) = source.filter(|_| self.outbound.is_sending()) else { return };
+        let sent = source.filter(|_| self.outbound.is_sending());
+        // The echo canceller's reference: what went out in this frame, or silence.
+        self.inbound.on_frame(pos, sent.map(|_| (&frame[..], wide.as_ref().map_or(&[][..], |w| &w[..]))));
+        let Some(source) = sent else { return };
         if source != FrameSource::Echo {
             self.inbound.on_played(pos, &frame);
         }

@@ -26,6 +26,7 @@ pub(super) fn session(t0: Instant) -> Session {
         telephone_event_pt: TELEPHONE_EVENT_PT,
         wall_start: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         stopwatch: Instant::now,
+        processing: Default::default(),
     };
     Session::new(cfg, t0)
 }
@@ -165,7 +166,7 @@ fn speech_onset_and_end_are_found_in_real_speech() {
     audio.extend(vec![0i16; 8000]);
     caller_speaks(&mut s, t0, 0, &audio, &mut out);
     let sig = signals(&out);
-    let Some(Signal::SpeechStarted { pos }) = sig.first().copied() else { panic!("no speech found: {sig:?}") };
+    let Some(Signal::SpeechStarted { pos, .. }) = sig.first().copied() else { panic!("no speech found: {sig:?}") };
     let truth = (8000 + onset) as i64;
     // The network is sure some 50 ms in; the onset is walked back to where the level rose.
     assert!((pos as i64 - truth).abs() <= 160, "onset at {pos}, true onset {truth} (20 ms = 160)");

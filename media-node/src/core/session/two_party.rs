@@ -43,6 +43,7 @@ impl Party {
             telephone_event_pt: TELEPHONE_EVENT_PT,
             wall_start: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             stopwatch: || Instant::now(),
+            processing: Default::default(),
         };
         Party {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
