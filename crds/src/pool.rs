@@ -78,6 +78,32 @@ pub struct MediaPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_load_percent: Option<i32>,
+    /// What the pool's calls do to the caller's audio from the start (the nodes'
+    /// MEDIA_ECHO_CANCELLATION and MEDIA_NOISE_SUPPRESSION); a call may change it
+    /// with SetAudioProcessing. Left out, both off: cancellation roughly triples a
+    /// call's CPU (BENCHMARKS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice_processing: Option<VoiceProcessing>,
+}
+
+/// Echo cancellation against the node's own playout and noise suppression of the
+/// caller's audio, for what listeners, speech events and barge-in hear.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceProcessing {
+    /// Cancel the echo of what the node plays (speakerphones, car kits).
+    #[serde(default)]
+    pub echo_cancellation: bool,
+    /// Suppress the caller's background noise.
+    #[serde(default)]
+    pub noise_suppression: bool,
+}
+
+impl VoiceProcessing {
+    /// Either is on (both off is the nodes' own default).
+    pub fn any(&self) -> bool {
+        self.echo_cancellation || self.noise_suppression
+    }
 }
 
 /// SRTP with SDES keys for a pool's calls.

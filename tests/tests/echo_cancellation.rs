@@ -62,17 +62,22 @@ fn energy(x: &[i16]) -> f64 {
     x.iter().map(|&s| f64::from(s) * f64::from(s)).sum()
 }
 
-/// The best normalised correlation of `got` with `want` when `got` lags by 0-20 ms
-/// (the processing delays the caller by about 11 ms).
+/// The best normalised correlation of `got` with `want` when `got` lags by 0-60 ms
+/// (the processing delays the caller by 5-13 ms).
 fn correlation(got: &[i16], want: &[i16]) -> f64 {
-    (0..160)
+    correlation_at(got, want).0
+}
+
+/// The best correlation and the lag (samples) it was found at.
+fn correlation_at(got: &[i16], want: &[i16]) -> (f64, usize) {
+    (0..480)
         .map(|lag| {
             let n = want.len().min(got.len().saturating_sub(lag));
             let (a, b) = (&got[lag..lag + n], &want[..n]);
             let ab: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-            ab / (energy(a) * energy(b)).sqrt().max(1.0)
+            (ab / (energy(a) * energy(b)).sqrt().max(1.0), lag)
         })
-        .fold(f64::MIN, f64::max)
+        .fold((f64::MIN, 0), |best, c| if c.0 > best.0 { c } else { best })
 }
 
 fn cut(pcm: &[i16], from: usize, to: usize) -> &[i16] {
@@ -113,10 +118,10 @@ fn the_echo_is_25_db_lower_within_2_s_of_the_bot_talking() {
     got.sort_by(f64::total_cmp);
     let median = got[got.len() / 2];
     println!("echo removed: median {median:.1} dB, least {:.1} dB", got[0]);
-    // The issue asks 25 dB in every case; sonora's AEC3 with WebRTC's defaults reaches
-    // it only in short rooms (its linear filter spans 52 ms; a sox room's tail is
-    // longer, left to the suppressor). What holds (README, status; BENCHMARKS.md):
-    assert!(median >= 15.0 && got[0] >= 10.0, "echo removed: {got:?}");
+    // The issue asks 25 dB in every case: the largest of these rooms ring for over a
+    // second, past AEC3's 160 ms linear filter, and what rings on is the suppressor's
+    // (README, status). What holds:
+    assert!(median >= 25.0 && got[0] >= 20.0, "echo removed: {got:?}");
 }
 
 /// The caller talks over the bot (double talk): what the agent hears of the caller's
@@ -154,10 +159,10 @@ fn the_callers_words_come_through_while_the_bot_talks() {
     }
     got.sort_by(f64::total_cmp);
     let median = got[got.len() / 2];
-    // The issue asks 0.85; AEC3's suppressor takes part of the caller where the echo is
-    // as loud as the words (BENCHMARKS.md, the README's status). What holds: the words
-    // are there, well above the echo-filled line.
-    assert!(median >= 0.5 && got[0] >= 0.45, "correlations {got:?}");
+    // The issue asks 0.85 in every case: with the echo at -6 dB every call reaches it;
+    // at 0 dB (the echo as loud as the words) AEC3's suppressor takes some of the
+    // words in half of them (README, status). What holds:
+    assert!(median >= 0.85 && got[0] >= 0.7, "correlations {got:?}");
 }
 
 /// 60 s of the bot's speech with its echo only: with the canceller on, the prompt
@@ -187,42 +192,20 @@ fn with_cancellation_the_echo_alone_neither_cuts_the_bot_nor_starts_speech() {
 /// Real words over the echo barge in within the barge-in time + 100 ms.
 #[test]
 fn with_cancellation_words_over_the_echo_barge_in_within_100_ms_of_the_barge_in_time() {
-    let words = &caller_words()[0];
-    let on = words.iter().position(|s| s.abs() > 328).unwrap();
-    let mut cases = Vec::new();
-    for db in [0.0, -6.0] {
-        for seed in 0..SEEDS {
-            cases.push((db, seed));
-        }
-    }
-    let results = on_every_core(&cases, |&(db, seed)| {
-        let start = 16000 + 4000 * seed as usize;
-        let mut p = phone(seed, [100, 200, 300][seed as usize % 3], db);
-        p.talk = vec![0i16; start];
-        p.talk.extend(words);
-        let log = run_call_processed(&p, prompt(), Some(BARGE_IN), (start + 24000) as f64 / 8000.0, AEC);
-        let onset_ms = (start + on) as f64 / 8.0 + p.phase.as_secs_f64() * 1000.0;
-        (log.prompt_end(), onset_ms)
-    });
-    let mut reactions = Vec::new();
-    for (&(db, seed), (end, onset_ms)) in cases.iter().zip(results) {
-        let Some((PlaybackOutcome::BargeIn, played)) = end else {
-            panic!("{db:+} dB seed {seed}: the caller's words over the echo did not barge in: {end:?}");
-        };
-        reactions.push(played as f64 - onset_ms);
-    }
+    let reactions = barge_in_reactions(AEC);
     println!("with cancellation, the prompt cut {:?} ms after the caller's onset", reactions.iter().map(|r| r.round()).collect::<Vec<_>>());
-    // The issue asks every case within the barge-in time + 100 ms. The canceller's
-    // suppressor takes the first syllables of words over an echo as loud as they are,
-    // so the cut comes later than on the unprocessed line (README, status): the bound
-    // here is the one the unprocessed line is held to in its worst case.
+    // The issue asks every case within the barge-in time + 100 ms. Barge-in hears what
+    // the caller sent beside the cancelled audio (analysis::Analyzer::speech_onset), so
+    // it is never later than on an unprocessed line, whose own limit this is: the
+    // caller's first frames over an echo as loud as they are are judged echo
+    // (README, status). What holds:
     let limit = BARGE_IN.as_millis() as f64;
     let mut sorted = reactions.clone();
     sorted.sort_by(f64::total_cmp);
     for r in &reactions {
-        assert!((limit - 20.0..=limit + 250.0).contains(r), "cut {r:.0} ms after the onset: {reactions:?}");
+        assert!((limit - 20.0..=limit + 200.0).contains(r), "cut {r:.0} ms after the onset: {reactions:?}");
     }
-    assert!(sorted[sorted.len() / 2] <= limit + 200.0, "median: {reactions:?}");
+    assert!(sorted[sorted.len() / 2] <= limit + 100.0, "median: {reactions:?}");
 }
 
 /// Suppression: the caller in street noise at 5 dB SNR. The agent's stream gains at
@@ -260,7 +243,7 @@ fn suppression_lifts_the_snr_by_10_db_and_keeps_the_words() {
             10.0 * ((s - n).max(1e-3) / n.max(1e-3)).log10()
         };
         let corr =
-            words.iter().map(|&(f, t)| correlation(cut(&suppressed.heard, f, t + 160), cut(&clean.heard, f, t))).fold(f64::MAX, f64::min);
+            words.iter().map(|&(f, t)| correlation(cut(&suppressed.heard, f, t + 480), cut(&clean.heard, f, t))).fold(f64::MAX, f64::min);
         let in_quiet =
             suppressed.speech().iter().filter(|(s, _)| quiet.iter().any(|&(f, t)| (f - o..t - o).contains(&(*s as usize)))).count();
         (snr(&raw.heard), snr(&suppressed.heard), corr, in_quiet)
@@ -270,9 +253,7 @@ fn suppression_lifts_the_snr_by_10_db_and_keeps_the_words() {
     }
     for (seed, &(before, after, corr, in_quiet)) in results.iter().enumerate() {
         assert!(after - before >= 10.0, "seed {seed}: SNR {before:.1} -> {after:.1} dB");
-        // The issue asks 0.8: WebRTC's suppressor at 8 kHz in 5 dB of street noise
-        // reshapes the words more than that (README, status). What holds:
-        assert!(corr >= 0.55, "seed {seed}: the words correlate {corr:.2} with what was said");
+        assert!(corr >= 0.8, "seed {seed}: the words correlate {corr:.2} with what was said");
         assert_eq!(in_quiet, 0, "seed {seed}: speech started in the noise alone");
     }
 }
@@ -366,4 +347,60 @@ async fn over_real_udp_set_audio_processing_takes_the_echo_out_of_the_agents_str
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(processed >= 5.0, "{processed} s processed:\n{metrics}");
+}
+
+/// How long after the caller's onset words over the echo cut the prompt (ms), for
+/// 12 speakerphone calls (0 and -6 dB, six rooms and clocks).
+fn barge_in_reactions(processing: ProcessingConfig) -> Vec<f64> {
+    let words = &caller_words()[0];
+    let on = words.iter().position(|s| s.abs() > 328).unwrap();
+    let mut cases = Vec::new();
+    for db in [0.0, -6.0] {
+        for seed in 0..SEEDS {
+            cases.push((db, seed));
+        }
+    }
+    let results = on_every_core(&cases, |&(db, seed)| {
+        let start = 16000 + 4000 * seed as usize;
+        let mut p = phone(seed, [100, 200, 300][seed as usize % 3], db);
+        p.talk = vec![0i16; start];
+        p.talk.extend(words);
+        let log = run_call_processed(&p, prompt(), Some(BARGE_IN), (start + 24000) as f64 / 8000.0, processing);
+        let onset_ms = (start + on) as f64 / 8.0 + p.phase.as_secs_f64() * 1000.0;
+        (log.prompt_end(), onset_ms)
+    });
+    let mut reactions = Vec::new();
+    for (&(db, seed), (end, onset_ms)) in cases.iter().zip(results) {
+        let Some((PlaybackOutcome::BargeIn, played)) = end else {
+            panic!("{db:+} dB seed {seed}: the caller's words over the echo did not barge in: {end:?}");
+        };
+        reactions.push(played as f64 - onset_ms);
+    }
+    reactions
+}
+
+/// The caller answers right after the bot stops (100 ms after its prompt's last
+/// frame): the canceller's model of the room's tail must not take the answer's first
+/// words with the echo's tail.
+#[test]
+fn an_answer_right_after_the_bot_keeps_its_first_words() {
+    let words = &caller_words()[1];
+    let short = &prompt()[..6 * 8000];
+    let cases: Vec<(f64, u32)> = [0.0, -6.0].iter().flat_map(|&db| (0..SEEDS).map(move |s| (db, s))).collect();
+    let results = on_every_core(&cases, |&(db, seed)| {
+        let start = 6 * 8000 + 800;
+        let mut p = phone(seed, [100, 200, 300][seed as usize % 3], db);
+        p.talk = vec![0i16; start];
+        p.talk.extend(words);
+        let seconds = (start + words.len() + 8000) as f64 / 8000.0;
+        let cancelled = run_call_processed(&p, short, None, seconds, AEC);
+        let alone = run_call_processed(&Speakerphone { echo_db: None, ..p.clone() }, short, None, seconds, ProcessingConfig::default());
+        let on = alone.heard_origin.unwrap_or(0) as usize + start;
+        // The answer's first second.
+        correlation(cut(&cancelled.heard, on, on + 8000 + 480), cut(&alone.heard, on, on + 8000))
+    });
+    println!("the answer's first second correlates {:?}", results.iter().map(|c| (c * 100.0).round() / 100.0).collect::<Vec<_>>());
+    for (&(db, seed), c) in cases.iter().zip(&results) {
+        assert!(*c >= 0.85, "{db:+} dB seed {seed}: the answer's first second correlates {c:.2} with what was said");
+    }
 }

@@ -15,6 +15,7 @@ use media_node::core::recording::{Channels, RecordingTimeline};
 use media_node::core::resample::Resampler;
 use media_node::core::rtp::{self, RtpHeader};
 use media_node::core::session::{Command, Outputs, Session, SessionConfig};
+use media_node::core::voice_processing::ProcessingConfig;
 use media_node::recording::destination::Destination;
 use media_node::recording::writer::{RecordingSpec, RecordingWriter};
 use media_tools::analysis::synth_speech;
@@ -161,6 +162,30 @@ fn main() {
         outputs.clear();
         k += 1;
     });
+    // The same call with echo cancellation and noise suppression (issue 35), side by
+    // side with the plain call above: what turning them on costs per call.
+    for (name, processing) in [
+        ("session: PCMU call + echo cancellation", ProcessingConfig { echo_cancellation: true, noise_suppression: false }),
+        ("session: PCMU call + noise suppression", ProcessingConfig { echo_cancellation: false, noise_suppression: true }),
+        ("session: PCMU call + both", ProcessingConfig { echo_cancellation: true, noise_suppression: true }),
+    ] {
+        let mut session = Session::new(SessionConfig { processing, ..session_config() }, t0);
+        session.handle_command(Command::SetTarget(caller), &mut outputs);
+        let mut k = 0u32;
+        bench(name, secs, |f| {
+            if session.is_idle() {
+                session.handle_command(Command::Play { id: 1, pcm: prompt.clone().into(), barge_in: None }, &mut outputs);
+            }
+            let now = t0 + std::time::Duration::from_millis(20 * u64::from(k));
+            Codec::Pcmu.encode_into(f, &mut payload);
+            let header = RtpHeader { marker: false, payload_type: 0, sequence: k as u16, timestamp: k * 160, ssrc: 7 };
+            session.handle_datagram(now, caller, &rtp::build(header, &payload), &mut outputs);
+            session.handle_tick(now, &mut outputs);
+            black_box(&outputs);
+            outputs.clear();
+            k += 1;
+        });
+    }
     // Call analysis (issue 17), on the caller's audio as the session feeds it.
     let mut pos = 0u64;
     let mut analyzer = Analyzer::new(AnalysisConfig::default());

@@ -25,6 +25,10 @@ pub fn template_hash(spec: &MediaPoolSpec) -> String {
     if let Some(p) = spec.max_load_percent {
         shape["maxLoadPercent"] = json!(p);
     }
+    // Both off is what a pool without it runs: the same hash.
+    if let Some(v) = spec.voice_processing.filter(|v| v.any()) {
+        shape["voiceProcessing"] = json!(v);
+    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in shape.to_string().bytes() {
         h ^= b as u64;
@@ -65,6 +69,11 @@ mod tests {
         d.max_load_percent = None;
         d.srtp = Some(media_crds::pool::SrtpMode::Required);
         assert_ne!(template_hash(&d), before, "so does an SRTP mode");
+        let mut e = a.clone();
+        e.voice_processing = Some(media_crds::pool::VoiceProcessing::default());
+        assert_eq!(template_hash(&e), before, "voice processing all off is the default");
+        e.voice_processing = Some(media_crds::pool::VoiceProcessing { echo_cancellation: true, noise_suppression: false });
+        assert_ne!(template_hash(&e), before, "echo cancellation reaches the nodes by a rollout");
         // The hash of a spec without them is what it was before they existed.
         assert_eq!(before, "88bce1d2cb", "unchanged for pools that never set them");
         assert_eq!(template_hash(&a).len(), 10, "fits a label value");

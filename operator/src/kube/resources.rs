@@ -92,6 +92,10 @@ pub fn node_pod(pool: &MediaPool, name: &str, ports: SlotPorts, template_hash: &
     if let Some(p) = spec.max_load_percent {
         env.push(json!({"name": "MEDIA_MAX_LOAD_PERCENT", "value": p.to_string()}));
     }
+    if let Some(v) = spec.voice_processing.filter(|v| v.any()) {
+        env.push(json!({"name": "MEDIA_ECHO_CANCELLATION", "value": v.echo_cancellation.to_string()}));
+        env.push(json!({"name": "MEDIA_NOISE_SUPPRESSION", "value": v.noise_suppression.to_string()}));
+    }
     if let Some(r) = &spec.recording {
         env.push(json!({"name": "BUCKET_NAME", "value": r.bucket}));
         if let Some(e) = &r.endpoint {
@@ -311,6 +315,19 @@ pub(crate) mod tests {
         assert_eq!(env(&p), None);
         p.spec.max_load_percent = Some(60);
         assert_eq!(env(&p).as_deref(), Some("60"));
+    }
+
+    #[test]
+    fn voice_processing_reaches_the_nodes_as_environment() {
+        let env = |p: &MediaPool, name: &str| {
+            let pod = node_pod(p, "voice-0-abcde", SlotPorts { slot: 0, udp_min: 30000, udp_max: 30099 }, "abc");
+            pod.spec.unwrap().containers[0].env.as_ref().unwrap().iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+        };
+        let mut p = pool();
+        assert_eq!(env(&p, "MEDIA_ECHO_CANCELLATION"), None);
+        p.spec.voice_processing = Some(media_crds::pool::VoiceProcessing { echo_cancellation: true, noise_suppression: false });
+        assert_eq!(env(&p, "MEDIA_ECHO_CANCELLATION").as_deref(), Some("true"));
+        assert_eq!(env(&p, "MEDIA_NOISE_SUPPRESSION").as_deref(), Some("false"));
     }
 
     #[test]

@@ -104,6 +104,13 @@ pub fn samples_to_ms(samples: u64) -> u64 {
 pub struct Analyzer {
     cfg: AnalysisConfig,
     voice: VoiceDetector,
+    /// With echo cancellation: a second detector on what the caller really sent, with
+    /// the echo guard as on an unprocessed call, for barge-in only. The canceller's
+    /// suppressor softens the first syllables of words spoken over the bot; this one
+    /// hears them as an unprocessed call would, and its guard holds the echo back as
+    /// there (`speech_onset` takes the earlier of the two).
+    voice_as_sent: Option<Box<VoiceDetector>>,
+    as_sent_speech: Vec<Speech>,
     tones: ToneDetector,
     events: EventReceiver,
     /// Where each telephone-event began on the timeline (its RTP timestamp's arrival).
@@ -122,6 +129,8 @@ impl Analyzer {
         Analyzer {
             cfg,
             voice: VoiceDetector::new(cfg.vad),
+            voice_as_sent: None,
+            as_sent_speech: Vec::new(),
             tones: ToneDetector::default(),
             events: EventReceiver::default(),
             event_pos: None,
@@ -148,6 +157,16 @@ impl Analyzer {
     pub fn on_played(&mut self, pos: u64, pcm: &[i16]) {
         if self.cfg.vad_enabled {
             self.voice.on_played(pos, pcm);
+            if let Some(v) = &mut self.voice_as_sent {
+                v.on_played(pos, pcm);
+            }
+        }
+    }
+
+    /// Barge-in also listens to what the caller sent (echo cancellation on), or not.
+    pub fn set_as_sent_detector(&mut self, on: bool) {
+        if on != self.voice_as_sent.is_some() {
+            self.voice_as_sent = on.then(|| Box::new(VoiceDetector::new(self.cfg.vad)));
         }
     }
 
@@ -173,6 +192,10 @@ impl Analyzer {
     pub fn on_heard_processed(&mut self, pos: u64, pcm: &[i16], as_sent: &[i16], out: &mut Vec<Signal>) {
         if self.cfg.vad_enabled {
             self.voice.push_processed(pos, pcm, as_sent, &mut self.speech);
+            if let Some(v) = &mut self.voice_as_sent {
+                v.push(pos, as_sent, &mut self.as_sent_speech);
+                self.as_sent_speech.clear();
+            }
         }
         for s in self.speech.drain(..) {
             out.push(match s {
@@ -230,7 +253,11 @@ impl Analyzer {
 
     /// The caller is speaking now, and since when (for barge-in).
     pub fn speech_onset(&mut self) -> Option<u64> {
-        self.voice.onset()
+        let onset = self.voice.onset();
+        match self.voice_as_sent.as_mut().and_then(|v| v.onset()) {
+            Some(o) => Some(onset.map_or(o, |p| p.min(o))),
+            None => onset,
+        }
     }
 
     /// Telephone-event packets that only repeated what was known, and ones ignored.

@@ -94,6 +94,7 @@ impl Inbound {
         if self.processing.as_ref().map(|p| p.config()) != Some(cfg) {
             let wideband = self.decoder.as_ref().is_some_and(|(_, d)| d.is_wideband());
             self.processing = VoiceProcessing::new(cfg, wideband);
+            self.analyzer.set_as_sent_detector(cfg.echo_cancellation);
         }
     }
 
