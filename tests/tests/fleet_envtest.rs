@@ -259,6 +259,13 @@ async fn forwarding(client: &Client, members: &[Member], prompt: &[i16]) {
     // leaves node 1's port as RFC 4733 events.
     let redact = wrong.set_dtmf_redaction(SetDtmfRedactionRequest { server_rtp_port: port1, enabled: true }).await;
     assert!(redact.expect("SetDtmfRedaction via a non-owner").into_inner().success);
+    // SetAudioProcessing too (issue 35): node 1's call answers with what it now has.
+    let processing = wrong
+        .set_audio_processing(SetAudioProcessingRequest { server_rtp_port: port1, noise_suppression: Some(true), ..Default::default() })
+        .await
+        .expect("SetAudioProcessing via a non-owner")
+        .into_inner();
+    assert!(processing.success && processing.noise_suppression && !processing.echo_cancellation, "{processing:?}");
     caller.take_received();
     let sent = wrong
         .send_dtmf(SendDtmfRequest { server_rtp_port: port1, digits: "5".into(), duration_ms: 60, inband: false })

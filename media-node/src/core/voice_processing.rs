@@ -461,30 +461,33 @@ impl VoiceProcessing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::resample;
 
     fn speech(bytes: &[u8]) -> Vec<i16> {
         hound::WavReader::new(bytes).unwrap().into_samples::<i16>().map(|s| s.unwrap()).collect()
     }
 
-    /// A speakerphone at 8 kHz: the node's prompt comes back 200 ms late at -6 dB with
-    /// a room's tail; the caller talks from 6 s. Returns (reference, echo, caller).
-    fn speakerphone(seconds: usize) -> (Vec<i16>, Vec<f32>, Vec<f32>) {
-        let n = seconds * 8000;
-        let mut prompt = speech(include_bytes!("../../testdata/speech-8k.wav"));
+    /// A speakerphone at `rate`: the node's prompt comes back 200 ms late at -6 dB
+    /// through a small room's decaying tail; the caller talks from 6 s. Returns
+    /// (reference, echo, caller).
+    fn speakerphone(seconds: usize, rate: usize) -> (Vec<i16>, Vec<f32>, Vec<f32>) {
+        let n = seconds * rate;
+        let mut prompt = resample::convert(&speech(include_bytes!("../../testdata/speech-8k.wav")), 8000, rate as u32);
         while prompt.len() < n {
             prompt.extend(prompt.clone());
         }
         prompt.truncate(n);
-        let delay = 1600;
-        // A decaying tail (a small room): taps every 1.5 ms, deterministic signs.
+        let delay = rate / 5;
+        // Taps every 1.5 ms over 60 ms, deterministic signs.
+        let step = rate * 3 / 2000;
         let tail: Vec<(usize, f32)> =
-            (0..40).map(|k| (k * 12, 0.5 * (-(k as f32) / 12.0).exp() * if k % 3 == 1 { -0.5 } else { 0.5 })).collect();
+            (0..40).map(|k| (k * step, 0.5 * (-(k as f32) / 12.0).exp() * if k % 3 == 1 { -0.5 } else { 0.5 })).collect();
         let echo: Vec<f32> =
             (0..n).map(|t| tail.iter().filter(|(d, _)| t >= delay + d).map(|(d, g)| g * f32::from(prompt[t - delay - d])).sum()).collect();
-        let says = speech(include_bytes!("../../testdata/speech2-8k.wav"));
+        let says = resample::convert(&speech(include_bytes!("../../testdata/speech2-8k.wav")), 8000, rate as u32);
         let mut caller = vec![0.0f32; n];
-        for (i, s) in says.iter().enumerate().take(n.saturating_sub(6 * 8000)) {
-            caller[6 * 8000 + i] = f32::from(*s) * 0.5;
+        for (i, s) in says.iter().enumerate().take(n.saturating_sub(6 * rate)) {
+            caller[6 * rate + i] = f32::from(*s) * 0.5;
         }
         (prompt, echo, caller)
     }
@@ -494,42 +497,56 @@ mod tests {
     }
 
     /// Runs the call through the processing as the session does: each 20 ms frame's
-    /// reference goes in when it is sent, the caller's audio 20 ms after.
-    fn run(cfg: ProcessingConfig, prompt: &[i16], capture: &[i16]) -> Vec<f32> {
-        let mut p = VoiceProcessing::new(cfg, false).unwrap();
+    /// reference goes in when it is sent, then the caller's audio of that frame. A
+    /// wideband call hands both rates, as the jitter buffer does.
+    fn run(cfg: ProcessingConfig, rate: usize, prompt: &[i16], capture: &[i16]) -> Vec<f32> {
+        let wideband = rate == 16000;
+        let mut p = VoiceProcessing::new(cfg, wideband).unwrap();
+        let frame = rate / 50;
         let mut out = Vec::new();
-        for (k, (r, c)) in prompt.chunks(160).zip(capture.chunks(160)).enumerate() {
+        for (k, (r, c)) in prompt.chunks(frame).zip(capture.chunks(frame)).enumerate() {
             let pos = k as u64 * 160;
-            p.on_frame(pos, Some((r, &[])));
-            let mut h = Heard { pos, wall_pos: pos, pcm: c.to_vec(), wide: Vec::new(), concealed: false, late: false, as_sent: None };
+            let (r8, c8) =
+                if wideband { (resample::convert(r, 16000, 8000), resample::convert(c, 16000, 8000)) } else { (r.to_vec(), c.to_vec()) };
+            let wide_ref: &[i16] = if wideband { r } else { &[] };
+            p.on_frame(pos, Some((&r8, wide_ref)));
+            let wide = if wideband { c.to_vec() } else { Vec::new() };
+            let mut h = Heard { pos, wall_pos: pos, pcm: c8.clone(), wide, concealed: false, late: false, as_sent: None };
             let sent = p.process(&mut h);
-            assert_eq!(sent.pcm, c, "what the caller sent is kept as it came");
-            out.extend(h.pcm.iter().map(|&s| f32::from(s)));
+            assert_eq!(sent.pcm, c8, "what the caller sent is kept as it came");
+            assert_eq!(h.pcm.len(), 160, "the 8 kHz copy keeps its length");
+            out.extend(if wideband { &h.wide } else { &h.pcm }.iter().map(|&s| f32::from(s)));
         }
         out
     }
 
-    #[test]
-    fn the_prompts_echo_is_cancelled_and_the_caller_kept() {
-        let (prompt, echo, caller) = speakerphone(10);
+    fn cancelled_and_kept(rate: usize) {
+        let (prompt, echo, caller) = speakerphone(10, rate);
         let capture: Vec<i16> = echo.iter().zip(&caller).map(|(e, c)| (e + c).round().clamp(-32768.0, 32767.0) as i16).collect();
-        let out = run(ProcessingConfig { echo_cancellation: true, noise_suppression: false }, &prompt, &capture);
+        let out = run(ProcessingConfig { echo_cancellation: true, noise_suppression: false }, rate, &prompt, &capture);
         // Echo only, from 2 s (the canceller has had its 2 s) until the caller talks.
-        let (from, to) = (2 * 8000, 6 * 8000);
+        let (from, to) = (2 * rate, 6 * rate);
         let erle = 10.0 * (energy(&echo[from..to]) / energy(&out[from..to]).max(1.0)).log10();
-        assert!(erle >= 25.0, "echo {erle:.1} dB lower");
-        // Double talk: the caller over the prompt's echo is still there.
-        // Double talk: the caller over the prompt's echo comes through, about 11 ms
-        // later (sonora's 8 <-> 16 kHz conversion inside). AEC3's suppressor takes
-        // some of the caller where the echo is as loud (BENCHMARKS.md has the figures).
-        let (c, lag) = (0..160usize)
+        assert!(erle >= 25.0, "{rate} Hz: echo {erle:.1} dB lower");
+        // Double talk: the caller over the prompt's echo comes through, a few ms late.
+        let (c, lag) = (0..rate / 25)
             .map(|lag| {
-                let (a, b) = (&out[6 * 8000 + lag..], &caller[6 * 8000..out.len() - lag]);
+                let (a, b) = (&out[6 * rate + lag..], &caller[6 * rate..out.len() - lag]);
                 (a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum::<f64>() / (energy(a) * energy(b)).sqrt(), lag)
             })
             .fold((f64::MIN, 0), |best, c| if c.0 > best.0 { c } else { best });
-        assert!(c >= 0.45, "caller's speech correlation {c:.2} (at {lag} samples) in double talk");
-        assert!(lag < 120, "the processing delays the caller by {lag} samples");
+        assert!(c >= 0.8, "{rate} Hz: caller's speech correlation {c:.2} (at {lag} samples) in double talk");
+        assert!(lag < rate / 50, "{rate} Hz: the processing delays the caller by {lag} samples");
+    }
+
+    #[test]
+    fn a_narrowband_callers_echo_is_cancelled_and_the_caller_kept() {
+        cancelled_and_kept(8000);
+    }
+
+    #[test]
+    fn a_wideband_callers_echo_is_cancelled_against_the_16_khz_reference() {
+        cancelled_and_kept(16000);
     }
 
     #[test]
