@@ -434,6 +434,28 @@ mod targets {
 
     /// `a=crypto` values from an offer: never a panic, never the key in an error, and a
     /// line that parses writes back to itself.
+    /// A datagram on a WebRTC leg's port, as the ICE-lite agent takes it: never a
+    /// panic, never an address proven without the password, and every reply parses.
+    pub fn stun_check(data: &[u8]) {
+        use crate::core::ice::{stun, Checked, Credentials, IceLite};
+        let mut ice = IceLite::new(Credentials { ufrag: "node".into(), pwd: "node-password-of-24-chars".into() });
+        let from: std::net::SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let mut reply = Vec::new();
+        let _ = stun::classify(data);
+        match ice.on_stun(Instant::now(), from, data, &mut reply) {
+            Checked::Answered { .. } | Checked::Nominated { .. } => {
+                // Only a message signed with the password gets here: random bytes never.
+                let m = stun::parse(data).expect("what was answered parses");
+                m.verify(b"node-password-of-24-chars").expect("and carries our integrity");
+                assert!(ice.is_validated(from));
+            }
+            Checked::Refused(_) | Checked::Ignored => assert!(!ice.is_validated(from)),
+        }
+        if !reply.is_empty() {
+            stun::parse(&reply).expect("our reply parses");
+        }
+    }
+
     pub fn sdes_crypto(data: &[u8]) {
         use crate::core::srtp::sdes;
         let Ok(text) = std::str::from_utf8(data) else { return };
@@ -548,6 +570,11 @@ mod targets {
     #[test]
     fn fuzz_srtp_packet() {
         fuzz("srtp_packet", srtp_packet);
+    }
+
+    #[test]
+    fn fuzz_stun_check() {
+        fuzz("stun_check", stun_check);
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn chart_lints_clean_with_default_and_full_values() {
         json!({"operator": {"replicas": "two"}}),
         json!({"pool": {"ports": {"slotSize": 101}}}),
         json!({"pool": {"srtp": "Sometimes"}}),
-        json!({"pool": {"voiceProcessing": {"echoCancellation": "yes"}}}),
+        json!({"pool": {"voiceProcessing": {"echoCancellation": "always"}}}),
         json!({"operatr": {}}),
     ] {
         let mut v = default_values();
