@@ -16,13 +16,15 @@
 //! - `codec`, `g711`, `g722`, `opus`: the codecs and one direction's codec state.
 //! - `resample`: band-limited rate conversion.
 //! - `goertzel`: one frequency's power (tones).
-//! - `ice`: ICE-lite and STUN for WebRTC legs (issue 36; not yet wired into calls).
+//! - `ice`, `dtls_srtp`: ICE-lite, STUN, the node's DTLS certificate and DTLS-SRTP keys
+//!   for WebRTC legs (issue 36; not yet wired into calls).
 //! - `analysis`: VAD, DTMF in-band and RFC 4733, the echo guard, redaction, quality.
 //! - `recording`: the recording's timeline and flush rules.
 //! - `voice_processing`: echo cancellation against the node's own playout and noise
 //!   suppression of the caller's audio.
 pub mod analysis;
 pub mod codec;
+pub mod dtls_srtp;
 pub mod dtmf_out;
 pub mod g711;
 pub mod g722;
