@@ -80,8 +80,8 @@ pub struct MediaPoolSpec {
     pub max_load_percent: Option<i32>,
     /// What the pool's calls do to the caller's audio from the start (the nodes'
     /// MEDIA_ECHO_CANCELLATION and MEDIA_NOISE_SUPPRESSION); a call may change it
-    /// with SetAudioProcessing. Left out, both off: cancellation roughly triples a
-    /// call's CPU (BENCHMARKS.md).
+    /// with SetAudioProcessing. Left out, both off: cancellation multiplies a call's
+    /// CPU by about four and suppression by three (BENCHMARKS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice_processing: Option<VoiceProcessing>,
 }

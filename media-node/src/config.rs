@@ -166,7 +166,7 @@ pub struct NodeArgs {
     pub opus_complexity: i32,
     /// Cancel the echo of the node's own audio in every call's caller audio from the
     /// start (a call may turn it on or off: SetAudioProcessing). Off by default: it
-    /// triples a call's CPU (BENCHMARKS.md).
+    /// multiplies a call's CPU by about four (BENCHMARKS.md).
     #[arg(long, env = "MEDIA_ECHO_CANCELLATION", default_value_t = false, action = clap::ArgAction::Set)]
     pub echo_cancellation: bool,
     /// Suppress the caller's background noise in every call from the start.
