@@ -45,6 +45,31 @@ pub fn espeak_voice_8k(text: &str, voice: &str) -> Vec<i16> {
     resample::convert(&pcm, rate, 8000)
 }
 
+/// The caller's two sentences, said over the bot or after it in the speakerphone tests.
+pub const CALLER_TEXT: [&str; 2] =
+    ["Hello? Yes, I want to report a water leak on my street.", "It started this morning, and the road is already flooded."];
+
+/// The caller's two sentences (espeak-ng's female variant, peaks at -6 dBFS), made once.
+pub fn caller_words() -> &'static [Vec<i16>; 2] {
+    static W: std::sync::OnceLock<[Vec<i16>; 2]> = std::sync::OnceLock::new();
+    W.get_or_init(|| CALLER_TEXT.map(|t| normalize(&espeak_voice_8k(t, "en+f3"), -6.0)))
+}
+
+/// Rooms the speakerphone tests pick by seed (`sox_room` of 0..ROOMS), made once.
+pub const ROOMS: u32 = 10;
+
+pub fn rooms() -> &'static [Vec<f32>] {
+    static R: std::sync::OnceLock<Vec<Vec<f32>>> = std::sync::OnceLock::new();
+    R.get_or_init(|| (0..ROOMS).map(sox_room).collect())
+}
+
+/// The bot's prompt: `text` in espeak-ng's American voice, peaks at -7 dBFS (so +6 dB
+/// of handset gain does not clip), repeated to 60 s.
+pub fn bot_prompt(text: &str) -> Vec<i16> {
+    let spoken = normalize(&espeak_voice_8k(text, "en-us"), -7.0);
+    spoken.iter().cycle().take(60 * 8000).copied().collect()
+}
+
 /// `pcm` scaled so its loudest sample is `peak_dbfs`.
 pub fn normalize(pcm: &[i16], peak_dbfs: f64) -> Vec<i16> {
     let peak = pcm.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0).max(1) as f64;

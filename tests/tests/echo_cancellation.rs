@@ -23,27 +23,10 @@ const PROMPT_TEXT: &str = "Thank you for calling the city water and power compan
     If you would like to pay a bill, start a new service, or stop a service when you move, \
     please tell me in a few words what you need, and I will take you there.";
 
-const CALLER_TEXT: [&str; 2] =
-    ["Hello? Yes, I want to report a water leak on my street.", "It started this morning, and the road is already flooded."];
-
-/// The bot's prompt, 60 s of espeak-ng's American voice (peaks at -7 dBFS).
+/// The bot's prompt, 60 s.
 fn prompt() -> &'static [i16] {
     static P: OnceLock<Vec<i16>> = OnceLock::new();
-    P.get_or_init(|| {
-        let spoken = normalize(&espeak_voice_8k(PROMPT_TEXT, "en-us"), -7.0);
-        spoken.iter().cycle().take(60 * 8000).copied().collect()
-    })
-}
-
-/// The caller's two sentences (espeak-ng's female variant, peaks at -6 dBFS).
-fn caller_words() -> &'static [Vec<i16>; 2] {
-    static W: OnceLock<[Vec<i16>; 2]> = OnceLock::new();
-    W.get_or_init(|| CALLER_TEXT.map(|t| normalize(&espeak_voice_8k(t, "en+f3"), -6.0)))
-}
-
-fn rooms() -> &'static Vec<Vec<f32>> {
-    static R: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
-    R.get_or_init(|| (0..SEEDS).map(sox_room).collect())
+    P.get_or_init(|| bot_prompt(PROMPT_TEXT))
 }
 
 /// A speakerphone: the bot's audio back through a sox room, `delay_ms` late at `db`.

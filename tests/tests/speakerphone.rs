@@ -31,28 +31,10 @@ const PROMPT_TEXT: &str = "Thank you for calling the city water and power compan
     Remember that we will never ask for your password or your full card number on a call. \
     Now, how can I help you today?";
 
-const CALLER_TEXT: [&str; 2] =
-    ["Hello? Yes, I want to report a water leak on my street.", "It started this morning, and the road is already flooded."];
-
-/// The bot's 60 s prompt (espeak-ng's American voice, peaks at -7 dBFS so +6 dB of
-/// handset gain does not clip).
+/// The bot's 60 s prompt.
 fn prompt() -> &'static [i16] {
     static P: OnceLock<Vec<i16>> = OnceLock::new();
-    P.get_or_init(|| {
-        let spoken = normalize(&espeak_voice_8k(PROMPT_TEXT, "en-us"), -7.0);
-        spoken.iter().cycle().take(60 * 8000).copied().collect()
-    })
-}
-
-/// The caller's two sentences (espeak-ng's female variant, peaks at -6 dBFS).
-fn caller_words() -> &'static [Vec<i16>; 2] {
-    static W: OnceLock<[Vec<i16>; 2]> = OnceLock::new();
-    W.get_or_init(|| CALLER_TEXT.map(|t| normalize(&espeak_voice_8k(t, "en+f3"), -6.0)))
-}
-
-fn rooms() -> &'static Vec<Vec<f32>> {
-    static R: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
-    R.get_or_init(|| (0..SEEDS).map(sox_room).collect())
+    P.get_or_init(|| bot_prompt(PROMPT_TEXT))
 }
 
 /// Where the words' sound begins and ends (first and last sample above -40 dBFS).

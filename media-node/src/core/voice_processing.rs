@@ -282,10 +282,6 @@ impl VoiceProcessing {
         self.cfg
     }
 
-    pub fn is_wideband(&self) -> bool {
-        self.wideband
-    }
-
     /// A frame of the call's clock at `pos` (8 kHz timeline): what the node sent in it
     /// (its 8 kHz audio and, when the codec is wideband, the source's own 16 kHz audio
     /// if it had any), or None when it sent no audio (silence, a telephone-event).
