@@ -13,6 +13,7 @@
 //! anything from an address is handed to DTLS, decoded, played or latched (FreeSWITCH
 //! CVE-2023-51443, rtpengine ES2023-03 came from skipping it).
 
+pub mod sdp;
 pub mod stun;
 
 use std::net::SocketAddr;
