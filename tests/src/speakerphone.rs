@@ -322,6 +322,47 @@ impl RoomEcho {
     }
 }
 
+/// The same caller over real UDP, in real time, against a node: every 20 ms its phone
+/// plays the node's PCMU by RTP timestamp through `room` and sends what its
+/// microphone picks up, the room's echo 200 ms late plus `talk` (from its first frame
+/// on), for at most `seconds` or until `done` says so.
+pub async fn phone_over_udp(
+    caller: &crate::RtpCaller,
+    node_rtp: std::net::SocketAddr,
+    room: Option<Vec<f32>>,
+    talk: &[i16],
+    seconds: usize,
+    done: impl Fn() -> bool,
+) {
+    let mut room = RoomEcho::new(room);
+    let t0 = Instant::now();
+    let mut first: Option<(u32, usize)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut payload = Vec::new();
+    for m in 0..seconds * 50 {
+        tick.tick().await;
+        for p in caller.take_received().into_iter().filter(|p| p.payload_type == 0) {
+            let (ts0, pos0) = *first.get_or_insert((p.timestamp, (p.at.duration_since(t0).as_secs_f64() * RATE) as usize));
+            room.play(pos0 + p.timestamp.wrapping_sub(ts0) as usize, &p.pcm);
+        }
+        let frame: Vec<i16> = (0..FRAME)
+            .map(|i| {
+                let n = m * FRAME + i;
+                let echo = if n >= 1600 { room.at(n - 1600) } else { 0.0 };
+                let says = talk.get(n).copied().unwrap_or(0);
+                (echo + says as f32).round().clamp(-32768.0, 32767.0) as i16
+            })
+            .collect();
+        payload.clear();
+        Codec::Pcmu.encode_into(&frame, &mut payload);
+        let header = RtpHeader { marker: m == 0, payload_type: 0, sequence: m as u16, timestamp: (m * FRAME) as u32, ssrc: 0x5eaf };
+        caller.socket.send_to(&rtp::build(header, &payload), node_rtp).await.unwrap();
+        if done() {
+            break;
+        }
+    }
+}
+
 pub fn session_config(analysis: AnalysisConfig) -> SessionConfig {
     SessionConfig {
         ssrc: 0x5eed,

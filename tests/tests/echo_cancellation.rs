@@ -248,10 +248,7 @@ fn suppression_lifts_the_snr_by_10_db_and_keeps_the_words() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_real_udp_set_audio_processing_takes_the_echo_out_of_the_agents_stream() {
     use fleet_tests::TestNode;
-    use media_node::core::g711::Codec;
-    use media_node::core::rtp::{self, RtpHeader};
     use media_proto::pb::*;
-    use std::time::Instant;
 
     let mut node = TestNode::start(30600, 10).await;
     node.write_prompt("bot.wav", &prompt()[..10 * 8000], 8000);
@@ -287,31 +284,7 @@ async fn over_real_udp_set_audio_processing_takes_the_echo_out_of_the_agents_str
         }
         let listen = node.listen(port, 8000).await;
         let play = node.play_with_barge_in(port, "file://bot.wav", 200);
-        let mut room = RoomEcho::new(Some(rooms()[3].clone()));
-        let t0 = Instant::now();
-        let mut first: Option<(u32, usize)> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut payload = Vec::new();
-        for m in 0..(12 * 50) {
-            tick.tick().await;
-            for p in caller.take_received().into_iter().filter(|p| p.payload_type == 0) {
-                let (ts0, pos0) = *first.get_or_insert((p.timestamp, (p.at.duration_since(t0).as_secs_f64() * 8000.0) as usize));
-                room.play(pos0 + p.timestamp.wrapping_sub(ts0) as usize, &p.pcm);
-            }
-            let frame: Vec<i16> = (0..160)
-                .map(|i| {
-                    let n = m * 160 + i;
-                    (if n >= 1600 { room.at(n - 1600) } else { 0.0 }).round().clamp(-32768.0, 32767.0) as i16
-                })
-                .collect();
-            payload.clear();
-            Codec::Pcmu.encode_into(&frame, &mut payload);
-            let header = RtpHeader { marker: m == 0, payload_type: 0, sequence: m as u16, timestamp: (m * 160) as u32, ssrc: 0x5eaf };
-            caller.socket.send_to(&rtp::build(header, &payload), node_rtp).await.unwrap();
-            if play.is_finished() {
-                break;
-            }
-        }
+        phone_over_udp(&caller, node_rtp, Some(rooms()[3].clone()), &[], 12, || play.is_finished()).await;
         let reply = tokio::time::timeout(Duration::from_secs(5), play).await.expect("PlayAudio answers").unwrap().expect("PlayAudio");
         assert_eq!(reply.message, "finished", "aec {aec}: the echo cut the prompt at {} ms", reply.played_ms);
         node.client.release_port(ReleasePortRequest { rtp_port: port }).await.expect("release");

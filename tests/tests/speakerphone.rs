@@ -5,13 +5,11 @@
 //! room, the noise, the caller's clock drift and its packets' phase).
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_tests::speakerphone::*;
 use fleet_tests::TestNode;
-use media_node::core::g711::Codec;
 use media_node::core::playback::PlaybackOutcome;
-use media_node::core::rtp::{self, RtpHeader};
 use media_proto::pb::call_event::Event as E;
 use media_proto::pb::*;
 
@@ -184,34 +182,9 @@ async fn over_real_udp_the_echo_lets_the_prompt_play_out_and_words_over_it_cut_i
         let (port, node_rtp, caller) = node.call(if talk { "speakerphone-talk" } else { "speakerphone-echo" }).await;
         let (events, _sub) = node.subscribe(port).await;
         let play = node.play_with_barge_in(port, "file://bot.wav", 200);
-        let mut room = RoomEcho::new(Some(rooms()[3].clone()));
-        let t0 = Instant::now();
-        let mut first: Option<(u32, usize)> = None;
         let talk_at = 4 * 8000;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut payload = Vec::new();
-        for m in 0..(18 * 50) {
-            tick.tick().await;
-            for p in caller.take_received().into_iter().filter(|p| p.payload_type == 0) {
-                let (ts0, pos0) = *first.get_or_insert((p.timestamp, (p.at.duration_since(t0).as_secs_f64() * 8000.0) as usize));
-                room.play(pos0 + p.timestamp.wrapping_sub(ts0) as usize, &p.pcm);
-            }
-            let frame: Vec<i16> = (0..160)
-                .map(|i| {
-                    let n = m * 160 + i;
-                    let echo = if n >= 1600 { room.at(n - 1600) } else { 0.0 };
-                    let says = if talk && n >= talk_at { words.get(n - talk_at).copied().unwrap_or(0) } else { 0 };
-                    (echo + says as f32).round().clamp(-32768.0, 32767.0) as i16
-                })
-                .collect();
-            payload.clear();
-            Codec::Pcmu.encode_into(&frame, &mut payload);
-            let header = RtpHeader { marker: m == 0, payload_type: 0, sequence: m as u16, timestamp: (m * 160) as u32, ssrc: 0x5eaf };
-            caller.socket.send_to(&rtp::build(header, &payload), node_rtp).await.unwrap();
-            if play.is_finished() {
-                break;
-            }
-        }
+        let says: Vec<i16> = if talk { std::iter::repeat_n(0, talk_at).chain(words.iter().copied()).collect() } else { Vec::new() };
+        phone_over_udp(&caller, node_rtp, Some(rooms()[3].clone()), &says, 18, || play.is_finished()).await;
         let reply = tokio::time::timeout(Duration::from_secs(5), play).await.expect("PlayAudio answers").unwrap().expect("PlayAudio");
         let speech: Vec<_> =
             events.lock().unwrap().iter().filter(|e| matches!(e.event, Some(E::SpeechStarted(_)))).map(|e| e.media_time_ms).collect();
